@@ -1,0 +1,1 @@
+"""The HTTP face: wire types, dependencies, error envelope, routes."""

@@ -1,0 +1,54 @@
+"""Typed dependencies: routes reach the long-lived objects on app.state through these."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from app.adapters import AdapterRegistry
+from app.engine import Predictor
+from app.errors import NotReady
+from app.model import BaseModel
+from app.settings import Settings
+
+
+@dataclass
+class Services:
+    """Everything the lifespan builds once."""
+
+    settings: Settings
+    base: BaseModel
+    registry: AdapterRegistry
+    predictor: Predictor
+
+
+def get_services(request: Request) -> Services:
+    services = getattr(request.app.state, "services", None)
+    if services is None:
+        raise NotReady()
+    return services
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_base(services: Annotated[Services, Depends(get_services)]) -> BaseModel:
+    return services.base
+
+
+def get_registry(services: Annotated[Services, Depends(get_services)]) -> AdapterRegistry:
+    return services.registry
+
+
+def get_predictor(services: Annotated[Services, Depends(get_services)]) -> Predictor:
+    return services.predictor
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+Base = Annotated[BaseModel, Depends(get_base)]
+Registry = Annotated[AdapterRegistry, Depends(get_registry)]
+PredictorDep = Annotated[Predictor, Depends(get_predictor)]

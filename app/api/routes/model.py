@@ -1,0 +1,27 @@
+"""The base model's description."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from app.api.deps import Base
+from app.api.schemas import LinearPublic, ModelPublic
+
+router = APIRouter(tags=["model"])
+
+
+@router.get("/v1/model")
+def read_model(base: Base) -> ModelPublic:
+    return ModelPublic(
+        name=base.name,
+        architecture=base.config.architecture,
+        input_dim=base.input_dim,
+        output_dim=base.output_dim,
+        device=str(base.device),
+        dtype=base.config.dtype,
+        parameters=base.parameters,
+        target_modules=[
+            LinearPublic(name=i.name, in_features=i.in_features, out_features=i.out_features)
+            for i in base.linears().values()
+        ],
+    )

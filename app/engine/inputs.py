@@ -1,0 +1,60 @@
+"""Prediction inputs checked before any model work: shape, finiteness, row count, names."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from app.adapters.peft_format import check_name
+from app.errors import InvalidInput
+
+
+def check_rows(x: Tensor, input_dim: int, max_rows: int) -> Tensor:
+    """An (N, input_dim) tensor of finite values with 1 <= N <= max_rows."""
+    shape = f"(N, {input_dim}) with 1 <= N <= {max_rows}"
+    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] != input_dim:
+        raise InvalidInput(f"inputs must have shape {shape}, got {tuple(x.shape)}", "inputs")
+    if x.shape[0] > max_rows:
+        raise InvalidInput(f"inputs has {x.shape[0]} rows; must have shape {shape}", "inputs")
+    finite = torch.isfinite(x).all(dim=1)
+    if not bool(finite.all()):
+        row = int((~finite).nonzero()[0])
+        raise InvalidInput(f"inputs row {row} holds NaN or inf; values must be finite", "inputs")
+    return x
+
+
+def rows_to_tensor(rows: Sequence[Sequence[float]], input_dim: int, max_rows: int) -> Tensor:
+    """JSON rows as a float32 tensor, refusing ragged or wrongly sized rows by index."""
+    shape = f"(N, {input_dim}) with 1 <= N <= {max_rows}"
+    if not rows:
+        raise InvalidInput(f"inputs is empty; must have shape {shape}", "inputs")
+    if len(rows) > max_rows:
+        raise InvalidInput(f"inputs has {len(rows)} rows; must have shape {shape}", "inputs")
+    for i, row in enumerate(rows):
+        if len(row) != input_dim:
+            raise InvalidInput(
+                f"inputs row {i} has {len(row)} values; must have shape {shape}", "inputs"
+            )
+    return check_rows(torch.tensor(rows, dtype=torch.float32), input_dim, max_rows)
+
+
+def row_adapters(
+    adapter: str | None, adapters: Sequence[str | None] | None, n_rows: int
+) -> tuple[list[str | None], str]:
+    """One adapter name (or None) per row, and the request field they came from."""
+    if adapter is not None and adapters is not None:
+        raise InvalidInput("give either `adapter` or `adapters`, not both", "adapters")
+    if adapters is None:
+        if adapter is not None:
+            check_name(adapter, "adapter")
+        return [adapter] * n_rows, "adapter"
+    if len(adapters) != n_rows:
+        raise InvalidInput(
+            f"adapters has {len(adapters)} entries; it needs one per row ({n_rows})", "adapters"
+        )
+    for name in adapters:
+        if name is not None:
+            check_name(name, "adapters")
+    return list(adapters), "adapters"

@@ -1,0 +1,59 @@
+"""Domain errors. Each carries its HTTP status and stable code; one handler renders them."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class ServiceError(Exception):
+    """Base: `status`, machine `code`, human `message`, and the request field at fault."""
+
+    status: ClassVar[int] = 400
+    code: ClassVar[str] = "bad_request"
+    error_type: ClassVar[str] = "invalid_request_error"
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.headers: dict[str, str] = {}
+
+
+class InvalidInput(ServiceError):
+    status = 422
+    code = "invalid_input"
+
+
+class InvalidName(ServiceError):
+    status = 422
+    code = "invalid_name"
+
+
+class InvalidAdapter(ServiceError):
+    status = 422
+    code = "invalid_adapter"
+
+
+class AdapterNotFound(ServiceError):
+    status = 404
+    code = "adapter_not_found"
+
+
+class AdapterExists(ServiceError):
+    status = 409
+    code = "adapter_exists"
+
+
+class PayloadTooLarge(ServiceError):
+    status = 413
+    code = "payload_too_large"
+
+
+class NotReady(ServiceError):
+    status = 503
+    code = "not_ready"
+    error_type = "server_error"
+
+    def __init__(self, message: str = "the service is still starting", param: str | None = None):
+        super().__init__(message, param)
+        self.headers = {"Retry-After": "1"}

@@ -1,0 +1,69 @@
+"""Assemble the app: `create_app(settings)`; `app.main:app` reads settings from the environment."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app.adapters import AdapterRegistry, AdapterStore, BaseInfo
+from app.api.deps import Services
+from app.api.errors import install_error_handlers
+from app.api.limits import BodySizeLimit
+from app.api.routes import api_router
+from app.engine import Predictor
+from app.model import load_base_model, resolve_device
+from app.settings import Settings
+
+log = logging.getLogger("app")
+
+
+def build_services(settings: Settings) -> Services:
+    """Load the base model, scan the adapter store, wire the engine."""
+    base = load_base_model(settings.base_model, resolve_device(settings.device))
+    linears = {n: (i.in_features, i.out_features) for n, i in base.linears().items()}
+    info = BaseInfo(linears, base.name, base.fingerprint, base.device, base.dtype)
+    registry = AdapterRegistry(
+        AdapterStore(settings.adapters_dir), info, settings.max_rank, settings.adapter_cache_bytes
+    )
+    registry.scan()
+    predictor = Predictor(base, registry, settings.merged_cache_bytes)
+    return Services(settings=settings, base=base, registry=registry, predictor=predictor)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    start = time.perf_counter()
+    # Built before the server listens: a bad BASE_MODEL stops start-up with the reason.
+    app.state.services = build_services(settings)
+    log.info(
+        "ready in %.2fs: base %s on %s, %d adapters",
+        time.perf_counter() - start,
+        app.state.services.base.name,
+        app.state.services.base.device,
+        len(app.state.services.registry),
+    )
+    try:
+        yield
+    finally:
+        app.state.services = None
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    # A no-op when the host (uvicorn, pytest) has configured logging already.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = FastAPI(title="loraserve", version="0.1.0", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.services = None
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
+    app.include_router(api_router)
+    return app
+
+
+app = create_app()

@@ -1,0 +1,74 @@
+"""The base model's config.json: which architecture, and its sizes."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+Activation = Literal["relu", "gelu", "tanh"]
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+
+
+class InvalidModelConfig(ValueError):
+    """config.json is missing, malformed, or names something we cannot build."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What config.json says: `mlp` with `sizes`, optional bias and activation, a dtype."""
+
+    architecture: str
+    sizes: list[int] = field(default_factory=list)
+    bias: bool = False
+    activation: Activation | None = None
+    dtype: str = "float32"
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> ModelConfig:
+        """Build and check a config; unknown keys are ignored, as in HF configs."""
+        if not isinstance(raw, dict) or not isinstance(raw.get("architecture"), str):
+            raise InvalidModelConfig("config.json must be an object with a string 'architecture'")
+        sizes = raw.get("sizes", [])
+        if (
+            not isinstance(sizes, list)
+            or len(sizes) < 2
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes)
+        ):
+            raise InvalidModelConfig("'sizes' must be a list of at least two positive integers")
+        activation = raw.get("activation")
+        if activation not in (None, "relu", "gelu", "tanh"):
+            raise InvalidModelConfig(f"unknown activation {activation!r}")
+        dtype = raw.get("dtype", "float32")
+        if dtype not in DTYPES:
+            raise InvalidModelConfig(f"dtype must be one of {sorted(DTYPES)}, not {dtype!r}")
+        return cls(
+            architecture=raw["architecture"],
+            sizes=list(sizes),
+            bias=bool(raw.get("bias", False)),
+            activation=activation,
+            dtype=dtype,
+        )
+
+    @classmethod
+    def load(cls, folder: Path) -> ModelConfig:
+        path = folder / "config.json"
+        try:
+            raw = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise InvalidModelConfig(f"cannot read {path}: {exc}") from exc
+        return cls.from_dict(raw)

@@ -1,0 +1,28 @@
+"""All configuration, from the environment (prefix LORASERVE_). Nothing else reads os.environ."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+EMBEDDED_MODEL = Path(__file__).resolve().parent.parent / "models" / "seed-linear"
+MiB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    """Service settings (DESIGN.md); tests pass values directly: Settings(adapters_dir=tmp)."""
+
+    model_config = SettingsConfigDict(env_prefix="LORASERVE_", extra="ignore")
+
+    base_model: Path = EMBEDDED_MODEL
+    adapters_dir: Path = Path("adapters")
+    data_dir: Path = Path("data")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    max_rank: int = Field(default=64, ge=1)
+    max_upload_bytes: int = Field(default=128 * MiB, ge=1024)
+    max_request_rows: int = Field(default=1024, ge=1)
+    adapter_cache_bytes: int = Field(default=1024 * MiB, ge=0)
+    merged_cache_bytes: int = Field(default=256 * MiB, ge=0)

@@ -1,0 +1,117 @@
+"""Test helpers: tiny base models on disk, PEFT-layout adapters, a longhand reference."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save, save_file
+from torch import Tensor
+
+TINY_SIZES = [16, 8, 4]
+
+
+def write_base_model(
+    folder: Path,
+    sizes: Sequence[int] = TINY_SIZES,
+    bias: bool = True,
+    activation: str | None = "relu",
+    seed: int = 0,
+) -> Path:
+    """A random `mlp` base model folder (config.json + model.safetensors)."""
+    gen = torch.Generator().manual_seed(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {"architecture": "mlp", "sizes": list(sizes), "bias": bias, "activation": activation}
+    (folder / "config.json").write_text(json.dumps(config))
+    state = {}
+    for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
+        state[f"layer{i + 1}.weight"] = torch.randn(n_out, n_in, generator=gen) / math.sqrt(n_in)
+        if bias:
+            state[f"layer{i + 1}.bias"] = torch.randn(n_out, generator=gen)
+    save_file(state, folder / "model.safetensors")
+    return folder
+
+
+def linears_of(sizes: Sequence[int]) -> dict[str, tuple[int, int]]:
+    return {f"layer{i + 1}": (a, b) for i, (a, b) in enumerate(itertools.pairwise(sizes))}
+
+
+def lora_tensors(
+    sizes: Sequence[int],
+    targets: Iterable[str],
+    r: int | Mapping[str, int],
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+) -> dict[str, Tensor]:
+    """Random PEFT-keyed A and B (B non-zero, so the adapter changes outputs)."""
+    gen = torch.Generator().manual_seed(seed)
+    linears = linears_of(sizes)
+    tensors = {}
+    for module in targets:
+        n_in, n_out = linears[module]
+        rank = r[module] if isinstance(r, Mapping) else r
+        prefix = f"base_model.model.{module}"
+        tensors[f"{prefix}.lora_A.weight"] = (torch.randn(rank, n_in, generator=gen) / n_in).to(
+            dtype
+        )
+        tensors[f"{prefix}.lora_B.weight"] = (torch.randn(n_out, rank, generator=gen) / rank).to(
+            dtype
+        )
+    return tensors
+
+
+def peft_config(r: int, alpha: float, targets: Sequence[str], **extra: Any) -> dict[str, Any]:
+    return {
+        "peft_type": "LORA",
+        "r": r,
+        "lora_alpha": alpha,
+        "target_modules": list(targets),
+        "bias": "none",
+        "use_rslora": False,
+        "rank_pattern": {},
+        "alpha_pattern": {},
+        **extra,
+    }
+
+
+def adapter_files(config: Mapping[str, Any], tensors: Mapping[str, Tensor]) -> tuple[bytes, bytes]:
+    """(adapter_config.json, adapter_model.safetensors) as bytes."""
+    return json.dumps(config).encode(), save(dict(tensors), metadata={"format": "pt"})
+
+
+def reference_forward(
+    base_folder: Path,
+    x: Tensor,
+    config: Mapping[str, Any] | None = None,
+    tensors: Mapping[str, Tensor] | None = None,
+) -> Tensor:
+    """The model written out longhand in float64: x @ W.T + b + s * (x @ A.T) @ B.T per layer."""
+    from safetensors.torch import load_file
+
+    spec = json.loads((base_folder / "config.json").read_text())
+    state = {k: v.double() for k, v in load_file(base_folder / "model.safetensors").items()}
+    act = {"relu": torch.relu, "tanh": torch.tanh, "gelu": torch.nn.functional.gelu, None: None}[
+        spec.get("activation")
+    ]
+    n_layers = len(spec["sizes"]) - 1
+    h = x.double()
+    for i in range(1, n_layers + 1):
+        name = f"layer{i}"
+        y = h @ state[f"{name}.weight"].T
+        if f"{name}.bias" in state:
+            y = y + state[f"{name}.bias"]
+        key_a = f"base_model.model.{name}.lora_A.weight"
+        if config is not None and tensors is not None and key_a in tensors:
+            a = tensors[key_a].double()
+            b = tensors[f"base_model.model.{name}.lora_B.weight"].double()
+            r = a.shape[0]
+            alpha = config.get("alpha_pattern", {}).get(name, config["lora_alpha"])
+            s = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
+            y = y + s * (h @ a.T) @ b.T
+        h = act(y) if act is not None and i < n_layers else y
+    return h

@@ -1,0 +1,152 @@
+"""LoRA math against the longhand reference."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from app.lora import (
+    LoraAdapter,
+    LoraConfig,
+    LoraModule,
+    init_lora_module,
+    lora_scaling,
+    merge_adapter,
+    merged_linear,
+    pattern_key,
+    unmerged_linear,
+)
+from app.model import MLP, ModelConfig
+
+SIZES = [96, 80, 72]
+
+
+def make_model(seed: int = 0, bias: bool = True, activation: str | None = "gelu") -> MLP:
+    torch.manual_seed(seed)
+    model = MLP(ModelConfig(architecture="mlp", sizes=SIZES, bias=bias, activation=activation))
+    return model.requires_grad_(False).eval()
+
+
+def make_adapter(
+    model: nn.Module, r: int, targets: tuple[str, ...], seed: int, alpha: float = 16.0, **kw
+) -> LoraAdapter:
+    config = LoraConfig(r=r, lora_alpha=alpha, target_modules=targets, **kw)
+    gen = torch.Generator().manual_seed(seed)
+    modules = {}
+    for name in targets:
+        layer = model.get_submodule(name)
+        rank = config.rank_for(name)
+        a = torch.randn(rank, layer.in_features, generator=gen) / layer.in_features
+        b = torch.randn(layer.out_features, rank, generator=gen) / rank
+        modules[name] = LoraModule(a, b, config.scaling_for(name))
+    return LoraAdapter(config, modules)
+
+
+def longhand(model: MLP, x: torch.Tensor, adapter: LoraAdapter | None) -> torch.Tensor:
+    """x @ W.T + b + s * (x @ A.T) @ B.T per layer, in float64."""
+    h = x.double()
+    names = ["layer1", "layer2"]
+    for i, name in enumerate(names):
+        layer = model.get_submodule(name)
+        y = h @ layer.weight.double().T + layer.bias.double()
+        if adapter is not None and name in adapter.modules:
+            m = adapter.modules[name]
+            y = y + m.scaling * (h @ m.lora_A.double().T) @ m.lora_B.double().T
+        h = torch.nn.functional.gelu(y) if i < len(names) - 1 else y
+    return h
+
+
+@pytest.mark.parametrize("r", [1, 2, 4, 8, 16, 32, 64])
+def test_unmerged_matches_longhand_for_every_rank(r: int) -> None:
+    model = make_model()
+    adapter = make_adapter(model, r, ("layer1", "layer2"), seed=r)
+    x = torch.randn(32, SIZES[0])
+    out = model(x, linear=unmerged_linear(adapter))
+    torch.testing.assert_close(out.double(), longhand(model, x, adapter), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("r", [1, 2, 4, 8, 16, 32, 64])
+def test_merged_agrees_with_unmerged_within_1e4_relative(r: int) -> None:
+    model = make_model()
+    adapter = make_adapter(model, r, ("layer1", "layer2"), seed=100 + r)
+    x = torch.randn(32, SIZES[0])
+    unmerged = model(x, linear=unmerged_linear(adapter))
+    merged = model(x, linear=merged_linear(merge_adapter(model, adapter)))
+    torch.testing.assert_close(merged, unmerged, rtol=1e-4, atol=1e-5)
+
+
+def test_adapter_on_only_some_layers_leaves_the_others_at_base() -> None:
+    model = make_model()
+    adapter = make_adapter(model, 4, ("layer2",), seed=1)
+    x = torch.randn(8, SIZES[0])
+    out = model(x, linear=unmerged_linear(adapter))
+    torch.testing.assert_close(out.double(), longhand(model, x, adapter), rtol=1e-5, atol=1e-5)
+    merged = merge_adapter(model, adapter)
+    assert set(merged) == {"layer2"}
+    torch.testing.assert_close(model(x, linear=merged_linear(merged)), out, rtol=1e-4, atol=1e-5)
+
+
+def test_merge_never_writes_the_base_weights() -> None:
+    model = make_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    adapter = make_adapter(model, 8, ("layer1", "layer2"), seed=2)
+    merged = merge_adapter(model, adapter)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    # Restoring is dropping the copy: the base answers exactly as before any merge.
+    x = torch.randn(4, SIZES[0])
+    assert merged["layer1"].data_ptr() != model.layer1.weight.data_ptr()
+    torch.testing.assert_close(model(x), longhand(model, x, None).float(), rtol=0, atol=1e-5)
+
+
+def test_rslora_scales_by_alpha_over_sqrt_r() -> None:
+    assert lora_scaling(16, 4, use_rslora=True) == 8.0
+    assert lora_scaling(16, 4, use_rslora=False) == 4.0
+    model = make_model()
+    adapter = make_adapter(model, 16, ("layer1", "layer2"), seed=3, use_rslora=True)
+    assert adapter.modules["layer1"].scaling == pytest.approx(16 / math.sqrt(16))
+    x = torch.randn(8, SIZES[0])
+    out = model(x, linear=unmerged_linear(adapter))
+    torch.testing.assert_close(out.double(), longhand(model, x, adapter), rtol=1e-5, atol=1e-5)
+
+
+def test_rank_and_alpha_patterns_override_per_module() -> None:
+    model = make_model()
+    adapter = make_adapter(
+        model,
+        8,
+        ("layer1", "layer2"),
+        seed=4,
+        rank_pattern={"layer2": 2},
+        alpha_pattern={"layer2": 6},
+    )
+    assert adapter.modules["layer1"].rank == 8
+    assert adapter.modules["layer1"].scaling == pytest.approx(16 / 8)
+    assert adapter.modules["layer2"].rank == 2
+    assert adapter.modules["layer2"].scaling == pytest.approx(6 / 2)
+    x = torch.randn(8, SIZES[0])
+    out = model(x, linear=unmerged_linear(adapter))
+    torch.testing.assert_close(out.double(), longhand(model, x, adapter), rtol=1e-5, atol=1e-5)
+
+
+def test_pattern_key_follows_peft_suffix_rule() -> None:
+    patterns = {"layer2": 4, r"blocks\.\d+\.proj": 2}
+    assert pattern_key(patterns, "layer2") == "layer2"
+    assert pattern_key(patterns, "model.layer2") == "layer2"
+    assert pattern_key(patterns, "xlayer2") is None
+    assert pattern_key(patterns, "enc.blocks.3.proj") == r"blocks\.\d+\.proj"
+    assert pattern_key(patterns, "layer1") is None
+
+
+def test_new_module_starts_as_exactly_the_base() -> None:
+    model = make_model()
+    gen = torch.Generator().manual_seed(0)
+    module = init_lora_module(96, 80, 4, 2.0, gen)
+    assert torch.count_nonzero(module.lora_B) == 0
+    assert module.lora_A.abs().max() <= 1 / math.sqrt(96)
+    adapter = LoraAdapter(LoraConfig(4, 8, ("layer1",)), {"layer1": module})
+    x = torch.randn(4, SIZES[0])
+    assert torch.equal(model(x, linear=unmerged_linear(adapter)), model(x))

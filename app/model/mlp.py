@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import torch
@@ -29,7 +30,7 @@ class MLP(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        for i, (n_in, n_out) in enumerate(zip(config.sizes, config.sizes[1:], strict=False)):
+        for i, (n_in, n_out) in enumerate(itertools.pairwise(config.sizes)):
             self.add_module(f"layer{i + 1}", nn.Linear(n_in, n_out, bias=config.bias))
         self._act = _ACTIVATIONS[config.activation] if config.activation else None
 

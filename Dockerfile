@@ -1,0 +1,34 @@
+# loraserve: one frozen base model, many LoRA adapters, one HTTP endpoint.
+# CPU torch by default; for CUDA: docker build --build-arg TORCH_VARIANT=cu128 .
+FROM python:3.11-slim
+
+ARG TORCH_VARIANT=cpu
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    UVICORN_HOST=0.0.0.0 \
+    UVICORN_PORT=8000 \
+    LORASERVE_BASE_MODEL=/srv/models/seed-linear \
+    LORASERVE_ADAPTERS_DIR=/var/lib/loraserve/adapters \
+    LORASERVE_DATA_DIR=/var/lib/loraserve/data
+
+WORKDIR /srv
+# torch first, from the variant's index, so the layer is reused when only the app changes.
+RUN pip install --no-cache-dir --index-url "https://download.pytorch.org/whl/${TORCH_VARIANT}" torch==2.13.0
+
+COPY pyproject.toml README.md ./
+COPY app ./app
+COPY models ./models
+RUN pip install --no-cache-dir . \
+    && groupadd --system --gid 10001 loraserve \
+    && useradd --system --uid 10001 --gid 10001 --create-home loraserve \
+    && mkdir -p /var/lib/loraserve/adapters /var/lib/loraserve/data \
+    && chown -R 10001:10001 /var/lib/loraserve
+
+USER 10001:10001
+EXPOSE 8000
+VOLUME ["/var/lib/loraserve/adapters", "/var/lib/loraserve/data"]
+HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
+    CMD ["python", "-c", "import urllib.request, sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=2).status != 200)"]
+# Host and port come from UVICORN_HOST / UVICORN_PORT (uvicorn reads its UVICORN_* variables).
+CMD ["uvicorn", "app.main:app"]

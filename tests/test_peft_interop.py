@@ -35,7 +35,9 @@ def plain_base(base_folder: Path) -> PlainMLP:
 
 
 def _predict(client: TestClient, x: torch.Tensor, adapter: str, mode: str) -> torch.Tensor:
-    response = client.post("/v1/predict", json={"inputs": x.tolist(), "adapter": adapter, "mode": mode})
+    response = client.post(
+        "/v1/predict", json={"inputs": x.tolist(), "adapter": adapter, "mode": mode}
+    )
     assert response.status_code == 200, response.text
     return torch.tensor(response.json()["outputs"])
 
@@ -78,7 +80,9 @@ def test_adapter_saved_by_peft_predicts_what_peft_computes(
     x = torch.randn(6, 16)
     with torch.no_grad():
         expected = peft_model(x)
-    torch.testing.assert_close(_predict(client, x, "from-peft", mode), expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        _predict(client, x, "from-peft", mode), expected, rtol=1e-4, atol=1e-5
+    )
 
 
 def test_adapter_downloaded_from_the_service_loads_in_peft(
@@ -94,4 +98,6 @@ def test_adapter_downloaded_from_the_service_loads_in_peft(
         expected = peft_model(x)
     assert not torch.allclose(expected, plain_base(base_folder)(x))  # the adapter is applied
     for mode in ("unmerged", "merged"):
-        torch.testing.assert_close(_predict(client, x, "ours", mode), expected, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            _predict(client, x, "ours", mode), expected, rtol=1e-4, atol=1e-5
+        )

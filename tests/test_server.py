@@ -85,7 +85,10 @@ def test_container_command_serves_the_embedded_model(server) -> None:
     response = httpx.post(
         f"{url}/v1/adapters",
         data={"name": "shifted"},
-        files={"config": ("adapter_config.json", config_bytes), "weights": ("w.safetensors", weights_bytes)},
+        files={
+            "config": ("adapter_config.json", config_bytes),
+            "weights": ("w.safetensors", weights_bytes),
+        },
     )
     assert response.status_code == 201, response.text
     assert (store / "shifted" / "adapter_model.safetensors").is_file()

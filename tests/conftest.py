@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +25,8 @@ def settings(tmp_path: Path, base_folder: Path) -> Settings:
         base_model=base_folder,
         adapters_dir=tmp_path / "adapters",
         data_dir=tmp_path / "data",
-        device="cpu",
+        # The GPU run sets LORASERVE_TEST_DEVICE=cuda to put the HTTP tests on the device.
+        device=os.environ.get("LORASERVE_TEST_DEVICE", "cpu"),
         max_rank=64,
         max_request_rows=64,
     )

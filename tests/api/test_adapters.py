@@ -168,3 +168,23 @@ def test_upload_without_files_is_422(client: TestClient) -> None:
     response = client.post("/v1/adapters", data={"name": "a"})
     assert response.status_code == 422
     assert response.json()["error"]["code"] == "invalid_request"
+
+
+def test_streamed_upload_over_the_size_limit_is_413(settings) -> None:
+    from app.main import create_app
+
+    small = settings.model_copy(update={"max_upload_bytes": 4096})
+    with TestClient(create_app(small)) as client:
+
+        def chunks():  # no Content-Length: the limit is enforced while the body streams in
+            yield b'--b\r\nContent-Disposition: form-data; name="name"\r\n\r\na\r\n'
+            for _ in range(10):
+                yield b"x" * 1024
+
+        response = client.post(
+            "/v1/adapters",
+            content=chunks(),
+            headers={"content-type": "multipart/form-data; boundary=b"},
+        )
+        assert response.status_code == 413
+        assert response.json()["error"]["code"] == "payload_too_large"

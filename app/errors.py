@@ -34,8 +34,12 @@ class InvalidAdapter(ServiceError):
     code = "invalid_adapter"
 
 
-class AdapterNotFound(ServiceError):
+class NotFound(ServiceError):
     status = 404
+    code = "not_found"
+
+
+class AdapterNotFound(NotFound):
     code = "adapter_not_found"
 
 
@@ -44,9 +48,19 @@ class AdapterExists(ServiceError):
     code = "adapter_exists"
 
 
+class Conflict(ServiceError):
+    status = 409
+    code = "conflict"
+
+
 class PayloadTooLarge(ServiceError):
     status = 413
     code = "payload_too_large"
+
+
+class UnsupportedMediaType(ServiceError):
+    status = 415
+    code = "unsupported_media_type"
 
 
 class NotReady(ServiceError):

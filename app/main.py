@@ -17,6 +17,7 @@ from app.api.routes import api_router
 from app.engine import Predictor
 from app.model import load_base_model, resolve_device
 from app.settings import Settings
+from app.training import DatasetStore, JobStore, TrainingService
 
 log = logging.getLogger("app")
 
@@ -31,7 +32,13 @@ def build_services(settings: Settings) -> Services:
     )
     registry.scan()
     predictor = Predictor(base, registry, settings.merged_cache_bytes)
-    return Services(settings=settings, base=base, registry=registry, predictor=predictor)
+    datasets = DatasetStore(
+        settings.data_dir / "datasets", base.input_dim, base.output_dim, settings.max_dataset_rows
+    )
+    datasets.scan()
+    jobs = JobStore(settings.data_dir / "jobs.db")
+    training = TrainingService(base, registry, datasets, jobs, settings.max_rank)
+    return Services(settings, base, registry, predictor, datasets, training)
 
 
 @asynccontextmanager
@@ -39,7 +46,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     start = time.perf_counter()
     # Built before the server listens: a bad BASE_MODEL stops start-up with the reason.
-    app.state.services = build_services(settings)
+    services = build_services(settings)
+    services.training.start()  # marks jobs a crash interrupted, then runs the queue
+    app.state.services = services
     log.info(
         "ready in %.2fs: base %s on %s, %d adapters",
         time.perf_counter() - start,
@@ -51,6 +60,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         app.state.services = None
+        services.training.stop()
+        services.training.jobs.close()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -24,5 +24,6 @@ class Settings(BaseSettings):
     max_rank: int = Field(default=64, ge=1)
     max_upload_bytes: int = Field(default=128 * MiB, ge=1024)
     max_request_rows: int = Field(default=1024, ge=1)
+    max_dataset_rows: int = Field(default=1_000_000, ge=1)
     adapter_cache_bytes: int = Field(default=1024 * MiB, ge=0)
     merged_cache_bytes: int = Field(default=256 * MiB, ge=0)

@@ -12,6 +12,7 @@ from app.engine import Predictor
 from app.errors import NotReady
 from app.model import BaseModel
 from app.settings import Settings
+from app.training import DatasetStore, TrainingService
 
 
 @dataclass
@@ -22,6 +23,8 @@ class Services:
     base: BaseModel
     registry: AdapterRegistry
     predictor: Predictor
+    datasets: DatasetStore
+    training: TrainingService
 
 
 def get_services(request: Request) -> Services:
@@ -48,7 +51,17 @@ def get_predictor(services: Annotated[Services, Depends(get_services)]) -> Predi
     return services.predictor
 
 
+def get_datasets(services: Annotated[Services, Depends(get_services)]) -> DatasetStore:
+    return services.datasets
+
+
+def get_training(services: Annotated[Services, Depends(get_services)]) -> TrainingService:
+    return services.training
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 Base = Annotated[BaseModel, Depends(get_base)]
 Registry = Annotated[AdapterRegistry, Depends(get_registry)]
 PredictorDep = Annotated[Predictor, Depends(get_predictor)]
+Datasets = Annotated[DatasetStore, Depends(get_datasets)]
+Training = Annotated[TrainingService, Depends(get_training)]

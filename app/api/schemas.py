@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -78,3 +78,120 @@ class PredictRequest(BaseModel):
 class PredictResponse(BaseModel):
     outputs: list[list[float]]
     mode: Literal["unmerged", "merged"]
+
+
+class DatasetCreate(BaseModel):
+    """Small datasets as JSON; big ones as a safetensors file upload."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    inputs: list[list[float]] = Field(description="(N, input_dim)")
+    targets: list[list[float]] = Field(description="(N, output_dim)")
+
+
+class DatasetPublic(BaseModel):
+    id: str
+    object: Literal["dataset"] = "dataset"
+    rows: int
+    input_dim: int
+    output_dim: int
+    bytes: int
+    created_at: int
+    filename: str | None
+
+
+class DatasetList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[DatasetPublic]
+
+
+class Hyperparameters(BaseModel):
+    """What the caller may set; everything has a default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rank: int = Field(default=8, ge=1)
+    alpha: float | None = Field(
+        default=None, gt=0, allow_inf_nan=False, description="default: rank"
+    )
+    target_modules: list[str] | None = Field(
+        default=None, description="default: every linear layer"
+    )
+    epochs: int = Field(default=3, ge=1, le=100_000)
+    batch_size: int = Field(default=128, ge=1, le=1_000_000)
+    learning_rate: float = Field(default=1e-3, gt=0, allow_inf_nan=False)
+    use_rslora: bool = False
+    loss: Literal["mse", "cross_entropy"] = "mse"
+    seed: int = Field(default=0, ge=0, le=2**63 - 1)
+
+
+class ResolvedHyperparameters(BaseModel):
+    rank: int
+    alpha: float
+    target_modules: list[str]
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    use_rslora: bool
+    loss: Literal["mse", "cross_entropy"]
+    seed: int
+
+
+class JobCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    adapter_name: str
+    training_dataset: str
+    validation_dataset: str | None = None
+    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+
+
+class JobProgress(BaseModel):
+    epoch: int
+    epochs: int
+    step: int
+    total_steps: int
+    train_loss: float | None
+    validation_loss: float | None
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+
+
+class JobPublic(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job"] = "fine_tuning.job"
+    status: Literal["queued", "running", "succeeded", "failed", "cancelling", "cancelled"]
+    adapter_name: str
+    training_dataset: str
+    validation_dataset: str | None
+    created_at: int
+    started_at: int | None
+    finished_at: int | None
+    hyperparameters: ResolvedHyperparameters
+    progress: JobProgress
+    error: JobError | None
+
+
+class JobList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[JobPublic]
+    has_more: bool
+
+
+class EventPublic(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job.event"] = "fine_tuning.job.event"
+    created_at: int
+    level: str
+    type: Literal["message", "metrics"]
+    message: str
+    data: dict[str, Any] | None
+
+
+class EventList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[EventPublic]
+    has_more: bool

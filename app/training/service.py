@@ -1,0 +1,134 @@
+"""The rules of fine-tuning jobs: what may be queued, cancel, recovery after a restart."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from app.adapters import AdapterRegistry
+from app.adapters.peft_format import check_name
+from app.errors import AdapterExists, Conflict, InvalidInput
+from app.model import BaseModel
+from app.training.datasets import DatasetStore
+from app.training.jobs import ACTIVE, Job, JobStore
+from app.training.trainer import total_steps
+from app.training.worker import TrainingWorker
+
+log = logging.getLogger(__name__)
+
+
+class JobNotCancellable(Conflict):
+    code = "job_not_cancellable"
+
+
+class DatasetInUse(Conflict):
+    code = "dataset_in_use"
+
+
+class TrainingService:
+    """Creates, cancels and recovers jobs; the worker runs them."""
+
+    def __init__(
+        self,
+        base: BaseModel,
+        registry: AdapterRegistry,
+        datasets: DatasetStore,
+        jobs: JobStore,
+        max_rank: int,
+    ) -> None:
+        self.base, self.registry, self.datasets, self.jobs = base, registry, datasets, jobs
+        self.max_rank = max_rank
+        self.worker = TrainingWorker(base, registry, datasets, jobs)
+
+    def start(self) -> None:
+        self.recover()
+        self.worker.start()
+
+    def stop(self) -> None:
+        self.worker.stop()
+
+    def recover(self) -> None:
+        """Jobs the last process left running: done if their adapter exists, else interrupted."""
+        for job in self.jobs.with_status("running", "cancelling"):
+            record = next((r for r in self.registry.list() if r.name == job.adapter_name), None)
+            if record is not None and record.metadata.get("job_id") == job.id:
+                self.jobs.set_status(job.id, "succeeded")
+                self.jobs.add_event(job.id, "message", "job succeeded (found after a restart)")
+            elif job.status == "cancelling":
+                self.jobs.set_status(job.id, "cancelled")
+                self.jobs.add_event(job.id, "message", "job cancelled")
+            else:
+                error = {"code": "interrupted", "message": "the service stopped during training"}
+                self.jobs.set_status(job.id, "failed", error=error)
+                self.jobs.add_event(job.id, "message", "job failed: interrupted", level="error")
+            log.warning("recovered job %s", job.id)
+
+    def create_job(
+        self,
+        adapter_name: str,
+        training_dataset: str,
+        validation_dataset: str | None,
+        hyperparameters: dict[str, Any],
+    ) -> Job:
+        """Check everything that can be checked now, resolve defaults, queue the job."""
+        check_name(adapter_name, "adapter_name")
+        hp = dict(hyperparameters)
+        if hp["rank"] > self.max_rank:
+            raise InvalidInput(
+                f"rank {hp['rank']} is over the limit of {self.max_rank}", "hyperparameters.rank"
+            )
+        linears = list(self.base.linears())
+        targets = hp.get("target_modules") or linears
+        unknown = [t for t in targets if t not in linears]
+        if unknown:
+            raise InvalidInput(
+                f"unknown target_modules {unknown}; the base has {linears}",
+                "hyperparameters.target_modules",
+            )
+        hp["target_modules"] = [m for m in linears if m in targets]
+        hp["alpha"] = float(hp["alpha"] if hp.get("alpha") is not None else hp["rank"])
+        train = self.datasets.get(training_dataset, "training_dataset")
+        if validation_dataset is not None:
+            self.datasets.get(validation_dataset, "validation_dataset")
+        if adapter_name in {r.name for r in self.registry.list()}:
+            raise AdapterExists(f"adapter {adapter_name!r} already exists", "adapter_name")
+        if any(j.adapter_name == adapter_name for j in self.jobs.with_status(*ACTIVE)):
+            raise AdapterExists(
+                f"another job is already training adapter {adapter_name!r}", "adapter_name"
+            )
+        progress = {
+            "epoch": 0,
+            "epochs": hp["epochs"],
+            "step": 0,
+            "total_steps": total_steps(train.rows, hp["batch_size"], hp["epochs"]),
+            "train_loss": None,
+            "validation_loss": None,
+        }
+        job = self.jobs.create(adapter_name, training_dataset, validation_dataset, hp, progress)
+        self.worker.notify()
+        return job
+
+    def cancel(self, job_id: str) -> Job:
+        """Queued jobs are cancelled at once; running ones go through `cancelling`."""
+        with self.worker.finish_lock:
+            job = self.jobs.get(job_id)
+            if job.status == "queued" and self.jobs.set_status(
+                job_id, "cancelled", only_from=("queued",)
+            ):
+                self.jobs.add_event(job_id, "message", "job cancelled before it started")
+            elif job.status == "running" and self.jobs.set_status(
+                job_id, "cancelling", only_from=("running",)
+            ):
+                self.jobs.add_event(job_id, "message", "cancellation requested")
+                self.worker.request_cancel(job_id)
+            elif job.status != "cancelling":
+                raise JobNotCancellable(f"job {job_id!r} is already {job.status}", "job_id")
+            return self.jobs.get(job_id)
+
+    def delete_dataset(self, dataset_id: str) -> None:
+        """Refused while a queued or running job still needs the dataset."""
+        self.datasets.get(dataset_id)
+        for job in self.jobs.with_status(*ACTIVE):
+            if dataset_id in (job.training_dataset, job.validation_dataset):
+                raise DatasetInUse(f"job {job.id} still uses dataset {dataset_id!r}", "id")
+        self.datasets.delete(dataset_id)

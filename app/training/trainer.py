@@ -1,0 +1,185 @@
+"""The LoRA training loop: Adam on A and B only, over a frozen base that is shared, not copied.
+
+Reads top to bottom: fresh modules (B = 0), the cached input layers, then epochs of shuffled
+mini-batches, each step checking for cancellation and divergence, validation after each epoch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from app.lora import LinearFn, LoraAdapter, LoraConfig, LoraModule, init_lora_module, lora_delta
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Resolved hyperparameters of one training run."""
+
+    rank: int
+    alpha: float
+    target_modules: tuple[str, ...]
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    use_rslora: bool = False
+    loss: Literal["mse", "cross_entropy"] = "mse"
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class StepReport:
+    """Where training is, for progress and events."""
+
+    epoch: int
+    step: int
+    total_steps: int
+    train_loss: float  # the last step's loss, or the epoch mean at an epoch's end
+    validation_loss: float | None = None
+    epoch_end: bool = False
+
+
+class Diverged(RuntimeError):
+    """The loss became NaN or inf."""
+
+
+class Cancelled(RuntimeError):
+    """should_stop() answered True."""
+
+
+def _loss_fn(kind: str) -> Callable[..., Tensor]:
+    """Mean squared error, or cross-entropy against class probabilities (N, classes)."""
+    return F.mse_loss if kind == "mse" else F.cross_entropy
+
+
+def _input_layers(model: nn.Module, x: Tensor) -> set[str]:
+    """The linear layers whose input is the raw data itself (found by one probing forward)."""
+    found: set[str] = set()
+
+    def probe(name: str, layer: nn.Linear, h: Tensor) -> Tensor:
+        if h is x:
+            found.add(name)
+        return layer(h)
+
+    with torch.no_grad():
+        model(x, linear=probe)
+    return found
+
+
+def _cache_input_layers(model: nn.Module, x: Tensor, names: set[str]) -> dict[str, Tensor]:
+    """Base outputs x W^T (+ b) of the input layers for every row, computed once.
+
+    The data never change and the base is frozen, so every epoch would recompute exactly these;
+    only the LoRA term on top of them is trained.
+    """
+    cache = {}
+    with torch.no_grad():
+        for name in names:
+            layer = model.get_submodule(name)
+            assert isinstance(layer, nn.Linear)
+            cache[name] = torch.cat([layer(chunk) for chunk in x.split(4096)])  # (N, out)
+    return cache
+
+
+def _training_linear(
+    modules: dict[str, LoraModule], cache: dict[str, Tensor], rows: Tensor | None
+) -> LinearFn:
+    def linear(name: str, layer: nn.Linear, h: Tensor) -> Tensor:
+        cached = cache.get(name)
+        y = layer(h) if cached is None or rows is None else cached[rows]
+        module = modules.get(name)
+        return y if module is None else y + lora_delta(h, module)
+
+    return linear
+
+
+def train_lora(
+    model: nn.Module,
+    config: TrainConfig,
+    x: Tensor,
+    y: Tensor,
+    validation: tuple[Tensor, Tensor] | None = None,
+    on_step: Callable[[StepReport], None] = lambda report: None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> LoraAdapter:
+    """Train a LoRA adapter for `model` (frozen, never written) on inputs x and targets y."""
+    gen = torch.Generator().manual_seed(config.seed)
+    lora_config = LoraConfig(
+        r=config.rank,
+        lora_alpha=config.alpha,
+        target_modules=config.target_modules,
+        use_rslora=config.use_rslora,
+    )
+    device = x.device
+    modules: dict[str, LoraModule] = {}
+    params: list[Tensor] = []
+    for name in config.target_modules:
+        layer = model.get_submodule(name)
+        assert isinstance(layer, nn.Linear)
+        fresh = init_lora_module(
+            layer.in_features, layer.out_features, config.rank, lora_config.scaling_for(name), gen
+        )
+        a = fresh.lora_A.to(device).requires_grad_(True)  # (r, in)
+        b = fresh.lora_B.to(device).requires_grad_(True)  # (out, r)
+        modules[name] = LoraModule(a, b, fresh.scaling)
+        params += [a, b]
+    optimizer = torch.optim.Adam(params, lr=config.learning_rate)
+    loss_fn = _loss_fn(config.loss)
+    cache = _cache_input_layers(model, x, _input_layers(model, x[:1]) & set(modules))
+    steps_per_epoch = math.ceil(len(x) / config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    step = 0
+    for epoch in range(1, config.epochs + 1):
+        order = torch.randperm(len(x), generator=gen).to(device)
+        epoch_loss = 0.0
+        for start in range(0, len(x), config.batch_size):
+            if should_stop():
+                raise Cancelled()
+            rows = order[start : start + config.batch_size]  # (B,)
+            out = model(x[rows], linear=_training_linear(modules, cache, rows))
+            loss = loss_fn(out, y[rows])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            value = loss.item()
+            if not math.isfinite(value):
+                raise Diverged(
+                    f"the training loss became {value} at epoch {epoch}, step {step + 1}"
+                )
+            step += 1
+            epoch_loss += value * len(rows)
+            on_step(StepReport(epoch, step, total_steps, value))
+        val_loss = (
+            None if validation is None else evaluate(model, modules, *validation, config.loss)
+        )
+        if val_loss is not None and not math.isfinite(val_loss):
+            raise Diverged(f"the validation loss became {val_loss} at epoch {epoch}")
+        on_step(StepReport(epoch, step, total_steps, epoch_loss / len(x), val_loss, epoch_end=True))
+    frozen = {
+        n: LoraModule(m.lora_A.detach(), m.lora_B.detach(), m.scaling) for n, m in modules.items()
+    }
+    return LoraAdapter(lora_config, frozen)
+
+
+def evaluate(
+    model: nn.Module, modules: dict[str, LoraModule], x: Tensor, y: Tensor, loss: str = "mse"
+) -> float:
+    """Mean loss over (x, y) with the adapter applied, in chunks."""
+    loss_fn = _loss_fn(loss)
+    total = 0.0
+    with torch.no_grad():
+        for xs, ys in zip(x.split(4096), y.split(4096), strict=True):
+            out = model(xs, linear=_training_linear(modules, {}, None))
+            total += loss_fn(out, ys, reduction="sum").item()
+    elements = y.numel() if loss == "mse" else len(y)
+    return total / elements
+
+
+def total_steps(rows: int, batch_size: int, epochs: int) -> int:
+    return math.ceil(rows / batch_size) * epochs

@@ -1,0 +1,227 @@
+"""Fine-tuning jobs over HTTP: every state, cancel, divergence, restart, serving while training."""
+
+from __future__ import annotations
+
+import io
+import time
+import zipfile
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from safetensors import safe_open
+from safetensors.torch import load, save
+
+from app.main import create_app
+from app.training import JobStore
+from tests.helpers import reference_forward
+
+
+def dataset(client: TestClient, rows: int = 64, scale: float = 1.0, seed: int = 0) -> str:
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, 16, generator=gen) * scale
+    y = torch.randn(rows, 4, generator=gen)
+    response = client.post("/v1/datasets", files={"file": ("d", save({"inputs": x, "targets": y}))})
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+def create(client: TestClient, name: str, train: str, **kw):
+    body = {"adapter_name": name, "training_dataset": train, **kw}
+    return client.post("/v1/fine-tuning/jobs", json=body)
+
+
+def wait_for(client: TestClient, job_id: str, *statuses: str, timeout: float = 30) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/fine-tuning/jobs/{job_id}").json()
+        if job["status"] in statuses:
+            return dict(job)
+        time.sleep(0.02)
+    raise AssertionError(f"job {job_id} never reached {statuses}: {job}")
+
+
+LONG = {"epochs": 1000, "batch_size": 1}  # runs far longer than any test waits
+
+
+def test_job_trains_and_registers_the_adapter(client: TestClient, settings, base_folder) -> None:
+    train, val = dataset(client), dataset(client, rows=16, seed=1)
+    response = create(client, "tuned", train, validation_dataset=val)
+    assert response.status_code == 201, response.text
+    job = response.json()
+    assert job["object"] == "fine_tuning.job" and job["status"] in ("queued", "running")
+    assert job["hyperparameters"] == {
+        "rank": 8, "alpha": 8.0, "target_modules": ["layer1", "layer2"], "epochs": 3,
+        "batch_size": 128, "learning_rate": 0.001, "use_rslora": False, "loss": "mse", "seed": 0,
+    }  # fmt: skip
+    done = wait_for(client, job["id"], "succeeded", "failed")
+    assert done["status"] == "succeeded", done
+    assert done["error"] is None and done["started_at"] and done["finished_at"]
+    assert (
+        done["progress"]["epoch"] == 3
+        and done["progress"]["step"] == done["progress"]["total_steps"] == 3
+    )
+    assert done["progress"]["validation_loss"] is not None
+
+    adapter = client.get("/v1/adapters/tuned").json()
+    assert adapter["source"] == "training" and adapter["rank"] == 8
+    with safe_open(settings.adapters_dir / "tuned" / "adapter_model.safetensors", "pt") as f:
+        assert f.metadata()["job_id"] == job["id"]
+
+    events = client.get(f"/v1/fine-tuning/jobs/{job['id']}/events").json()["data"]
+    metrics = [e["data"] for e in events if e["type"] == "metrics"]
+    assert [m["epoch"] for m in metrics] == [1, 2, 3]
+    assert set(metrics[0]) >= {"epoch", "step", "train_loss", "validation_loss"}
+    assert events[-1]["message"] == "job succeeded"
+
+    # Usable at once, and it computes what its files say.
+    files = zipfile.ZipFile(io.BytesIO(client.get("/v1/adapters/tuned/download").content))
+    tensors = load(files.read("adapter_model.safetensors"))
+    x = torch.randn(3, 16)
+    out = client.post("/v1/predict", json={"inputs": x.tolist(), "adapter": "tuned"}).json()
+    ref = reference_forward(base_folder, x, {"lora_alpha": 8.0}, tensors)
+    torch.testing.assert_close(
+        torch.tensor(out["outputs"], dtype=torch.float64), ref, rtol=1e-4, atol=1e-5
+    )
+
+
+def test_same_seed_and_data_give_the_same_adapter(client: TestClient) -> None:
+    train = dataset(client)
+    hp = {"rank": 2, "epochs": 2, "batch_size": 8, "seed": 3}
+    for name in ("one", "two"):
+        wait_for(client, create(client, name, train, hyperparameters=hp).json()["id"], "succeeded")
+    one, two = (
+        load(zipfile.ZipFile(io.BytesIO(client.get(f"/v1/adapters/{n}/download").content)).read(
+            "adapter_model.safetensors"
+        ))
+        for n in ("one", "two")
+    )  # fmt: skip
+    assert one.keys() == two.keys() and all(torch.equal(one[k], two[k]) for k in one)
+
+
+@pytest.mark.parametrize(
+    ("hyperparameters", "status", "param"),
+    [
+        ({"target_modules": ["layer3"]}, 422, "hyperparameters.target_modules"),
+        ({"rank": 65}, 422, "hyperparameters.rank"),
+        ({"rank": 0}, 422, "hyperparameters.rank"),
+        ({"learning_rate": -1}, 422, "hyperparameters.learning_rate"),
+        ({"epochs": 0}, 422, "hyperparameters.epochs"),
+        ({"loss": "l1"}, 422, "hyperparameters.loss"),
+        ({"momentum": 0.9}, 422, "hyperparameters.momentum"),
+    ],
+)
+def test_bad_hyperparameters_are_refused_before_queueing(
+    client: TestClient, hyperparameters: dict, status: int, param: str
+) -> None:
+    response = create(client, "x", dataset(client), hyperparameters=hyperparameters)
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["param"] == param
+    assert client.get("/v1/fine-tuning/jobs").json()["data"] == []
+
+
+def test_refusals_for_names_and_datasets(client: TestClient) -> None:
+    train = dataset(client)
+    response = create(client, "../x", train)
+    assert response.status_code == 422 and response.json()["error"]["code"] == "invalid_name"
+    response = create(client, "x", "ds-missing")
+    assert response.status_code == 404 and response.json()["error"]["param"] == "training_dataset"
+    response = create(client, "x", train, validation_dataset="ds-missing")
+    assert response.status_code == 404 and response.json()["error"]["param"] == "validation_dataset"
+    wait_for(
+        client,
+        create(client, "taken", train, hyperparameters={"epochs": 1}).json()["id"],
+        "succeeded",
+    )
+    response = create(client, "taken", train)
+    assert response.status_code == 409 and response.json()["error"]["code"] == "adapter_exists"
+    assert len(client.get("/v1/fine-tuning/jobs").json()["data"]) == 1
+
+
+def test_cancel_queued_and_running_jobs_registers_nothing(client: TestClient) -> None:
+    train = dataset(client, rows=256)
+    running = create(client, "long", train, hyperparameters=LONG).json()
+    wait_for(client, running["id"], "running")
+    queued = create(client, "next", train).json()
+    assert create(client, "long", train).status_code == 409  # that name is being trained
+    response = client.post(f"/v1/fine-tuning/jobs/{queued['id']}/cancel")
+    assert response.status_code == 200 and response.json()["status"] == "cancelled"
+    response = client.post(f"/v1/fine-tuning/jobs/{running['id']}/cancel")
+    assert response.json()["status"] in ("cancelling", "cancelled")
+    done = wait_for(client, running["id"], "cancelled")
+    assert done["finished_at"] is not None and done["error"] is None
+    assert client.get("/v1/adapters").json()["data"] == []
+    again = client.post(f"/v1/fine-tuning/jobs/{running['id']}/cancel")
+    assert again.status_code == 409 and again.json()["error"]["code"] == "job_not_cancellable"
+
+
+def test_a_diverging_job_fails_and_registers_nothing(client: TestClient) -> None:
+    job = create(client, "boom", dataset(client, scale=1e30)).json()
+    done = wait_for(client, job["id"], "failed", "succeeded")
+    assert done["status"] == "failed" and done["error"]["code"] == "diverged"
+    assert client.get("/v1/adapters/boom").status_code == 404
+
+
+def test_predictions_are_served_while_a_job_trains(client: TestClient, base_folder) -> None:
+    job = create(client, "long", dataset(client, rows=256), hyperparameters=LONG).json()
+    wait_for(client, job["id"], "running")
+    x = torch.randn(4, 16)
+    ref = reference_forward(base_folder, x)
+    for _ in range(20):
+        response = client.post("/v1/predict", json={"inputs": x.tolist()})
+        assert response.status_code == 200
+        torch.testing.assert_close(
+            torch.tensor(response.json()["outputs"], dtype=torch.float64), ref, rtol=1e-5, atol=1e-5
+        )
+    progress = client.get(f"/v1/fine-tuning/jobs/{job['id']}").json()
+    assert progress["status"] == "running" and progress["progress"]["step"] > 0
+    client.post(f"/v1/fine-tuning/jobs/{job['id']}/cancel")
+    wait_for(client, job["id"], "cancelled")
+
+
+def test_a_dataset_in_use_cannot_be_deleted(client: TestClient) -> None:
+    train = dataset(client, rows=256)
+    job = create(client, "long", train, hyperparameters=LONG).json()
+    response = client.delete(f"/v1/datasets/{train}")
+    assert response.status_code == 409 and response.json()["error"]["code"] == "dataset_in_use"
+    client.post(f"/v1/fine-tuning/jobs/{job['id']}/cancel")
+    wait_for(client, job["id"], "cancelled")
+    assert client.delete(f"/v1/datasets/{train}").status_code == 204
+
+
+def test_after_a_restart_running_jobs_are_interrupted_and_queued_ones_run(settings) -> None:
+    with TestClient(create_app(settings)) as client:
+        train = dataset(client)
+    # What a killed process leaves: one job marked running, one still queued.
+    store = JobStore(settings.data_dir / "jobs.db")
+    hp = {"rank": 2, "alpha": 2.0, "target_modules": ["layer1"], "epochs": 1, "batch_size": 8,
+          "learning_rate": 1e-3, "use_rslora": False, "loss": "mse", "seed": 0}  # fmt: skip
+    progress = {"epoch": 0, "epochs": 1, "step": 0, "total_steps": 8,
+                "train_loss": None, "validation_loss": None}  # fmt: skip
+    dead = store.create("dead", train, None, hp, progress)
+    store.set_status(dead.id, "running")
+    waiting = store.create("waiting", train, None, hp, progress)
+    store.close()
+    with TestClient(create_app(settings)) as client:
+        failed = client.get(f"/v1/fine-tuning/jobs/{dead.id}").json()
+        assert failed["status"] == "failed" and failed["error"]["code"] == "interrupted"
+        assert wait_for(client, waiting.id, "succeeded")["status"] == "succeeded"
+        assert client.get("/v1/adapters/dead").status_code == 404
+        assert client.get("/v1/adapters/waiting").json()["source"] == "training"
+
+
+def test_list_jobs_pages_and_unknown_ids_are_404(client: TestClient) -> None:
+    train = dataset(client)
+    ids = [
+        create(client, f"a{i}", train, hyperparameters={"epochs": 1}).json()["id"] for i in range(3)
+    ]
+    page = client.get("/v1/fine-tuning/jobs", params={"limit": 2}).json()
+    assert [j["id"] for j in page["data"]] == ids[::-1][:2] and page["has_more"]
+    rest = client.get("/v1/fine-tuning/jobs", params={"limit": 2, "after": ids[1]}).json()
+    assert [j["id"] for j in rest["data"]] == [ids[0]] and not rest["has_more"]
+    for path in ("", "/events"):
+        response = client.get(f"/v1/fine-tuning/jobs/ftjob-nope{path}")
+        assert response.status_code == 404 and response.json()["error"]["code"] == "job_not_found"
+    assert client.post("/v1/fine-tuning/jobs/ftjob-nope/cancel").status_code == 404
+    for job_id in ids:
+        wait_for(client, job_id, "succeeded")

@@ -1,0 +1,75 @@
+"""Start the real server (the Dockerfile's exact command) on a free port, for end-to-end tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def container_command() -> list[str]:
+    """The CMD of the Dockerfile, exactly."""
+    match = re.search(r"^CMD (\[.*\])\s*$", (ROOT / "Dockerfile").read_text(), re.MULTILINE)
+    assert match, "the Dockerfile has no exec-form CMD"
+    return list(json.loads(match.group(1)))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen[bytes]
+    startup_s: float
+
+
+@contextmanager
+def running_server(tmp_path: Path, **settings: str) -> Iterator[Server]:
+    """The server on 127.0.0.1 with LORASERVE_* settings; SIGTERM at the end unless already dead."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "UVICORN_HOST": "127.0.0.1",
+        "UVICORN_PORT": str(port),
+        "LORASERVE_ADAPTERS_DIR": str(tmp_path / "adapters"),
+        "LORASERVE_DATA_DIR": str(tmp_path / "data"),
+        "LORASERVE_DEVICE": "cpu",
+        **{f"LORASERVE_{k.upper()}": v for k, v in settings.items()},
+    }
+    start = time.perf_counter()
+    proc = subprocess.Popen(container_command(), cwd=ROOT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        while True:
+            assert proc.poll() is None, "the server exited during start-up"
+            assert time.perf_counter() - start < 30, "not ready within 30 s"
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        yield Server(url, proc, time.perf_counter() - start)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            # uvicorn shuts down gracefully, then re-raises the signal as its exit status.
+            assert proc.wait(timeout=15) in (0, -signal.SIGTERM)

@@ -1,7 +1,8 @@
 """The LoRA training loop: Adam on A and B only, over a frozen base that is shared, not copied.
 
-Reads top to bottom: fresh modules (B = 0), the cached input layers, then epochs of shuffled
-mini-batches, each step checking for cancellation and divergence, validation after each epoch.
+Reads top to bottom: fresh modules (B = 0), a plan of what need not be recomputed each step
+(fastpath.py), then epochs of shuffled mini-batches, each step checking for cancellation and
+divergence, validation after each epoch.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from app.lora import LinearFn, LoraAdapter, LoraConfig, LoraModule, init_lora_module, lora_delta
+from app.lora import LoraAdapter, LoraConfig, LoraModule, init_lora_module
+from app.training.fastpath import TrainingPlan, dense, plan_training
 
 
 @dataclass(frozen=True)
@@ -58,47 +60,6 @@ def _loss_fn(kind: str) -> Callable[..., Tensor]:
     return F.mse_loss if kind == "mse" else F.cross_entropy
 
 
-def _input_layers(model: nn.Module, x: Tensor) -> set[str]:
-    """The linear layers whose input is the raw data itself (found by one probing forward)."""
-    found: set[str] = set()
-
-    def probe(name: str, layer: nn.Linear, h: Tensor) -> Tensor:
-        if h is x:
-            found.add(name)
-        return layer(h)
-
-    with torch.no_grad():
-        model(x, linear=probe)
-    return found
-
-
-def _cache_input_layers(model: nn.Module, x: Tensor, names: set[str]) -> dict[str, Tensor]:
-    """Base outputs x W^T (+ b) of the input layers for every row, computed once.
-
-    The data never change and the base is frozen, so every epoch would recompute exactly these;
-    only the LoRA term on top of them is trained.
-    """
-    cache = {}
-    with torch.no_grad():
-        for name in names:
-            layer = model.get_submodule(name)
-            assert isinstance(layer, nn.Linear)
-            cache[name] = torch.cat([layer(chunk) for chunk in x.split(4096)])  # (N, out)
-    return cache
-
-
-def _training_linear(
-    modules: dict[str, LoraModule], cache: dict[str, Tensor], rows: Tensor | None
-) -> LinearFn:
-    def linear(name: str, layer: nn.Linear, h: Tensor) -> Tensor:
-        cached = cache.get(name)
-        y = layer(h) if cached is None or rows is None else cached[rows]
-        module = modules.get(name)
-        return y if module is None else y + lora_delta(h, module)
-
-    return linear
-
-
 def train_lora(
     model: nn.Module,
     config: TrainConfig,
@@ -131,7 +92,7 @@ def train_lora(
         params += [a, b]
     optimizer = torch.optim.Adam(params, lr=config.learning_rate)
     loss_fn = _loss_fn(config.loss)
-    cache = _cache_input_layers(model, x, _input_layers(model, x[:1]) & set(modules))
+    plan = plan_training(model, x, list(modules))
     steps_per_epoch = math.ceil(len(x) / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
     step = 0
@@ -142,7 +103,7 @@ def train_lora(
             if should_stop():
                 raise Cancelled()
             rows = order[start : start + config.batch_size]  # (B,)
-            out = model(x[rows], linear=_training_linear(modules, cache, rows))
+            out = dense(model(x[rows], linear=plan.linear(modules, rows)))
             loss = loss_fn(out, y[rows])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -175,7 +136,7 @@ def evaluate(
     total = 0.0
     with torch.no_grad():
         for xs, ys in zip(x.split(4096), y.split(4096), strict=True):
-            out = model(xs, linear=_training_linear(modules, {}, None))
+            out = model(xs, linear=TrainingPlan().linear(modules, None))
             total += loss_fn(out, ys, reduction="sum").item()
     elements = y.numel() if loss == "mse" else len(y)
     return total / elements

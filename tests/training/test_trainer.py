@@ -54,10 +54,13 @@ def test_same_seed_and_data_give_the_same_adapter() -> None:
     assert not torch.equal(first.modules["layer1"].lora_A, other.modules["layer1"].lora_A)
 
 
+@pytest.mark.parametrize("activation", ["relu", None])
 @pytest.mark.parametrize("targets", [("layer1", "layer2"), ("layer1",), ("layer2",)])
-def test_matches_a_plain_pytorch_loop_step_for_step(targets: tuple[str, ...]) -> None:
-    """The cached input layer must give exactly the gradients the plain loop gives."""
-    model = make_model()
+def test_matches_a_plain_pytorch_loop_step_for_step(
+    targets: tuple[str, ...], activation: str | None
+) -> None:
+    """Cached layers and low-rank chains must give the gradients the plain loop gives."""
+    model = make_model(activation=activation)
     x, y = data(rows=48)
     cfg = config(target_modules=targets, epochs=2)
     ours = train_lora(model, cfg, x, y)
@@ -83,7 +86,7 @@ def test_matches_a_plain_pytorch_loop_step_for_step(targets: tuple[str, ...]) ->
             if name in params:
                 a, b = params[name]
                 out = out + scaling * (h @ a.T) @ b.T
-            h = torch.relu(out) if i == 0 else out
+            h = torch.relu(out) if i == 0 and activation == "relu" else out
         return h
 
     for _ in range(cfg.epochs):
@@ -95,8 +98,12 @@ def test_matches_a_plain_pytorch_loop_step_for_step(targets: tuple[str, ...]) ->
             loss.backward()
             opt.step()
     for name in targets:
-        torch.testing.assert_close(ours.modules[name].lora_A, params[name][0].detach())
-        torch.testing.assert_close(ours.modules[name].lora_B, params[name][1].detach())
+        torch.testing.assert_close(
+            ours.modules[name].lora_A, params[name][0].detach(), rtol=1e-4, atol=1e-5
+        )
+        torch.testing.assert_close(
+            ours.modules[name].lora_B, params[name][1].detach(), rtol=1e-4, atol=1e-5
+        )
 
 
 def test_training_lowers_the_loss_and_reports_every_step() -> None:

@@ -126,7 +126,8 @@ def main() -> None:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=15)
 
-        services = build_services(Settings(adapters_dir=store, device="cpu"))
+        settings = Settings(adapters_dir=store, data_dir=Path(tmp) / "data", device="cpu")
+        services = build_services(settings)
         predictor = services.predictor
         results["model_batch_base_ms"] = timed(
             lambda: predictor.predict(x, [None] * args.rows, "unmerged"), args.repeat * 2

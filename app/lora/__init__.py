@@ -12,19 +12,23 @@ from app.lora.ops import (
     merged_linear,
     unmerged_linear,
 )
+from app.lora.stacked import AdapterStack, StackedBatch, rank_bucket
 
 __all__ = [
+    "AdapterStack",
     "LinearFn",
     "LoraAdapter",
     "LoraConfig",
     "LoraModule",
     "MixedBatch",
     "Segment",
+    "StackedBatch",
     "init_lora_module",
     "lora_delta",
     "lora_scaling",
     "merge_adapter",
     "merged_linear",
     "pattern_key",
+    "rank_bucket",
     "unmerged_linear",
 ]

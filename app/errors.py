@@ -71,3 +71,13 @@ class NotReady(ServiceError):
     def __init__(self, message: str = "the service is still starting", param: str | None = None):
         super().__init__(message, param)
         self.headers = {"Retry-After": "1"}
+
+
+class QueueFull(ServiceError):
+    status = 503
+    code = "overloaded"
+    error_type = "server_error"
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message, param)
+        self.headers = {"Retry-After": "1"}

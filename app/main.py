@@ -14,7 +14,7 @@ from app.api.deps import Services
 from app.api.errors import install_error_handlers
 from app.api.limits import BodySizeLimit
 from app.api.routes import api_router
-from app.engine import Predictor
+from app.engine import Batcher, DirectRunner, Predictor
 from app.model import load_base_model, resolve_device
 from app.settings import Settings
 from app.training import DatasetStore, JobStore, TrainingService
@@ -32,13 +32,18 @@ def build_services(settings: Settings) -> Services:
     )
     registry.scan()
     predictor = Predictor(base, registry, settings.merged_cache_bytes)
+    engine: Batcher | DirectRunner = (
+        Batcher(predictor, settings.max_batch_rows, settings.batch_wait_ms, settings.max_queue_rows)
+        if settings.batching
+        else DirectRunner(predictor)
+    )
     datasets = DatasetStore(
         settings.data_dir / "datasets", base.input_dim, base.output_dim, settings.max_dataset_rows
     )
     datasets.scan()
     jobs = JobStore(settings.data_dir / "jobs.db")
     training = TrainingService(base, registry, datasets, jobs, settings.max_rank)
-    return Services(settings, base, registry, predictor, datasets, training)
+    return Services(settings, base, registry, predictor, engine, datasets, training)
 
 
 @asynccontextmanager
@@ -48,6 +53,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # Built before the server listens: a bad BASE_MODEL stops start-up with the reason.
     services = build_services(settings)
     services.training.start()  # marks jobs a crash interrupted, then runs the queue
+    services.engine.start()
     app.state.services = services
     log.info(
         "ready in %.2fs: base %s on %s, %d adapters",
@@ -60,6 +66,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         app.state.services = None
+        services.engine.stop()
         services.training.stop()
         services.training.jobs.close()
 

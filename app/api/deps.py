@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from app.adapters import AdapterRegistry
-from app.engine import Predictor
+from app.engine import Batcher, DirectRunner, Predictor
 from app.errors import NotReady
 from app.model import BaseModel
 from app.settings import Settings
@@ -23,6 +23,7 @@ class Services:
     base: BaseModel
     registry: AdapterRegistry
     predictor: Predictor
+    engine: Batcher | DirectRunner
     datasets: DatasetStore
     training: TrainingService
 
@@ -51,6 +52,10 @@ def get_predictor(services: Annotated[Services, Depends(get_services)]) -> Predi
     return services.predictor
 
 
+def get_engine(services: Annotated[Services, Depends(get_services)]) -> Batcher | DirectRunner:
+    return services.engine
+
+
 def get_datasets(services: Annotated[Services, Depends(get_services)]) -> DatasetStore:
     return services.datasets
 
@@ -65,3 +70,4 @@ Registry = Annotated[AdapterRegistry, Depends(get_registry)]
 PredictorDep = Annotated[Predictor, Depends(get_predictor)]
 Datasets = Annotated[DatasetStore, Depends(get_datasets)]
 Training = Annotated[TrainingService, Depends(get_training)]
+EngineDep = Annotated[Batcher | DirectRunner, Depends(get_engine)]

@@ -25,21 +25,6 @@ def check_rows(x: Tensor, input_dim: int, max_rows: int) -> Tensor:
     return x
 
 
-def rows_to_tensor(rows: Sequence[Sequence[float]], input_dim: int, max_rows: int) -> Tensor:
-    """JSON rows as a float32 tensor, refusing ragged or wrongly sized rows by index."""
-    shape = f"(N, {input_dim}) with 1 <= N <= {max_rows}"
-    if not rows:
-        raise InvalidInput(f"inputs is empty; must have shape {shape}", "inputs")
-    if len(rows) > max_rows:
-        raise InvalidInput(f"inputs has {len(rows)} rows; must have shape {shape}", "inputs")
-    for i, row in enumerate(rows):
-        if len(row) != input_dim:
-            raise InvalidInput(
-                f"inputs row {i} has {len(row)} values; must have shape {shape}", "inputs"
-            )
-    return check_rows(torch.tensor(rows, dtype=torch.float32), input_dim, max_rows)
-
-
 def row_adapters(
     adapter: str | None, adapters: Sequence[str | None] | None, n_rows: int
 ) -> tuple[list[str | None], str]:

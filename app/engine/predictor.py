@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterable, Sequence
 from typing import Literal
 
 import torch
@@ -10,11 +11,19 @@ from torch import Tensor
 
 from app.adapters.registry import AdapterRecord, AdapterRegistry
 from app.engine.merged import MergedCache
-from app.lora import LoraAdapter, MixedBatch, merged_linear
+from app.lora import (
+    AdapterStack,
+    LoraAdapter,
+    MixedBatch,
+    StackedBatch,
+    merged_linear,
+    unmerged_linear,
+)
 from app.model import BaseModel
 
 Mode = Literal["auto", "unmerged", "merged"]
 UsedMode = Literal["unmerged", "merged"]
+Loaded = dict[str, tuple[AdapterRecord, LoraAdapter]]
 
 
 class Predictor:
@@ -25,42 +34,84 @@ class Predictor:
         self.registry = registry
         self.merged = MergedCache(base.module, merged_cache_bytes)
         registry.on_change(self.merged.forget)
+        self._stack_lock = threading.Lock()
+        self._stack: AdapterStack | None = None
 
     def is_merged(self, name: str, version: int) -> bool:
         return (name, version) in self.merged
 
+    def resolve(self, names: Iterable[str | None], param: str) -> Loaded:
+        """The record and weights of every named adapter (404 for an unknown one)."""
+        return {n: self.registry.load(n, param) for n in dict.fromkeys(names) if n is not None}
+
     def predict(
         self, x: Tensor, row_adapters: Sequence[str | None], mode: Mode, param: str = "adapters"
     ) -> tuple[Tensor, UsedMode]:
-        """(N, in) -> (N, out); `row_adapters[i]` names row i's adapter."""
-        names = list(dict.fromkeys(n for n in row_adapters if n is not None))
-        loaded = {n: self.registry.load(n, param) for n in names}
-        records = {n: record for n, (record, _) in loaded.items()}
-        adapters: dict[str, LoraAdapter] = {n: adapter for n, (_, adapter) in loaded.items()}
-        used = self._choose(mode, names, records)
-        x = x.to(device=self.base.device, dtype=self.base.dtype)
-        batch = MixedBatch.build(row_adapters, adapters, device=self.base.device)
-        with torch.inference_mode():
-            xs = batch.sort(x)  # (N, in), rows grouped by adapter
-            if used == "unmerged":
-                ys = self.base.module(xs, linear=batch.linear())
-            else:
-                parts = []
-                for seg in batch.segments:
-                    rows = xs[seg.start : seg.stop]
-                    if seg.key is None or seg.adapter is None:
-                        parts.append(self.base.module(rows))
-                        continue
-                    version = records[seg.key].version
-                    weights = self.merged.get_or_merge(seg.key, version, seg.adapter)
-                    parts.append(self.base.module(rows, linear=merged_linear(weights)))
-                ys = torch.cat(parts)
-            return batch.unsort(ys).float(), used
+        """(N, in) -> (N, out) for one request alone; `row_adapters[i]` names row i's adapter."""
+        loaded = self.resolve(row_adapters, param)
+        used = self.choose(mode, loaded, row_adapters)
+        return self.forward(x, row_adapters, loaded, used), used
 
-    def _choose(self, mode: Mode, names: list[str], records: dict[str, AdapterRecord]) -> UsedMode:
-        """`auto` serves a single-adapter batch merged when a merged copy already exists."""
+    def choose(self, mode: Mode, loaded: Loaded, row_adapters: Sequence[str | None]) -> UsedMode:
+        """`auto`: merged when every row uses one adapter whose merged copy exists."""
         if mode != "auto":
             return mode
-        if len(names) == 1 and self.is_merged(names[0], records[names[0]].version):
-            return "merged"
+        if len(loaded) == 1 and None not in row_adapters:
+            name, (record, _) = next(iter(loaded.items()))
+            if self.is_merged(name, record.version):
+                return "merged"
         return "unmerged"
+
+    def merge(self, name: str, param: str = "adapter") -> None:
+        """Make (or refresh) the merged copy of one adapter."""
+        record, adapter = self.registry.load(name, param)
+        with torch.inference_mode():
+            self.merged.get_or_merge(name, record.version, adapter)
+
+    def forward(
+        self, x: Tensor, row_adapters: Sequence[str | None], loaded: Loaded, used: UsedMode
+    ) -> Tensor:
+        """The batch's outputs, (N, out) float32 on the CPU."""
+        model = self.base.module
+        x = x.to(device=self.base.device, dtype=self.base.dtype)
+        with torch.inference_mode():
+            if used == "merged":
+                y = self._merged(x, row_adapters, loaded)
+            elif len(loaded) <= 1:
+                adapter = next(iter(loaded.values()))[1] if loaded else None
+                if adapter is not None and None in row_adapters:
+                    y = self._stacked(x, row_adapters, loaded)
+                else:
+                    y = model(x, linear=unmerged_linear(adapter))
+            else:
+                y = self._stacked(x, row_adapters, loaded)
+            return y.float().cpu()
+
+    def _stacked(self, x: Tensor, row_adapters: Sequence[str | None], loaded: Loaded) -> Tensor:
+        keys = [None if n is None else (n, loaded[n][0].version) for n in row_adapters]
+        stack = self._stack_for({(n, rec.version): a for n, (rec, a) in loaded.items()})
+        return self.base.module(x, linear=StackedBatch.build(keys, stack, x.device).linear())
+
+    def _stack_for(self, adapters: dict[tuple[str, int], LoraAdapter]) -> AdapterStack:
+        """The last stack while this batch's adapters are in it and fill at least half of it."""
+        with self._stack_lock:
+            stack = self._stack
+            wanted = set(adapters)
+            if stack is None or not wanted <= stack.keys or len(stack.keys) > 2 * len(wanted):
+                stack = AdapterStack.build(adapters)
+                self._stack = stack
+            return stack
+
+    def _merged(self, x: Tensor, row_adapters: Sequence[str | None], loaded: Loaded) -> Tensor:
+        """Each adapter's rows through that adapter's merged weights."""
+        batch = MixedBatch.build(row_adapters, {n: a for n, (_, a) in loaded.items()}, x.device)
+        xs = batch.sort(x)  # (N, in), rows grouped by adapter
+        parts = []
+        for seg in batch.segments:
+            rows = xs[seg.start : seg.stop]
+            if seg.key is None or seg.adapter is None:
+                parts.append(self.base.module(rows))
+                continue
+            weights = self.merged.get_or_merge(seg.key, loaded[seg.key][0].version, seg.adapter)
+            parts.append(self.base.module(rows, linear=merged_linear(weights)))
+        return batch.unsort(torch.cat(parts))

@@ -14,11 +14,14 @@ from __future__ import annotations
 import math
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
 
 from app.lora.ops import LinearFn, LoraAdapter, LoraModule, lora_delta
+
+K = TypeVar("K", bound=Hashable)
 
 
 def rank_bucket(rank: int) -> int:
@@ -44,8 +47,8 @@ class AdapterStack:
     modules: Mapping[Hashable, LoraAdapter]
 
     @classmethod
-    def build(cls, adapters: Mapping[Hashable, LoraAdapter]) -> AdapterStack:
-        grouped: dict[tuple[str, int], list[tuple[Hashable, LoraModule]]] = {}
+    def build(cls, adapters: Mapping[K, LoraAdapter]) -> AdapterStack:
+        grouped: dict[tuple[str, int], list[tuple[K, LoraModule]]] = {}
         for key, adapter in adapters.items():
             for name, module in adapter.modules.items():
                 grouped.setdefault((name, rank_bucket(module.rank)), []).append((key, module))
@@ -60,7 +63,8 @@ class AdapterStack:
                 b_t[i, : m.rank, :] = m.lora_B.T * m.scaling
             bucket = _Bucket(tuple(k for k, _ in members), a_t, b_t)
             layers.setdefault(name, []).append(bucket)
-        return cls(frozenset(adapters), {n: tuple(b) for n, b in layers.items()}, dict(adapters))
+        modules: dict[Hashable, LoraAdapter] = {k: a for k, a in adapters.items()}
+        return cls(frozenset(adapters), {n: tuple(b) for n, b in layers.items()}, modules)
 
     @property
     def nbytes(self) -> int:

@@ -121,7 +121,7 @@ BAD_INPUTS = {
     "adapters length": ({"inputs": [[0.0] * 16], "adapters": ["a", "a"]}, "one per row"),
     "bad name": ({"inputs": [[0.0] * 16], "adapter": "../x"}, "must match"),
     "bad mode": ({"inputs": [[0.0] * 16], "mode": "fast"}, "mode"),
-    "not numbers": ({"inputs": [["a"] * 16]}, "inputs.0.0"),
+    "not numbers": ({"inputs": [["a"] * 16]}, "inputs must hold only numbers, shape (N, 16)"),
     "unknown field": ({"inputs": [[0.0] * 16], "adaptor": "a"}, "adaptor"),
 }
 
@@ -155,3 +155,103 @@ def test_malformed_json_is_400(client: TestClient) -> None:
     )
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "invalid_json"
+
+
+def _binary(client: TestClient, x: torch.Tensor, params=None, metadata=None, accept_binary=True):
+    from safetensors.torch import save
+
+    headers = {"content-type": "application/octet-stream"}
+    if accept_binary:
+        headers["accept"] = "application/octet-stream"
+    body = save({"inputs": x}, metadata=metadata)
+    return client.post("/v1/predict", content=body, params=params, headers=headers)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_safetensors_in_and_out(client: TestClient, base_folder: Path, dtype) -> None:
+    from safetensors.torch import load
+
+    config, tensors, files = make_files(r=4, seed=3)
+    upload(client, "a", *files)
+    x = _x(5).to(dtype)
+    response = _binary(client, x, params={"adapter": "a", "mode": "unmerged"})
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/octet-stream"
+    out = load(response.content)["outputs"]
+    assert out.dtype == torch.float32 and out.shape == (5, 4)
+    ref = reference_forward(base_folder, x.float(), config, tensors)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-4, atol=1e-5)
+
+
+def test_safetensors_per_row_adapters_in_the_metadata(
+    client: TestClient, base_folder: Path
+) -> None:
+    import json
+
+    config, tensors, files = make_files(r=2, seed=4)
+    upload(client, "a", *files)
+    x = _x(3)
+    meta = {"adapters": json.dumps(["a", None, "a"])}
+    response = _binary(client, x, metadata=meta, accept_binary=False)
+    assert response.status_code == 200 and response.headers["content-type"] == "application/json"
+    out = torch.tensor(response.json()["outputs"], dtype=torch.float64)
+    for row, name in enumerate(["a", None, "a"]):
+        ref = reference_forward(base_folder, x[row : row + 1], config if name else None, tensors)
+        torch.testing.assert_close(out[row : row + 1], ref, rtol=1e-4, atol=1e-5)
+
+
+def test_bad_safetensors_bodies_are_422(client: TestClient) -> None:
+    from safetensors.torch import save
+
+    headers = {"content-type": "application/octet-stream"}
+    cases = [
+        b"not safetensors",
+        save({"x": torch.randn(2, 16)}),
+        save({"inputs": torch.randn(2, 15)}),
+        save({"inputs": torch.zeros(2, 16, dtype=torch.int32)}),
+        save({"inputs": torch.randn(2, 16)}, metadata={"adapters": "[1, 2]"}),
+        save({"inputs": torch.full((2, 16), float("nan"))}),
+    ]
+    for body in cases:
+        response = client.post("/v1/predict", content=body, headers=headers)
+        assert response.status_code == 422, response.text
+
+
+def test_wrong_content_type_is_415(client: TestClient) -> None:
+    response = client.post("/v1/predict", content=b"x", headers={"content-type": "text/csv"})
+    assert (
+        response.status_code == 415 and response.json()["error"]["code"] == "unsupported_media_type"
+    )
+
+
+def test_every_answer_carries_server_timing(client: TestClient) -> None:
+    response = _predict(client, inputs=_x(1).tolist())
+    timing = response.headers["server-timing"]
+    parts = dict(p.strip().split(";dur=") for p in timing.split(","))
+    assert set(parts) == {"queue", "model", "total"}
+    assert float(parts["total"]) >= float(parts["model"]) >= 0
+
+
+def test_json_outputs_are_the_exact_float32_values(client: TestClient) -> None:
+    from safetensors.torch import load
+
+    x = _x(4)
+    as_json = torch.tensor(
+        _predict(client, inputs=x.tolist()).json()["outputs"], dtype=torch.float32
+    )
+    as_binary = load(_binary(client, x).content)["outputs"]
+    assert torch.equal(as_json, as_binary)
+
+
+def test_batching_off_serves_the_same(settings, base_folder: Path) -> None:
+    from app.main import create_app
+
+    with TestClient(create_app(settings.model_copy(update={"batching": False}))) as client:
+        config, tensors, files = make_files(r=2, seed=5)
+        upload(client, "a", *files)
+        x = _x(3)
+        body = _predict(client, inputs=x.tolist(), adapter="a").json()
+        ref = reference_forward(base_folder, x, config, tensors)
+        torch.testing.assert_close(
+            torch.tensor(body["outputs"], dtype=torch.float64), ref, rtol=1e-4, atol=1e-5
+        )

@@ -1,22 +1,77 @@
-"""Predictions, each row with its own adapter or none."""
+"""Predictions, each row with its own adapter or none; JSON or safetensors both ways."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
-from fastapi.concurrency import run_in_threadpool
+import time
+from typing import Annotated
 
-from app.api.deps import Base, PredictorDep, SettingsDep
+from fastapi import APIRouter, Query, Request, Response
+
+from app.api.deps import Base, EngineDep, SettingsDep
+from app.api.predict_io import OCTET, encode, parse_json, parse_safetensors
 from app.api.schemas import ErrorBody, PredictRequest, PredictResponse
-from app.engine.inputs import row_adapters, rows_to_tensor
+from app.engine import Mode
+from app.engine.inputs import check_rows, row_adapters
+from app.errors import UnsupportedMediaType
 
 router = APIRouter(tags=["predict"])
+_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": PredictRequest.model_json_schema()},
+            OCTET: {
+                "schema": {
+                    "type": "string",
+                    "format": "binary",
+                    "description": "safetensors with tensor `inputs`; per-row adapters as the "
+                    "metadata entry `adapters` (a JSON list of names or nulls)",
+                }
+            },
+        },
+    },
+    "responses": {
+        "200": {
+            "description": "outputs",
+            "content": {
+                "application/json": {"schema": PredictResponse.model_json_schema()},
+                OCTET: {"schema": {"type": "string", "format": "binary"}},
+            },
+        }
+    },
+}
 
 
-@router.post("/v1/predict", responses={c: {"model": ErrorBody} for c in (404, 413, 422)})
+@router.post(
+    "/v1/predict",
+    responses={c: {"model": ErrorBody} for c in (400, 404, 413, 415, 422, 503)},
+    openapi_extra=_DOC,
+)
 async def predict(
-    body: PredictRequest, base: Base, predictor: PredictorDep, settings: SettingsDep
-) -> PredictResponse:
-    x = rows_to_tensor(body.inputs, base.input_dim, settings.max_request_rows)
-    names, param = row_adapters(body.adapter, body.adapters, len(body.inputs))
-    y, used = await run_in_threadpool(predictor.predict, x, names, body.mode, param)
-    return PredictResponse(outputs=y.tolist(), mode=used)
+    request: Request,
+    base: Base,
+    engine: EngineDep,
+    settings: SettingsDep,
+    adapter: Annotated[str | None, Query(description="binary bodies: one adapter")] = None,
+    mode: Annotated[Mode, Query(description="binary bodies: the mode")] = "auto",
+) -> Response:
+    """Rows in, rows out; every answer carries Server-Timing (queue, model, total)."""
+    start = time.perf_counter()
+    content_type = request.headers.get("content-type", "application/json")
+    raw = await request.body()
+    if content_type.startswith(OCTET):
+        call = parse_safetensors(raw, adapter, mode)
+    elif content_type.startswith("application/json"):
+        call = parse_json(raw, base.input_dim, settings.max_request_rows)
+    else:
+        raise UnsupportedMediaType(f"send application/json or {OCTET}, not {content_type}")
+    x = check_rows(call.x, base.input_dim, settings.max_request_rows)
+    names, param = row_adapters(call.adapter, call.adapters, len(x))
+    result = await engine.submit(x, names, call.mode, param)
+    total_ms = (time.perf_counter() - start) * 1000
+    timing = (
+        f"queue;dur={result.queue_ms:.3f}, model;dur={result.model_ms:.3f}, "
+        f"total;dur={total_ms:.3f}"
+    )
+    binary = OCTET in request.headers.get("accept", "")
+    return encode(result.outputs, result.mode, binary, {"Server-Timing": timing})

@@ -1,0 +1,139 @@
+"""Prediction bodies in and out: JSON parsed straight into a tensor, or safetensors both ways.
+
+256 rows of 1001 floats are 256,256 numbers: validated one by one as pydantic floats they cost
+more than the model. So `inputs` goes through orjson and numpy; the other fields through the
+pydantic model, so their errors read as before.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+import torch
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from pydantic import ValidationError
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save
+from torch import Tensor
+
+from app.api.schemas import PredictRequest
+from app.engine import Mode
+from app.errors import InvalidInput, ServiceError
+
+OCTET = "application/octet-stream"
+
+
+class MalformedBody(ServiceError):
+    status = 400
+    code = "invalid_json"
+
+
+@dataclass(frozen=True)
+class PredictCall:
+    """A parsed prediction request, whatever its wire format."""
+
+    x: Tensor  # (N, cols) float32, shape not yet checked against the model
+    adapter: str | None
+    adapters: list[str | None] | None
+    mode: Mode
+
+
+def _loads(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        # Python's json reads NaN, Infinity and 1e999; they are then refused as not finite (422).
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise MalformedBody(f"the body is not valid JSON: {exc}") from exc
+
+
+def _rows(value: Any, input_dim: int, max_rows: int) -> Tensor:
+    """JSON rows as a float32 tensor, refusing ragged or wrongly sized rows by index."""
+    shape = f"(N, {input_dim}) with 1 <= N <= {max_rows}"
+    if not isinstance(value, list) or not all(isinstance(row, list) for row in value):
+        raise InvalidInput(f"inputs must be a list of rows of numbers, shape {shape}", "inputs")
+    if not value:
+        raise InvalidInput(f"inputs is empty; must have shape {shape}", "inputs")
+    if len(value) > max_rows:
+        raise InvalidInput(f"inputs has {len(value)} rows; must have shape {shape}", "inputs")
+    for i, row in enumerate(value):
+        if len(row) != input_dim:
+            raise InvalidInput(
+                f"inputs row {i} has {len(row)} values; must have shape {shape}", "inputs"
+            )
+    try:
+        array = np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"inputs must hold only numbers, shape {shape}", "inputs") from exc
+    return torch.from_numpy(array)
+
+
+def parse_json(raw: bytes, input_dim: int, max_rows: int) -> PredictCall:
+    body = _loads(raw)
+    if not isinstance(body, dict):
+        raise InvalidInput("the body must be a JSON object", None)
+    if "inputs" not in body:
+        raise RequestValidationError(
+            [{"loc": ("body", "inputs"), "msg": "Field required", "type": "missing"}]
+        )
+    inputs = body.pop("inputs")
+    try:
+        fields = PredictRequest.model_validate({**body, "inputs": []})
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors()) from exc
+    return PredictCall(
+        _rows(inputs, input_dim, max_rows), fields.adapter, fields.adapters, fields.mode
+    )
+
+
+def parse_safetensors(raw: bytes, adapter: str | None, mode: Mode) -> PredictCall:
+    try:
+        tensors = load_safetensors(raw)
+    except (SafetensorError, ValueError, RuntimeError) as exc:
+        raise InvalidInput(f"the body is not a valid safetensors file: {exc}", "inputs") from exc
+    if set(tensors) != {"inputs"}:
+        raise InvalidInput(
+            f"the safetensors body must hold one tensor `inputs`, not {sorted(tensors)}", "inputs"
+        )
+    x = tensors["inputs"]
+    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise InvalidInput(f"inputs has dtype {x.dtype}; send F32, F16 or BF16", "inputs")
+    adapters = _metadata_adapters(raw)
+    return PredictCall(x.to(torch.float32), adapter, adapters, mode)
+
+
+def _metadata_adapters(raw: bytes) -> list[str | None] | None:
+    """The `adapters` entry of the safetensors header metadata: a JSON list of names or nulls."""
+    header_len = int.from_bytes(raw[:8], "little")
+    header = orjson.loads(raw[8 : 8 + header_len])
+    value = (header.get("__metadata__") or {}).get("adapters")
+    if value is None:
+        return None
+    try:
+        names = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(
+            "metadata `adapters` must be a JSON list of names or nulls", "adapters"
+        ) from exc
+    if not isinstance(names, list) or not all(n is None or isinstance(n, str) for n in names):
+        raise InvalidInput("metadata `adapters` must be a JSON list of names or nulls", "adapters")
+    return names
+
+
+def encode(outputs: Tensor, mode: str, binary: bool, headers: dict[str, str]) -> Response:
+    """JSON (float32 values, exact when read back as float32) or a safetensors `outputs` file."""
+    if binary:
+        body = save({"outputs": outputs.contiguous()}, metadata={"mode": mode})
+        return Response(body, media_type=OCTET, headers={**headers, "X-Mode": mode})
+    body = orjson.dumps(
+        {"outputs": outputs.numpy(), "mode": mode}, option=orjson.OPT_SERIALIZE_NUMPY
+    )
+    return Response(body, media_type="application/json", headers=headers)

@@ -1,0 +1,217 @@
+"""Dynamic batching: concurrent requests join one queue, served by one inference thread.
+
+Rows from different requests and adapters are batched together, up to `max_batch_rows`, waiting
+at most `batch_wait_ms` after the oldest request arrived; each request gets exactly its own rows
+back. The queue is bounded in rows; a full queue answers 503 at once. The event loop only
+enqueues and awaits: all model work happens on the inference thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import torch
+from starlette.concurrency import run_in_threadpool
+from torch import Tensor
+
+from app.engine.predictor import Loaded, Mode, Predictor, UsedMode
+from app.errors import QueueFull, ServiceError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Result:
+    outputs: Tensor  # (n, out) float32, CPU
+    mode: UsedMode
+    queue_ms: float
+    model_ms: float
+
+
+@dataclass
+class _Request:
+    x: Tensor  # (n, in)
+    names: list[str | None]
+    mode: Mode
+    param: str
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Result]
+    enqueued: float = field(default_factory=time.perf_counter)
+    loaded: Loaded = field(default_factory=dict)
+
+
+def _deliver(future: asyncio.Future[Result], value: Result | BaseException) -> None:
+    if future.done():  # the client went away
+        return
+    if isinstance(value, BaseException):
+        future.set_exception(value)
+    else:
+        future.set_result(value)
+
+
+class Batcher:
+    """One queue and one inference thread for the device."""
+
+    def __init__(
+        self, predictor: Predictor, max_batch_rows: int, batch_wait_ms: float, max_queue_rows: int
+    ) -> None:
+        self.predictor = predictor
+        self.max_batch_rows = max_batch_rows
+        self.batch_wait_s = batch_wait_ms / 1000
+        self.max_queue_rows = max_queue_rows
+        self._queue: deque[_Request] = deque()
+        self._queued_rows = 0
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name="inference", daemon=True)
+        # Merged copies for hot adapters are made here, off the inference thread.
+        self._merger = ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge")
+        self._merging: set[str] = set()
+        self.on_batch: Callable[[int, UsedMode], None] = lambda rows, mode: None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._thread.join(timeout=10)
+        self._merger.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def queued_rows(self) -> int:
+        return self._queued_rows
+
+    async def submit(self, x: Tensor, names: list[str | None], mode: Mode, param: str) -> Result:
+        loop = asyncio.get_running_loop()
+        request = _Request(x, names, mode, param, loop, loop.create_future())
+        with self._cond:
+            if self._queued_rows + len(x) > self.max_queue_rows:
+                raise QueueFull(
+                    f"the prediction queue is full ({self._queued_rows} rows waiting); retry shortly"
+                )
+            self._queue.append(request)
+            self._queued_rows += len(x)
+            self._cond.notify()
+        return await request.future
+
+    def _take(self) -> list[_Request] | None:
+        """Wait for work, then for company, then take up to a full batch (FIFO)."""
+        with self._cond:
+            while not self._queue and not self._stopping:
+                self._cond.wait()
+            if self._stopping:
+                return None
+            deadline = self._queue[0].enqueued + self.batch_wait_s
+            while self._queued_rows < self.max_batch_rows and not self._stopping:
+                left = deadline - time.perf_counter()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            taken: list[_Request] = []
+            rows = 0
+            while self._queue and (
+                not taken or rows + len(self._queue[0].x) <= self.max_batch_rows
+            ):
+                request = self._queue.popleft()
+                taken.append(request)
+                rows += len(request.x)
+            self._queued_rows -= rows
+            self._schedule_merges(taken)
+            return taken
+
+    def _schedule_merges(self, taken: list[_Request]) -> None:
+        """dLoRA's rule: an adapter with a full batch of rows waiting is worth a merged copy."""
+        backlog: Counter[str] = Counter()
+        for request in (*taken, *self._queue):
+            if request.mode == "auto":
+                backlog.update(n for n in request.names if n is not None)
+        for name, rows in backlog.items():
+            if rows >= self.max_batch_rows and name not in self._merging:
+                self._merging.add(name)
+                self._merger.submit(self._merge, name)
+
+    def _merge(self, name: str) -> None:
+        try:
+            self.predictor.merge(name)
+        except ServiceError:
+            pass  # deleted meanwhile
+        finally:
+            with self._cond:
+                self._merging.discard(name)
+
+    def _loop(self) -> None:
+        while True:
+            taken = self._take()
+            if taken is None:
+                return
+            try:
+                self._run(taken)
+            except Exception as exc:  # a bug must fail these requests, never the thread
+                log.exception("inference batch failed")
+                for request in taken:
+                    request.loop.call_soon_threadsafe(_deliver, request.future, exc)
+
+    def _run(self, taken: list[_Request]) -> None:
+        start = time.perf_counter()
+        ready = []
+        for request in taken:
+            try:
+                request.loaded = self.predictor.resolve(request.names, request.param)
+                ready.append(request)
+            except ServiceError as exc:  # one request's bad adapter fails only that request
+                request.loop.call_soon_threadsafe(_deliver, request.future, exc)
+        # Explicit modes are honoured per request; `auto` requests are decided together.
+        for mode in ("unmerged", "merged", "auto"):
+            group = [r for r in ready if r.mode == mode]
+            if group:
+                self._forward(group, mode, start)
+
+    def _forward(self, group: list[_Request], mode: Mode, start: float) -> None:
+        names = [n for r in group for n in r.names]
+        loaded: Loaded = {}
+        for request in group:
+            loaded.update(request.loaded)
+        used = self.predictor.choose(mode, loaded, names)
+        x = torch.cat([r.x for r in group]) if len(group) > 1 else group[0].x
+        model_start = time.perf_counter()
+        outputs = self.predictor.forward(x, names, loaded, used)
+        model_ms = (time.perf_counter() - model_start) * 1000
+        self.on_batch(len(x), used)
+        offset = 0
+        for request in group:
+            rows = outputs[offset : offset + len(request.x)]
+            offset += len(request.x)
+            queue_ms = (start - request.enqueued) * 1000
+            result = Result(rows, used, queue_ms, model_ms)
+            request.loop.call_soon_threadsafe(_deliver, request.future, result)
+
+
+class DirectRunner:
+    """BATCHING=false: every request runs alone, in a worker thread, as it arrives."""
+
+    def __init__(self, predictor: Predictor) -> None:
+        self.predictor = predictor
+        self.queued_rows = 0
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    async def submit(self, x: Tensor, names: list[str | None], mode: Mode, param: str) -> Result:
+        def run() -> Result:
+            start = time.perf_counter()
+            outputs, used = self.predictor.predict(x, names, mode, param)
+            return Result(outputs, used, 0.0, (time.perf_counter() - start) * 1000)
+
+        return await run_in_threadpool(run)

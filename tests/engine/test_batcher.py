@@ -1,0 +1,166 @@
+"""The batcher: rows never mix, bad requests fail alone, the queue is bounded, hot adapters merge."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from app.adapters import AdapterRegistry, AdapterStore, BaseInfo
+from app.engine import Batcher, DirectRunner, Predictor
+from app.errors import AdapterNotFound, QueueFull
+from app.model import load_base_model
+from tests.helpers import (
+    adapter_files,
+    lora_tensors,
+    peft_config,
+    reference_forward,
+    write_base_model,
+)
+
+SIZES = [16, 8, 4]
+
+
+@pytest.fixture
+def setup(tmp_path: Path):
+    folder = write_base_model(tmp_path / "base", SIZES)
+    base = load_base_model(folder, torch.device("cpu"))
+    linears = {n: (i.in_features, i.out_features) for n, i in base.linears().items()}
+    info = BaseInfo(linears, base.name, base.fingerprint, base.device, base.dtype)
+    registry = AdapterRegistry(AdapterStore(tmp_path / "adapters"), info, 64, 1 << 30)
+    registry.scan()
+    specs = {}
+    for i in range(6):
+        targets = [("layer1", "layer2"), ("layer1",), ("layer2",)][i % 3]
+        config = peft_config(1 + i, 2.0, targets)
+        tensors = lora_tensors(SIZES, targets, 1 + i, seed=i)
+        registry.upload(f"a{i}", *adapter_files(config, tensors))
+        specs[f"a{i}"] = (config, tensors)
+    return folder, Predictor(base, registry, 1 << 30), specs
+
+
+def test_concurrent_requests_each_get_their_own_rows(setup) -> None:
+    folder, predictor, specs = setup
+    batcher = Batcher(predictor, max_batch_rows=64, batch_wait_ms=20, max_queue_rows=10_000)
+    batcher.start()
+    batch_sizes: list[int] = []
+    batcher.on_batch = lambda rows, mode: batch_sizes.append(rows)
+    rng = random.Random(0)
+    requests = []
+    for _ in range(60):
+        n = rng.randint(1, 6)
+        names = [rng.choice([*specs, None]) for _ in range(n)]
+        requests.append((torch.randn(n, 16), names, rng.choice(["auto", "unmerged", "merged"])))
+
+    async def main():
+        return await asyncio.gather(
+            *(batcher.submit(x, names, mode, "adapters") for x, names, mode in requests)
+        )
+
+    try:
+        results = asyncio.run(main())
+    finally:
+        batcher.stop()
+    assert max(batch_sizes) > 6  # requests really were batched together
+    for (x, names, mode), result in zip(requests, results, strict=True):
+        assert result.outputs.shape == (len(x), 4)
+        if mode != "auto":
+            assert result.mode == mode
+        for row, name in enumerate(names):
+            config, tensors = specs[name] if name else (None, None)
+            ref = reference_forward(folder, x[row : row + 1], config, tensors)
+            torch.testing.assert_close(
+                result.outputs[row : row + 1].double(), ref, rtol=1e-4, atol=1e-5
+            )
+
+
+def test_an_unknown_adapter_fails_only_its_own_request(setup) -> None:
+    _, predictor, _ = setup
+    batcher = Batcher(predictor, max_batch_rows=64, batch_wait_ms=50, max_queue_rows=100)
+    batcher.start()
+
+    async def main():
+        good = batcher.submit(torch.randn(2, 16), ["a0", None], "auto", "adapters")
+        bad = batcher.submit(torch.randn(1, 16), ["missing"], "auto", "adapter")
+        return await asyncio.gather(good, bad, return_exceptions=True)
+
+    try:
+        good, bad = asyncio.run(main())
+    finally:
+        batcher.stop()
+    assert good.outputs.shape == (2, 4)
+    assert isinstance(bad, AdapterNotFound) and bad.param == "adapter"
+
+
+def test_a_full_queue_is_refused_at_once(setup) -> None:
+    _, predictor, _ = setup
+    release = threading.Event()
+    forward = predictor.forward
+
+    def slow_forward(*args, **kwargs):
+        release.wait(10)
+        return forward(*args, **kwargs)
+
+    predictor.forward = slow_forward  # type: ignore[method-assign]
+    batcher = Batcher(predictor, max_batch_rows=4, batch_wait_ms=0, max_queue_rows=8)
+    batcher.start()
+
+    async def main():
+        first = asyncio.ensure_future(batcher.submit(torch.randn(4, 16), [None] * 4, "auto", "a"))
+        await asyncio.sleep(0.2)  # the inference thread now holds it
+        queued = asyncio.ensure_future(batcher.submit(torch.randn(8, 16), [None] * 8, "auto", "a"))
+        await asyncio.sleep(0.05)
+        with pytest.raises(QueueFull) as info:
+            await batcher.submit(torch.randn(1, 16), [None], "auto", "a")
+        assert info.value.status == 503 and info.value.headers["Retry-After"] == "1"
+        release.set()
+        return await asyncio.gather(first, queued)
+
+    try:
+        done = asyncio.run(main())
+    finally:
+        batcher.stop()
+    assert [len(r.outputs) for r in done] == [4, 8]
+
+
+def test_an_adapter_with_a_full_batch_waiting_gets_a_merged_copy(setup) -> None:
+    _, predictor, _ = setup
+    batcher = Batcher(predictor, max_batch_rows=8, batch_wait_ms=30, max_queue_rows=1000)
+    batcher.start()
+
+    async def burst():
+        return await asyncio.gather(
+            *(batcher.submit(torch.randn(1, 16), ["a0"], "auto", "adapter") for _ in range(24))
+        )
+
+    try:
+        asyncio.run(burst())
+        record = predictor.registry.get("a0")
+        for _ in range(100):
+            if predictor.is_merged("a0", record.version):
+                break
+            threading.Event().wait(0.02)
+        assert predictor.is_merged("a0", record.version)
+        later = asyncio.run(batcher.submit(torch.randn(2, 16), ["a0", "a0"], "auto", "adapter"))
+        assert later.mode == "merged"
+        mixed = asyncio.run(batcher.submit(torch.randn(2, 16), ["a0", None], "auto", "adapters"))
+        assert mixed.mode == "unmerged"
+    finally:
+        batcher.stop()
+
+
+def test_direct_runner_runs_each_request_alone(setup) -> None:
+    folder, predictor, specs = setup
+    runner = DirectRunner(predictor)
+    x = torch.randn(3, 16)
+    result = asyncio.run(runner.submit(x, ["a1", None, "a2"], "unmerged", "adapters"))
+    for row, name in enumerate(["a1", None, "a2"]):
+        config, tensors = specs[name] if name else (None, None)
+        ref = reference_forward(folder, x[row : row + 1], config, tensors)
+        torch.testing.assert_close(
+            result.outputs[row : row + 1].double(), ref, rtol=1e-4, atol=1e-5
+        )

@@ -1,8 +1,8 @@
 """Dynamic batching: concurrent requests join one queue, served by one inference thread.
 
 Rows from different requests and adapters are batched together, up to `max_batch_rows`, waiting
-at most `batch_wait_ms` after the oldest request arrived; each request gets exactly its own rows
-back. The queue is bounded in rows; a full queue answers 503 at once. The event loop only
+at most `batch_wait_ms` after the oldest request arrived (and not at all under light load: a lone
+request after a lone batch runs at once); each request gets exactly its own rows back. The queue is bounded in rows; a full queue answers 503 at once. The event loop only
 enqueues and awaits: all model work happens on the inference thread.
 """
 
@@ -70,6 +70,7 @@ class Batcher:
         self._queued_rows = 0
         self._cond = threading.Condition()
         self._stopping = False
+        self._last_batch = 0  # requests in the last batch
         self._thread = threading.Thread(target=self._loop, name="inference", daemon=True)
         # Merged copies for hot adapters are made here, off the inference thread.
         self._merger = ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge")
@@ -110,7 +111,10 @@ class Batcher:
                 self._cond.wait()
             if self._stopping:
                 return None
-            deadline = self._queue[0].enqueued + self.batch_wait_s
+            # Waiting for company only pays when company has been coming: a lone request after a
+            # lone batch (light load) runs at once instead of paying the wait as latency.
+            wait = self.batch_wait_s if self._last_batch > 1 or len(self._queue) > 1 else 0.0
+            deadline = self._queue[0].enqueued + wait
             while self._queued_rows < self.max_batch_rows and not self._stopping:
                 left = deadline - time.perf_counter()
                 if left <= 0:
@@ -125,6 +129,7 @@ class Batcher:
                 taken.append(request)
                 rows += len(request.x)
             self._queued_rows -= rows
+            self._last_batch = len(taken)
             self._schedule_merges(taken)
             return taken
 

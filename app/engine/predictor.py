@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from typing import Literal
 
 import torch
@@ -24,6 +24,7 @@ from app.model import BaseModel
 Mode = Literal["auto", "unmerged", "merged"]
 UsedMode = Literal["unmerged", "merged"]
 Loaded = dict[str, tuple[AdapterRecord, LoraAdapter]]
+_MAX_STACK = 128  # adapters kept stacked for the mixed path
 
 
 class Predictor:
@@ -93,14 +94,22 @@ class Predictor:
         return self.base.module(x, linear=StackedBatch.build(keys, stack, x.device).linear())
 
     def _stack_for(self, adapters: dict[tuple[str, int], LoraAdapter]) -> AdapterStack:
-        """The last stack while this batch's adapters are in it and fill at least half of it."""
+        """A stack holding this batch's adapters: the last one if it does, else a new one.
+
+        A new stack keeps the last one's adapters too (up to _MAX_STACK), so that traffic over
+        a working set of adapters soon finds all of them stacked and stops rebuilding.
+        """
         with self._stack_lock:
             stack = self._stack
-            wanted = set(adapters)
-            if stack is None or not wanted <= stack.keys or len(stack.keys) > 2 * len(wanted):
-                stack = AdapterStack.build(adapters)
-                self._stack = stack
-            return stack
+            if stack is not None and set(adapters) <= stack.keys:
+                return stack
+            keep: dict[Hashable, LoraAdapter] = {}
+            if stack is not None and len(stack.keys | set(adapters)) <= _MAX_STACK:
+                names = {name for name, _ in adapters}  # older versions of these are stale
+                keep = {k: a for k, a in stack.modules.items() if k[0] not in names}  # type: ignore[index]
+            keep.update({k: a for k, a in adapters.items()})
+            self._stack = AdapterStack.build(keep)
+            return self._stack
 
     def _merged(self, x: Tensor, row_adapters: Sequence[str | None], loaded: Loaded) -> Tensor:
         """Each adapter's rows through that adapter's merged weights."""

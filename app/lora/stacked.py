@@ -124,8 +124,9 @@ class StackedBatch:
             blocks, singles = [], []
             for bucket in buckets:
                 present = [(s, groups[k]) for s, k in enumerate(bucket.slots) if k in groups]
-                # One adapter alone is cheaper with plain products than as a padded block.
-                alone = len(present) == 1
+                # Few of the bucket's adapters in use (or one alone): plain products per adapter
+                # read only those adapters' weights, where blocks would read every slot's.
+                alone = len(present) == 1 or 4 * len(present) < len(bucket.slots)
                 tall = [(s, rows) for s, rows in present if alone or len(rows) > cap]
                 short = [(s, rows) for s, rows in present if not alone and len(rows) <= cap]
                 for s, rows in tall:

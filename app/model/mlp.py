@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -42,8 +43,8 @@ class MLP(nn.Module):
         """
         layers = list(self.named_children())
         for i, (name, layer) in enumerate(layers):
-            assert isinstance(layer, nn.Linear)
-            x = linear(name, layer, x)
+            # Usually an nn.Linear; PEFT's own wrapper when PEFT has injected LoRA layers.
+            x = linear(name, cast(nn.Linear, layer), x)
             if self._act is not None and i < len(layers) - 1:
                 x = self._act(x)
         return x

@@ -1,0 +1,58 @@
+"""The per-request PEFT baseline for bench/serve.py (as in the S-LoRA paper's PEFT baseline).
+
+`uvicorn bench.peft_server:app` with PEFT_BASE (a base model folder) and PEFT_ADAPTERS (a folder
+of PEFT adapter folders). Each request: pydantic parsing, `set_adapter(name)`, one forward, one
+request at a time (PEFT's active adapter is global state, so requests cannot overlap).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import torch
+from fastapi import FastAPI
+from peft import PeftModel
+from pydantic import BaseModel
+
+from app.model import load_base_model
+
+
+class PredictBody(BaseModel):
+    inputs: list[list[float]]
+    adapter: str | None = None
+
+
+def _load() -> PeftModel:
+    base = load_base_model(Path(os.environ["PEFT_BASE"]), torch.device("cpu")).module
+    root = Path(os.environ["PEFT_ADAPTERS"])
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    model = PeftModel.from_pretrained(base, folders[0], adapter_name=folders[0].name)
+    for folder in folders[1:]:
+        model.load_adapter(folder, adapter_name=folder.name)
+    return model.eval()
+
+
+app = FastAPI()
+model = _load()
+lock = asyncio.Lock()
+
+
+@app.get("/readyz")
+def ready() -> dict[str, str]:
+    return {"status": "ready"}
+
+
+@app.post("/v1/predict")
+async def predict(body: PredictBody) -> dict[str, list[list[float]]]:
+    async with lock:
+        x = torch.tensor(body.inputs)
+        with torch.inference_mode():
+            if body.adapter is None:
+                with model.disable_adapter():
+                    y = model(x)
+            else:
+                model.set_adapter(body.adapter)
+                y = model(x)
+        return {"outputs": y.tolist()}

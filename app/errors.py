@@ -53,31 +53,29 @@ class Conflict(ServiceError):
     code = "conflict"
 
 
-class PayloadTooLarge(ServiceError):
-    status = 413
-    code = "payload_too_large"
-
-
 class UnsupportedMediaType(ServiceError):
     status = 415
     code = "unsupported_media_type"
 
 
-class NotReady(ServiceError):
+class ServiceUnavailable(ServiceError):
+    """503 with Retry-After: try again shortly."""
+
     status = 503
-    code = "not_ready"
+    code = "unavailable"
     error_type = "server_error"
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message, param)
+        self.headers = {"Retry-After": "1"}
+
+
+class NotReady(ServiceUnavailable):
+    code = "not_ready"
 
     def __init__(self, message: str = "the service is still starting", param: str | None = None):
         super().__init__(message, param)
-        self.headers = {"Retry-After": "1"}
 
 
-class QueueFull(ServiceError):
-    status = 503
+class QueueFull(ServiceUnavailable):
     code = "overloaded"
-    error_type = "server_error"
-
-    def __init__(self, message: str, param: str | None = None):
-        super().__init__(message, param)
-        self.headers = {"Retry-After": "1"}

@@ -92,7 +92,7 @@ class _Single:
     """A tall segment, done with plain products."""
 
     module: LoraModule
-    rows: Tensor  # (n,)
+    rows: Tensor | None  # (n,); None: every row of the batch, in order
 
 
 @dataclass(frozen=True)
@@ -131,7 +131,8 @@ class StackedBatch:
                 short = [(s, rows) for s, rows in present if not alone and len(rows) <= cap]
                 for s, rows in tall:
                     module = stack.modules[bucket.slots[s]].modules[name]
-                    singles.append(_Single(module, as_index(rows)))
+                    every_row = len(rows) == len(row_keys)  # then they are 0..N-1, in order
+                    singles.append(_Single(module, None if every_row else as_index(rows)))
                 if not short:
                     continue
                 height = max(len(rows) for _, rows in short)
@@ -161,8 +162,11 @@ class StackedBatch:
                 d = torch.bmm(torch.bmm(xp, b.bucket.a_t), b.bucket.b_t)  # (P, L, out)
                 y.index_add_(0, b.rows, d.view(n_slots * b.height, -1).index_select(0, b.slots))
             for single in singles:
-                delta = lora_delta(x.index_select(0, single.rows), single.module)
-                y.index_add_(0, single.rows, delta)
+                if single.rows is None:
+                    y += lora_delta(x, single.module)
+                else:
+                    delta = lora_delta(x.index_select(0, single.rows), single.module)
+                    y.index_add_(0, single.rows, delta)
             return y
 
         return apply

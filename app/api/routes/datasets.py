@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import torch
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -36,15 +38,7 @@ _UPLOAD_BODY = {
 
 
 def _public(record: DatasetRecord) -> DatasetPublic:
-    return DatasetPublic(
-        id=record.id,
-        rows=record.rows,
-        input_dim=record.input_dim,
-        output_dim=record.output_dim,
-        bytes=record.bytes,
-        created_at=record.created_at,
-        filename=record.filename,
-    )
+    return DatasetPublic(**asdict(record))
 
 
 def _json_tensors(raw: bytes) -> dict[str, torch.Tensor]:

@@ -19,6 +19,22 @@ class ServiceError(Exception):
         self.headers: dict[str, str] = {}
 
 
+class Unauthorized(ServiceError):
+    status = 401
+    code = "invalid_api_key"
+    error_type = "authentication_error"
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message, param)
+        self.headers = {"WWW-Authenticate": "Bearer"}
+
+
+class Forbidden(ServiceError):
+    status = 403
+    code = "insufficient_permissions"
+    error_type = "permission_error"
+
+
 class InvalidInput(ServiceError):
     status = 422
     code = "invalid_input"

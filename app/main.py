@@ -13,6 +13,7 @@ from app.adapters import AdapterRegistry, AdapterStore, BaseInfo
 from app.api.deps import Services
 from app.api.errors import install_error_handlers
 from app.api.limits import BodySizeLimit
+from app.api.observability import Metrics, RequestContext, configure_logging, live_metrics
 from app.api.routes import api_router
 from app.engine import Batcher, DirectRunner, Predictor
 from app.model import load_base_model, resolve_device
@@ -53,6 +54,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # Built before the server listens: a bad BASE_MODEL stops start-up with the reason.
     services = build_services(settings)
     services.training.start()  # marks jobs a crash interrupted, then runs the queue
+    services.engine.on_batch = app.state.metrics.record_batch
     services.engine.start()
     app.state.services = services
     log.info(
@@ -73,15 +75,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    # A no-op when the host (uvicorn, pytest) has configured logging already.
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging()
     app = FastAPI(title="loraserve", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
     app.state.services = None
+    app.state.metrics = Metrics()
+    app.state.metrics.watch(live_metrics(lambda: app.state.services))
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
+    # Added last, so outermost: every answer, a 413 from the size limit too, gets an id.
+    app.add_middleware(RequestContext, metrics=app.state.metrics)
     app.include_router(api_router)
     return app
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 EMBEDDED_MODEL = Path(__file__).resolve().parent.parent / "models" / "seed-linear"
 MiB = 1024 * 1024
@@ -21,6 +21,9 @@ class Settings(BaseSettings):
     adapters_dir: Path = Path("adapters")
     data_dir: Path = Path("data")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Comma-separated; when either list is set, every route but /healthz and /readyz needs a key.
+    admin_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     max_rank: int = Field(default=64, ge=1)
     max_upload_bytes: int = Field(default=128 * MiB, ge=1024)
     max_request_rows: int = Field(default=1024, ge=1)
@@ -31,3 +34,14 @@ class Settings(BaseSettings):
     max_queue_rows: int = Field(default=8192, ge=1)
     adapter_cache_bytes: int = Field(default=1024 * MiB, ge=0)
     merged_cache_bytes: int = Field(default=256 * MiB, ge=0)
+
+    @field_validator("admin_keys", "api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [key.strip() for key in value.split(",") if key.strip()]
+        return value
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.admin_keys or self.api_keys)

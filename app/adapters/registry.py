@@ -71,6 +71,8 @@ class AdapterRegistry:
             weakref.WeakValueDictionary()
         )
         self._versions = 0
+        self.cache_hits = 0  # load() answered from memory
+        self.cache_misses = 0  # load() read the weights from disk
         self._listeners: list[Callable[[str], None]] = []
 
     # --- start-up -------------------------------------------------------------------------
@@ -137,6 +139,14 @@ class AdapterRegistry:
     def __len__(self) -> int:
         return len(self._records)
 
+    @property
+    def resident_count(self) -> int:
+        return len(self._cache)
+
+    @property
+    def cached_bytes(self) -> int:
+        return self._cached_bytes
+
     def is_resident(self, record: AdapterRecord) -> bool:
         with self._lock:
             cached = self._cache.get(record.name)
@@ -162,7 +172,9 @@ class AdapterRegistry:
         record = self.get(name, param)
         cached = self._cached(record)
         if cached is not None:
+            self.cache_hits += 1
             return record, cached
+        self.cache_misses += 1
         with self._name_lock(name):
             record = self.get(name, param)  # it may have been replaced or deleted meanwhile
             cached = self._cached(record)

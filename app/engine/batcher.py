@@ -206,6 +206,7 @@ class DirectRunner:
     def __init__(self, predictor: Predictor) -> None:
         self.predictor = predictor
         self.queued_rows = 0
+        self.on_batch: Callable[[int, UsedMode], None] = lambda rows, mode: None
 
     def start(self) -> None:
         pass
@@ -217,6 +218,7 @@ class DirectRunner:
         def run() -> Result:
             start = time.perf_counter()
             outputs, used = self.predictor.predict(x, names, mode, param)
+            self.on_batch(len(x), used)
             return Result(outputs, used, 0.0, (time.perf_counter() - start) * 1000)
 
         return await run_in_threadpool(run)

@@ -177,6 +177,11 @@ class JobStore:
             ).fetchall()
         return [_job(r) for r in rows]
 
+    def count_by_status(self) -> dict[str, int]:
+        with self._lock:
+            rows = self._db.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall()
+        return {status: count for status, count in rows}
+
     def set_status(
         self,
         job_id: str,

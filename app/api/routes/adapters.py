@@ -10,6 +10,7 @@ from fastapi import APIRouter, File, Form, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
 from app.adapters import AdapterRecord, AdapterRegistry
+from app.api.auth import ADMIN, READ
 from app.api.deps import PredictorDep, Registry
 from app.api.schemas import AdapterList, AdapterPublic, ErrorBody
 from app.engine import Predictor
@@ -43,7 +44,7 @@ def _public(
     )
 
 
-@router.post("", status_code=201, responses=_ERRORS)
+@router.post("", status_code=201, responses=_ERRORS, dependencies=ADMIN)
 async def create_adapter(
     registry: Registry,
     predictor: PredictorDep,
@@ -64,14 +65,14 @@ async def create_adapter(
     return await run_in_threadpool(_public, record, registry, predictor)
 
 
-@router.get("")
+@router.get("", dependencies=READ)
 async def list_adapters(registry: Registry, predictor: PredictorDep) -> AdapterList:
     records = registry.list()
     data = await run_in_threadpool(lambda: [_public(r, registry, predictor) for r in records])
     return AdapterList(data=data)
 
 
-@router.get("/{name}", responses=_ERRORS)
+@router.get("/{name}", responses=_ERRORS, dependencies=READ)
 async def read_adapter(name: str, registry: Registry, predictor: PredictorDep) -> AdapterPublic:
     record = registry.get(name)
     return await run_in_threadpool(_public, record, registry, predictor)
@@ -81,6 +82,7 @@ async def read_adapter(name: str, registry: Registry, predictor: PredictorDep) -
     "/{name}/download",
     responses={200: {"content": {"application/zip": {}}}, **_ERRORS},
     response_class=Response,
+    dependencies=READ,
 )
 async def download_adapter(name: str, registry: Registry) -> Response:
     """A zip of adapter_config.json and adapter_model.safetensors, loadable by PEFT."""
@@ -96,7 +98,9 @@ async def download_adapter(name: str, registry: Registry) -> Response:
     )
 
 
-@router.delete("/{name}", status_code=204, responses=_ERRORS, response_class=Response)
+@router.delete(
+    "/{name}", status_code=204, responses=_ERRORS, response_class=Response, dependencies=ADMIN
+)
 async def delete_adapter(name: str, registry: Registry) -> Response:
     await run_in_threadpool(registry.delete, name)
     return Response(status_code=204)

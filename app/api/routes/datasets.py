@@ -11,12 +11,13 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
+from app.api.auth import ADMIN
 from app.api.deps import Datasets, Training
 from app.api.schemas import DatasetCreate, DatasetList, DatasetPublic, ErrorBody
 from app.errors import InvalidInput, UnsupportedMediaType
 from app.training import DatasetRecord
 
-router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"], dependencies=ADMIN)
 _ERRORS: dict[int | str, dict[str, object]] = {
     code: {"model": ErrorBody} for code in (404, 409, 413, 415, 422)
 }

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from app.api.auth import READ
 from app.api.schemas import Status
 from app.errors import NotReady
 
@@ -22,3 +24,16 @@ def read_ready(request: Request) -> Status:
     if getattr(request.app.state, "services", None) is None:
         raise NotReady()
     return Status(status="ready")
+
+
+@router.get(
+    "/metrics",
+    dependencies=READ,
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}},
+)
+def read_metrics(request: Request) -> Response:
+    """Prometheus text: requests, latency, batches, queue, adapter cache, jobs."""
+    return Response(
+        generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST
+    )

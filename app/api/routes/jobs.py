@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from fastapi.concurrency import run_in_threadpool
 
+from app.api.auth import ADMIN
 from app.api.deps import Training
 from app.api.schemas import (
     ErrorBody,
@@ -21,7 +22,7 @@ from app.api.schemas import (
 )
 from app.training import Job
 
-router = APIRouter(prefix="/v1/fine-tuning/jobs", tags=["fine-tuning"])
+router = APIRouter(prefix="/v1/fine-tuning/jobs", tags=["fine-tuning"], dependencies=ADMIN)
 _ERRORS: dict[int | str, dict[str, object]] = {
     code: {"model": ErrorBody} for code in (404, 409, 422)
 }

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from app.api.auth import READ
 from app.api.deps import Base
 from app.api.schemas import LinearPublic, ModelPublic
 
 router = APIRouter(tags=["model"])
 
 
-@router.get("/v1/model")
+@router.get("/v1/model", dependencies=READ)
 def read_model(base: Base) -> ModelPublic:
     return ModelPublic(
         name=base.name,

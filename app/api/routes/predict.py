@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 
+from app.api.auth import READ
 from app.api.deps import Base, EngineDep, SettingsDep
 from app.api.predict_io import OCTET, encode, parse_json, parse_safetensors
 from app.api.schemas import ErrorBody, PredictRequest, PredictResponse
@@ -46,6 +47,7 @@ _DOC = {
     "/v1/predict",
     responses={c: {"model": ErrorBody} for c in (400, 404, 413, 415, 422, 503)},
     openapi_extra=_DOC,
+    dependencies=READ,
 )
 async def predict(
     request: Request,

@@ -1,0 +1,156 @@
+"""Metrics (Prometheus), request ids and JSON logs."""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from pythonjsonlogger.json import JsonFormatter
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+_GOOD_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+access_log = logging.getLogger("app.access")
+
+
+class _RequestIdFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = request_id.get()
+        return True
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """One JSON object per line, each with the request id of the request it belongs to."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(
+        JsonFormatter(
+            "{asctime}{levelname}{name}{message}{request_id}",
+            style="{",
+            rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+        )
+    )
+    handler.addFilter(_RequestIdFilter())
+    logger = logging.getLogger("app")
+    logger.handlers[:] = [handler]
+    logger.setLevel(level)
+    logger.propagate = False
+
+
+class Metrics:
+    """The service's metrics, in a registry of its own (one per app, so tests do not collide)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "loraserve_requests", "HTTP requests", ["route", "method", "status"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.latency = Histogram(
+            "loraserve_request_seconds", "HTTP request latency", ["route", "method"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.batch_rows = Histogram(
+            "loraserve_batch_rows", "rows per model batch",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024), registry=self.registry,
+        )  # fmt: skip
+        self.batches = Counter(
+            "loraserve_batches", "model batches by mode", ["mode"], registry=self.registry
+        )
+
+    def record_batch(self, rows: int, mode: str) -> None:
+        self.batch_rows.observe(rows)
+        self.batches.labels(mode).inc()
+
+    def watch(self, collect: Callable[[], Iterator[Metric]]) -> None:
+        """Add gauges read at scrape time (queue depth, cache, jobs)."""
+
+        class _Live(Collector):
+            def collect(self) -> Iterator[Metric]:
+                return collect()
+
+        self.registry.register(_Live())
+
+
+def live_metrics(services_of: Callable[[], Any]) -> Callable[[], Iterator[Metric]]:
+    """Gauges and counters kept by the services themselves, read when scraped."""
+
+    def collect() -> Iterator[Metric]:
+        services = services_of()
+        if services is None:
+            return
+        registry, engine, jobs = services.registry, services.engine, services.training.jobs
+        yield GaugeMetricFamily(
+            "loraserve_queue_rows", "rows waiting for the model", engine.queued_rows
+        )
+        yield GaugeMetricFamily("loraserve_adapters", "adapters registered", len(registry))
+        yield GaugeMetricFamily(
+            "loraserve_adapters_resident",
+            "adapters with weights in memory",
+            registry.resident_count,
+        )
+        yield GaugeMetricFamily(
+            "loraserve_adapter_cache_bytes",
+            "bytes of adapter weights in memory",
+            registry.cached_bytes,
+        )
+        lookups = CounterMetricFamily(
+            "loraserve_adapter_cache_lookups", "adapter weight lookups", labels=["result"]
+        )
+        lookups.add_metric(["hit"], registry.cache_hits)
+        lookups.add_metric(["miss"], registry.cache_misses)
+        yield lookups
+        by_status = GaugeMetricFamily("loraserve_jobs", "fine-tuning jobs", labels=["status"])
+        for status, count in jobs.count_by_status().items():
+            by_status.add_metric([status], count)
+        yield by_status
+
+    return collect
+
+
+class RequestContext:
+    """Request id in and out (X-Request-ID), a metrics sample and a JSON access log per request."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        rid = given if _GOOD_ID.fullmatch(given) else uuid.uuid4().hex
+        token = request_id.set(rid)
+        start = time.perf_counter()
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", rid.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            elapsed = time.perf_counter() - start
+            route = getattr(scope.get("route"), "path", "unmatched")
+            method = scope["method"]
+            self.metrics.requests.labels(route, method, str(status)).inc()
+            self.metrics.latency.labels(route, method).observe(elapsed)
+            access_log.info(
+                "request",
+                extra={"method": method, "path": scope["path"], "route": route, "status": status,
+                       "duration_ms": round(elapsed * 1000, 3)},
+            )  # fmt: skip
+            request_id.reset(token)

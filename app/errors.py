@@ -74,6 +74,20 @@ class UnsupportedMediaType(ServiceError):
     code = "unsupported_media_type"
 
 
+class TooManyAdapters(ServiceError):
+    status = 413
+    code = "too_many_adapters"
+
+
+class TooManyRequests(ServiceError):
+    status = 429
+    code = "too_many_requests"
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message, param)
+        self.headers = {"Retry-After": "10"}
+
+
 class ServiceUnavailable(ServiceError):
     """503 with Retry-After: try again shortly."""
 

@@ -29,7 +29,11 @@ def build_services(settings: Settings) -> Services:
     linears = {n: (i.in_features, i.out_features) for n, i in base.linears().items()}
     info = BaseInfo(linears, base.name, base.fingerprint, base.device, base.dtype)
     registry = AdapterRegistry(
-        AdapterStore(settings.adapters_dir), info, settings.max_rank, settings.adapter_cache_bytes
+        AdapterStore(settings.adapters_dir),
+        info,
+        settings.max_rank,
+        settings.adapter_cache_bytes,
+        settings.max_adapters,
     )
     registry.scan()
     predictor = Predictor(base, registry, settings.merged_cache_bytes)
@@ -43,7 +47,9 @@ def build_services(settings: Settings) -> Services:
     )
     datasets.scan()
     jobs = JobStore(settings.data_dir / "jobs.db")
-    training = TrainingService(base, registry, datasets, jobs, settings.max_rank)
+    training = TrainingService(
+        base, registry, datasets, jobs, settings.max_rank, settings.max_queued_jobs
+    )
     return Services(settings, base, registry, predictor, engine, datasets, training)
 
 

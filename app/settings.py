@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=128 * MiB, ge=1024)
     max_request_rows: int = Field(default=1024, ge=1)
     max_dataset_rows: int = Field(default=1_000_000, ge=1)
+    max_adapters: int = Field(default=100_000, ge=1)
+    max_queued_jobs: int = Field(default=100, ge=1)
     batching: bool = True
     max_batch_rows: int = Field(default=256, ge=1)
     batch_wait_ms: float = Field(default=2.0, ge=0)

@@ -19,7 +19,13 @@ from safetensors.torch import load_file, save
 
 from app.adapters import peft_format as fmt
 from app.adapters.store import AdapterStore
-from app.errors import AdapterExists, AdapterNotFound, InvalidAdapter, InvalidName
+from app.errors import (
+    AdapterExists,
+    AdapterNotFound,
+    InvalidAdapter,
+    InvalidName,
+    TooManyAdapters,
+)
 from app.lora import LoraAdapter, LoraConfig
 
 log = logging.getLogger(__name__)
@@ -57,8 +63,14 @@ class AdapterRegistry:
     """Validates, writes, indexes, deletes and lazily loads adapters; safe across threads."""
 
     def __init__(
-        self, store: AdapterStore, base: BaseInfo, max_rank: int, cache_bytes: int
+        self,
+        store: AdapterStore,
+        base: BaseInfo,
+        max_rank: int,
+        cache_bytes: int,
+        max_adapters: int = 100_000,
     ) -> None:
+        self.max_adapters = max_adapters
         self.store = store
         self.base = base
         self.max_rank = max_rank
@@ -195,6 +207,7 @@ class AdapterRegistry:
         fmt.check_name(name)
         if not overwrite and self.store.exists(name):
             raise AdapterExists(f"adapter {name!r} already exists; pass overwrite=true", "name")
+        self.check_room(name)
         config = fmt.parse_config(config_data, self.base.linears, self.max_rank)
         if weights_data.startswith(_PICKLE_MAGIC):
             raise InvalidAdapter(
@@ -247,6 +260,7 @@ class AdapterRegistry:
                     raise AdapterExists(
                         f"adapter {name!r} already exists; pass overwrite=true", "name"
                     )
+                self.check_room(name)
                 self.store.commit(staged, name)
                 record = AdapterRecord(
                     name=name,
@@ -275,6 +289,16 @@ class AdapterRegistry:
                 self._records.pop(name, None)
                 self._forget(name)
         self._notify(name)
+
+    def check_room(self, name: str) -> None:
+        """A new name needs room under MAX_ADAPTERS; replacing one does not."""
+        with self._lock:
+            full = name not in self._records and len(self._records) >= self.max_adapters
+        if full:
+            raise TooManyAdapters(
+                f"the store holds the maximum of {self.max_adapters} adapters; delete some first",
+                "name",
+            )
 
     def on_change(self, listener: Callable[[str], None]) -> None:
         """Call `listener(name)` after an adapter is replaced or deleted (to drop merged copies)."""

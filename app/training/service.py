@@ -7,7 +7,7 @@ from typing import Any
 
 from app.adapters import AdapterRegistry
 from app.adapters.peft_format import check_name
-from app.errors import AdapterExists, Conflict, InvalidInput
+from app.errors import AdapterExists, Conflict, InvalidInput, TooManyRequests
 from app.model import BaseModel
 from app.training.datasets import DatasetStore
 from app.training.jobs import ACTIVE, Job, JobStore
@@ -35,9 +35,11 @@ class TrainingService:
         datasets: DatasetStore,
         jobs: JobStore,
         max_rank: int,
+        max_queued_jobs: int = 100,
     ) -> None:
         self.base, self.registry, self.datasets, self.jobs = base, registry, datasets, jobs
         self.max_rank = max_rank
+        self.max_queued_jobs = max_queued_jobs
         self.worker = TrainingWorker(base, registry, datasets, jobs)
 
     def start(self) -> None:
@@ -92,7 +94,13 @@ class TrainingService:
             self.datasets.get(validation_dataset, "validation_dataset")
         if adapter_name in {r.name for r in self.registry.list()}:
             raise AdapterExists(f"adapter {adapter_name!r} already exists", "adapter_name")
-        if any(j.adapter_name == adapter_name for j in self.jobs.with_status(*ACTIVE)):
+        self.registry.check_room(adapter_name)
+        active = self.jobs.with_status(*ACTIVE)
+        if sum(j.status == "queued" for j in active) >= self.max_queued_jobs:
+            raise TooManyRequests(
+                f"{self.max_queued_jobs} jobs are already queued; retry when some have run"
+            )
+        if any(j.adapter_name == adapter_name for j in active):
             raise AdapterExists(
                 f"another job is already training adapter {adapter_name!r}", "adapter_name"
             )

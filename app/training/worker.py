@@ -9,7 +9,7 @@ from dataclasses import asdict
 from typing import Any
 
 from app.adapters import AdapterRegistry
-from app.errors import AdapterExists, ServiceError
+from app.errors import AdapterExists, ServiceError, TooManyAdapters
 from app.model import BaseModel
 from app.training.datasets import DatasetStore
 from app.training.jobs import Job, JobStore
@@ -135,7 +135,7 @@ class TrainingWorker:
                 self.registry.add(
                     job.adapter_name, adapter, source="training", metadata={"job_id": job.id}
                 )
-            except AdapterExists as exc:
+            except (AdapterExists, TooManyAdapters) as exc:
                 self._finish(job, "failed", {"code": exc.code, "message": exc.message})
                 return
             self.jobs.add_event(job.id, "message", f"adapter {job.adapter_name!r} registered")

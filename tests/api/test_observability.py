@@ -31,8 +31,18 @@ def test_metrics_count_requests_batches_and_cache(client: TestClient) -> None:
     m = samples(client)
     key = (("method", "POST"), ("route", "/v1/predict"), ("status", "200"))
     assert m[("loraserve_requests_total", key)] == 3
-    assert m[("loraserve_requests_total", (("method", "GET"), ("route", "/v1/adapters/{name}"), ("status", "404")))] == 1
-    assert m[("loraserve_request_seconds_count", (("method", "POST"), ("route", "/v1/predict")))] == 3
+    assert (
+        m[
+            (
+                "loraserve_requests_total",
+                (("method", "GET"), ("route", "/v1/adapters/{name}"), ("status", "404")),
+            )
+        ]
+        == 1
+    )
+    assert (
+        m[("loraserve_request_seconds_count", (("method", "POST"), ("route", "/v1/predict")))] == 3
+    )
     assert m[("loraserve_batches_total", (("mode", "unmerged"),))] == 3
     assert m[("loraserve_batch_rows_count", ())] == 3
     assert m[("loraserve_adapter_cache_lookups_total", (("result", "miss"),))] == 1
@@ -55,7 +65,9 @@ def test_request_ids_go_in_and_out(client: TestClient) -> None:
 def test_logs_are_json_lines_with_the_request_id(settings, capsys) -> None:
     with TestClient(create_app(settings)) as client:
         client.get("/healthz", headers={"x-request-id": "trace-me"})
-    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    lines = [
+        json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")
+    ]
     access = [line for line in lines if line.get("request_id") == "trace-me"]
     assert access and access[0]["logger"] == "app.access" and access[0]["status"] == 200
     assert access[0]["path"] == "/healthz" and "duration_ms" in access[0]

@@ -1,0 +1,56 @@
+"""Limits that are settings: adapters on disk, queued jobs (the others live beside their routes)."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from fastapi.testclient import TestClient
+from safetensors.torch import save
+
+from app.main import create_app
+from tests.api.conftest import make_files, snapshot, upload
+
+
+def test_adapters_on_disk_are_capped_but_replacing_one_is_fine(settings) -> None:
+    with TestClient(create_app(settings.model_copy(update={"max_adapters": 2}))) as client:
+        for name in ("a", "b"):
+            assert upload(client, name, *make_files()[2]).status_code == 201
+        before = snapshot(settings.adapters_dir)
+        response = upload(client, "c", *make_files()[2])
+        assert response.status_code == 413
+        assert response.json()["error"]["code"] == "too_many_adapters"
+        assert snapshot(settings.adapters_dir) == before
+        assert upload(client, "a", *make_files(seed=4)[2], overwrite=True).status_code == 201
+        # A job that would make a third adapter is refused before it is queued.
+        data = save({"inputs": torch.randn(8, 16), "targets": torch.randn(8, 4)})
+        train = client.post("/v1/datasets", files={"file": ("d", data)}).json()["id"]
+        job = client.post(
+            "/v1/fine-tuning/jobs", json={"adapter_name": "c", "training_dataset": train}
+        )
+        assert job.status_code == 413
+        assert client.get("/v1/fine-tuning/jobs").json()["data"] == []
+
+
+def test_queued_jobs_are_capped_with_retry_after(settings) -> None:
+    with TestClient(create_app(settings.model_copy(update={"max_queued_jobs": 1}))) as client:
+        data = save({"inputs": torch.randn(256, 16), "targets": torch.randn(256, 4)})
+        train = client.post("/v1/datasets", files={"file": ("d", data)}).json()["id"]
+        long = {"epochs": 1000, "batch_size": 1}
+
+        def create(name: str):
+            body = {"adapter_name": name, "training_dataset": train, "hyperparameters": long}
+            return client.post("/v1/fine-tuning/jobs", json=body)
+
+        running = create("one").json()
+        for _ in range(200):  # wait until the worker has taken it, so the queue is empty
+            if client.get(f"/v1/fine-tuning/jobs/{running['id']}").json()["status"] == "running":
+                break
+            time.sleep(0.02)
+        assert create("two").status_code == 201  # queued
+        refused = create("three")
+        assert refused.status_code == 429
+        assert refused.json()["error"]["code"] == "too_many_requests"
+        assert refused.headers["retry-after"] == "10"
+        for job in client.get("/v1/fine-tuning/jobs").json()["data"]:
+            client.post(f"/v1/fine-tuning/jobs/{job['id']}/cancel")

@@ -70,3 +70,126 @@ def test_sigkill_during_training_leaves_the_job_interrupted_and_adapters_intact(
         ]
     assert not (store / "victim").exists()
     assert digests(store) == before
+
+
+def _upload(client: httpx.Client, name: str, rank: int, seed: int, sizes=(16, 8, 4)):
+    targets = ["layer1", "layer2"]
+    files = adapter_files(
+        peft_config(rank, 8, targets), lora_tensors(list(sizes), targets, rank, seed)
+    )
+    return client.post(
+        "/v1/adapters",
+        params={"overwrite": "true"},
+        data={"name": name},
+        files={"config": ("c", files[0]), "weights": ("w", files[1])},
+    )
+
+
+def test_sigkill_during_uploads_and_merges_never_leaves_a_partial_adapter(tmp_path: Path) -> None:
+    import threading
+
+    sizes = (512, 512, 512)
+    base = write_base_model(tmp_path / "base", sizes)
+    store = tmp_path / "adapters"
+    with (
+        running_server(tmp_path, base_model=str(base), max_rank="512") as server,
+        httpx.Client(base_url=server.url, timeout=30) as client,
+    ):
+        assert _upload(client, "keep", 8, 0, sizes).status_code == 201
+    kept = digests(store)
+    for delay in (0.0, 0.02, 0.05, 0.1, 0.2):
+        with running_server(tmp_path, base_model=str(base), max_rank="512") as server:
+            client = httpx.Client(base_url=server.url, timeout=30)
+
+            def busy(client: httpx.Client = client) -> None:
+                # Big uploads over one name, and merged predictions, until the process dies.
+                try:
+                    for i in range(50):
+                        _upload(client, "victim", 256, i, sizes)
+                        x = torch.randn(2, sizes[0]).tolist()
+                        client.post(
+                            "/v1/predict", json={"inputs": x, "adapter": "victim", "mode": "merged"}
+                        )
+                except httpx.TransportError:
+                    pass
+
+            worker = threading.Thread(target=busy)
+            worker.start()
+            time.sleep(0.3 + delay)
+            server.process.send_signal(signal.SIGKILL)
+            server.process.wait(timeout=10)
+            worker.join(timeout=30)
+        with running_server(tmp_path, base_model=str(base), max_rank="512") as server:
+            listed = httpx.get(f"{server.url}/v1/adapters").json()["data"]
+            assert {a["name"] for a in listed} <= {"keep", "victim"}
+            assert "keep" in {a["name"] for a in listed}
+        # Whatever "victim" is now, it is whole: its files load and match the index.
+        victim = store / "victim"
+        if victim.exists():
+            from safetensors.torch import load_file
+
+            tensors = load_file(victim / "adapter_model.safetensors")
+            assert tensors["base_model.model.layer1.lora_A.weight"].shape == (256, 512)
+        assert {k: v for k, v in digests(store).items() if k.startswith("keep/")} == kept
+        assert not list((store / ".staging").iterdir()) and not list((store / ".trash").iterdir())
+
+
+def test_sigterm_finishes_requests_in_flight_and_marks_the_running_job(tmp_path: Path) -> None:
+    import threading
+
+    from app.training import JobStore
+
+    base = write_base_model(tmp_path / "base")
+    with running_server(tmp_path, base_model=str(base)) as server:
+        client = httpx.Client(base_url=server.url, timeout=30)
+        data = save({"inputs": torch.randn(256, 16), "targets": torch.randn(256, 4)})
+        train = client.post("/v1/datasets", files={"file": ("d", data)}).json()["id"]
+        job = client.post(
+            "/v1/fine-tuning/jobs",
+            json={"adapter_name": "long", "training_dataset": train,
+                  "hyperparameters": {"epochs": 1000, "batch_size": 1}},
+        ).json()  # fmt: skip
+        while client.get(f"/v1/fine-tuning/jobs/{job['id']}").json()["status"] != "running":
+            time.sleep(0.02)
+        # A slow request (a big upload body, sent slowly) is in flight when SIGTERM arrives.
+        targets = ["layer1", "layer2"]
+        files = adapter_files(peft_config(4, 8, targets), lora_tensors([16, 8, 4], targets, 4, 1))
+        answers: list[int] = []
+
+        def slow_upload() -> None:
+            def body():
+                boundary = b"--xx\r\n"
+                yield boundary + b'Content-Disposition: form-data; name="name"\r\n\r\nlate\r\n'
+                time.sleep(1.0)
+                yield (
+                    boundary
+                    + b'Content-Disposition: form-data; name="config"; filename="c"\r\n\r\n'
+                    + files[0]
+                    + b"\r\n"
+                )
+                yield (
+                    boundary
+                    + b'Content-Disposition: form-data; name="weights"; filename="w"\r\n\r\n'
+                    + files[1]
+                    + b"\r\n--xx--\r\n"
+                )
+
+            response = httpx.post(
+                f"{server.url}/v1/adapters",
+                content=body(),
+                headers={"content-type": "multipart/form-data; boundary=xx"},
+                timeout=30,
+            )
+            answers.append(response.status_code)
+
+        uploader = threading.Thread(target=slow_upload)
+        uploader.start()
+        time.sleep(0.3)
+        server.process.send_signal(signal.SIGTERM)
+        uploader.join(timeout=30)
+        assert server.process.wait(timeout=30) in (0, -signal.SIGTERM)
+    assert answers == [201]
+    assert (tmp_path / "adapters" / "late" / "adapter_model.safetensors").is_file()
+    jobs = JobStore(tmp_path / "data" / "jobs.db")
+    stopped = jobs.get(job["id"])
+    assert stopped.status == "failed" and stopped.error and stopped.error["code"] == "interrupted"

@@ -1,0 +1,262 @@
+"""A Python client for the service, sync (`Client`) and async (`AsyncClient`), on httpx.
+
+    from app.client import Client
+    with Client("http://127.0.0.1:8000", api_key="...") as c:
+        c.upload_adapter("mine", "path/to/peft-folder")
+        y = c.predict([[0.0] * 1001], adapter="mine")
+
+Every operation is written once, in `_Operations`; the sync client returns its result and the
+async one a coroutine of it. Errors raise `ServiceError` with the envelope's status and code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import time
+import zipfile
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import torch
+from safetensors.torch import load, save
+from torch import Tensor
+
+OCTET = "application/octet-stream"
+
+
+class ServiceError(Exception):
+    """An error answer from the service: HTTP status, machine code, message, field."""
+
+    def __init__(self, status: int, code: str, message: str, param: str | None = None) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status, self.code, self.message, self.param = status, code, message, param
+
+
+def _check(response: httpx.Response) -> httpx.Response:
+    if response.is_success:
+        return response
+    try:
+        error = response.json()["error"]
+        raise ServiceError(
+            response.status_code, error["code"], error["message"], error.get("param")
+        )
+    except (ValueError, KeyError, TypeError):
+        raise ServiceError(response.status_code, "http_error", response.text[:200]) from None
+
+
+def _json(response: httpx.Response) -> Any:
+    return response.json()
+
+
+def _data(response: httpx.Response) -> Any:
+    return response.json()["data"]
+
+
+def _outputs(response: httpx.Response) -> Tensor:
+    return load(response.content)["outputs"]
+
+
+def _adapter_files(folder: str | Path) -> dict[str, tuple[str, bytes]]:
+    folder = Path(folder)
+    return {
+        "config": ("adapter_config.json", (folder / "adapter_config.json").read_bytes()),
+        "weights": (
+            "adapter_model.safetensors",
+            (folder / "adapter_model.safetensors").read_bytes(),
+        ),
+    }
+
+
+def _unzip_to(dest: str | Path) -> Callable[[httpx.Response], Path]:
+    def write(response: httpx.Response) -> Path:
+        target = Path(dest)
+        target.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(io.BytesIO(response.content)) as archive:
+            for name in ("adapter_config.json", "adapter_model.safetensors"):
+                (target / name).write_bytes(archive.read(name))
+        return target
+
+    return write
+
+
+class _Operations:
+    """Each operation: what to send, and how to read the answer."""
+
+    def _request(
+        self, method: str, path: str, read: Callable[[httpx.Response], Any], **kw: Any
+    ) -> Any:
+        raise NotImplementedError  # provided by Client and AsyncClient
+
+    def health(self) -> Any:
+        return self._request("GET", "/healthz", _json)
+
+    def ready(self) -> Any:
+        return self._request("GET", "/readyz", _json)
+
+    def model(self) -> Any:
+        return self._request("GET", "/v1/model", _json)
+
+    def list_adapters(self) -> Any:
+        return self._request("GET", "/v1/adapters", _data)
+
+    def get_adapter(self, name: str) -> Any:
+        return self._request("GET", f"/v1/adapters/{name}", _json)
+
+    def upload_adapter(self, name: str, folder: str | Path, overwrite: bool = False) -> Any:
+        """Upload a PEFT adapter folder (adapter_config.json + adapter_model.safetensors)."""
+        params = {"overwrite": "true"} if overwrite else None
+        files = _adapter_files(folder)
+        return self._request(
+            "POST", "/v1/adapters", _json, data={"name": name}, files=files, params=params
+        )
+
+    def download_adapter(self, name: str, dest: str | Path) -> Any:
+        """Write the adapter's two PEFT files into `dest`; returns the folder."""
+        return self._request("GET", f"/v1/adapters/{name}/download", _unzip_to(dest))
+
+    def delete_adapter(self, name: str) -> Any:
+        return self._request("DELETE", f"/v1/adapters/{name}", lambda r: None)
+
+    def predict(
+        self,
+        inputs: Tensor | Sequence[Sequence[float]],
+        adapter: str | None = None,
+        adapters: Sequence[str | None] | None = None,
+        mode: str = "auto",
+    ) -> Any:
+        """Outputs as a float32 tensor (N, output_dim); sent as safetensors, both ways."""
+        x = inputs if isinstance(inputs, Tensor) else torch.tensor(inputs, dtype=torch.float32)
+        metadata = {"adapters": json.dumps(list(adapters))} if adapters is not None else None
+        params = {"mode": mode, **({"adapter": adapter} if adapter else {})}
+        return self._request(
+            "POST", "/v1/predict", _outputs,
+            content=save({"inputs": x.contiguous()}, metadata=metadata),
+            params=params, headers={"content-type": OCTET, "accept": OCTET},
+        )  # fmt: skip
+
+    def upload_dataset(
+        self, inputs: Tensor, targets: Tensor, filename: str = "data.safetensors"
+    ) -> Any:
+        data = save({"inputs": inputs.contiguous(), "targets": targets.contiguous()})
+        return self._request("POST", "/v1/datasets", _json, files={"file": (filename, data)})
+
+    def list_datasets(self) -> Any:
+        return self._request("GET", "/v1/datasets", _data)
+
+    def delete_dataset(self, dataset_id: str) -> Any:
+        return self._request("DELETE", f"/v1/datasets/{dataset_id}", lambda r: None)
+
+    def create_job(
+        self,
+        adapter_name: str,
+        training_dataset: str,
+        validation_dataset: str | None = None,
+        **hyperparameters: Any,
+    ) -> Any:
+        body = {
+            "adapter_name": adapter_name,
+            "training_dataset": training_dataset,
+            "validation_dataset": validation_dataset,
+            "hyperparameters": hyperparameters,
+        }
+        return self._request("POST", "/v1/fine-tuning/jobs", _json, json=body)
+
+    def get_job(self, job_id: str) -> Any:
+        return self._request("GET", f"/v1/fine-tuning/jobs/{job_id}", _json)
+
+    def list_jobs(self, limit: int = 20, after: str | None = None) -> Any:
+        params = {"limit": limit, **({"after": after} if after else {})}
+        return self._request("GET", "/v1/fine-tuning/jobs", _json, params=params)
+
+    def cancel_job(self, job_id: str) -> Any:
+        return self._request("POST", f"/v1/fine-tuning/jobs/{job_id}/cancel", _json)
+
+    def job_events(self, job_id: str, after: str | None = None, limit: int = 100) -> Any:
+        params = {"limit": limit, **({"after": after} if after else {})}
+        return self._request("GET", f"/v1/fine-tuning/jobs/{job_id}/events", _json, params=params)
+
+
+_DONE = ("succeeded", "failed", "cancelled")
+
+
+def _headers(api_key: str | None) -> dict[str, str]:
+    return {"authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+class Client(_Operations):
+    """Blocking client."""
+
+    def __init__(self, base_url: str, api_key: str | None = None, timeout: float = 120, **kw: Any):
+        self.http = httpx.Client(
+            base_url=base_url, headers=_headers(api_key), timeout=timeout, **kw
+        )
+
+    def _request(
+        self, method: str, path: str, read: Callable[[httpx.Response], Any], **kw: Any
+    ) -> Any:
+        return read(_check(self.http.request(method, path, **kw)))
+
+    def follow(self, job_id: str, poll_s: float = 0.5) -> Iterator[dict[str, Any]]:
+        """Each event of a job as it comes, until the job has ended."""
+        after = None
+        while True:
+            page = self.job_events(job_id, after=after)
+            for event in page["data"]:
+                after = event["id"]
+                yield event
+            if not page["has_more"]:
+                if self.get_job(job_id)["status"] in _DONE:
+                    if not self.job_events(job_id, after=after)["data"]:
+                        return
+                    continue
+                time.sleep(poll_s)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncClient(_Operations):
+    """asyncio client: every operation returns a coroutine."""
+
+    def __init__(self, base_url: str, api_key: str | None = None, timeout: float = 120, **kw: Any):
+        self.http = httpx.AsyncClient(
+            base_url=base_url, headers=_headers(api_key), timeout=timeout, **kw
+        )
+
+    async def _request(
+        self, method: str, path: str, read: Callable[[httpx.Response], Any], **kw: Any
+    ) -> Any:
+        return read(_check(await self.http.request(method, path, **kw)))
+
+    async def follow(self, job_id: str, poll_s: float = 0.5) -> AsyncIterator[dict[str, Any]]:
+        after = None
+        while True:
+            page = await self.job_events(job_id, after=after)
+            for event in page["data"]:
+                after = event["id"]
+                yield event
+            if not page["has_more"]:
+                if (await self.get_job(job_id))["status"] in _DONE:
+                    if not (await self.job_events(job_id, after=after))["data"]:
+                        return
+                    continue
+                await asyncio.sleep(poll_s)
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import re
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -27,9 +28,21 @@ class _RequestIdFilter(logging.Filter):
         return True
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever sys.stderr is at the time (so that test capture sees it too)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 def configure_logging(level: str = "INFO") -> None:
     """One JSON object per line, each with the request id of the request it belongs to."""
-    handler = logging.StreamHandler()
+    handler = _StderrHandler()
     handler.setFormatter(
         JsonFormatter(
             "{asctime}{levelname}{name}{message}{request_id}",

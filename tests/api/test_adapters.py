@@ -190,11 +190,16 @@ def test_streamed_upload_over_the_size_limit_is_413(settings) -> None:
         assert response.json()["error"]["code"] == "payload_too_large"
 
 
-def test_malformed_multipart_bodies_are_4xx_and_change_nothing(client: TestClient, store: Path) -> None:
+def test_malformed_multipart_bodies_are_4xx_and_change_nothing(
+    client: TestClient, store: Path
+) -> None:
     upload(client, "a", *make_files()[2])
     before = snapshot(store)
     bodies = [
-        (b"--b\r\nContent-Disposition: form-data; name=\"name\"\r\n\r\nx", "multipart/form-data; boundary=b"),
+        (
+            b'--b\r\nContent-Disposition: form-data; name="name"\r\n\r\nx',
+            "multipart/form-data; boundary=b",
+        ),
         (b"no boundary at all", "multipart/form-data"),
         (b"--zz\r\n\r\n--zz--\r\n", "multipart/form-data; boundary=zz"),
         (b"\x00\xff" * 100, "multipart/form-data; boundary=\x00"),
@@ -202,6 +207,10 @@ def test_malformed_multipart_bodies_are_4xx_and_change_nothing(client: TestClien
     ]
     for body, content_type in bodies:
         response = client.post("/v1/adapters", content=body, headers={"content-type": content_type})
-        assert 400 <= response.status_code < 500, (content_type, response.status_code, response.text)
+        assert 400 <= response.status_code < 500, (
+            content_type,
+            response.status_code,
+            response.text,
+        )
         assert "error" in response.json()
     assert snapshot(store) == before

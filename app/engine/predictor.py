@@ -78,12 +78,11 @@ class Predictor:
         with torch.inference_mode():
             if used == "merged":
                 y = self._merged(x, row_adapters, loaded)
-            elif len(loaded) <= 1:
-                adapter = next(iter(loaded.values()))[1] if loaded else None
-                if adapter is not None and None in row_adapters:
-                    y = self._stacked(x, row_adapters, loaded)
-                else:
-                    y = model(x, linear=unmerged_linear(adapter))
+            elif not loaded:
+                y = model(x)
+            elif len(loaded) == 1 and None not in row_adapters:
+                # Every row on one adapter: the plain LoRA term, no stacking or indexing.
+                y = model(x, linear=unmerged_linear(next(iter(loaded.values()))[1]))
             else:
                 y = self._stacked(x, row_adapters, loaded)
             return y.float().cpu()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Annotated
 
 from fastapi import APIRouter, Query
@@ -82,17 +83,4 @@ def list_job_events(
 ) -> EventList:
     """Oldest first; pass the last event id as `after` to follow a job."""
     events, has_more = training.jobs.events(job_id, after, limit)
-    return EventList(
-        data=[
-            EventPublic(
-                id=e.id,
-                created_at=e.created_at,
-                level=e.level,
-                type=e.type,
-                message=e.message,
-                data=e.data,
-            )
-            for e in events
-        ],
-        has_more=has_more,
-    )
+    return EventList(data=[EventPublic(**asdict(e)) for e in events], has_more=has_more)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 EMBEDDED_MODEL = Path(__file__).resolve().parent.parent / "models" / "seed-linear"
@@ -36,6 +36,24 @@ class Settings(BaseSettings):
     max_queue_rows: int = Field(default=8192, ge=1)
     adapter_cache_bytes: int = Field(default=1024 * MiB, ge=0)
     merged_cache_bytes: int = Field(default=256 * MiB, ge=0)
+    # `loraserve serve` listens here; UVICORN_HOST/UVICORN_PORT are read too, as plain uvicorn does.
+    host: str = Field(
+        default="127.0.0.1", validation_alias=AliasChoices("LORASERVE_HOST", "UVICORN_HOST", "host")
+    )
+    port: int = Field(
+        default=8000,
+        ge=0,
+        le=65535,
+        validation_alias=AliasChoices("LORASERVE_PORT", "UVICORN_PORT", "port"),
+    )
+    # Connection hygiene (slow or idle clients): seconds until a request's headers must be in,
+    # until its body must be in, and how long an idle keep-alive connection is kept.
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    body_timeout_s: float = Field(default=60.0, gt=0)
+    keep_alive_timeout_s: float = Field(default=5.0, gt=0)
+    max_connections: int = Field(default=1024, ge=1)
+    # Requests being handled at once; beyond it 503 with Retry-After (connections stay open).
+    max_concurrent_requests: int = Field(default=512, ge=1)
 
     @field_validator("admin_keys", "api_keys", mode="before")
     @classmethod

@@ -95,8 +95,12 @@ def test_auth_is_off_when_no_keys_are_set(client: TestClient) -> None:
 def test_keys_come_comma_separated_from_the_environment(monkeypatch) -> None:
     from app.settings import Settings
 
-    monkeypatch.setenv("LORASERVE_ADMIN_KEYS", "one, two,")
-    monkeypatch.setenv("LORASERVE_API_KEYS", "three")
+    # Keys no path can contain: repr(settings) also shows the checkout's folders (base_model).
+    first, second, third = "k3y-Qx7vZ", "k3y-Wp2rJ", "k3y-Ht9mB"
+    monkeypatch.setenv("LORASERVE_ADMIN_KEYS", f"{first}, {second},")
+    monkeypatch.setenv("LORASERVE_API_KEYS", third)
     settings = Settings()
-    assert [k.get_secret_value() for k in settings.admin_keys] == ["one", "two"]
-    assert settings.auth_enabled and "one" not in repr(settings)
+    assert [k.get_secret_value() for k in settings.admin_keys] == [first, second]
+    assert [k.get_secret_value() for k in settings.api_keys] == [third]
+    assert settings.auth_enabled
+    assert not any(key in repr(settings) for key in (first, second, third))

@@ -4,6 +4,16 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+_ECHO_CHARS = 64
+
+
+def shorten(value: object, limit: int = _ECHO_CHARS) -> str:
+    """A client's value as it may appear in an error message: at most `limit` characters."""
+    text = value if isinstance(value, str) else repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
+
 
 class ServiceError(Exception):
     """Base: `status`, machine `code`, human `message`, and the request field at fault."""

@@ -164,3 +164,41 @@ def test_direct_runner_runs_each_request_alone(setup) -> None:
         torch.testing.assert_close(
             result.outputs[row : row + 1].double(), ref, rtol=1e-4, atol=1e-5
         )
+
+
+def test_batches_never_pass_max_batch_rows_but_an_oversize_request_runs_alone(setup) -> None:
+    _, predictor, _ = setup
+    entered, release = threading.Event(), threading.Event()
+    forward = predictor.forward
+
+    def held_forward(*args, **kwargs):
+        entered.set()
+        release.wait(10)
+        return forward(*args, **kwargs)
+
+    predictor.forward = held_forward  # type: ignore[method-assign]
+    batcher = Batcher(predictor, max_batch_rows=8, batch_wait_ms=0, max_queue_rows=1000)
+    batch_sizes: list[int] = []
+    batcher.on_batch = lambda rows, mode: batch_sizes.append(rows)
+    batcher.start()
+    sizes = [3, 3, 3, 5, 2, 1, 10, 3]
+
+    async def main():
+        first = asyncio.ensure_future(batcher.submit(torch.randn(1, 16), [None], "auto", "a"))
+        await asyncio.to_thread(entered.wait, 10)  # the inference thread holds the first
+        queued = [
+            asyncio.ensure_future(batcher.submit(torch.randn(n, 16), ["a0"] * n, "auto", "a"))
+            for n in sizes
+        ]
+        while batcher.queued_rows < sum(sizes):  # all queued before the first finishes
+            await asyncio.sleep(0)
+        release.set()
+        return await asyncio.gather(first, *queued)
+
+    try:
+        done = asyncio.run(main())
+    finally:
+        batcher.stop()
+    assert [len(r.outputs) for r in done] == [1, *sizes]
+    # FIFO, as many whole requests as fit in 8 rows; 10 rows alone are over the cap but still run.
+    assert batch_sizes == [1, 6, 8, 3, 10, 3]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 from app.adapters import AdapterRegistry
@@ -41,6 +42,10 @@ class TrainingService:
         self.max_rank = max_rank
         self.max_queued_jobs = max_queued_jobs
         self.worker = TrainingWorker(base, registry, datasets, jobs)
+        # Makes create_job's checks and insert one step, and delete_dataset's check and delete
+        # another: otherwise a job can be queued on a dataset deleted in between (both answering
+        # success), or two concurrent jobs queued for one adapter name.
+        self._lock = threading.Lock()
 
     def start(self) -> None:
         self.recover()
@@ -89,30 +94,31 @@ class TrainingService:
             )
         hp["target_modules"] = [m for m in linears if m in targets]
         hp["alpha"] = float(hp["alpha"] if hp.get("alpha") is not None else hp["rank"])
-        train = self.datasets.get(training_dataset, "training_dataset")
-        if validation_dataset is not None:
-            self.datasets.get(validation_dataset, "validation_dataset")
-        if adapter_name in {r.name for r in self.registry.list()}:
-            raise AdapterExists(f"adapter {adapter_name!r} already exists", "adapter_name")
-        self.registry.check_room(adapter_name)
-        active = self.jobs.with_status(*ACTIVE)
-        if sum(j.status == "queued" for j in active) >= self.max_queued_jobs:
-            raise TooManyRequests(
-                f"{self.max_queued_jobs} jobs are already queued; retry when some have run"
-            )
-        if any(j.adapter_name == adapter_name for j in active):
-            raise AdapterExists(
-                f"another job is already training adapter {adapter_name!r}", "adapter_name"
-            )
-        progress = {
-            "epoch": 0,
-            "epochs": hp["epochs"],
-            "step": 0,
-            "total_steps": total_steps(train.rows, hp["batch_size"], hp["epochs"]),
-            "train_loss": None,
-            "validation_loss": None,
-        }
-        job = self.jobs.create(adapter_name, training_dataset, validation_dataset, hp, progress)
+        with self._lock:
+            train = self.datasets.get(training_dataset, "training_dataset")
+            if validation_dataset is not None:
+                self.datasets.get(validation_dataset, "validation_dataset")
+            if adapter_name in {r.name for r in self.registry.list()}:
+                raise AdapterExists(f"adapter {adapter_name!r} already exists", "adapter_name")
+            self.registry.check_room(adapter_name)
+            active = self.jobs.with_status(*ACTIVE)
+            if sum(j.status == "queued" for j in active) >= self.max_queued_jobs:
+                raise TooManyRequests(
+                    f"{self.max_queued_jobs} jobs are already queued; retry when some have run"
+                )
+            if any(j.adapter_name == adapter_name for j in active):
+                raise AdapterExists(
+                    f"another job is already training adapter {adapter_name!r}", "adapter_name"
+                )
+            progress = {
+                "epoch": 0,
+                "epochs": hp["epochs"],
+                "step": 0,
+                "total_steps": total_steps(train.rows, hp["batch_size"], hp["epochs"]),
+                "train_loss": None,
+                "validation_loss": None,
+            }
+            job = self.jobs.create(adapter_name, training_dataset, validation_dataset, hp, progress)
         self.worker.notify()
         return job
 
@@ -135,8 +141,9 @@ class TrainingService:
 
     def delete_dataset(self, dataset_id: str) -> None:
         """Refused while a queued or running job still needs the dataset."""
-        self.datasets.get(dataset_id)
-        for job in self.jobs.with_status(*ACTIVE):
-            if dataset_id in (job.training_dataset, job.validation_dataset):
-                raise DatasetInUse(f"job {job.id} still uses dataset {dataset_id!r}", "id")
-        self.datasets.delete(dataset_id)
+        with self._lock:
+            self.datasets.get(dataset_id)
+            for job in self.jobs.with_status(*ACTIVE):
+                if dataset_id in (job.training_dataset, job.validation_dataset):
+                    raise DatasetInUse(f"job {job.id} still uses dataset {dataset_id!r}", "id")
+            self.datasets.delete(dataset_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import threading
 import time
 import zipfile
 
@@ -225,3 +226,43 @@ def test_list_jobs_pages_and_unknown_ids_are_404(client: TestClient) -> None:
     assert client.post("/v1/fine-tuning/jobs/ftjob-nope/cancel").status_code == 404
     for job_id in ids:
         wait_for(client, job_id, "succeeded")
+
+
+def create_and_delete_at_once(client: TestClient, name: str, train: str) -> tuple[int, int]:
+    """(create's status, delete's status), the two requests released together."""
+    barrier = threading.Barrier(2)
+    answers: dict[str, int] = {}
+
+    def create_job() -> None:
+        barrier.wait()
+        answers["create"] = create(client, name, train).status_code
+
+    def delete_dataset() -> None:
+        barrier.wait()
+        answers["delete"] = client.delete(f"/v1/datasets/{train}").status_code
+
+    threads = [threading.Thread(target=f) for f in (create_job, delete_dataset)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return answers["create"], answers["delete"]
+
+
+def test_creating_a_job_while_deleting_its_dataset_never_both_succeed(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Either the job is queued and the delete refused, or the dataset is gone and the job too."""
+    training = client.app.state.services.training  # type: ignore[attr-defined]
+    training.worker.stop()  # queued jobs stay queued, so their dataset stays in use
+    with_status = training.jobs.with_status
+
+    def slow_with_status(*statuses: str):
+        time.sleep(0.002)  # widens the window between each side's check and its write
+        return with_status(*statuses)
+
+    monkeypatch.setattr(training.jobs, "with_status", slow_with_status)
+    outcomes = [
+        create_and_delete_at_once(client, f"race{i}", dataset(client, 8, seed=i)) for i in range(12)
+    ]
+    assert set(outcomes) <= {(201, 409), (404, 204)}, outcomes

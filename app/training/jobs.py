@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from app.errors import NotFound
+from app.errors import InvalidInput, NotFound
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelling", "cancelled"]
 ACTIVE: tuple[JobStatus, ...] = ("queued", "running", "cancelling")
@@ -46,6 +46,12 @@ CREATE INDEX IF NOT EXISTS events_by_job ON events (job_id, seq);
 
 class JobNotFound(NotFound):
     code = "job_not_found"
+
+
+class InvalidCursor(InvalidInput):
+    """An `after` that names no item of the list it pages: malformed, out of range or unknown."""
+
+    code = "invalid_cursor"
 
 
 @dataclass
@@ -89,11 +95,22 @@ def _job(row: sqlite3.Row) -> Job:
     )
 
 
-def _event_seq(event_id: str | None) -> int:
-    if event_id is None:
-        return 0
+_MAX_SEQ = 2**63 - 1  # SQLite's largest integer
+
+
+def _event_seq(event_id: str) -> int:
+    """`event-N` -> N; anything else, or an N SQLite cannot hold, is an invalid cursor."""
     prefix, _, number = event_id.partition("-")
-    return int(number) if prefix == "event" and number.isdigit() else -1
+    # isascii: str.isdigit() is also true of digits int() refuses ("²") or reads ("٣").
+    if prefix == "event" and number.isascii() and number.isdigit() and len(number) <= 19:
+        if int(number) <= _MAX_SEQ:
+            return int(number)
+    raise InvalidCursor(f"{_shorten(event_id)} is not an event id of this job", "after")
+
+
+def _shorten(value: str, limit: int = 64) -> str:
+    """A client's value, quoted and cut short, for an error message."""
+    return repr(value if len(value) <= limit else value[:limit] + "...")
 
 
 class JobStore:
@@ -148,7 +165,7 @@ class JobStore:
         with self._lock:
             row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
-            raise JobNotFound(f"job {job_id!r} not found", "job_id")
+            raise JobNotFound(f"job {_shorten(job_id)} not found", "job_id")
         return _job(row)
 
     def page(self, after: str | None, limit: int) -> tuple[list[Job], bool]:
@@ -161,7 +178,7 @@ class JobStore:
             else:
                 cursor = self._db.execute("SELECT seq FROM jobs WHERE id = ?", (after,)).fetchone()
                 if cursor is None:
-                    raise JobNotFound(f"job {after!r} not found", "after")
+                    raise InvalidCursor(f"{_shorten(after)} is not a job id", "after")
                 rows = self._db.execute(
                     "SELECT * FROM jobs WHERE seq < ? ORDER BY seq DESC LIMIT ?",
                     (cursor["seq"], limit + 1),
@@ -231,10 +248,12 @@ class JobStore:
     def events(self, job_id: str, after: str | None, limit: int) -> tuple[list[Event], bool]:
         """Oldest first, after the event id `after`: a client follows a job by passing the last id."""
         self.get(job_id)
-        seq = _event_seq(after)
-        if seq < 0:
-            raise JobNotFound(f"event {after!r} not found", "after")
+        seq = 0 if after is None else _event_seq(after)
         with self._lock:
+            if after is not None and not self._db.execute(
+                "SELECT 1 FROM events WHERE seq = ? AND job_id = ?", (seq, job_id)
+            ).fetchone():
+                raise InvalidCursor(f"{_shorten(after)} is not an event id of this job", "after")
             rows = self._db.execute(
                 "SELECT * FROM events WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT ?",
                 (job_id, seq, limit + 1),

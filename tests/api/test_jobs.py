@@ -223,9 +223,28 @@ def test_list_jobs_pages_and_unknown_ids_are_404(client: TestClient) -> None:
     for path in ("", "/events"):
         response = client.get(f"/v1/fine-tuning/jobs/ftjob-nope{path}")
         assert response.status_code == 404 and response.json()["error"]["code"] == "job_not_found"
-    assert client.post("/v1/fine-tuning/jobs/ftjob-nope/cancel").status_code == 404
+    response = client.post("/v1/fine-tuning/jobs/ftjob-nope/cancel")
+    assert response.status_code == 404 and response.json()["error"]["code"] == "job_not_found"
     for job_id in ids:
         wait_for(client, job_id, "succeeded")
+
+
+@pytest.mark.parametrize(
+    "after",
+    ["event-9223372036854775808", "event-" + "9" * 5000, "event-x", "ftjob-nope", "event-999"],
+)
+def test_a_cursor_that_names_nothing_in_the_list_is_422_on_both_routes(
+    client: TestClient, after: str
+) -> None:
+    """The same mistake gets the same answer on every route that takes a cursor."""
+    job = create(client, "a", dataset(client), hyperparameters={"epochs": 1}).json()
+    for path in ("", f"/{job['id']}/events"):
+        response = client.get(f"/v1/fine-tuning/jobs{path}", params={"after": after})
+        assert response.status_code == 422, response.text
+        error = response.json()["error"]
+        assert error["code"] == "invalid_cursor" and error["param"] == "after"
+        assert len(error["message"]) < 200  # a long cursor is not echoed back in full
+    wait_for(client, job["id"], "succeeded")
 
 
 def create_and_delete_at_once(client: TestClient, name: str, train: str) -> tuple[int, int]:

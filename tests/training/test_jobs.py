@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from app.training.jobs import JobNotFound, JobStore
+from app.training.jobs import InvalidCursor, JobNotFound, JobStore
 
 HP = {"rank": 1}
 PROGRESS = {"epoch": 0}
@@ -21,7 +21,7 @@ def test_jobs_page_newest_first_with_an_after_cursor(tmp_path: Path) -> None:
     assert [j.id for j in page] == ids[::-1][2:4] and more
     page, more = store.page(page[-1].id, 2)
     assert [j.id for j in page] == [ids[0]] and not more
-    with pytest.raises(JobNotFound):
+    with pytest.raises(InvalidCursor):
         store.page("ftjob-nope", 2)
 
 
@@ -47,7 +47,39 @@ def test_events_follow_with_after(tmp_path: Path) -> None:
     events, more = store.events(job.id, events[-1].id, 10)
     assert [e.data for e in events] == [{"epoch": 1}, {"epoch": 2}] and not more
     with pytest.raises(JobNotFound):
-        store.events(job.id, "bogus", 10)
+        store.events("ftjob-nope", None, 10)
+
+
+@pytest.mark.parametrize(
+    "after",
+    [
+        "bogus",
+        "event-",
+        "event--1",
+        "event-1.5",
+        "event-9223372036854775808",  # one past SQLite's largest integer
+        "event-" + "9" * 5000,  # more digits than int() reads
+        "event-\u00b2",  # a digit to str.isdigit(), not to int()
+        "event-\u0663",  # an Arabic-Indic 3: int() reads it, the cursor is still not ours
+        "event-999",  # well formed, but no such event
+    ],
+)
+def test_an_event_cursor_that_names_no_event_of_the_job_is_invalid(
+    tmp_path: Path, after: str
+) -> None:
+    store = JobStore(tmp_path / "jobs.db")
+    job = store.create("a", "ds", None, HP, PROGRESS)
+    with pytest.raises(InvalidCursor) as caught:
+        store.events(job.id, after, 10)
+    assert caught.value.param == "after" and len(caught.value.message) < 200
+
+
+def test_another_jobs_event_id_is_not_a_cursor(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.db")
+    first, second = (store.create(n, "ds", None, HP, PROGRESS) for n in ("a", "b"))
+    theirs = store.events(second.id, None, 10)[0][0].id
+    with pytest.raises(InvalidCursor):
+        store.events(first.id, theirs, 10)
 
 
 def test_jobs_and_events_survive_reopening(tmp_path: Path) -> None:

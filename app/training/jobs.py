@@ -102,9 +102,9 @@ def _event_seq(event_id: str) -> int:
     """`event-N` -> N; anything else, or an N SQLite cannot hold, is an invalid cursor."""
     prefix, _, number = event_id.partition("-")
     # isascii: str.isdigit() is also true of digits int() refuses ("²") or reads ("٣").
-    if prefix == "event" and number.isascii() and number.isdigit() and len(number) <= 19:
-        if int(number) <= _MAX_SEQ:
-            return int(number)
+    digits = prefix == "event" and number.isascii() and number.isdigit() and len(number) <= 19
+    if digits and int(number) <= _MAX_SEQ:
+        return int(number)
     raise InvalidCursor(f"{_shorten(event_id)} is not an event id of this job", "after")
 
 
@@ -250,9 +250,10 @@ class JobStore:
         self.get(job_id)
         seq = 0 if after is None else _event_seq(after)
         with self._lock:
-            if after is not None and not self._db.execute(
+            known = after is None or self._db.execute(
                 "SELECT 1 FROM events WHERE seq = ? AND job_id = ?", (seq, job_id)
-            ).fetchone():
+            ).fetchone()
+            if not known:
                 raise InvalidCursor(f"{_shorten(after)} is not an event id of this job", "after")
             rows = self._db.execute(
                 "SELECT * FROM events WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT ?",

@@ -248,13 +248,16 @@ class JobStore:
     def events(self, job_id: str, after: str | None, limit: int) -> tuple[list[Event], bool]:
         """Oldest first, after the event id `after`: a client follows a job by passing the last id."""
         self.get(job_id)
-        seq = 0 if after is None else _event_seq(after)
-        with self._lock:
-            known = after is None or self._db.execute(
-                "SELECT 1 FROM events WHERE seq = ? AND job_id = ?", (seq, job_id)
-            ).fetchone()
-            if not known:
+        seq = 0
+        if after is not None:
+            seq = _event_seq(after)
+            with self._lock:
+                known = self._db.execute(
+                    "SELECT 1 FROM events WHERE seq = ? AND job_id = ?", (seq, job_id)
+                ).fetchone()
+            if known is None:
                 raise InvalidCursor(f"{_shorten(after)} is not an event id of this job", "after")
+        with self._lock:
             rows = self._db.execute(
                 "SELECT * FROM events WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT ?",
                 (job_id, seq, limit + 1),

@@ -7,13 +7,17 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
+from fastapi_offline import FastAPIOffline
 
 from app.adapters import AdapterRegistry, AdapterStore, BaseInfo
+from app.api.auth import Authenticate
 from app.api.deps import Services
 from app.api.errors import install_error_handlers
-from app.api.limits import BodySizeLimit
+from app.api.limits import SMALL_BODY, BodyGuard, InFlightLimit, route_body_limits
 from app.api.observability import Metrics, RequestContext, configure_logging, live_metrics
+from app.api.openapi import install_openapi
+from app.api.params import reject_unknown_query
 from app.api.routes import api_router
 from app.engine import Batcher, DirectRunner, Predictor
 from app.model import load_base_model, resolve_device
@@ -50,7 +54,16 @@ def build_services(settings: Settings) -> Services:
     training = TrainingService(
         base, registry, datasets, jobs, settings.max_rank, settings.max_queued_jobs
     )
-    return Services(settings, base, registry, predictor, engine, datasets, training)
+    body_limit = route_body_limits(
+        settings.max_upload_bytes,
+        settings.max_request_rows,
+        settings.max_rank,
+        base.input_dim,
+        base.output_dim,
+        list(linears.values()),
+        settings.max_dataset_rows,
+    )
+    return Services(settings, base, registry, predictor, engine, datasets, training, body_limit)
 
 
 @asynccontextmanager
@@ -82,14 +95,29 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     configure_logging()
-    app = FastAPI(title="loraserve", version="0.1.0", lifespan=lifespan)
+    app = FastAPIOffline(
+        title="loraserve",
+        version="0.1.0",
+        lifespan=lifespan,
+        dependencies=[Depends(reject_unknown_query)],
+    )
     app.state.settings = settings
     app.state.services = None
     app.state.metrics = Metrics()
     app.state.metrics.watch(live_metrics(lambda: app.state.services))
     install_error_handlers(app)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
-    # Added last, so outermost: every answer, a 413 from the size limit too, gets an id.
+    install_openapi(app)
+
+    def body_limit(method: str, path: str, content_type: str) -> int:
+        services: Services | None = app.state.services
+        return SMALL_BODY if services is None else services.body_limit(method, path, content_type)
+
+    # Innermost first. Every guard runs before a route reads its body: a bad key (401), a body
+    # over its route's cap (413) or too slow (408), too many requests at once (503).
+    app.add_middleware(BodyGuard, limit_for=body_limit, timeout_s=settings.body_timeout_s)
+    app.add_middleware(InFlightLimit, max_requests=settings.max_concurrent_requests)
+    app.add_middleware(Authenticate, settings=settings)
+    # Added last, so outermost: every answer, a 401 or a 500 too, gets an id and a log line.
     app.add_middleware(RequestContext, metrics=app.state.metrics)
     app.include_router(api_router)
     return app

@@ -1,4 +1,9 @@
-"""Bearer keys: admin keys may do everything, API keys may read and predict."""
+"""Bearer keys: admin keys may do everything, API keys may read and predict.
+
+Who is calling is settled by the `Authenticate` middleware, before any route reads a body, so a
+request without a valid key costs the server nothing but its headers. What the key may do is a
+dependency of each route (`ADMIN`, `READ`), which also puts the bearer scheme into OpenAPI.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +11,18 @@ import hmac
 from collections.abc import Callable
 from typing import Literal
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from app.api.errors import error_response
 from app.errors import Forbidden, Unauthorized
 from app.settings import Settings
 
 Role = Literal["admin", "api"]
+# Everything else needs a key when auth is on: the API, /metrics, and the OpenAPI docs too.
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
+_bearer = HTTPBearer(auto_error=False, description="an admin key or an API key")
 
 
 def _matches(token: bytes, keys: list[bytes]) -> bool:
@@ -35,14 +46,52 @@ def role_of(settings: Settings, authorization: str | None) -> Role:
     raise Unauthorized("the API key is not valid")
 
 
-def require(role: Role) -> Callable[[Request], None]:
-    """A dependency: the request needs a key of `role` (an admin key does for both)."""
+class Authenticate:
+    """401 before anything else happens when auth is on and the key is missing or unknown."""
 
-    def check(request: Request) -> None:
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or not self.settings.auth_enabled
+            or scope["path"] in PUBLIC_PATHS
+        ):
+            await self.app(scope, receive, send)
+            return
+        header = next((v for k, v in scope["headers"] if k == b"authorization"), None)
+        try:
+            role = role_of(self.settings, header.decode("latin-1") if header else None)
+        except Unauthorized as exc:
+            response = error_response(
+                exc.status, exc.code, exc.message, None, exc.error_type, exc.headers
+            )
+            await response(scope, receive, send)
+            return
+        scope.setdefault("state", {})["role"] = role
+        await self.app(scope, receive, send)
+
+
+def require(role: Role) -> Callable[..., None]:
+    """A dependency: the request needs a key of `role` (an admin key does for both).
+
+    OpenAPI 3.1 lets a bearer requirement name roles, so the schema says which key each
+    operation needs: `[{"HTTPBearer": ["admin"]}]` or `[{"HTTPBearer": ["api"]}]`.
+    """
+
+    def check(
+        request: Request,
+        _: HTTPAuthorizationCredentials | None = Security(_bearer, scopes=[role]),  # noqa: B008
+    ) -> None:
         settings: Settings = request.app.state.settings
         if not settings.auth_enabled:
             return
-        if role_of(settings, request.headers.get("authorization")) == "api" and role == "admin":
+        held = getattr(request.state, "role", None) or role_of(
+            settings, request.headers.get("authorization")
+        )
+        if held == "api" and role == "admin":
             raise Forbidden("this needs an admin key; the key given may only read and predict")
 
     return check

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -26,6 +27,7 @@ class Services:
     engine: Batcher | DirectRunner
     datasets: DatasetStore
     training: TrainingService
+    body_limit: Callable[[str, str, str], int]  # (method, path, content type) -> most bytes
 
 
 def get_services(request: Request) -> Services:

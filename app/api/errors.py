@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -12,12 +11,11 @@ from starlette.exceptions import HTTPException
 
 from app.errors import ServiceError
 
-log = logging.getLogger(__name__)
-
 _HTTP_CODES = {
     400: "bad_request",
     404: "not_found",
     405: "method_not_allowed",
+    408: "request_timeout",
     413: "payload_too_large",
     415: "unsupported_media_type",
 }
@@ -55,7 +53,8 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
         return error_response(400, "invalid_json", f"the body is not valid JSON: {first['msg']}")
     where = _location(tuple(first.get("loc", ())))
     message = f"{where}: {first['msg']}" if where else str(first["msg"])
-    return error_response(422, "invalid_request", message, where or None)
+    # The same code as the services' own InvalidInput: one mistake, one code, whoever finds it.
+    return error_response(422, "invalid_input", message, where or None)
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
@@ -65,8 +64,8 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status_code, code, str(exc.detail), headers=headers)
 
 
-async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("unhandled error on %s %s", request.method, request.url.path)
+def internal_error() -> JSONResponse:
+    """The answer to a bug: no details leave the process (they are in the log, by request id)."""
     return error_response(500, "internal_error", "internal server error", error_type="server_error")
 
 
@@ -74,4 +73,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
-    app.add_exception_handler(Exception, _unexpected_error)
+    # Unexpected exceptions are caught by RequestContext (app.api.observability), which knows
+    # the request id and logs one JSON line; Starlette's own handler would re-raise them.

@@ -15,11 +15,15 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from pythonjsonlogger.json import JsonFormatter
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.api.errors import internal_error
 
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 _GOOD_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 access_log = logging.getLogger("app.access")
+log = logging.getLogger(__name__)
 
 
 class _RequestIdFilter(logging.Filter):
@@ -41,7 +45,12 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
 
 def configure_logging(level: str = "INFO") -> None:
-    """One JSON object per line, each with the request id of the request it belongs to."""
+    """One JSON object per line, each with the request id of the request it belongs to.
+
+    uvicorn's own loggers write through the same handler, and its plain-text access log is
+    silenced (RequestContext writes one JSON line per request), so `uvicorn app.main:app` and
+    `loraserve serve` log alike.
+    """
     handler = _StderrHandler()
     handler.setFormatter(
         JsonFormatter(
@@ -51,10 +60,15 @@ def configure_logging(level: str = "INFO") -> None:
         )
     )
     handler.addFilter(_RequestIdFilter())
-    logger = logging.getLogger("app")
-    logger.handlers[:] = [handler]
-    logger.setLevel(level)
-    logger.propagate = False
+    for name in ("app", "uvicorn", "uvicorn.error"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(level)
+        logger.propagate = False
+    access = logging.getLogger("uvicorn.access")
+    access.handlers[:] = []
+    access.propagate = False
+    access.disabled = True
 
 
 class Metrics:
@@ -129,7 +143,12 @@ def live_metrics(services_of: Callable[[], Any]) -> Callable[[], Iterator[Metric
 
 
 class RequestContext:
-    """Request id in and out (X-Request-ID), a metrics sample and a JSON access log per request."""
+    """Request id in and out (X-Request-ID), a metrics sample and a JSON access log per request.
+
+    It is also where a bug becomes a 500: the exception is logged once, as JSON with the request
+    id and traceback, and the client gets the envelope with its X-Request-ID. A client that hangs
+    up mid-request is logged as status 499 (nginx's "client closed request"), not as an error.
+    """
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
@@ -144,18 +163,33 @@ class RequestContext:
         token = request_id.set(rid)
         start = time.perf_counter()
         status = 500
+        started = gone = False
+
+        async def watch_receive() -> Message:
+            nonlocal gone
+            message = await receive()
+            # Seen before the answer started: the client gave up (FastAPI may still make a 400).
+            gone = gone or (message["type"] == "http.disconnect" and not started)
+            return message
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, started = message["status"], True
                 message.setdefault("headers", [])
                 message["headers"] = [*message["headers"], (b"x-request-id", rid.encode())]
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, watch_receive, send_with_id)
+        except ClientDisconnect:
+            gone = True
+        except Exception:
+            log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            if not started:
+                await internal_error()(scope, receive, send_with_id)
         finally:
+            status = 499 if gone else status
             elapsed = time.perf_counter() - start
             route = getattr(scope.get("route"), "path", "unmatched")
             method = scope["method"]

@@ -7,8 +7,9 @@ pydantic model, so their errors read as before.
 
 from __future__ import annotations
 
-import json
+import re
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -24,7 +25,7 @@ from torch import Tensor
 
 from app.api.schemas import PredictRequest
 from app.engine import Mode
-from app.errors import InvalidInput, ServiceError
+from app.errors import InvalidInput, ServiceError, shorten
 
 OCTET = "application/octet-stream"
 
@@ -44,15 +45,27 @@ class PredictCall:
     mode: Mode
 
 
-def _loads(raw: bytes) -> Any:
+_NON_FINITE_TOKEN = re.compile(rb"(?<![A-Za-z\"])-?(NaN|Infinity)(?![A-Za-z\"])")
+
+
+def loads_strict(raw: bytes, param: str | None = "inputs") -> Any:
+    """JSON as RFC 8259 has it: NaN, Infinity and numbers past float64 are refused (422).
+
+    orjson also refuses nesting deeper than 1024 levels, so a hostile body cannot exhaust the
+    stack the way Python's recursive json module can.
+    """
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        # Python's json reads NaN, Infinity and 1e999; they are then refused as not finite (422).
-        try:
-            return json.loads(raw)
-        except ValueError:
-            raise MalformedBody(f"the body is not valid JSON: {exc}") from exc
+        reason = str(exc)
+        if "infinity" in reason or _NON_FINITE_TOKEN.search(raw):
+            raise InvalidInput(
+                "numbers must be finite: NaN, Infinity and values beyond float64 are refused",
+                param,
+            ) from exc
+        if "depth limit" in reason:
+            raise MalformedBody("the body is nested too deeply (over 1024 levels)") from exc
+        raise MalformedBody(f"the body is not valid JSON: {shorten(reason, 200)}") from exc
 
 
 def _rows(value: Any, input_dim: int, max_rows: int) -> Tensor:
@@ -69,15 +82,22 @@ def _rows(value: Any, input_dim: int, max_rows: int) -> Tensor:
             raise InvalidInput(
                 f"inputs row {i} has {len(row)} values; must have shape {shape}", "inputs"
             )
+    # Strict: "1.5" or true is not a number. One pass in C over every value's type.
+    kinds = set(map(type, chain.from_iterable(value)))
+    if not kinds <= {float, int}:
+        wrong = sorted(k.__name__ for k in kinds - {float, int})
+        raise InvalidInput(
+            f"inputs must hold only numbers, not {', '.join(wrong)}; shape {shape}", "inputs"
+        )
     try:
         array = np.asarray(value, dtype=np.float32)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise InvalidInput(f"inputs must hold only numbers, shape {shape}", "inputs") from exc
     return torch.from_numpy(array)
 
 
 def parse_json(raw: bytes, input_dim: int, max_rows: int) -> PredictCall:
-    body = _loads(raw)
+    body = loads_strict(raw)
     if not isinstance(body, dict):
         raise InvalidInput("the body must be a JSON object", None)
     if "inputs" not in body:

@@ -41,17 +41,53 @@ class ModelPublic(BaseModel):
     target_modules: list[LinearPublic]
 
 
+class AdapterProblemPublic(BaseModel):
+    code: str = Field(description="why the adapter cannot be served, e.g. invalid_adapter")
+    message: str
+
+
+class AdapterLayerPublic(BaseModel):
+    module: str = Field(description="the targeted layer, as the base model names it")
+    rank: int = Field(description="r for this layer (rank_pattern applied)")
+    alpha: float = Field(description="lora_alpha for this layer (alpha_pattern applied)")
+    scaling: float = Field(
+        description="the factor s on this layer's B A: alpha / rank, or alpha / sqrt(rank) "
+        "with use_rslora"
+    )
+
+
 class AdapterPublic(BaseModel):
     name: str
-    rank: int
-    alpha: float
-    scaling: float
-    use_rslora: bool
-    target_modules: list[str]
-    rank_pattern: dict[str, int]
-    alpha_pattern: dict[str, float]
-    size_bytes: int
-    sha256: str
+    status: Literal["ready", "broken"] = Field(
+        description="broken: the folder failed validation; it cannot serve predictions until "
+        "an admin replaces it (overwrite=true) or deletes it"
+    )
+    error: AdapterProblemPublic | None = Field(description="why it is broken; null when ready")
+    rank: int | None = Field(description="the config's r; null if the config is unreadable")
+    alpha: float | None = Field(description="the config's lora_alpha")
+    scaling: float | None = Field(
+        description="the config's own lora_alpha / r (lora_alpha / sqrt(r) with use_rslora); "
+        "layers with a rank_pattern or alpha_pattern entry differ, see `layers`"
+    )
+    use_rslora: bool | None
+    target_modules: list[str] | None
+    rank_pattern: dict[str, int] | None
+    alpha_pattern: dict[str, float] | None
+    layers: list[AdapterLayerPublic] | None = Field(
+        description="every targeted layer with its own rank, alpha and scaling"
+    )
+    size_bytes: int | None = Field(
+        description="bytes of adapter_model.safetensors as stored; null if it is missing"
+    )
+    sha256: str | None = Field(
+        description="hex SHA-256 of adapter_model.safetensors as stored, the bytes the download "
+        "holds (uploads are rewritten as fp32 with the service's header metadata); null if the "
+        "file is missing"
+    )
+    uploaded_sha256: str | None = Field(
+        description="hex SHA-256 of the weights file exactly as it was uploaded; null for "
+        "trained adapters and folders placed in the store by hand"
+    )
     created_at: int = Field(description="Unix time, seconds")
     source: Literal["upload", "training"]
     residency: Residency
@@ -64,8 +100,9 @@ class AdapterList(BaseModel):
 
 
 class PredictRequest(BaseModel):
-    # Unknown fields are refused so that a typo ("adaptor") is an error, not the base model.
-    model_config = ConfigDict(extra="forbid")
+    # Unknown fields are refused so that a typo ("adaptor") is an error, not the base model;
+    # strict, so that no field's value is coerced into something the client did not write.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     inputs: list[list[float]] = Field(description="(N, input_dim) rows")
     adapter: str | None = Field(default=None, description="one adapter for every row")
@@ -83,7 +120,8 @@ class PredictResponse(BaseModel):
 class DatasetCreate(BaseModel):
     """Small datasets as JSON; big ones as a safetensors file upload."""
 
-    model_config = ConfigDict(extra="forbid")
+    # Strict: "1.5" and true are not numbers. (The route reads the rows with orjson and numpy.)
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     inputs: list[list[float]] = Field(description="(N, input_dim)")
     targets: list[list[float]] = Field(description="(N, output_dim)")
@@ -108,7 +146,8 @@ class DatasetList(BaseModel):
 class Hyperparameters(BaseModel):
     """What the caller may set; everything has a default."""
 
-    model_config = ConfigDict(extra="forbid")
+    # Strict: wrong types are a 422, never coerced ("false" is not a bool); an int is a float.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     rank: int = Field(default=8, ge=1)
     alpha: float | None = Field(
@@ -138,7 +177,7 @@ class ResolvedHyperparameters(BaseModel):
 
 
 class JobCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     adapter_name: str
     training_dataset: str

@@ -21,7 +21,11 @@ def check_rows(x: Tensor, input_dim: int, max_rows: int) -> Tensor:
     finite = torch.isfinite(x).all(dim=1)
     if not bool(finite.all()):
         row = int((~finite).nonzero()[0])
-        raise InvalidInput(f"inputs row {row} holds NaN or inf; values must be finite", "inputs")
+        raise InvalidInput(
+            f"inputs row {row} holds NaN, inf or a value beyond float32 (|x| > 3.4e38); "
+            "values must be finite float32",
+            "inputs",
+        )
     return x
 
 

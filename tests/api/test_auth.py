@@ -45,7 +45,8 @@ def secured(settings) -> Iterator[TestClient]:
 
 def routes(client: TestClient) -> list[tuple[str, str]]:
     """Every operation the app serves, read from its own OpenAPI schema."""
-    paths = client.get("/openapi.json").json()["paths"]
+    schema = client.get("/openapi.json", headers={"authorization": f"Bearer {API}"})
+    paths = schema.json()["paths"]
     return sorted((method.upper(), path) for path, ops in paths.items() for method in ops)
 
 
@@ -80,6 +81,30 @@ def test_the_role_matrix(secured: TestClient) -> None:
             assert as_api.json()["error"]["type"] == "permission_error", where
         else:
             assert as_api.status_code not in (401, 403), where
+
+
+@pytest.mark.parametrize("path", ["/openapi.json", "/docs", "/redoc", "/metrics", "/nowhere"])
+def test_docs_and_unknown_paths_need_a_key_too(secured: TestClient, path: str) -> None:
+    response = secured.get(path)
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "invalid_api_key"
+    assert secured.get(path, headers={"authorization": f"Bearer {API}"}).status_code in (200, 404)
+
+
+def test_the_schema_declares_the_bearer_scheme_and_the_auth_answers(secured: TestClient) -> None:
+    schema = secured.get("/openapi.json", headers={"authorization": f"Bearer {API}"}).json()
+    assert schema["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    for path, ops in schema["paths"].items():
+        for method, op in ops.items():
+            where = f"{method} {path}"
+            if path in OPEN:
+                assert "security" not in op, where
+                continue
+            role = "admin" if (method.upper(), path) in ADMIN_ONLY else "api"
+            assert op["security"] == [{"HTTPBearer": [role]}], where
+            assert "401" in op["responses"], where
+            if (method.upper(), path) in ADMIN_ONLY:
+                assert "403" in op["responses"], where
 
 
 def test_other_schemes_and_blank_keys_are_refused(secured: TestClient) -> None:

@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import Annotated
 
+import torch
 from fastapi import APIRouter, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
 
 from app.api.auth import READ
 from app.api.deps import Base, EngineDep, SettingsDep
+from app.api.params import UnknownParameter
 from app.api.predict_io import OCTET, encode, parse_json, parse_safetensors
 from app.api.schemas import ErrorBody, PredictRequest, PredictResponse
 from app.engine import Mode
 from app.engine.inputs import check_rows, row_adapters
-from app.errors import UnsupportedMediaType
+from app.errors import InvalidInput, UnsupportedMediaType, shorten
 
 router = APIRouter(tags=["predict"])
+# Bodies bigger than this are parsed on a worker thread, so the event loop keeps answering.
+_PARSE_INLINE_BYTES = 256 * 1024
 _DOC = {
     "requestBody": {
         "required": True,
@@ -60,16 +66,25 @@ async def predict(
     """Rows in, rows out; every answer carries Server-Timing (queue, model, total)."""
     start = time.perf_counter()
     content_type = request.headers.get("content-type", "application/json")
-    raw = await request.body()
     if content_type.startswith(OCTET):
-        call = parse_safetensors(raw, adapter, mode)
+        parse = partial(parse_safetensors, adapter=adapter, mode=mode)
     elif content_type.startswith("application/json"):
-        call = parse_json(raw, base.input_dim, settings.max_request_rows)
+        for name in ("adapter", "mode"):
+            if name in request.query_params:
+                raise UnknownParameter(
+                    f"query parameter {name!r} is for {OCTET} bodies; "
+                    f"with JSON, put `{name}` in the body",
+                    name,
+                )
+        parse = partial(parse_json, input_dim=base.input_dim, max_rows=settings.max_request_rows)
     else:
         raise UnsupportedMediaType(f"send application/json or {OCTET}, not {content_type}")
+    raw = await request.body()
+    call = parse(raw) if len(raw) <= _PARSE_INLINE_BYTES else await run_in_threadpool(parse, raw)
     x = check_rows(call.x, base.input_dim, settings.max_request_rows)
     names, param = row_adapters(call.adapter, call.adapters, len(x))
     result = await engine.submit(x, names, call.mode, param)
+    _check_finite(result.outputs)
     total_ms = (time.perf_counter() - start) * 1000
     timing = (
         f"queue;dur={result.queue_ms:.3f}, model;dur={result.model_ms:.3f}, "
@@ -77,3 +92,15 @@ async def predict(
     )
     binary = OCTET in request.headers.get("accept", "")
     return encode(result.outputs, result.mode, binary, {"Server-Timing": timing})
+
+
+def _check_finite(outputs: torch.Tensor) -> None:
+    """An answer never carries inf or NaN: inputs this large overflow the model in float32."""
+    finite = torch.isfinite(outputs).all(dim=1)
+    if not bool(finite.all()):
+        rows = (~finite).nonzero().flatten().tolist()
+        raise InvalidInput(
+            f"the outputs of rows {shorten(rows)} overflow float32 with this model and adapter; "
+            "scale the inputs down",
+            "inputs",
+        )

@@ -1,0 +1,158 @@
+"""The predictor: each path (base, one adapter, stacked, merged) against the longhand reference."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import app.engine.predictor as predictor_module
+from app.adapters import AdapterRegistry, AdapterStore, BaseInfo
+from app.engine import Predictor
+from app.errors import AdapterNotFound
+from app.model import load_base_model
+from tests.helpers import (
+    adapter_files,
+    lora_tensors,
+    peft_config,
+    reference_forward,
+    write_base_model,
+)
+
+SIZES = [16, 8, 4]
+TARGETS = [("layer1", "layer2"), ("layer1",), ("layer2",)]
+
+
+@pytest.fixture
+def setup(tmp_path: Path):
+    folder = write_base_model(tmp_path / "base", SIZES)
+    base = load_base_model(folder, torch.device("cpu"))
+    linears = {n: (i.in_features, i.out_features) for n, i in base.linears().items()}
+    info = BaseInfo(linears, base.name, base.fingerprint, base.device, base.dtype)
+    registry = AdapterRegistry(AdapterStore(tmp_path / "adapters"), info, 64, 1 << 30)
+    registry.scan()
+    specs = {}
+    for i in range(4):
+        specs[f"a{i}"] = upload(registry, f"a{i}", rank=1 + i, targets=TARGETS[i % 3], seed=i)
+    return folder, Predictor(base, registry, 1 << 30), specs
+
+
+def upload(registry: AdapterRegistry, name: str, rank: int, targets, seed: int):
+    config = peft_config(rank, 2.0 + seed, targets)
+    tensors = lora_tensors(SIZES, targets, rank, seed=seed)
+    registry.upload(name, *adapter_files(config, tensors), overwrite=True)
+    return config, tensors
+
+
+def assert_rows_match_reference(folder, x, out, names, specs) -> None:
+    assert out.dtype == torch.float32 and out.shape == (len(x), SIZES[-1])
+    for row, name in enumerate(names):
+        config, tensors = specs[name] if name else (None, None)
+        ref = reference_forward(folder, x[row : row + 1], config, tensors)
+        torch.testing.assert_close(out[row : row + 1].double(), ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["auto", "unmerged", "merged"])
+@pytest.mark.parametrize(
+    "names",
+    [
+        [None, None],
+        ["a0", "a0", "a0"],
+        ["a1", None, "a2", "a1"],
+        ["a3", "a0", "a1", "a2", None],
+    ],
+)
+def test_every_path_matches_the_longhand_reference(setup, names, mode) -> None:
+    folder, predictor, specs = setup
+    x = torch.randn(len(names), SIZES[0])
+    out, used = predictor.predict(x, names, mode)
+    assert used == ("unmerged" if mode == "auto" else mode)
+    assert_rows_match_reference(folder, x, out, names, specs)
+
+
+def test_auto_uses_a_merged_copy_only_for_one_adapter_on_every_row(setup) -> None:
+    folder, predictor, specs = setup
+    version = predictor.registry.get("a0").version
+    assert not predictor.is_merged("a0", version)
+    predictor.merge("a0")
+    assert predictor.is_merged("a0", version)
+    x = torch.randn(3, SIZES[0])
+    out, used = predictor.predict(x, ["a0"] * 3, "auto")
+    assert used == "merged"
+    assert_rows_match_reference(folder, x, out, ["a0"] * 3, specs)
+    assert predictor.predict(x, ["a0", None, "a0"], "auto")[1] == "unmerged"
+    assert predictor.predict(x, ["a0", "a1", "a0"], "auto")[1] == "unmerged"
+    assert predictor.predict(x, ["a1"] * 3, "auto")[1] == "unmerged"
+    assert predictor.predict(x, ["a0"] * 3, "unmerged")[1] == "unmerged"
+
+
+def test_a_changed_adapter_loses_its_merged_copy(setup) -> None:
+    folder, predictor, specs = setup
+    predictor.merge("a0")
+    specs["a0"] = upload(predictor.registry, "a0", rank=3, targets=("layer1",), seed=42)
+    assert predictor.choose("auto", predictor.resolve(["a0"], "adapter"), ["a0"]) == "unmerged"
+    x = torch.randn(2, SIZES[0])
+    for mode in ("auto", "merged"):
+        out, _ = predictor.predict(x, ["a0", "a0"], mode)
+        assert_rows_match_reference(folder, x, out, ["a0", "a0"], specs)
+
+
+def test_an_unknown_adapter_is_not_found_on_the_named_field(setup) -> None:
+    _, predictor, _ = setup
+    with pytest.raises(AdapterNotFound) as info:
+        predictor.predict(torch.randn(2, SIZES[0]), ["a0", "nope"], "auto", "adapters")
+    assert info.value.status == 404 and info.value.param == "adapters"
+    with pytest.raises(AdapterNotFound) as info:
+        predictor.merge("nope")
+    assert info.value.param == "adapter"
+
+
+def test_resolve_loads_each_named_adapter_once(setup) -> None:
+    _, predictor, _ = setup
+    loaded = predictor.resolve(["a1", None, "a1", "a0"], "adapters")
+    assert list(loaded) == ["a1", "a0"]
+    assert loaded["a1"][0].name == "a1"
+
+
+def test_the_stack_is_reused_while_it_holds_the_batch_adapters(setup) -> None:
+    folder, predictor, specs = setup
+    x = torch.randn(4, SIZES[0])
+    predictor.predict(x, ["a0", "a1", "a2", None], "unmerged")
+    stack = predictor._stack
+    assert stack is not None
+    out, _ = predictor.predict(x, ["a2", None, "a0", "a2"], "unmerged")
+    assert predictor._stack is stack
+    assert_rows_match_reference(folder, x, out, ["a2", None, "a0", "a2"], specs)
+
+
+def test_a_new_stack_keeps_the_last_ones_adapters(setup) -> None:
+    _, predictor, _ = setup
+    x = torch.randn(2, SIZES[0])
+    predictor.predict(x, ["a0", "a1"], "unmerged")
+    predictor.predict(x, ["a2", None], "unmerged")
+    assert {name for name, _ in predictor._stack.keys} == {"a0", "a1", "a2"}
+
+
+def test_a_new_stack_drops_stale_versions(setup) -> None:
+    folder, predictor, specs = setup
+    x = torch.randn(2, SIZES[0])
+    predictor.predict(x, ["a0", "a1"], "unmerged")
+    specs["a0"] = upload(predictor.registry, "a0", rank=2, targets=("layer2",), seed=7)
+    out, _ = predictor.predict(x, ["a0", "a1"], "unmerged")
+    version = predictor.registry.get("a0").version
+    assert sorted(predictor._stack.keys) == sorted(
+        [("a0", version), ("a1", predictor.registry.get("a1").version)]
+    )
+    assert_rows_match_reference(folder, x, out, ["a0", "a1"], specs)
+
+
+def test_a_new_stack_past_the_cap_starts_afresh(setup, monkeypatch) -> None:
+    _, predictor, _ = setup
+    monkeypatch.setattr(predictor_module, "_MAX_STACK", 3)
+    x = torch.randn(2, SIZES[0])
+    predictor.predict(x, ["a0", "a1"], "unmerged")
+    predictor.predict(x, ["a2", None], "unmerged")  # 3 adapters: kept
+    assert {name for name, _ in predictor._stack.keys} == {"a0", "a1", "a2"}
+    predictor.predict(x, ["a3", None], "unmerged")  # 4 would pass the cap
+    assert {name for name, _ in predictor._stack.keys} == {"a3"}

@@ -6,14 +6,22 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+import httpx
 import torch
+from pydantic import ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from app.client import Client, ServiceError
+
+# Exit statuses: the service failed or said no, or a file or option given by the user is wrong.
+EXIT_SERVICE, EXIT_USAGE = 1, 2
 
 
 class CliSettings(BaseSettings):
@@ -25,10 +33,27 @@ class CliSettings(BaseSettings):
     api_key: str | None = None
 
 
-def _serve(args: argparse.Namespace) -> None:
-    import uvicorn
+class InputError(Exception):
+    """A file or setting the user gave is missing, unreadable or malformed."""
 
-    uvicorn.run("app.main:app", host=args.host, port=args.port)
+
+def _serve(args: argparse.Namespace) -> None:
+    """The service, with its settings from the environment; --host/--port win over them."""
+    from app.server import run
+    from app.settings import Settings
+
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        raise InputError(f"invalid settings: {_first_error(exc)}") from None
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    run(settings.model_copy(update=overrides))
+
+
+def _first_error(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    where = ".".join(str(part) for part in error["loc"])
+    return f"{where}: {error['msg']}" if where else str(error["msg"])
 
 
 def _adapters(args: argparse.Namespace, client: Client) -> None:
@@ -41,6 +66,9 @@ def _adapters(args: argparse.Namespace, client: Client) -> None:
                 f"{a['size_bytes']:>10d} {','.join(a['target_modules'])}"
             )
     elif args.action == "upload":
+        for name in ("adapter_config.json", "adapter_model.safetensors"):
+            if not (args.path / name).is_file():
+                raise InputError(f"{args.path} is not a PEFT adapter folder: it has no {name}")
         adapter = client.upload_adapter(args.name, args.path, overwrite=args.overwrite)
         print(f"uploaded {adapter['name']} (rank {adapter['rank']}, sha256 {adapter['sha256']})")
     elif args.action == "download":
@@ -50,12 +78,51 @@ def _adapters(args: argparse.Namespace, client: Client) -> None:
         print(f"deleted {args.name}")
 
 
+def _read_safetensors(path: Path, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """The named tensors of a safetensors file, each (N, width)."""
+    try:
+        tensors = load_file(path)
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except SafetensorError as exc:
+        raise InputError(f"{path} is not a safetensors file: {exc}") from None
+    for name in names:
+        if name not in tensors:
+            raise InputError(
+                f"{path} has no tensor {name!r} (it has: {', '.join(tensors) or 'none'})"
+            )
+        if tensors[name].ndim != 2:
+            raise InputError(
+                f"{path}: {name!r} must be (rows, width), not {tuple(tensors[name].shape)}"
+            )
+    return tensors
+
+
 def _read_inputs(path: Path) -> torch.Tensor:
+    """Rows to predict: a safetensors file with `inputs`, or JSON `{"inputs": [[...]]}` or `[[...]]`."""
     if path.suffix == ".safetensors":
-        return load_file(path)["inputs"]
-    data = json.loads(path.read_text())
-    rows = data["inputs"] if isinstance(data, dict) else data
-    return torch.tensor(rows, dtype=torch.float32)
+        return _read_safetensors(path, ("inputs",))["inputs"]
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:  # bad JSON or bad UTF-8
+        raise InputError(f"{path} is not JSON: {exc}") from None
+    rows = data.get("inputs") if isinstance(data, dict) else data
+    try:
+        x = torch.tensor(rows, dtype=torch.float32)
+    except (TypeError, ValueError, RuntimeError):
+        x = None
+    if x is None or x.ndim != 2:
+        raise InputError(f'{path}: expected {{"inputs": [[numbers], ...]}}, rows of equal length')
+    return x
+
+
+def _write(path: Path, write: Any) -> None:
+    try:
+        write(path)
+    except OSError as exc:
+        raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def _predict(args: argparse.Namespace, client: Client) -> None:
@@ -64,19 +131,25 @@ def _predict(args: argparse.Namespace, client: Client) -> None:
     if args.out is None:
         print(json.dumps({"outputs": y.tolist()}))
     elif args.out.suffix == ".safetensors":
-        save_file({"outputs": y}, args.out)
+        _write(args.out, lambda path: save_file({"outputs": y}, path))
     else:
-        args.out.write_text(json.dumps({"outputs": y.tolist()}))
-
-
-def _upload_dataset(client: Client, path: Path) -> str:
-    tensors = load_file(path)
-    return str(client.upload_dataset(tensors["inputs"], tensors["targets"], path.name)["id"])
+        _write(args.out, lambda path: path.write_text(json.dumps({"outputs": y.tolist()})))
 
 
 def _train(args: argparse.Namespace, client: Client) -> None:
-    train = _upload_dataset(client, args.data)
-    validation = _upload_dataset(client, args.validation) if args.validation else None
+    # Read every file, and check the plot can be drawn, before anything reaches the service.
+    paths = [p for p in (args.data, args.validation) if p is not None]
+    datasets = [_read_safetensors(p, ("inputs", "targets")) for p in paths]
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise InputError("--plot needs matplotlib: pip install 'loraserve[plot]'") from None
+    ids = [
+        str(client.upload_dataset(d["inputs"], d["targets"], p.name)["id"])
+        for p, d in zip(paths, datasets, strict=True)
+    ]
+    train, validation = ids[0], (ids[1] if args.validation else None)
     hyperparameters: dict[str, Any] = {
         k: v
         for k, v in {
@@ -93,7 +166,8 @@ def _train(args: argparse.Namespace, client: Client) -> None:
         if args.plot:
             _plot(client, job["id"], args.plot)
         if job["status"] != "succeeded":
-            raise SystemExit(f"job {job['status']}: {job['error']}")
+            error = job["error"] or {}
+            _fail(f"job {job['status']}: {error.get('code')}: {error.get('message')}", EXIT_SERVICE)
 
 
 def _follow(client: Client, job: dict[str, Any]) -> dict[str, Any]:
@@ -155,23 +229,21 @@ def _jobs(args: argparse.Namespace, client: Client) -> None:
 
 
 def _demo(args: argparse.Namespace, client: Client) -> None:
-    from app.demo import run_demo
+    from app.demo import run_from_args
 
-    results = run_demo(client.http, rows=args.rows, epochs=args.epochs)
-    if results["merged_mse"] >= 0.5:
-        raise SystemExit(1)
+    run_from_args(client.http, args)
 
 
-def parser() -> argparse.ArgumentParser:
-    settings = CliSettings()
+def parser(settings: CliSettings | None = None) -> argparse.ArgumentParser:
+    settings = settings or CliSettings()
     top = argparse.ArgumentParser(prog="loraserve", description=__doc__)
     top.add_argument("--url", default=settings.url, help="the service (env LORASERVE_URL)")
     top.add_argument("--api-key", default=settings.api_key, help="env LORASERVE_API_KEY")
     sub = top.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the service (uvicorn app.main:app)")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--host", help="default LORASERVE_HOST or UVICORN_HOST, else 127.0.0.1")
+    serve.add_argument("--port", type=int, help="default LORASERVE_PORT or UVICORN_PORT, else 8000")
 
     adapters = sub.add_parser("adapters", help="list, upload, download, delete adapters")
     actions = adapters.add_subparsers(dest="action", required=True)
@@ -210,17 +282,45 @@ def parser() -> argparse.ArgumentParser:
     job_actions.add_parser("list").add_argument("--limit", type=int, default=20)
     job_actions.add_parser("cancel").add_argument("job_id")
 
-    demo = sub.add_parser("demo", help="the reference example (theta + 1), over HTTP")
-    demo.add_argument("--rows", type=int, default=10_000)
-    demo.add_argument("--epochs", type=int, default=10)
+    from app.demo import add_arguments
+
+    add_arguments(sub.add_parser("demo", help="the reference example (theta + 1), over HTTP"))
     return top
 
 
+def _fail(message: str, status: int) -> NoReturn:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(status)
+
+
+def cli_settings() -> CliSettings:
+    """LORASERVE_URL and LORASERVE_API_KEY, or one `error:` line when they are malformed."""
+    try:
+        return CliSettings()
+    except ValidationError as exc:
+        _fail(f"invalid settings: {_first_error(exc)}", EXIT_USAGE)
+
+
+@contextmanager
+def failures_reported(url: str) -> Iterator[None]:
+    """Turn the failures a user can cause or meet into one `error: ...` line and an exit status."""
+    try:
+        yield
+    except ServiceError as exc:
+        _fail(str(exc), EXIT_SERVICE)
+    except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
+        _fail(f"bad --url {url!r}: {exc}", EXIT_USAGE)
+    except httpx.TransportError as exc:  # refused, reset, timed out
+        _fail(f"cannot reach the service at {url}: {exc or type(exc).__name__}", EXIT_SERVICE)
+    except InputError as exc:
+        _fail(str(exc), EXIT_USAGE)
+    except OSError as exc:  # any other local file the command had to read or write
+        _fail(str(exc), EXIT_USAGE)
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = parser().parse_args(argv)
-    if args.command == "serve":
-        _serve(args)
-        return
+    """Run one command; every failure is one `error: ...` line on stderr and a non-zero exit."""
+    args = parser(cli_settings()).parse_args(argv)
     handlers = {
         "adapters": _adapters,
         "predict": _predict,
@@ -228,12 +328,12 @@ def main(argv: list[str] | None = None) -> None:
         "jobs": _jobs,
         "demo": _demo,
     }
-    with Client(args.url, api_key=args.api_key) as client:
-        try:
+    with failures_reported(args.url):
+        if args.command == "serve":
+            _serve(args)
+            return
+        with Client(args.url, api_key=args.api_key) as client:
             handlers[args.command](args, client)
-        except ServiceError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

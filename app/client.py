@@ -36,7 +36,8 @@ class ServiceError(Exception):
         self.status, self.code, self.message, self.param = status, code, message, param
 
 
-def _check(response: httpx.Response) -> httpx.Response:
+def raise_for_error(response: httpx.Response) -> httpx.Response:
+    """The response if it succeeded; else `ServiceError` from the error envelope."""
     if response.is_success:
         return response
     try:
@@ -198,7 +199,7 @@ class Client(_Operations):
     def _request(
         self, method: str, path: str, read: Callable[[httpx.Response], Any], **kw: Any
     ) -> Any:
-        return read(_check(self.http.request(method, path, **kw)))
+        return read(raise_for_error(self.http.request(method, path, **kw)))
 
     def follow(self, job_id: str, poll_s: float = 0.5) -> Iterator[dict[str, Any]]:
         """Each event of a job as it comes, until the job has ended."""
@@ -236,7 +237,7 @@ class AsyncClient(_Operations):
     async def _request(
         self, method: str, path: str, read: Callable[[httpx.Response], Any], **kw: Any
     ) -> Any:
-        return read(_check(await self.http.request(method, path, **kw)))
+        return read(raise_for_error(await self.http.request(method, path, **kw)))
 
     async def follow(self, job_id: str, poll_s: float = 0.5) -> AsyncIterator[dict[str, Any]]:
         after = None

@@ -1,5 +1,8 @@
 """The reference example, end to end over HTTP: `python -m app.demo --url http://127.0.0.1:8000`.
 
+With auth on, pass an admin key (`--api-key`, or LORASERVE_API_KEY): the demo uploads datasets
+and starts a training job.
+
 The seed model learned y = X θ. New data come from θ + 1, where the base model is off by about
 1000 in MSE. A rank-1 LoRA on both layers, trained by the service's job API, brings it back under
 0.5, served both unmerged and merged.
@@ -8,7 +11,6 @@ The seed model learned y = X θ. New data come from θ + 1, where the base model
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -18,6 +20,8 @@ import httpx
 import torch
 from safetensors.torch import save
 
+from app.cli import cli_settings, failures_reported
+from app.client import Client, raise_for_error
 from app.model.seed import SEED_CONFIG, make_regression, make_theta
 
 Print = Callable[[str], None]
@@ -26,8 +30,7 @@ Print = Callable[[str], None]
 def upload_dataset(client: httpx.Client, x: torch.Tensor, y: torch.Tensor, name: str) -> str:
     data = save({"inputs": x.contiguous(), "targets": y.contiguous()})
     response = client.post("/v1/datasets", files={"file": (f"{name}.safetensors", data)})
-    response.raise_for_status()
-    return str(response.json()["id"])
+    return str(raise_for_error(response).json()["id"])
 
 
 def predict(
@@ -36,8 +39,7 @@ def predict(
     parts = []
     for rows in x.split(chunk):
         body = {"inputs": rows.tolist(), "adapter": adapter, "mode": mode}
-        response = client.post("/v1/predict", json=body)
-        response.raise_for_status()
+        response = raise_for_error(client.post("/v1/predict", json=body))
         parts.append(torch.tensor(response.json()["outputs"]))
     return torch.cat(parts)
 
@@ -53,7 +55,9 @@ def follow_job(
     after: str | None = None
     while True:
         params = {"after": after} if after else {}
-        events = client.get(f"/v1/fine-tuning/jobs/{job_id}/events", params=params).json()
+        events = raise_for_error(
+            client.get(f"/v1/fine-tuning/jobs/{job_id}/events", params=params)
+        ).json()
         for event in events["data"]:
             after = event["id"]
             if event["type"] == "metrics":
@@ -66,7 +70,7 @@ def follow_job(
                 )
             else:
                 out(f"  {event['message']}")
-        job = client.get(f"/v1/fine-tuning/jobs/{job_id}").json()
+        job = raise_for_error(client.get(f"/v1/fine-tuning/jobs/{job_id}")).json()
         if job["status"] in ("succeeded", "failed", "cancelled") and not events["has_more"]:
             return dict(job)
         time.sleep(poll_s)
@@ -82,10 +86,13 @@ def run_demo(
     out: Print = print,
 ) -> dict[str, float]:
     """Run the example against a service; returns the MSEs it printed."""
-    model = client.get("/v1/model").json()
+    model = raise_for_error(client.get("/v1/model")).json()
     sizes = SEED_CONFIG.sizes
     if (model["input_dim"], model["output_dim"]) != (sizes[0], sizes[-1]):
-        raise SystemExit(f"the demo needs the seed model ({sizes[0]} -> {sizes[-1]}), not {model}")
+        raise SystemExit(
+            f"error: the demo needs the seed model ({sizes[0]} -> {sizes[-1]}), "
+            f"not {model['input_dim']} -> {model['output_dim']}"
+        )
     theta = make_theta() + 1  # the new task: every coefficient shifted by one
     x, y = make_regression(rows, theta, seed=101)
     x_val, y_val = make_regression(validation_rows, theta, seed=102)
@@ -105,22 +112,26 @@ def run_demo(
         "batch_size": 128,
         "learning_rate": learning_rate,
     }
-    response = client.post(
-        "/v1/fine-tuning/jobs",
-        json={
-            "adapter_name": name,
-            "training_dataset": train_id,
-            "validation_dataset": val_id,
-            "hyperparameters": hyperparameters,
-        },
+    response = raise_for_error(
+        client.post(
+            "/v1/fine-tuning/jobs",
+            json={
+                "adapter_name": name,
+                "training_dataset": train_id,
+                "validation_dataset": val_id,
+                "hyperparameters": hyperparameters,
+            },
+        )
     )
-    response.raise_for_status()
     job = response.json()
     out(f"training rank-1 adapter {name!r} on layer1 and layer2 (job {job['id']})")
     start = time.perf_counter()
     job = follow_job(client, job["id"], out)
     if job["status"] != "succeeded":
-        raise SystemExit(f"the job {job['status']}: {job['error']}")
+        error = job["error"] or {}
+        raise SystemExit(
+            f"error: the job {job['status']}: {error.get('code')}: {error.get('message')}"
+        )
     out(f"trained in {time.perf_counter() - start:.1f}s")
 
     results = {"base_mse": base_mse}
@@ -130,23 +141,45 @@ def run_demo(
     return results
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--url", default="http://127.0.0.1:8000")
-    parser.add_argument("--rows", type=int, default=10_000)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The demo's options, shared by `python -m app.demo` and `loraserve demo`."""
+    parser.add_argument("--rows", type=int, default=10_000, help="training rows")
+    parser.add_argument("--validation-rows", type=int, default=1_000)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--learning-rate", type=float, default=1e-2)
-    parser.add_argument("--adapter-name", default=None)
-    args = parser.parse_args()
-    with httpx.Client(base_url=args.url, timeout=120) as client:
-        results = run_demo(
-            client,
-            rows=args.rows,
-            epochs=args.epochs,
-            learning_rate=args.learning_rate,
-            adapter_name=args.adapter_name,
+    parser.add_argument("--adapter-name", default=None, help="default: a new random name")
+    parser.add_argument(
+        "--target-mse", type=float, default=0.5, help="fail unless the adapter's MSE is under it"
+    )
+
+
+def run_from_args(client: httpx.Client, args: argparse.Namespace) -> None:
+    """Run the demo with the parsed options; exit non-zero if the adapter misses the target."""
+    results = run_demo(
+        client,
+        rows=args.rows,
+        validation_rows=args.validation_rows,
+        epochs=args.epochs,
+        learning_rate=args.learning_rate,
+        adapter_name=args.adapter_name,
+    )
+    if not results["merged_mse"] < args.target_mse:
+        raise SystemExit(
+            f"error: the adapter's MSE {results['merged_mse']:.4f} is not under {args.target_mse:g}"
         )
-    sys.exit(0 if results["merged_mse"] < 0.5 else 1)
+
+
+def main(argv: list[str] | None = None) -> None:
+    settings = cli_settings()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", default=settings.url, help="the service (env LORASERVE_URL)")
+    parser.add_argument(
+        "--api-key", default=settings.api_key, help="an admin key (env LORASERVE_API_KEY)"
+    )
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    with failures_reported(args.url), Client(args.url, api_key=args.api_key) as client:
+        run_from_args(client.http, args)
 
 
 if __name__ == "__main__":

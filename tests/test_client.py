@@ -117,6 +117,18 @@ def test_cli(server, tmp_path: Path, capsys, monkeypatch) -> None:
     torch.testing.assert_close(
         out, reference_forward(base, x, config, tensors), rtol=1e-4, atol=1e-5
     )
+    with pytest.raises(SystemExit) as unwritable:
+        main(
+            [
+                "predict",
+                "--inputs",
+                str(tmp_path / "in.json"),
+                "--out",
+                str(tmp_path / "no" / "y.json"),
+            ]
+        )
+    assert unwritable.value.code == 2
+    assert capsys.readouterr().err.startswith("error: cannot write")
 
     save_file(
         {"inputs": torch.randn(64, 16), "targets": torch.randn(64, 4)},

@@ -1,0 +1,169 @@
+"""The `loraserve` command: settings for `serve`, and one `error:` line for every failure."""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from app.cli import EXIT_SERVICE, EXIT_USAGE, main
+from app.settings import Settings
+
+
+@pytest.fixture
+def closed_url() -> str:
+    """A port on 127.0.0.1 that nothing listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture
+def served(monkeypatch) -> list[Settings]:
+    """`app.server.run` replaced by a recorder, so `serve` returns at once."""
+    calls: list[Settings] = []
+    monkeypatch.setitem(sys.modules, "app.server", types.SimpleNamespace(run=calls.append))
+    for name in ("LORASERVE_HOST", "LORASERVE_PORT", "UVICORN_HOST", "UVICORN_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    return calls
+
+
+def fails(argv: list[str], capsys) -> tuple[int, str]:
+    """Run the CLI expecting failure: its exit status and its stderr."""
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    err = capsys.readouterr().err
+    assert isinstance(exited.value.code, int)
+    return exited.value.code, err
+
+
+def assert_one_error_line(err: str, *words: str) -> None:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+
+
+def test_serve_takes_host_and_port_from_uvicorn_variables(served, monkeypatch) -> None:
+    monkeypatch.setenv("UVICORN_HOST", "0.0.0.0")
+    monkeypatch.setenv("UVICORN_PORT", "8123")
+    monkeypatch.setenv("LORASERVE_MAX_RANK", "7")
+    main(["serve"])
+    (settings,) = served
+    assert (settings.host, settings.port, settings.max_rank) == ("0.0.0.0", 8123, 7)
+
+
+def test_serve_options_win_over_the_environment(served, monkeypatch) -> None:
+    monkeypatch.setenv("LORASERVE_PORT", "8123")
+    main(["serve", "--host", "127.0.0.2", "--port", "9001"])
+    (settings,) = served
+    assert (settings.host, settings.port) == ("127.0.0.2", 9001)
+
+
+def test_serve_defaults_to_localhost_8000(served) -> None:
+    main(["serve"])
+    assert (served[0].host, served[0].port) == ("127.0.0.1", 8000)
+
+
+def test_serve_with_a_malformed_setting_is_a_usage_error(served, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("UVICORN_PORT", "eighty")
+    code, err = fails(["serve"], capsys)
+    assert code == EXIT_USAGE and not served
+    assert_one_error_line(err, "invalid settings", "PORT")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["adapters", "list"],
+        ["adapters", "delete", "x"],
+        ["jobs", "list"],
+        ["demo", "--rows", "10"],
+    ],
+)
+def test_a_service_that_is_down_is_one_error_line(argv, closed_url, capsys) -> None:
+    code, err = fails(["--url", closed_url, *argv], capsys)
+    assert code == EXIT_SERVICE
+    assert_one_error_line(err, "cannot reach the service", closed_url)
+
+
+def test_predict_with_the_service_down(closed_url, tmp_path: Path, capsys) -> None:
+    rows = tmp_path / "rows.json"
+    rows.write_text(json.dumps({"inputs": [[0.0] * 4]}))
+    code, err = fails(["--url", closed_url, "predict", "--inputs", str(rows)], capsys)
+    assert code == EXIT_SERVICE
+    assert_one_error_line(err, "cannot reach the service")
+
+
+def test_a_url_that_is_not_http_is_a_usage_error(capsys) -> None:
+    code, err = fails(["--url", "ftp://127.0.0.1:1", "adapters", "list"], capsys)
+    assert code == EXIT_USAGE
+    assert_one_error_line(err, "bad --url")
+
+
+def write_inputs(folder: Path) -> dict[str, Path]:
+    """Good and bad input files for `predict` and `train`."""
+    files = {
+        "rows.json": json.dumps([[1.0, 2.0], [3.0]]),  # ragged
+        "words.json": json.dumps({"inputs": [["a", "b"]]}),
+        "flat.json": json.dumps({"inputs": [1.0, 2.0]}),
+        "broken.json": '{"inputs": [[1.0,',
+        "binary.json": b"\xff\xfe\x00",
+        "garbage.safetensors": b"not a safetensors file at all",
+    }
+    for name, content in files.items():
+        path = folder / name
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    save_file({"x": torch.zeros(2, 3)}, folder / "no-inputs.safetensors")
+    save_file({"inputs": torch.zeros(2, 3)}, folder / "no-targets.safetensors")
+    save_file({"inputs": torch.zeros(3), "targets": torch.zeros(3)}, folder / "1d.safetensors")
+    save_file(
+        {"inputs": torch.zeros(2, 3), "targets": torch.zeros(2, 1)}, folder / "train.safetensors"
+    )
+    (folder / "a-folder.json").mkdir()
+    return {p.name: p for p in folder.iterdir()}
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["predict", "--inputs", "{missing}/rows.json"], ["cannot read", "No such file"]),
+        (["predict", "--inputs", "{missing}/rows.safetensors"], ["cannot read"]),
+        (["predict", "--inputs", "{files}/a-folder.json"], ["cannot read"]),
+        (["predict", "--inputs", "{files}/rows.json"], ["rows of equal length"]),
+        (["predict", "--inputs", "{files}/words.json"], ["expected"]),
+        (["predict", "--inputs", "{files}/flat.json"], ["expected"]),
+        (["predict", "--inputs", "{files}/broken.json"], ["is not JSON"]),
+        (["predict", "--inputs", "{files}/binary.json"], ["is not JSON"]),
+        (["predict", "--inputs", "{files}/garbage.safetensors"], ["not a safetensors file"]),
+        (["predict", "--inputs", "{files}/no-inputs.safetensors"], ["no tensor 'inputs'"]),
+        (["train", "t", "--data", "{missing}/train.safetensors"], ["cannot read"]),
+        (["train", "t", "--data", "{files}/no-targets.safetensors"], ["no tensor 'targets'"]),
+        (["train", "t", "--data", "{files}/1d.safetensors"], ["(rows, width)"]),
+        (
+            ["train", "t", "--data", "{files}/train.safetensors", "--validation", "{missing}/v"],
+            ["cannot read"],
+        ),
+        (["adapters", "upload", "a", "{missing}/peft"], ["not a PEFT adapter folder"]),
+        (["adapters", "upload", "a", "{files}"], ["adapter_config.json"]),
+    ],
+)
+def test_a_missing_or_malformed_file_is_a_usage_error(
+    argv, words, closed_url, tmp_path: Path, capsys
+) -> None:
+    # The service is down: a command that read its files first fails on them, with status 2.
+    (tmp_path / "files").mkdir()
+    write_inputs(tmp_path / "files")
+    paths = {"missing": tmp_path / "missing", "files": tmp_path / "files"}
+    argv = [a.format(**paths) for a in argv]
+    code, err = fails(["--url", closed_url, *argv], capsys)
+    assert code == EXIT_USAGE
+    assert_one_error_line(err, *words)

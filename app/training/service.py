@@ -8,7 +8,7 @@ from typing import Any
 
 from app.adapters import AdapterRegistry
 from app.adapters.peft_format import check_name
-from app.errors import AdapterExists, Conflict, InvalidInput, TooManyRequests
+from app.errors import AdapterExists, Conflict, InvalidInput, TooManyRequests, shorten
 from app.model import BaseModel
 from app.training.datasets import DatasetStore
 from app.training.jobs import ACTIVE, Job, JobStore
@@ -82,14 +82,15 @@ class TrainingService:
         hp = dict(hyperparameters)
         if hp["rank"] > self.max_rank:
             raise InvalidInput(
-                f"rank {hp['rank']} is over the limit of {self.max_rank}", "hyperparameters.rank"
+                f"rank {shorten(str(hp['rank']))} is over the limit of {self.max_rank}",
+                "hyperparameters.rank",
             )
         linears = list(self.base.linears())
         targets = hp.get("target_modules") or linears
         unknown = [t for t in targets if t not in linears]
         if unknown:
             raise InvalidInput(
-                f"unknown target_modules {unknown}; the base has {linears}",
+                f"unknown target_modules {shorten(unknown)}; the base has {linears}",
                 "hyperparameters.target_modules",
             )
         hp["target_modules"] = [m for m in linears if m in targets]

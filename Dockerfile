@@ -6,9 +6,8 @@ ARG TORCH_VARIANT=cpu
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    UVICORN_HOST=0.0.0.0 \
-    UVICORN_PORT=8000 \
-    UVICORN_ACCESS_LOG=false \
+    LORASERVE_HOST=0.0.0.0 \
+    LORASERVE_PORT=8000 \
     LORASERVE_BASE_MODEL=/srv/models/seed-linear \
     LORASERVE_ADAPTERS_DIR=/var/lib/loraserve/adapters \
     LORASERVE_DATA_DIR=/var/lib/loraserve/data
@@ -31,6 +30,6 @@ EXPOSE 8000
 VOLUME ["/var/lib/loraserve/adapters", "/var/lib/loraserve/data"]
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import urllib.request, sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=2).status != 200)"]
-# Host and port come from UVICORN_HOST / UVICORN_PORT (uvicorn reads its UVICORN_* variables);
-# its own access log is off because the service writes one JSON line per request itself.
-CMD ["uvicorn", "app.main:app"]
+# `loraserve serve` is uvicorn with the service's connection limits (header deadline, connection
+# cap) and JSON logs; host and port come from LORASERVE_HOST / LORASERVE_PORT.
+CMD ["loraserve", "serve"]

@@ -41,21 +41,25 @@ class Server:
 
 
 @contextmanager
-def running_server(tmp_path: Path, **settings: str) -> Iterator[Server]:
-    """The server on 127.0.0.1 with LORASERVE_* settings; SIGTERM at the end unless already dead."""
+def running_server(tmp_path: Path, log: Path | None = None, **settings: str) -> Iterator[Server]:
+    """The server on 127.0.0.1 with LORASERVE_* settings; SIGTERM at the end unless already dead.
+
+    With `log`, the server's stdout and stderr go to that file (to read its log lines).
+    """
     port = free_port()
     env = {
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        "UVICORN_HOST": "127.0.0.1",
-        "UVICORN_PORT": str(port),
+        "LORASERVE_HOST": "127.0.0.1",
+        "LORASERVE_PORT": str(port),
         "LORASERVE_ADAPTERS_DIR": str(tmp_path / "adapters"),
         "LORASERVE_DATA_DIR": str(tmp_path / "data"),
         "LORASERVE_DEVICE": "cpu",
         **{f"LORASERVE_{k.upper()}": v for k, v in settings.items()},
     }
     start = time.perf_counter()
-    proc = subprocess.Popen(container_command(), cwd=ROOT, env=env)
+    out = log.open("wb") if log is not None else None
+    proc = subprocess.Popen(container_command(), cwd=ROOT, env=env, stdout=out, stderr=out)
     url = f"http://127.0.0.1:{port}"
     try:
         while True:
@@ -73,3 +77,5 @@ def running_server(tmp_path: Path, **settings: str) -> Iterator[Server]:
             proc.send_signal(signal.SIGTERM)
             # uvicorn shuts down gracefully, then re-raises the signal as its exit status.
             assert proc.wait(timeout=15) in (0, -signal.SIGTERM)
+        if out is not None:
+            out.close()

@@ -65,8 +65,8 @@ class BodyGuard:
                     message = await receive()
             except TimeoutError as exc:
                 # An HTTPException, so FastAPI's own body reading passes it through unchanged.
-                message = f"the body did not arrive within {self.timeout_s:g} s"
-                raise HTTPException(408, message) from exc
+                late = f"the body did not arrive within {self.timeout_s:g} s"
+                raise HTTPException(408, late) from exc
             seen += len(message.get("body", b""))
             if seen > max_bytes:
                 raise HTTPException(413, _too_large(max_bytes))

@@ -90,7 +90,8 @@ def _rows(value: Any, input_dim: int, max_rows: int) -> Tensor:
             f"inputs must hold only numbers, not {', '.join(wrong)}; shape {shape}", "inputs"
         )
     try:
-        array = np.asarray(value, dtype=np.float32)
+        with np.errstate(over="ignore"):  # beyond float32 becomes inf, refused by check_rows
+            array = np.asarray(value, dtype=np.float32)
     except (TypeError, ValueError, OverflowError) as exc:
         raise InvalidInput(f"inputs must hold only numbers, shape {shape}", "inputs") from exc
     return torch.from_numpy(array)

@@ -119,3 +119,23 @@ class NotReady(ServiceUnavailable):
 
 class QueueFull(ServiceUnavailable):
     code = "overloaded"
+
+
+class NameTaken(AdapterExists):
+    """The name belongs to an entry of ADAPTERS_DIR that the store did not make (never touched)."""
+
+    code = "name_taken"
+
+
+class AdapterBroken(ServiceError):
+    """The adapter's folder is listed but failed validation: replace or delete it to serve it."""
+
+    status = 409
+    code = "adapter_broken"
+
+
+class MalformedBody(ServiceError):
+    """The body cannot be parsed at all (a broken multipart stream, say)."""
+
+    status = 400
+    code = "malformed_body"

@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import ErrorDetails
 from torch import Tensor
 
-from app.errors import InvalidAdapter, InvalidName
+from app.errors import InvalidAdapter, InvalidName, shorten
 from app.lora import LoraAdapter, LoraConfig, LoraModule
 
 CONFIG_FILE = "adapter_config.json"
@@ -24,6 +26,7 @@ KEY_PREFIX = "base_model.model."
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 ACCEPTED_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
 ACCEPTED_DTYPE_NAMES = set(ACCEPTED_DTYPES.values())
+_FLOAT32_MAX = torch.finfo(torch.float32).max
 
 # Config fields that, when set, mean an adapter this service would compute wrongly.
 _REFUSED_IF_TRUTHY = (
@@ -40,16 +43,67 @@ _REFUSED_IF_TRUTHY = (
     "use_qalora",
     "alora_invocation_tokens",
     "megatron_config",
+    # PEFT's other LoRA variants (its `is_lora_variant` fields) change the forward too.
+    "velora_config",
+    "monteclora_config",
+    "use_bdlora",
+    "arrow_config",
+    "kasa_config",
 )
 # Initialisations that rewrite the base weights, so the adapter only fits a modified base.
-_BASE_REWRITING_INITS = ("pissa", "olora", "loftq", "corda")
+_BASE_REWRITING_INITS = ("pissa", "olora", "loftq", "corda", "lora_ga")
+
+Rank = Annotated[int, Field(gt=0)]
+Alpha = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+Targets = list[str] | str
+
+
+class PeftConfigFile(BaseModel):
+    """adapter_config.json, strictly typed: no "false" for false, no NaN, no 1e400.
+
+    Only the fields that change the math or must be refused are declared; PEFT's other keys are
+    ignored, whatever they hold. The refused variants are typed loosely on purpose: any set value
+    is refused by name, whatever its type.
+    """
+
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+    peft_type: Literal["LORA"] = "LORA"
+    r: Rank
+    lora_alpha: Alpha = 8.0
+    use_rslora: bool = False
+    target_modules: Targets | None = None
+    exclude_modules: Targets | None = None
+    rank_pattern: dict[str, Rank] | None = None
+    alpha_pattern: dict[str, Alpha] | None = None
+    bias: Literal["none"] = "none"
+    init_lora_weights: bool | str = True
+    use_dora: bool | None = None
+    lora_bias: bool = False
+    fan_in_fan_out: bool = False
+    use_qalora: bool = False
+    modules_to_save: Any = None
+    layers_to_transform: Any = None
+    layers_pattern: Any = None
+    layer_replication: Any = None
+    trainable_token_indices: Any = None
+    target_parameters: Any = None
+    loftq_config: Any = None
+    alora_invocation_tokens: Any = None
+    megatron_config: Any = None
+    velora_config: Any = None
+    monteclora_config: Any = None
+    use_bdlora: Any = None
+    arrow_config: Any = None
+    kasa_config: Any = None
 
 
 def check_name(name: str, param: str = "name") -> str:
     """Adapter names are plain identifiers, never paths."""
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise InvalidName(
-            f"adapter name {name!r} must match {NAME_RE.pattern} (letters, digits, '.', '_', '-')",
+            f"adapter name {shorten(name)!r} must match {NAME_RE.pattern} "
+            "(letters, digits, '.', '_', '-')",
             param,
         )
     return name
@@ -60,85 +114,99 @@ def tensor_key(module: str, which: str) -> str:
     return f"{KEY_PREFIX}{module}.{which}.weight"
 
 
-def _resolve_targets(target: Any, linears: Mapping[str, tuple[int, int]], field: str) -> list[str]:
+def _resolve_targets(
+    target: Targets, linears: Mapping[str, tuple[int, int]], field: str
+) -> list[str]:
     """PEFT's matching: a regex string is full-matched; list entries match exactly or as suffix."""
     if isinstance(target, str):
         try:
             pattern = re.compile(target)
-        except re.error as exc:
+        except (re.error, RecursionError, OverflowError) as exc:
             raise InvalidAdapter(
-                f"{field} is not a valid regular expression: {exc}", field
+                f"{field} is not a valid regular expression: {shorten(str(exc))}", field
             ) from exc
         return [m for m in linears if pattern.fullmatch(m)]
-    if not isinstance(target, list) or not all(isinstance(t, str) for t in target):
-        raise InvalidAdapter(f"{field} must be a list of module names or a regex string", field)
     return [m for m in linears if any(m == t or m.endswith("." + t) for t in target)]
 
 
-def _number(raw: dict[str, Any], field: str, kind: type, default: Any = None) -> Any:
-    value = raw.get(field, default)
-    ok = isinstance(value, int | float) if kind is float else isinstance(value, int)
-    if not ok or isinstance(value, bool) or value <= 0:
-        raise InvalidAdapter(f"{field} must be a positive {kind.__name__}, got {value!r}", field)
-    return value
+def _invalid_field(error: ErrorDetails) -> InvalidAdapter:
+    """One pydantic error as a 422 naming the field (`rank_pattern.layer1`, say)."""
+    if error["type"] == "json_invalid":
+        reason = error.get("ctx", {}).get("error", error["msg"])
+        return InvalidAdapter(f"{CONFIG_FILE} is not valid JSON: {shorten(reason)}", "config")
+    if not error["loc"]:
+        return InvalidAdapter(f"{CONFIG_FILE} must be a JSON object", "config")
+    # A union adds its member's type to `loc`; only the pattern dicts' keys name something more.
+    loc = error["loc"]
+    nested = loc[0] in ("rank_pattern", "alpha_pattern") and len(loc) > 1
+    field = f"{loc[0]}.{shorten(str(loc[1]))}" if nested else str(loc[0])
+    if error["type"] == "missing":
+        return InvalidAdapter(f"{field} is required", field)
+    return InvalidAdapter(f"{field}: {error['msg']}", field)
 
 
-def _pattern(raw: dict[str, Any], field: str, kind: type) -> dict[str, Any]:
-    value = raw.get(field) or {}
-    if not isinstance(value, dict):
-        raise InvalidAdapter(f"{field} must be an object of module pattern -> value", field)
-    return {str(k): _number(value, k, kind) for k in value}
+def _validate(data: bytes) -> PeftConfigFile:
+    try:
+        return PeftConfigFile.model_validate_json(data)
+    except ValidationError as exc:
+        raise _invalid_field(exc.errors(include_input=False)[0]) from exc
 
 
 def parse_config(data: bytes, linears: Mapping[str, tuple[int, int]], max_rank: int) -> LoraConfig:
     """Parse adapter_config.json against this base's linear layers {name: (in, out)}."""
-    try:
-        raw = json.loads(data)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise InvalidAdapter(f"{CONFIG_FILE} is not valid JSON: {exc}", "config") from exc
-    if not isinstance(raw, dict):
-        raise InvalidAdapter(f"{CONFIG_FILE} must be a JSON object", "config")
-    if raw.get("peft_type", "LORA") != "LORA":
-        raise InvalidAdapter(f"peft_type must be 'LORA', got {raw['peft_type']!r}", "peft_type")
+    raw = _validate(data)
     for field in _REFUSED_IF_TRUTHY:
-        if raw.get(field):
-            raise InvalidAdapter(f"{field}={raw[field]!r} is not supported", field)
-    if raw.get("bias", "none") != "none":
-        raise InvalidAdapter(f"bias must be 'none', got {raw['bias']!r}", "bias")
-    init = raw.get("init_lora_weights", True)
+        value = getattr(raw, field)
+        if value:
+            raise InvalidAdapter(f"{field}={shorten(value)} is not supported", field)
+    init = raw.init_lora_weights
     if isinstance(init, str) and init.lower().startswith(_BASE_REWRITING_INITS):
         raise InvalidAdapter(
-            f"init_lora_weights={init!r} rewrites the base weights and is not supported",
+            f"init_lora_weights={shorten(init)!r} rewrites the base weights and is not supported",
             "init_lora_weights",
         )
-    r = _number(raw, "r", int)
-    alpha = _number(raw, "lora_alpha", float, default=8)
-    rank_pattern = _pattern(raw, "rank_pattern", int)
-    alpha_pattern = _pattern(raw, "alpha_pattern", float)
-    if "target_modules" not in raw or raw["target_modules"] is None:
+    rank_pattern = dict(raw.rank_pattern or {})
+    alpha_pattern = dict(raw.alpha_pattern or {})
+    for field, patterns in (("rank_pattern", rank_pattern), ("alpha_pattern", alpha_pattern)):
+        for key in patterns:
+            try:
+                re.compile(rf"(.*\.)?({key})$")
+            except (re.error, RecursionError, OverflowError) as exc:
+                raise InvalidAdapter(
+                    f"{field} key {shorten(key)!r} is not a valid regular expression", field
+                ) from exc
+    for field, ranks in (("r", {"r": raw.r}), ("rank_pattern", rank_pattern)):
+        for key, rank in ranks.items():
+            if rank > max_rank:
+                where = field if field == "r" else f"rank_pattern.{shorten(key)}"
+                raise InvalidAdapter(
+                    f"rank {shorten(rank)} of {where} is over the limit of {max_rank}", "r"
+                )
+    if raw.target_modules is None:
         raise InvalidAdapter("target_modules is required", "target_modules")
-    targets = _resolve_targets(raw["target_modules"], linears, "target_modules")
-    if raw.get("exclude_modules"):
-        excluded = set(_resolve_targets(raw["exclude_modules"], linears, "exclude_modules"))
+    targets = _resolve_targets(raw.target_modules, linears, "target_modules")
+    if raw.exclude_modules:
+        excluded = set(_resolve_targets(raw.exclude_modules, linears, "exclude_modules"))
         targets = [t for t in targets if t not in excluded]
     if not targets:
         raise InvalidAdapter(
-            f"target_modules {raw['target_modules']!r} matches no linear layer of the base "
-            f"(layers: {', '.join(linears)})",
+            f"target_modules {shorten(raw.target_modules)} matches no linear layer of the base "
+            f"(layers: {shorten(', '.join(linears), 256)})",
             "target_modules",
         )
     config = LoraConfig(
-        r=r,
-        lora_alpha=float(alpha),
+        r=raw.r,
+        lora_alpha=float(raw.lora_alpha),
         target_modules=tuple(targets),
-        use_rslora=bool(raw.get("use_rslora", False)),
+        use_rslora=raw.use_rslora,
         rank_pattern=rank_pattern,
         alpha_pattern=alpha_pattern,
     )
     for module in targets:
-        if config.rank_for(module) > max_rank:
+        scaling = config.scaling_for(module)
+        if not 0 < scaling <= _FLOAT32_MAX:
             raise InvalidAdapter(
-                f"rank {config.rank_for(module)} of {module} is over the limit of {max_rank}", "r"
+                f"the scaling of {module} (alpha / r) is {scaling:g}, beyond float32", "lora_alpha"
             )
     return config
 
@@ -203,8 +271,15 @@ def check_header(
             raise InvalidAdapter(f"{key} has dtype {dtype}; accepted: F32, F16, BF16", "weights")
 
 
-def build_adapter(tensors: Mapping[str, Tensor], config: LoraConfig) -> LoraAdapter:
-    """fp32 LoRA modules from checked tensors; refuses NaN and inf."""
+def build_adapter(
+    tensors: Mapping[str, Tensor], config: LoraConfig, dtype: torch.dtype = torch.float32
+) -> LoraAdapter:
+    """fp32 LoRA modules from checked tensors; refuses NaN and inf, and overflow in `dtype`.
+
+    `scaling * B @ A` must fit the dtype it is served in, or every answer would be inf or NaN;
+    its entries are at most scaling * r * max|B| * max|A|, a bound that costs one pass.
+    """
+    limit = torch.finfo(dtype).max
     modules = {}
     for module in config.target_modules:
         pair = []
@@ -214,7 +289,17 @@ def build_adapter(tensors: Mapping[str, Tensor], config: LoraConfig) -> LoraAdap
             if not torch.isfinite(t).all():
                 raise InvalidAdapter(f"{key} holds NaN or inf values", "weights")
             pair.append(t)
-        modules[module] = LoraModule(pair[0], pair[1], config.scaling_for(module))
+        lora_A, lora_B = pair
+        scaling = config.scaling_for(module)
+        bound = scaling * config.rank_for(module)
+        bound *= float(lora_A.abs().max()) * float(lora_B.abs().max())
+        if not bound <= limit:
+            raise InvalidAdapter(
+                f"scaling * B @ A of {module} may reach {bound:.3g}, beyond {dtype} "
+                f"(max {limit:.3g}); answers would not be finite",
+                "weights",
+            )
+        modules[module] = LoraModule(lora_A, lora_B, scaling)
     return LoraAdapter(config, modules)
 
 

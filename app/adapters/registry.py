@@ -9,15 +9,22 @@ import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Literal
 
-import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import load_file, save
 
 from app.adapters import peft_format as fmt
+from app.adapters.records import (
+    UPLOADED_SHA256,
+    AdapterProblem,
+    AdapterRecord,
+    BaseInfo,
+    Source,
+    broken_record,
+    problem_of,
+    read_record,
+)
 from app.adapters.store import AdapterStore
 from app.errors import (
     AdapterExists,
@@ -25,38 +32,15 @@ from app.errors import (
     InvalidAdapter,
     InvalidName,
     TooManyAdapters,
+    shorten,
 )
-from app.lora import LoraAdapter, LoraConfig
+from app.lora import LoraAdapter
+
+__all__ = ["AdapterProblem", "AdapterRecord", "AdapterRegistry", "BaseInfo", "Source"]
 
 log = logging.getLogger(__name__)
 
-Source = Literal["upload", "training"]
 _PICKLE_MAGIC = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
-
-
-@dataclass
-class AdapterRecord:
-    """What is known about an adapter without reading its weights."""
-
-    name: str
-    config: LoraConfig
-    size_bytes: int
-    created_at: int
-    source: Source
-    metadata: dict[str, str]
-    version: int  # changes on every write, so caches keyed by it never serve stale weights
-    sha256: str | None = field(default=None, repr=False)  # of the weights file; computed lazily
-
-
-@dataclass(frozen=True)
-class BaseInfo:
-    """What the registry needs of the base model: its linear layers, name, device, dtype."""
-
-    linears: Mapping[str, tuple[int, int]]  # module -> (in_features, out_features)
-    name: str
-    fingerprint: str
-    device: torch.device
-    dtype: torch.dtype
 
 
 class AdapterRegistry:
@@ -89,51 +73,24 @@ class AdapterRegistry:
 
     # --- start-up -------------------------------------------------------------------------
     def scan(self) -> dict[str, str]:
-        """Index every adapter folder; a broken one is logged and skipped. Returns the skipped."""
+        """Index every adapter folder, a broken one as broken. Returns {name: why} of those."""
         self.store.recover()
-        skipped: dict[str, str] = {}
+        broken: dict[str, str] = {}
         for name in self.store.names():
             try:
-                record = self._read_record(name)
-            except (InvalidAdapter, InvalidName, OSError, SafetensorError, ValueError) as exc:
-                reason = getattr(exc, "message", None) or str(exc)
-                log.warning("skipping adapter folder %r: %s", name, reason)
-                skipped[name] = reason
+                fmt.check_name(name)
+            except InvalidName:
+                log.warning("ignoring adapter folder %s: not a valid adapter name", shorten(name))
                 continue
+            folder = self.store.path(name)
+            record = read_record(folder, name, self.base, self.max_rank, self._next_version())
+            if record.error is not None:
+                log.warning("adapter %r is broken: %s", name, record.error.message)
+                broken[name] = record.error.message
             with self._lock:
                 self._records[name] = record
-        log.info("registered %d adapters, skipped %d", len(self._records), len(skipped))
-        return skipped
-
-    def _read_record(self, name: str) -> AdapterRecord:
-        fmt.check_name(name)
-        folder = self.store.path(name)
-        weights = folder / fmt.WEIGHTS_FILE
-        if not weights.is_file():
-            if (folder / "adapter_model.bin").exists():
-                raise InvalidAdapter("adapter_model.bin is a pickle; only safetensors is read")
-            raise InvalidAdapter(f"{fmt.WEIGHTS_FILE} is missing")
-        config = fmt.parse_config(
-            (folder / fmt.CONFIG_FILE).read_bytes(), self.base.linears, self.max_rank
-        )
-        # Only the header is read here: the weights stay on disk until first used.
-        with safe_open(weights, framework="pt") as f:
-            slices = {k: f.get_slice(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
-            header = {k: (tuple(s.get_shape()), s.get_dtype()) for k, s in slices.items()}
-            metadata = dict(f.metadata() or {})
-        fmt.check_header(header, config, self.base.linears)
-        stat = weights.stat()
-        created = metadata.get("created_at", "")
-        source = metadata.get("source")
-        return AdapterRecord(
-            name=name,
-            config=config,
-            size_bytes=stat.st_size,
-            created_at=int(created) if created.isdigit() else int(stat.st_mtime),
-            source=source if source in ("upload", "training") else "upload",  # type: ignore[arg-type]
-            metadata=metadata,
-            version=self._next_version(),
-        )
+        log.info("registered %d adapters, %d of them broken", len(self._records), len(broken))
+        return broken
 
     # --- reads ----------------------------------------------------------------------------
     def list(self) -> list[AdapterRecord]:
@@ -164,24 +121,36 @@ class AdapterRegistry:
             cached = self._cache.get(record.name)
         return cached is not None and cached[0] == record.version
 
-    def sha256(self, record: AdapterRecord) -> str:
+    def sha256(self, record: AdapterRecord) -> str | None:
+        """Of adapter_model.safetensors as stored (and downloaded); None if it is missing."""
         if record.sha256 is None:
-            with self._name_lock(record.name):
-                data = (self.store.path(record.name) / fmt.WEIGHTS_FILE).read_bytes()
-            record.sha256 = hashlib.sha256(data).hexdigest()
+            try:
+                with (
+                    self._name_lock(record.name),
+                    (self.store.path(record.name) / fmt.WEIGHTS_FILE).open("rb") as f,
+                ):
+                    record.sha256 = hashlib.file_digest(f, "sha256").hexdigest()
+            except OSError:
+                return None
         return record.sha256
 
     def files(self, name: str) -> dict[str, bytes]:
         """The two PEFT files, read together so a concurrent overwrite cannot mix them."""
-        self.get(name)
+        self.get(name).ready_config("name")
         with self._name_lock(name):
             record = self.get(name)
+            record.ready_config("name")
             folder = self.store.path(record.name)
             return {f: (folder / f).read_bytes() for f in (fmt.CONFIG_FILE, fmt.WEIGHTS_FILE)}
 
     def load(self, name: str, param: str = "adapter") -> tuple[AdapterRecord, LoraAdapter]:
-        """The record and its weights on the serving device, from the LRU cache or from disk."""
+        """The record and its weights on the serving device, from the LRU cache or from disk.
+
+        404 for an unknown name, 409 `adapter_broken` for one that failed validation, at the
+        scan or now, when its weights are first read.
+        """
         record = self.get(name, param)
+        record.ready_config(param)
         cached = self._cached(record)
         if cached is not None:
             self.cache_hits += 1
@@ -189,13 +158,19 @@ class AdapterRegistry:
         self.cache_misses += 1
         with self._name_lock(name):
             record = self.get(name, param)  # it may have been replaced or deleted meanwhile
+            config = record.ready_config(param)
             cached = self._cached(record)
             if cached is not None:
                 return record, cached
-            tensors = load_file(self.store.path(name) / fmt.WEIGHTS_FILE)
-            adapter = fmt.build_adapter(tensors, record.config).to(
-                self.base.device, self.base.dtype
-            )
+            try:
+                tensors = load_file(self.store.path(name) / fmt.WEIGHTS_FILE)
+                fmt.check_header(fmt.header_of(tensors), config, self.base.linears)
+                adapter = fmt.build_adapter(tensors, config, self.base.dtype)
+            except (InvalidAdapter, SafetensorError, FileNotFoundError) as exc:
+                # Changed on disk since the scan: list it as broken from now on.
+                self._mark_broken(record, exc).ready_config(param)
+                raise
+            adapter = adapter.to(self.base.device, self.base.dtype)
             self._remember(record, adapter)
         return record, adapter
 
@@ -205,8 +180,7 @@ class AdapterRegistry:
     ) -> AdapterRecord:
         """Validate PEFT files strictly, then write and register them; nothing changes on error."""
         fmt.check_name(name)
-        if not overwrite and self.store.exists(name):
-            raise AdapterExists(f"adapter {name!r} already exists; pass overwrite=true", "name")
+        self._check_free(name, overwrite)
         self.check_room(name)
         config = fmt.parse_config(config_data, self.base.linears, self.max_rank)
         if weights_data.startswith(_PICKLE_MAGIC):
@@ -220,8 +194,10 @@ class AdapterRegistry:
                 f"weights are not a valid safetensors file: {exc}", "weights"
             ) from exc
         fmt.check_header(fmt.header_of(tensors), config, self.base.linears)
-        adapter = fmt.build_adapter(tensors, config)
-        return self.add(name, adapter, source="upload", overwrite=overwrite)
+        adapter = fmt.build_adapter(tensors, config, self.base.dtype)
+        # We store a rewritten file (fp32, our header), so keep the digest of what was sent.
+        uploaded = {UPLOADED_SHA256: hashlib.sha256(weights_data).hexdigest()}
+        return self.add(name, adapter, source="upload", overwrite=overwrite, metadata=uploaded)
 
     def add(
         self,
@@ -256,10 +232,7 @@ class AdapterRegistry:
         )
         try:
             with self._name_lock(name):
-                if not overwrite and self.store.exists(name):
-                    raise AdapterExists(
-                        f"adapter {name!r} already exists; pass overwrite=true", "name"
-                    )
+                self._check_free(name, overwrite)
                 self.check_room(name)
                 self.store.commit(staged, name)
                 record = AdapterRecord(
@@ -281,17 +254,21 @@ class AdapterRegistry:
         return record
 
     def delete(self, name: str) -> None:
+        """Remove an adapter, a broken one too; 404 for a name the store does not manage."""
         self.get(name)
         with self._name_lock(name):
             self.get(name)
-            self.store.delete(name)
-            with self._lock:
-                self._records.pop(name, None)
-                self._forget(name)
+            try:
+                self.store.delete(name)
+            finally:  # gone, or no longer ours since the scan: either way no longer listed
+                with self._lock:
+                    self._records.pop(name, None)
+                    self._forget(name)
         self._notify(name)
 
     def check_room(self, name: str) -> None:
-        """A new name needs room under MAX_ADAPTERS; replacing one does not."""
+        """A new name must not be a foreign entry's (409) and needs room under MAX_ADAPTERS."""
+        self.store.check_ours(name)
         with self._lock:
             full = name not in self._records and len(self._records) >= self.max_adapters
         if full:
@@ -305,6 +282,23 @@ class AdapterRegistry:
         self._listeners.append(listener)
 
     # --- internals ------------------------------------------------------------------------
+    def _check_free(self, name: str, overwrite: bool) -> None:
+        """409: `name_taken` for a foreign entry; `adapter_exists` unless overwriting."""
+        if self.store.check_ours(name) == "adapter" and not overwrite:
+            raise AdapterExists(f"adapter {name!r} already exists; pass overwrite=true", "name")
+
+    def _mark_broken(self, record: AdapterRecord, exc: BaseException) -> AdapterRecord:
+        folder = self.store.path(record.name)
+        broken = broken_record(
+            folder, record.name, problem_of(exc), self._next_version(), record.config
+        )
+        log.warning("adapter %r is broken: %s", record.name, broken.error)
+        with self._lock:
+            if self._records.get(record.name) is record:
+                self._records[record.name] = broken
+                self._forget(record.name)
+        return broken
+
     def _name_lock(self, name: str) -> threading.Lock:
         with self._lock:
             lock = self._name_locks.get(name)

@@ -4,17 +4,32 @@ Every write is staged in `.staging/` on the same filesystem, fsynced, then renam
 Replacing or deleting first renames the old folder into `.trash/`; `recover()` at start-up puts
 back an adapter whose replacement was cut short by a crash, and empties both scratch folders.
 So a crash leaves either the old adapter or the new one, never a half.
+
+The store only ever creates, replaces or deletes adapter folders: a real directory (not a symlink)
+holding nothing but PEFT adapter files. Anything else in the folder (an operator's notes, a README,
+a symlink, an empty or unrelated directory) is foreign: never listed, never touched.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
+import stat
 import uuid
 from pathlib import Path
+from typing import Literal
+
+from app.adapters.peft_format import CONFIG_FILE, WEIGHTS_FILE
+from app.errors import AdapterNotFound, NameTaken, shorten
 
 log = logging.getLogger(__name__)
+
+EntryKind = Literal["adapter", "foreign", "absent"]
+# What PEFT's save_pretrained writes into an adapter folder (the .bin only by old versions).
+PEFT_FILES = frozenset({CONFIG_FILE, WEIGHTS_FILE, "adapter_model.bin", "README.md"})
+_ADAPTER_FILES = PEFT_FILES - {"README.md"}  # a folder of only a README is not an adapter
 
 _STAGING = ".staging"
 _TRASH = ".trash"
@@ -45,12 +60,44 @@ class AdapterStore:
     def path(self, name: str) -> Path:
         return self.root / name
 
+    def kind(self, name: str) -> EntryKind:
+        """`adapter`: a real folder of only PEFT files (one of them config or weights)."""
+        path = self.path(name)
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            return "absent"
+        if not stat.S_ISDIR(mode):  # plain files, symlinks (lstat does not follow them), ...
+            return "foreign"
+        try:
+            with os.scandir(path) as it:
+                entries = [(e.name, e.is_file(follow_symlinks=False)) for e in it]
+        except OSError:
+            return "foreign"
+        names = {n for n, _ in entries}
+        if not names & _ADAPTER_FILES or not names <= PEFT_FILES:
+            return "foreign"
+        return "adapter" if all(is_file for _, is_file in entries) else "foreign"
+
     def exists(self, name: str) -> bool:
-        return self.path(name).is_dir()
+        return self.kind(name) == "adapter"
+
+    def check_ours(self, name: str) -> EntryKind:
+        """The entry's kind, or 409 `name_taken` when a foreign entry holds the name."""
+        kind = self.kind(name)
+        if kind == "foreign":
+            raise _name_taken(name)
+        return kind
 
     def names(self) -> list[str]:
-        """Every entry that is not a scratch or hidden folder, sorted."""
-        return sorted(p.name for p in self.root.iterdir() if not p.name.startswith("."))
+        """Every adapter folder (scratch folders and foreign entries left out), sorted."""
+        found = []
+        for entry in sorted(p.name for p in self.root.iterdir() if not p.name.startswith(".")):
+            if self.kind(entry) == "adapter":
+                found.append(entry)
+            else:
+                log.debug("ignoring %s in the adapters folder: not an adapter", shorten(entry))
+        return found
 
     def stage(self, files: dict[str, bytes]) -> Path:
         """Write `files` into a fresh staging folder and fsync them; nothing is visible yet."""
@@ -72,18 +119,25 @@ class AdapterStore:
         shutil.rmtree(staged, ignore_errors=True)
 
     def commit(self, staged: Path, name: str) -> None:
-        """Publish a staged folder as `name`, replacing any adapter already there."""
+        """Publish a staged folder as `name`, replacing any adapter (never a foreign entry)."""
         target = self.path(name)
-        old = None
-        if target.exists():
-            old = self._to_trash(target, _REPLACING)
-        os.replace(staged, target)
+        kind = self.check_ours(name)
+        old = self._to_trash(target, _REPLACING) if kind == "adapter" else None
+        try:
+            os.replace(staged, target)
+        except OSError as exc:
+            # Something not ours appeared at the name since the check; leave it be.
+            if exc.errno not in (errno.ENOTDIR, errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            raise _name_taken(name) from exc
         _fsync_dir(self.root)
         if old is not None:
             shutil.rmtree(old.parent, ignore_errors=True)
 
     def delete(self, name: str) -> None:
-        """Remove an adapter; the rename into the trash is the moment it is gone."""
+        """Remove an adapter folder; the rename into the trash is the moment it is gone."""
+        if self.kind(name) != "adapter":
+            raise AdapterNotFound(f"adapter {shorten(name)!r} not found", "name")
         trashed = self._to_trash(self.path(name), _DELETING)
         shutil.rmtree(trashed.parent, ignore_errors=True)
 
@@ -92,7 +146,7 @@ class AdapterStore:
         for entry in (self.root / _TRASH).iterdir():
             for old in entry.iterdir() if entry.is_dir() else []:
                 target = self.path(old.name)
-                if entry.name.endswith(_REPLACING) and not target.exists():
+                if entry.name.endswith(_REPLACING) and not os.path.lexists(target):
                     log.warning("restoring adapter %s after an interrupted replace", old.name)
                     os.replace(old, target)
             shutil.rmtree(entry, ignore_errors=True)
@@ -107,3 +161,11 @@ class AdapterStore:
         os.replace(target, trashed)
         _fsync_dir(self.root)
         return trashed
+
+
+def _name_taken(name: str) -> NameTaken:
+    return NameTaken(
+        f"{shorten(name)!r} in the adapters folder is not an adapter this service manages; "
+        "choose another name",
+        "name",
+    )

@@ -122,3 +122,140 @@ def test_written_config_round_trips() -> None:
     )
     again = fmt.parse_config(fmt.config_json(config, "seed"), LINEARS, 64)
     assert again == config
+
+
+def parse_text(text: str):
+    return fmt.parse_config(text.encode(), LINEARS, 64)
+
+
+def with_field(field: str, raw_value: str) -> str:
+    """A config's JSON text with one field's value written literally (NaN, 1e400, ...)."""
+    config = {k: v for k, v in peft_config(4, 8, ["layer1"]).items() if k != field}
+    return json.dumps(config)[:-1] + f', "{field}": {raw_value}}}'
+
+
+@pytest.mark.parametrize(
+    ("field", "raw_value", "param"),
+    [
+        ("use_rslora", '"false"', "use_rslora"),
+        ("use_rslora", "0", "use_rslora"),
+        ("r", "true", "r"),
+        ("r", "4.0", "r"),
+        ("lora_alpha", '"8"', "lora_alpha"),
+        ("lora_alpha", "true", "lora_alpha"),
+        ("rank_pattern", '{"layer1": "2"}', "rank_pattern.layer1"),
+        ("rank_pattern", '{"layer1": 0}', "rank_pattern.layer1"),
+        ("rank_pattern", "[]", "rank_pattern"),
+        ("alpha_pattern", '{"layer1": true}', "alpha_pattern.layer1"),
+        ("alpha_pattern", '{"layer1": -2}', "alpha_pattern.layer1"),
+        ("target_modules", "5", "target_modules"),
+        ("target_modules", '["layer1", 2]', "target_modules"),
+        ("bias", "null", "bias"),
+        ("peft_type", '"lora"', "peft_type"),
+        ("init_lora_weights", "1", "init_lora_weights"),
+        ("lora_bias", '"false"', "lora_bias"),
+        ("fan_in_fan_out", '"false"', "fan_in_fan_out"),
+        ("use_dora", '"false"', "use_dora"),
+        ("arrow_config", '{"top_k": 2}', "arrow_config"),
+        ("init_lora_weights", '"lora_ga"', "init_lora_weights"),
+        ("rank_pattern", '{"(": 2}', "rank_pattern"),
+    ],
+)
+def test_wrong_types_are_refused_naming_the_field(field: str, raw_value: str, param: str) -> None:
+    with pytest.raises(InvalidAdapter) as info:
+        parse_text(with_field(field, raw_value))
+    assert info.value.param == param, info.value.message
+    assert len(info.value.message) < 300
+
+
+@pytest.mark.parametrize(
+    ("field", "raw_value", "param"),
+    [
+        ("lora_alpha", "NaN", "lora_alpha"),
+        ("lora_alpha", "Infinity", "lora_alpha"),
+        ("lora_alpha", "-Infinity", "lora_alpha"),
+        ("lora_alpha", "1e400", "lora_alpha"),
+        ("lora_alpha", "1" + "0" * 400, "lora_alpha"),
+        ("lora_alpha", "1e300", "lora_alpha"),  # finite, but alpha / r is beyond float32
+        ("alpha_pattern", '{"layer1": 1e400}', "alpha_pattern.layer1"),
+        ("alpha_pattern", '{"layer1": NaN}', "alpha_pattern.layer1"),
+        ("r", "1" + "0" * 400, "r"),
+        ("rank_pattern", '{"layer9": ' + "1" * 401 + "}", "r"),
+    ],
+)
+def test_non_finite_and_overflowing_numbers_are_refused(
+    field: str, raw_value: str, param: str
+) -> None:
+    with pytest.raises(InvalidAdapter) as info:
+        parse_text(with_field(field, raw_value))
+    assert info.value.param == param, info.value.message
+    assert len(info.value.message) < 300
+
+
+def test_deeply_nested_json_is_refused_not_a_crash() -> None:
+    deep = "[" * 100_000 + "]" * 100_000
+    with pytest.raises(InvalidAdapter) as info:
+        parse_text(with_field("something_new", deep))
+    assert info.value.param == "config"
+
+
+def test_unknown_keys_are_ignored_whatever_they_hold() -> None:
+    extra = {
+        "task_type": "CAUSAL_LM",
+        "lora_dropout": 0.05,
+        "megatron_core": "megatron.core",
+        "peft_version": "0.21.2",
+        "something_new": {"nested": [1, None, "x", {"deeper": [True]}]},
+    }
+    config = parse({**peft_config(4, 8, ["layer1"]), **extra})
+    assert config.r == 4 and config.lora_alpha == 8.0 and config.use_rslora is False
+
+
+def test_use_rslora_false_means_false_and_true_scales_by_sqrt_r() -> None:
+    assert not parse(peft_config(4, 8, ["layer1"], use_rslora=False)).use_rslora
+    rslora = parse(peft_config(4, 8, ["layer1"], use_rslora=True))
+    assert rslora.use_rslora and rslora.scaling_for("layer1") == 4.0
+
+
+def test_what_peft_save_pretrained_writes_is_accepted(tmp_path) -> None:
+    from peft import LoraConfig as PeftLoraConfig
+
+    for kwargs in (
+        {"r": 4, "lora_alpha": 8},
+        {"r": 4, "lora_alpha": 16, "use_rslora": True, "rank_pattern": {"layer2": 2}},
+        {"r": 2, "lora_alpha": 4.5, "alpha_pattern": {"layer1": 3}, "lora_dropout": 0.1},
+    ):
+        PeftLoraConfig(target_modules=["layer1", "layer2"], **kwargs).save_pretrained(tmp_path)
+        data = (tmp_path / "adapter_config.json").read_bytes()
+        config = fmt.parse_config(data, LINEARS, 64)
+        assert config.r == kwargs["r"] and config.lora_alpha == kwargs["lora_alpha"]
+        assert config.use_rslora == kwargs.get("use_rslora", False)
+
+
+def test_long_names_are_echoed_capped() -> None:
+    with pytest.raises(InvalidName) as info:
+        fmt.check_name("a" * 10_000)
+    assert len(info.value.message) < 300 and "10000" in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("dtype", "value", "ok"),
+    [
+        (torch.float32, 1e3, True),
+        (torch.float32, 1e19, False),  # 2 * 4 * 1e19 * 1e19 is past float32's 3.4e38
+        (torch.float16, 1e1, True),
+        (torch.float16, 1e3, False),  # fine in float32, inf in float16
+    ],
+)
+def test_scaling_times_weights_must_fit_the_serving_dtype(
+    dtype: torch.dtype, value: float, ok: bool
+) -> None:
+    config = parse(peft_config(4, 8, ["layer1"]))
+    tensors = lora_tensors(TINY_SIZES, ["layer1"], 4)
+    tensors["base_model.model.layer1.lora_A.weight"][0, 0] = value
+    tensors["base_model.model.layer1.lora_B.weight"][0, 0] = value
+    if ok:
+        fmt.build_adapter(tensors, config, dtype)
+    else:
+        with pytest.raises(InvalidAdapter, match="beyond"):
+            fmt.build_adapter(tensors, config, dtype)

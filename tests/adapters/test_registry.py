@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import random
 import threading
 from pathlib import Path
@@ -11,7 +13,7 @@ import pytest
 import torch
 
 from app.adapters import AdapterRegistry, AdapterStore, BaseInfo
-from app.errors import AdapterExists, AdapterNotFound, InvalidAdapter
+from app.errors import AdapterBroken, AdapterExists, AdapterNotFound, InvalidAdapter, NameTaken
 from tests.helpers import TINY_SIZES, adapter_files, linears_of, lora_tensors, peft_config
 
 BASE = BaseInfo(linears_of(TINY_SIZES), "tiny", "f" * 64, torch.device("cpu"), torch.float32)
@@ -50,22 +52,140 @@ def test_a_second_upload_conflicts_unless_overwrite(tmp_path: Path) -> None:
     assert second.version != first.version and second.sha256 != first.sha256
 
 
-def test_scan_indexes_good_folders_and_skips_broken_ones(tmp_path: Path) -> None:
+def _broken_folders(root: Path) -> None:
+    """Adapter-shaped folders that fail validation, in every way a folder can."""
+    config, weights = files()
+    for name, folder_files in {
+        "truncated": {"adapter_config.json": config, "adapter_model.safetensors": weights[:100]},
+        "pickle": {"adapter_config.json": config, "adapter_model.bin": b"\x80\x04junk"},
+        "no-weights": {"adapter_config.json": config},
+        "bad-config": {"adapter_config.json": b'{"r": "4"}', "adapter_model.safetensors": weights},
+        "wrong-shape": {
+            "adapter_config.json": adapter_files(peft_config(2, 8, ["layer1", "layer2"]), {})[0],
+            "adapter_model.safetensors": weights,
+        },
+    }.items():
+        (root / name).mkdir(parents=True)
+        for filename, data in folder_files.items():
+            (root / name / filename).write_bytes(data)
+
+
+BROKEN = ["bad-config", "no-weights", "pickle", "truncated", "wrong-shape"]
+
+
+def test_scan_lists_broken_folders_and_ignores_foreign_entries(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     registry = make_registry(tmp_path)
     registry.upload("good", *files())
-    (tmp_path / "truncated").mkdir()
-    (tmp_path / "truncated" / "adapter_config.json").write_bytes(files()[0])
-    (tmp_path / "truncated" / "adapter_model.safetensors").write_bytes(files()[1][:100])
-    (tmp_path / "pickle").mkdir()
-    (tmp_path / "pickle" / "adapter_config.json").write_bytes(files()[0])
-    (tmp_path / "pickle" / "adapter_model.bin").write_bytes(b"\x80\x04junk")
-    (tmp_path / "bad name!").mkdir()
-    (tmp_path / "stray-file").write_text("x")
+    _broken_folders(tmp_path)
+    (tmp_path / "README.md").write_text("# the adapters folder")
+    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "good", target_is_directory=True)
     fresh = AdapterRegistry(AdapterStore(tmp_path), BASE, 16, 1 << 20)
-    skipped = fresh.scan()
-    assert [r.name for r in fresh.list()] == ["good"]
-    assert set(skipped) == {"truncated", "pickle", "bad name!", "stray-file"}
-    assert "pickle" in skipped["pickle"]
+    with caplog.at_level(logging.DEBUG):
+        broken = fresh.scan()
+    assert [r.name for r in fresh.list()] == sorted(["good", *BROKEN])
+    assert sorted(broken) == BROKEN
+    assert fresh.get("good").status == "ready" and fresh.get("good").error is None
+    for name in BROKEN:
+        record = fresh.get(name)
+        assert record.status == "broken" and record.error is not None
+        assert record.error.code == "invalid_adapter" and record.error.message
+    assert "pickle" in broken["pickle"] and "use_rslora" not in broken["bad-config"]
+    assert fresh.get("bad-config").error.message.startswith("r:")  # type: ignore[union-attr]
+    assert fresh.get("no-weights").size_bytes is None
+    foreign_logs = [
+        r for r in caplog.records if any(n in r.getMessage() for n in ("README", "notes", "link"))
+    ]
+    assert all(r.levelno <= logging.DEBUG for r in foreign_logs), foreign_logs
+    assert (tmp_path / "README.md").read_text() == "# the adapters folder"
+
+
+def test_a_broken_adapter_is_refused_at_load_and_download(tmp_path: Path) -> None:
+    _broken_folders(tmp_path)
+    registry = make_registry(tmp_path)
+    for name in BROKEN:
+        with pytest.raises(AdapterBroken) as info:
+            registry.load(name)
+        assert info.value.param == "adapter" and name in info.value.message
+        with pytest.raises(AdapterBroken):
+            registry.files(name)
+
+
+def test_a_broken_adapter_can_be_deleted_and_replaced(tmp_path: Path) -> None:
+    _broken_folders(tmp_path)
+    registry = make_registry(tmp_path)
+    registry.delete("truncated")
+    assert not (tmp_path / "truncated").exists()
+    with pytest.raises(AdapterNotFound):
+        registry.get("truncated")
+    with pytest.raises(AdapterExists):
+        registry.upload("pickle", *files())
+    record = registry.upload("pickle", *files(), overwrite=True)
+    assert record.status == "ready" and registry.get("pickle") is record
+    assert sorted(p.name for p in (tmp_path / "pickle").iterdir()) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ]
+    registry.load("pickle")
+
+
+def test_weights_broken_after_the_scan_mark_the_adapter_broken_at_load(tmp_path: Path) -> None:
+    make_registry(tmp_path).upload("a", *files())
+    registry = make_registry(tmp_path)
+    (tmp_path / "a" / "adapter_model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(AdapterBroken):
+        registry.load("a")
+    assert registry.get("a").status == "broken"
+    registry.delete("a")
+
+
+@pytest.mark.parametrize("kind", ["file", "symlink", "empty dir", "other dir"])
+def test_a_foreign_name_is_taken_for_uploads_and_training(tmp_path: Path, kind: str) -> None:
+    registry = make_registry(tmp_path)
+    target = tmp_path / "x"
+    if kind == "file":
+        target.write_text("notes")
+    elif kind == "symlink":
+        registry.upload("real", *files())
+        target.symlink_to(tmp_path / "real", target_is_directory=True)
+    else:
+        target.mkdir()
+        if kind == "other dir":
+            (target / "data.csv").write_text("1")
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    for overwrite in (False, True):
+        with pytest.raises(NameTaken):
+            registry.upload("x", *files(), overwrite=overwrite)
+    _, adapter = registry.load("real") if kind == "symlink" else (None, None)
+    with pytest.raises(NameTaken):
+        registry.check_room("x")  # what the training service asks before it queues a job
+    if adapter is not None:
+        with pytest.raises(AdapterExists):  # NameTaken is a kind of AdapterExists (409)
+            registry.add("x", adapter, source="training")
+    with pytest.raises(AdapterNotFound):
+        registry.delete("x")
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before
+    assert "x" not in [r.name for r in registry.list()]
+
+
+def test_uploaded_sha256_is_of_the_bytes_sent_and_sha256_of_the_stored_file(
+    tmp_path: Path,
+) -> None:
+    registry = make_registry(tmp_path)
+    config, weights = files()
+    record = registry.upload("a", config, weights)
+    stored = (tmp_path / "a" / "adapter_model.safetensors").read_bytes()
+    assert record.uploaded_sha256 == hashlib.sha256(weights).hexdigest()
+    assert registry.sha256(record) == hashlib.sha256(stored).hexdigest()
+    rescanned = make_registry(tmp_path).get("a")
+    assert rescanned.uploaded_sha256 == record.uploaded_sha256
+    assert make_registry(tmp_path).sha256(rescanned) == registry.sha256(record)
+    _, adapter = registry.load("a")
+    trained = registry.add("t", adapter, source="training")
+    assert trained.uploaded_sha256 is None and trained.sha256 is not None
 
 
 def test_weights_stay_on_disk_until_first_use(tmp_path: Path) -> None:

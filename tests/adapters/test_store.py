@@ -5,15 +5,20 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from app.adapters.store import AdapterStore
+from app.errors import AdapterNotFound, NameTaken
+
+CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 
 
 def test_commit_publishes_and_replaces_whole_folders(tmp_path: Path) -> None:
     store = AdapterStore(tmp_path)
-    store.commit(store.stage({"f": b"one"}), "a")
-    assert (tmp_path / "a" / "f").read_bytes() == b"one"
-    store.commit(store.stage({"f": b"two", "g": b"x"}), "a")
-    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["f", "g"]
+    store.commit(store.stage({CONFIG: b"one"}), "a")
+    assert (tmp_path / "a" / CONFIG).read_bytes() == b"one"
+    store.commit(store.stage({CONFIG: b"two", WEIGHTS: b"x"}), "a")
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [CONFIG, WEIGHTS]
     assert store.names() == ["a"]
     assert list((tmp_path / ".staging").iterdir()) == []
     assert list((tmp_path / ".trash").iterdir()) == []
@@ -21,26 +26,26 @@ def test_commit_publishes_and_replaces_whole_folders(tmp_path: Path) -> None:
 
 def test_delete_removes_the_folder(tmp_path: Path) -> None:
     store = AdapterStore(tmp_path)
-    store.commit(store.stage({"f": b"one"}), "a")
+    store.commit(store.stage({CONFIG: b"one"}), "a")
     store.delete("a")
     assert not store.exists("a") and store.names() == []
 
 
 def test_recover_restores_an_adapter_whose_replacement_was_cut_short(tmp_path: Path) -> None:
     store = AdapterStore(tmp_path)
-    store.commit(store.stage({"f": b"old"}), "a")
+    store.commit(store.stage({CONFIG: b"old"}), "a")
     # A crash between moving the old folder aside and renaming the new one in:
-    store.stage({"f": b"new"})
+    store.stage({CONFIG: b"new"})
     store._to_trash(tmp_path / "a", ".replace")
     assert not store.exists("a")
     AdapterStore(tmp_path).recover()
-    assert (tmp_path / "a" / "f").read_bytes() == b"old"
+    assert (tmp_path / "a" / CONFIG).read_bytes() == b"old"
     assert list((tmp_path / ".staging").iterdir()) == []
 
 
 def test_recover_does_not_resurrect_a_deleted_adapter(tmp_path: Path) -> None:
     store = AdapterStore(tmp_path)
-    store.commit(store.stage({"f": b"old"}), "a")
+    store.commit(store.stage({CONFIG: b"old"}), "a")
     store._to_trash(tmp_path / "a", ".delete")  # crash before the trash was emptied
     store.recover()
     assert not store.exists("a")
@@ -49,9 +54,98 @@ def test_recover_does_not_resurrect_a_deleted_adapter(tmp_path: Path) -> None:
 
 def test_recover_keeps_the_new_adapter_when_the_replace_finished(tmp_path: Path) -> None:
     store = AdapterStore(tmp_path)
-    store.commit(store.stage({"f": b"old"}), "a")
+    store.commit(store.stage({CONFIG: b"old"}), "a")
     old = store._to_trash(tmp_path / "a", ".replace")
-    os.replace(store.stage({"f": b"new"}), tmp_path / "a")  # crash before the old was removed
+    os.replace(store.stage({CONFIG: b"new"}), tmp_path / "a")  # crash before the old was removed
     assert old.exists()
     store.recover()
-    assert (tmp_path / "a" / "f").read_bytes() == b"new"
+    assert (tmp_path / "a" / CONFIG).read_bytes() == b"new"
+
+
+def _foreign_entries(root: Path) -> list[str]:
+    """One of each kind of entry the store did not make, by name."""
+    root.mkdir(exist_ok=True)
+    (root / "README.md").write_text("# docs\n")
+    (root / "notes.txt").write_text("an operator's notes")
+    (root / "empty").mkdir()
+    (root / "other").mkdir()
+    (root / "other" / "data.csv").write_text("1,2")
+    (root / "readme-only").mkdir()
+    (root / "readme-only" / "README.md").write_text("x")
+    (root / "mixed").mkdir()
+    (root / "mixed" / "adapter_config.json").write_text("{}")
+    (root / "mixed" / "thesis.pdf").write_bytes(b"%PDF")
+    (root / "real").mkdir()
+    (root / "real" / "adapter_config.json").write_text("{}")
+    (root / "link").symlink_to(root / "real", target_is_directory=True)
+    (root / "dangling").symlink_to(root / "nowhere")
+    (root / "nested-link").mkdir()
+    (root / "nested-link" / "adapter_config.json").symlink_to(root / "notes.txt")
+    return [
+        "README.md",
+        "notes.txt",
+        "empty",
+        "other",
+        "readme-only",
+        "mixed",
+        "link",
+        "dangling",
+        "nested-link",
+    ]
+
+
+def _tree(root: Path) -> list[tuple[str, bool, bytes | str]]:
+    """Every entry under root, links as their targets, files as their bytes."""
+    out = []
+    for p in sorted(root.rglob("*")):
+        if p.is_symlink():
+            out.append((str(p.relative_to(root)), True, os.readlink(p)))
+        elif p.is_file():
+            out.append((str(p.relative_to(root)), False, p.read_bytes()))
+        else:
+            out.append((str(p.relative_to(root)), False, "dir"))
+    return out
+
+
+def test_kind_tells_adapter_folders_from_foreign_entries(tmp_path: Path) -> None:
+    foreign = _foreign_entries(tmp_path)
+    store = AdapterStore(tmp_path)
+    store.commit(store.stage({"adapter_config.json": b"{}", "adapter_model.safetensors": b""}), "a")
+    (tmp_path / "peft").mkdir()  # as PEFT's save_pretrained writes it
+    for f in ("adapter_config.json", "adapter_model.safetensors", "README.md"):
+        (tmp_path / "peft" / f).write_bytes(b"x")
+    assert {n: store.kind(n) for n in foreign} == dict.fromkeys(foreign, "foreign")
+    assert store.kind("a") == store.kind("peft") == store.kind("real") == "adapter"
+    assert store.kind("missing") == "absent"
+    assert store.names() == ["a", "peft", "real"]
+
+
+@pytest.mark.parametrize("index", range(9))
+def test_commit_never_replaces_a_foreign_entry(tmp_path: Path, index: int) -> None:
+    name = _foreign_entries(tmp_path)[index]
+    store = AdapterStore(tmp_path)
+    before = _tree(tmp_path)
+    staged = store.stage({"adapter_config.json": b"{}"})
+    with pytest.raises(NameTaken):
+        store.commit(staged, name)
+    store.discard(staged)
+    assert _tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("index", range(9))
+def test_delete_never_removes_a_foreign_entry(tmp_path: Path, index: int) -> None:
+    name = _foreign_entries(tmp_path)[index]
+    store = AdapterStore(tmp_path)
+    before = _tree(tmp_path)
+    with pytest.raises(AdapterNotFound):
+        store.delete(name)
+    assert _tree(tmp_path) == before
+
+
+def test_recover_does_not_restore_over_a_symlink(tmp_path: Path) -> None:
+    store = AdapterStore(tmp_path)
+    store.commit(store.stage({"adapter_config.json": b"old"}), "a")
+    store._to_trash(tmp_path / "a", ".replace")  # a crash mid-replace ...
+    (tmp_path / "a").symlink_to(tmp_path / "elsewhere")  # ... then someone put a link there
+    store.recover()
+    assert (tmp_path / "a").is_symlink()

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import logging
+import math
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -165,9 +169,11 @@ def test_upload_over_the_size_limit_is_413(settings, tmp_path: Path) -> None:
 
 
 def test_upload_without_files_is_422(client: TestClient) -> None:
-    response = client.post("/v1/adapters", data={"name": "a"})
+    body, content_type = _multipart([("name", None, b"a")])
+    response = client.post("/v1/adapters", content=body, headers={"content-type": content_type})
     assert response.status_code == 422
-    assert response.json()["error"]["code"] == "invalid_request"
+    assert response.json()["error"]["code"] == "invalid_input"
+    assert response.json()["error"]["param"] == "config"
 
 
 def test_streamed_upload_over_the_size_limit_is_413(settings) -> None:
@@ -214,3 +220,353 @@ def test_malformed_multipart_bodies_are_4xx_and_change_nothing(
         )
         assert "error" in response.json()
     assert snapshot(store) == before
+
+
+# --- the store only touches what it made ---------------------------------------------------
+def _foreign(store: Path, kind: str) -> str:
+    """Put an entry the service did not make into the store; returns its name."""
+    store.mkdir(parents=True, exist_ok=True)
+    if kind == "readme":
+        (store / "README.md").write_text("# the adapters folder\n")
+        return "README.md"
+    if kind == "notes":
+        (store / "notes.txt").write_text("an operator's notes")
+        return "notes.txt"
+    if kind == "symlink":
+        (store / "target").mkdir(exist_ok=True)
+        (store / "link").symlink_to(store / "target", target_is_directory=True)
+        return "link"
+    if kind == "empty dir":
+        (store / "empty").mkdir()
+        return "empty"
+    (store / "other").mkdir()
+    (store / "other" / "data.csv").write_text("1,2")
+    return "other"
+
+
+FOREIGN = ["readme", "notes", "symlink", "empty dir", "other dir"]
+
+
+@pytest.mark.parametrize("kind", FOREIGN)
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_upload_under_a_foreign_name_is_409_and_changes_nothing(
+    client: TestClient, store: Path, kind: str, overwrite: bool
+) -> None:
+    name = _foreign(store, kind)
+    before = snapshot(store)
+    response = upload(client, name, *make_files()[2], overwrite=overwrite)
+    assert response.status_code == 409, response.text
+    assert response.json()["error"]["code"] == "name_taken"
+    assert response.json()["error"]["param"] == "name"
+    assert snapshot(store) == before
+    assert (store / name).exists() or (store / name).is_symlink()
+    assert client.get("/v1/adapters").json()["data"] == []
+
+
+@pytest.mark.parametrize("kind", FOREIGN)
+def test_delete_or_read_of_a_foreign_name_is_404(
+    client: TestClient, store: Path, kind: str
+) -> None:
+    name = _foreign(store, kind)
+    before = snapshot(store)
+    for response in (client.delete(f"/v1/adapters/{name}"), client.get(f"/v1/adapters/{name}")):
+        assert response.status_code == 404
+        assert response.json()["error"]["code"] == "adapter_not_found"
+    assert snapshot(store) == before
+
+
+def test_foreign_entries_are_not_listed_nor_warned_about_at_start(
+    settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    from app.main import create_app
+
+    for kind in FOREIGN:
+        _foreign(settings.adapters_dir, kind)
+    with caplog.at_level(logging.DEBUG), TestClient(create_app(settings)) as client:
+        assert client.get("/v1/adapters").json()["data"] == []
+    noisy = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not [m for m in noisy if any(n in m for n in ("README", "notes", "link", "other"))]
+
+
+# --- broken adapters are listed, refused at predict time, deletable and replaceable ----------
+def _broken_store(store: Path) -> None:
+    config, _, (config_bytes, weights) = make_files()
+    for name, files in {
+        "truncated": {"adapter_config.json": config_bytes, "adapter_model.safetensors": b"xx"},
+        "bad-config": {
+            "adapter_config.json": json.dumps({**config, "use_rslora": "false"}).encode(),
+            "adapter_model.safetensors": weights,
+        },
+    }.items():
+        (store / name).mkdir(parents=True)
+        for filename, data in files.items():
+            (store / name / filename).write_bytes(data)
+
+
+@pytest.fixture
+def broken_client(settings) -> Iterator[TestClient]:
+    from app.main import create_app
+
+    _broken_store(settings.adapters_dir)
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+def test_broken_adapters_are_listed_as_broken(broken_client: TestClient) -> None:
+    upload(broken_client, "good", *make_files()[2])
+    listed = {a["name"]: a for a in broken_client.get("/v1/adapters").json()["data"]}
+    assert sorted(listed) == ["bad-config", "good", "truncated"]
+    assert listed["good"]["status"] == "ready" and listed["good"]["error"] is None
+    for name in ("bad-config", "truncated"):
+        one = broken_client.get(f"/v1/adapters/{name}")
+        assert one.status_code == 200
+        body = one.json()
+        assert body == listed[name]
+        assert body["status"] == "broken" and body["error"]["code"] == "invalid_adapter"
+        assert body["rank"] is None and body["layers"] is None
+    assert "use_rslora" in listed["bad-config"]["error"]["message"]
+    assert listed["truncated"]["size_bytes"] == 2
+
+
+def test_predicting_with_a_broken_adapter_is_409(broken_client: TestClient) -> None:
+    rows = [[0.0] * TINY_SIZES[0]]
+    for body in (
+        {"inputs": rows, "adapter": "truncated"},
+        {"inputs": rows, "adapters": ["bad-config"]},
+    ):
+        response = broken_client.post("/v1/predict", json=body)
+        assert response.status_code == 409, response.text
+        assert response.json()["error"]["code"] == "adapter_broken"
+        assert response.json()["error"]["param"] in ("adapter", "adapters")
+    response = broken_client.get("/v1/adapters/truncated/download")
+    assert response.status_code == 409
+    assert response.json()["error"]["code"] == "adapter_broken"
+
+
+def test_a_broken_adapter_is_replaced_only_with_overwrite(
+    broken_client: TestClient, store: Path
+) -> None:
+    before = snapshot(store)
+    response = upload(broken_client, "truncated", *make_files()[2])
+    assert response.status_code == 409
+    assert response.json()["error"]["code"] == "adapter_exists"
+    assert snapshot(store) == before
+    response = upload(broken_client, "truncated", *make_files()[2], overwrite=True)
+    assert response.status_code == 201
+    assert response.json()["status"] == "ready"
+    rows = [[0.0] * TINY_SIZES[0]]
+    assert (
+        broken_client.post("/v1/predict", json={"inputs": rows, "adapter": "truncated"}).status_code
+        == 200
+    )
+
+
+def test_a_broken_adapter_can_be_deleted(broken_client: TestClient, store: Path) -> None:
+    assert broken_client.delete("/v1/adapters/bad-config").status_code == 204
+    assert not (store / "bad-config").exists()
+    response = broken_client.get("/v1/adapters/bad-config")
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "adapter_not_found"
+
+
+# --- the listing: per-layer scaling, which bytes each digest covers --------------------------
+def test_listing_shows_each_layers_rank_alpha_and_scaling(client: TestClient) -> None:
+    config = peft_config(
+        4,
+        8,
+        ["layer1", "layer2"],
+        use_rslora=True,
+        rank_pattern={"layer2": 2},
+        alpha_pattern={"layer2": 6},
+    )
+    tensors = lora_tensors(TINY_SIZES, ["layer1", "layer2"], {"layer1": 4, "layer2": 2})
+    response = upload(client, "a", json.dumps(config).encode(), save(tensors))
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["scaling"] == 8 / math.sqrt(4) and body["rank"] == 4 and body["alpha"] == 8
+    assert body["layers"] == [
+        {"module": "layer1", "rank": 4, "alpha": 8.0, "scaling": 8 / math.sqrt(4)},
+        {"module": "layer2", "rank": 2, "alpha": 6.0, "scaling": 6 / math.sqrt(2)},
+    ]
+    assert client.get("/v1/adapters").json()["data"][0]["layers"] == body["layers"]
+
+
+def test_sha256_covers_the_stored_file_and_uploaded_sha256_the_upload(client: TestClient) -> None:
+    _, _, (config, weights) = make_files()
+    body = upload(client, "a", config, weights).json()
+    archive = zipfile.ZipFile(io.BytesIO(client.get("/v1/adapters/a/download").content))
+    stored = archive.read("adapter_model.safetensors")
+    assert stored != weights  # rewritten as fp32 with our header
+    assert body["sha256"] == hashlib.sha256(stored).hexdigest()
+    assert body["uploaded_sha256"] == hashlib.sha256(weights).hexdigest()
+    assert client.get("/v1/adapters/a").json()["uploaded_sha256"] == body["uploaded_sha256"]
+
+
+def test_the_schema_says_which_bytes_each_digest_covers(client: TestClient) -> None:
+    props = client.get("/openapi.json").json()["components"]["schemas"]["AdapterPublic"][
+        "properties"
+    ]
+    assert "as stored" in props["sha256"]["description"]
+    assert "as it was uploaded" in props["uploaded_sha256"]["description"]
+    assert "sqrt(r)" in props["scaling"]["description"]
+
+
+# --- strict configs over HTTP ---------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("field", "raw_value"),
+    [
+        ("use_rslora", '"false"'),
+        ("lora_alpha", "NaN"),
+        ("lora_alpha", "Infinity"),
+        ("lora_alpha", "1e400"),
+        ("lora_alpha", "1" + "0" * 400),
+        ("something_new", "[" * 100_000 + "]" * 100_000),
+    ],
+)
+def test_a_config_with_wrong_types_or_non_finite_numbers_is_422(
+    client: TestClient, store: Path, field: str, raw_value: str
+) -> None:
+    config, _, (_, weights) = make_files()
+    text = json.dumps({k: v for k, v in config.items() if k != field})[:-1]
+    text += f', "{field}": {raw_value}}}'
+    upload(client, "a", *make_files(seed=3)[2])
+    before = snapshot(store)
+    response = upload(client, "a", text.encode(), weights, overwrite=True)
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["code"] == "invalid_adapter"
+    assert response.json()["error"]["param"] == (field if field != "something_new" else "config")
+    assert snapshot(store) == before
+
+
+def test_a_rejected_name_is_echoed_capped(client: TestClient, store: Path) -> None:
+    response = upload(client, "a" * 10_000, *make_files()[2])
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["code"] == "invalid_name" and error["param"] == "name"
+    assert len(error["message"]) < 300 and "10000" in error["message"]
+
+
+# --- the multipart body: parsed by the route, after auth -------------------------------------
+def _body_that_records_reading(read: list[bool]) -> Iterator[bytes]:
+    read.append(True)
+    yield b'--b\r\nContent-Disposition: form-data; name="name"\r\n\r\na\r\n--b--\r\n'
+
+
+@pytest.mark.parametrize(("key", "status"), [(None, 401), ("api-secret", 403)])
+def test_upload_is_refused_by_auth_before_its_body_is_read(
+    settings, store: Path, key: str | None, status: int
+) -> None:
+    from app.main import create_app
+
+    keyed = type(settings)(
+        **{**settings.model_dump(), "admin_keys": "admin-secret", "api_keys": "api-secret"}
+    )
+    with TestClient(create_app(keyed)) as client:
+        read: list[bool] = []
+        headers = {"content-type": "multipart/form-data; boundary=b"}
+        if key:
+            headers["authorization"] = f"Bearer {key}"
+        response = client.post(
+            "/v1/adapters", content=_body_that_records_reading(read), headers=headers
+        )
+        assert response.status_code == status, response.text
+        assert response.json()["error"]["code"] in ("invalid_api_key", "insufficient_permissions")
+        assert read == []
+
+
+def _multipart(fields: list[tuple[str, str | None, bytes]]) -> tuple[bytes, str]:
+    """A hand-made multipart body: (field name, filename or None for a plain field, bytes)."""
+    parts = []
+    for name, filename, data in fields:
+        disposition = f'form-data; name="{name}"'
+        if filename is not None:
+            disposition += f'; filename="{filename}"'
+        parts.append(f"--b\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + data + b"\r\n")
+    return b"".join(parts) + b"--b--\r\n", "multipart/form-data; boundary=b"
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ([("name", None), ("config", "c.json")], "weights"),
+        ([("config", "c.json"), ("weights", "w.safetensors")], "name"),
+        ([("name", None), ("config", None), ("weights", "w.safetensors")], "config"),
+        ([("name", "n.txt"), ("config", "c.json"), ("weights", None)], "name"),
+        ([("name", None), ("config", "c.json"), ("weights", None)], "weights"),
+        ([("name", None), ("extra", None), ("config", "c.json"), ("weights", "w.sft")], "extra"),
+        ([("name", None), ("config", "c.json"), ("confg", "w.safetensors")], "confg"),
+    ],
+)
+def test_upload_fields_missing_unknown_or_of_the_wrong_kind_are_422(
+    client: TestClient, store: Path, fields: list[tuple[str, str | None]], param: str
+) -> None:
+    upload(client, "a", *make_files()[2])
+    before = snapshot(store)
+    config, weights = make_files(seed=4)[2]
+    data = {"name": b"a", "config": config, "weights": weights, "extra": b"x", "confg": weights}
+    body, content_type = _multipart([(f, filename, data[f]) for f, filename in fields])
+    response = client.post(
+        "/v1/adapters?overwrite=true", content=body, headers={"content-type": content_type}
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["code"] == "invalid_input"
+    assert response.json()["error"]["param"] == param
+    assert snapshot(store) == before
+
+
+def test_upload_with_too_many_parts_or_a_repeated_field_is_4xx(
+    client: TestClient, store: Path
+) -> None:
+    config, weights = make_files()[2]
+    before = snapshot(store)
+    for fields in (
+        [
+            ("name", None, b"a"),
+            ("name", None, b"b"),
+            ("config", "c", config),
+            ("weights", "w", weights),
+        ],
+        [("name", None, b"a"), ("config", "c", config), ("weights", "w", weights), ("x", "x", b"")],
+    ):
+        body, content_type = _multipart(fields)
+        response = client.post("/v1/adapters", content=body, headers={"content-type": content_type})
+        assert response.status_code in (400, 422), response.text
+        assert response.json()["error"]["code"] in ("invalid_input", "malformed_body")
+    assert snapshot(store) == before
+
+
+def test_upload_that_is_not_multipart_is_415(client: TestClient) -> None:
+    for response in (
+        client.post("/v1/adapters", json={"name": "a"}),
+        client.post("/v1/adapters", data={"name": "a"}),  # urlencoded: no room for the files
+    ):
+        assert response.status_code == 415
+        assert response.json()["error"]["code"] == "unsupported_media_type"
+
+
+@pytest.mark.parametrize("value", ["yes", "1", "on", "TRUE", ""])
+def test_overwrite_takes_only_true_or_false(client: TestClient, store: Path, value: str) -> None:
+    upload(client, "a", *make_files()[2])
+    before = snapshot(store)
+    response = client.post(
+        "/v1/adapters",
+        params={"overwrite": value},
+        data={"name": "a"},
+        files={
+            "config": ("c", make_files(seed=5)[2][0]),
+            "weights": ("w", make_files(seed=5)[2][1]),
+        },
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["param"] == "overwrite"
+    assert snapshot(store) == before
+
+
+def test_openapi_documents_the_multipart_upload(client: TestClient) -> None:
+    operation = client.get("/openapi.json").json()["paths"]["/v1/adapters"]["post"]
+    schema = operation["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert operation["requestBody"]["required"] is True
+    assert schema["required"] == ["name", "config", "weights"]
+    assert schema["properties"]["config"]["format"] == "binary"
+    assert [p["name"] for p in operation["parameters"]] == ["overwrite"]
+    assert operation["parameters"][0]["schema"]["type"] == "boolean"

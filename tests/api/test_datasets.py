@@ -39,12 +39,15 @@ def test_half_precision_datasets_are_accepted(client: TestClient) -> None:
 
 def test_width_mismatch_is_422_naming_it(client: TestClient) -> None:
     response = upload(client, {"inputs": torch.randn(10, 15), "targets": torch.randn(10, 4)})
-    assert response.status_code == 422
+    assert response.status_code == 422 and response.json()["error"]["code"] == "invalid_input"
+    assert response.json()["error"]["param"] == "inputs"
     assert response.json()["error"]["message"] == (
         "`inputs` has shape (10, 15); the base model needs (N, 16)"
     )
     response = upload(client, {"inputs": torch.randn(10, 16), "targets": torch.randn(10, 5)})
     assert response.status_code == 422 and "(N, 4)" in response.json()["error"]["message"]
+    assert response.json()["error"]["code"] == "invalid_input"
+    assert response.json()["error"]["param"] == "targets"
     assert client.get("/v1/datasets").json()["data"] == []
 
 
@@ -64,11 +67,11 @@ def test_bad_datasets_are_refused(client: TestClient) -> None:
         assert response.json()["error"]["code"] == "invalid_input"
     truncated = save({"inputs": torch.randn(3, 16), "targets": torch.randn(3, 4)})[:50]
     response = client.post("/v1/datasets", files={"file": ("d", truncated)})
-    assert response.status_code == 422
+    assert response.status_code == 422 and response.json()["error"]["code"] == "invalid_input"
     ragged = client.post(
         "/v1/datasets", json={"inputs": [[0.0] * 16, [0.0]], "targets": [[0.0] * 4] * 2}
     )
-    assert ragged.status_code == 422
+    assert ragged.status_code == 422 and ragged.json()["error"]["code"] == "invalid_input"
     assert client.get("/v1/datasets").json()["data"] == []
 
 
@@ -88,7 +91,8 @@ def test_wrong_content_type_is_415(client: TestClient) -> None:
 
 
 def test_read_and_delete_dataset_not_found(client: TestClient) -> None:
-    assert client.get("/v1/datasets/ds-nope").status_code == 404
+    response = client.get("/v1/datasets/ds-nope")
+    assert response.status_code == 404 and response.json()["error"]["code"] == "dataset_not_found"
     response = client.delete("/v1/datasets/ds-nope")
     assert response.status_code == 404 and response.json()["error"]["code"] == "dataset_not_found"
 
@@ -98,7 +102,8 @@ def test_delete_dataset(client: TestClient, settings) -> None:
         client, {"inputs": torch.randn(2, 16), "targets": torch.randn(2, 4)}
     ).json()["id"]
     assert client.delete(f"/v1/datasets/{dataset_id}").status_code == 204
-    assert client.get(f"/v1/datasets/{dataset_id}").status_code == 404
+    response = client.get(f"/v1/datasets/{dataset_id}")
+    assert response.status_code == 404 and response.json()["error"]["code"] == "dataset_not_found"
     assert not (settings.data_dir / "datasets" / f"{dataset_id}.safetensors").exists()
 
 

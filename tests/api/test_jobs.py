@@ -101,24 +101,99 @@ def test_same_seed_and_data_give_the_same_adapter(client: TestClient) -> None:
 
 
 @pytest.mark.parametrize(
-    ("hyperparameters", "status", "param"),
+    ("hyperparameters", "param"),
     [
-        ({"target_modules": ["layer3"]}, 422, "hyperparameters.target_modules"),
-        ({"rank": 65}, 422, "hyperparameters.rank"),
-        ({"rank": 0}, 422, "hyperparameters.rank"),
-        ({"learning_rate": -1}, 422, "hyperparameters.learning_rate"),
-        ({"epochs": 0}, 422, "hyperparameters.epochs"),
-        ({"loss": "l1"}, 422, "hyperparameters.loss"),
-        ({"momentum": 0.9}, 422, "hyperparameters.momentum"),
+        ({"target_modules": ["layer3"]}, "hyperparameters.target_modules"),
+        ({"rank": 65}, "hyperparameters.rank"),
+        ({"rank": 0}, "hyperparameters.rank"),
+        ({"learning_rate": -1}, "hyperparameters.learning_rate"),
+        ({"epochs": 0}, "hyperparameters.epochs"),
+        ({"loss": "l1"}, "hyperparameters.loss"),
+        ({"momentum": 0.9}, "hyperparameters.momentum"),
+        # Strict: nothing is coerced from another type (an int where a float goes is fine).
+        ({"use_rslora": "false"}, "hyperparameters.use_rslora"),
+        ({"use_rslora": 0}, "hyperparameters.use_rslora"),
+        ({"rank": "8"}, "hyperparameters.rank"),
+        ({"rank": 8.0}, "hyperparameters.rank"),
+        ({"epochs": True}, "hyperparameters.epochs"),
+        ({"learning_rate": "0.1"}, "hyperparameters.learning_rate"),
+        ({"alpha": False}, "hyperparameters.alpha"),
+        ({"target_modules": "layer1"}, "hyperparameters.target_modules"),
+        ({"seed": 1.5}, "hyperparameters.seed"),
+        ({"seed": 2**63}, "hyperparameters.seed"),
     ],
 )
 def test_bad_hyperparameters_are_refused_before_queueing(
-    client: TestClient, hyperparameters: dict, status: int, param: str
+    client: TestClient, hyperparameters: dict, param: str
 ) -> None:
     response = create(client, "x", dataset(client), hyperparameters=hyperparameters)
-    assert response.status_code == status, response.text
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["code"] == "invalid_input"
     assert response.json()["error"]["param"] == param
     assert client.get("/v1/fine-tuning/jobs").json()["data"] == []
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("learning_rate", "NaN"),
+        ("learning_rate", "Infinity"),
+        ("alpha", "1e400"),
+        ("learning_rate", "1" + "0" * 400),  # an integer too big for a float
+        ("rank", "1" + "0" * 400),
+    ],
+)
+def test_non_finite_and_overflowing_hyperparameters_are_422(
+    client: TestClient, field: str, value: str
+) -> None:
+    raw = (
+        f'{{"adapter_name": "x", "training_dataset": "{dataset(client)}",'
+        f' "hyperparameters": {{"{field}": {value}}}}}'
+    )
+    response = client.post(
+        "/v1/fine-tuning/jobs", content=raw, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["code"] == "invalid_input" and error["param"] == f"hyperparameters.{field}"
+    assert len(error["message"]) < 300  # the 401-digit number is not echoed in full
+    assert client.get("/v1/fine-tuning/jobs").json()["data"] == []
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"adapter_name": 5}, "adapter_name"),
+        ({"validation_dataset": ["ds"]}, "validation_dataset"),
+        ({"hyperparameters": None}, "hyperparameters"),
+        ({"suffix": "x"}, "suffix"),
+    ],
+)
+def test_job_fields_of_the_wrong_type_are_422(client: TestClient, body: dict, param: str) -> None:
+    response = client.post(
+        "/v1/fine-tuning/jobs",
+        json={"adapter_name": "x", "training_dataset": dataset(client), **body},
+    )
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["code"] == "invalid_input" and error["param"] == param
+
+
+def test_integers_are_accepted_where_floats_go(client: TestClient) -> None:
+    hp = {"learning_rate": 1, "alpha": 4, "epochs": 1}
+    response = create(client, "ints", dataset(client), hyperparameters=hp)
+    assert response.status_code == 201, response.text
+    resolved = response.json()["hyperparameters"]
+    assert resolved["learning_rate"] == 1.0 and resolved["alpha"] == 4.0
+    wait_for(client, response.json()["id"], "succeeded", "failed")
+
+
+def test_deeply_nested_json_is_400_not_500(client: TestClient) -> None:
+    raw = b'{"adapter_name": ' + b"[" * 20_000 + b"]" * 20_000 + b"}"
+    response = client.post(
+        "/v1/fine-tuning/jobs", content=raw, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 400, response.text
 
 
 def test_refusals_for_names_and_datasets(client: TestClient) -> None:
@@ -127,8 +202,10 @@ def test_refusals_for_names_and_datasets(client: TestClient) -> None:
     assert response.status_code == 422 and response.json()["error"]["code"] == "invalid_name"
     response = create(client, "x", "ds-missing")
     assert response.status_code == 404 and response.json()["error"]["param"] == "training_dataset"
+    assert response.json()["error"]["code"] == "dataset_not_found"
     response = create(client, "x", train, validation_dataset="ds-missing")
     assert response.status_code == 404 and response.json()["error"]["param"] == "validation_dataset"
+    assert response.json()["error"]["code"] == "dataset_not_found"
     wait_for(
         client,
         create(client, "taken", train, hyperparameters={"epochs": 1}).json()["id"],
@@ -144,7 +221,8 @@ def test_cancel_queued_and_running_jobs_registers_nothing(client: TestClient) ->
     running = create(client, "long", train, hyperparameters=LONG).json()
     wait_for(client, running["id"], "running")
     queued = create(client, "next", train).json()
-    assert create(client, "long", train).status_code == 409  # that name is being trained
+    busy = create(client, "long", train)  # that name is being trained
+    assert busy.status_code == 409 and busy.json()["error"]["code"] == "adapter_exists"
     response = client.post(f"/v1/fine-tuning/jobs/{queued['id']}/cancel")
     assert response.status_code == 200 and response.json()["status"] == "cancelled"
     response = client.post(f"/v1/fine-tuning/jobs/{running['id']}/cancel")
@@ -160,7 +238,8 @@ def test_a_diverging_job_fails_and_registers_nothing(client: TestClient) -> None
     job = create(client, "boom", dataset(client, scale=1e30)).json()
     done = wait_for(client, job["id"], "failed", "succeeded")
     assert done["status"] == "failed" and done["error"]["code"] == "diverged"
-    assert client.get("/v1/adapters/boom").status_code == 404
+    response = client.get("/v1/adapters/boom")
+    assert response.status_code == 404 and response.json()["error"]["code"] == "adapter_not_found"
 
 
 def test_predictions_are_served_while_a_job_trains(client: TestClient, base_folder) -> None:
@@ -207,7 +286,9 @@ def test_after_a_restart_running_jobs_are_interrupted_and_queued_ones_run(settin
         failed = client.get(f"/v1/fine-tuning/jobs/{dead.id}").json()
         assert failed["status"] == "failed" and failed["error"]["code"] == "interrupted"
         assert wait_for(client, waiting.id, "succeeded")["status"] == "succeeded"
-        assert client.get("/v1/adapters/dead").status_code == 404
+        response = client.get("/v1/adapters/dead")
+        assert response.status_code == 404
+        assert response.json()["error"]["code"] == "adapter_not_found"
         assert client.get("/v1/adapters/waiting").json()["source"] == "training"
 
 

@@ -54,15 +54,30 @@ def test_same_seed_and_data_give_the_same_adapter() -> None:
     assert not torch.equal(first.modules["layer1"].lora_A, other.modules["layer1"].lora_A)
 
 
+def cross_entropy_longhand(logits: torch.Tensor, probabilities: torch.Tensor) -> torch.Tensor:
+    """Mean over rows of -sum_c p_c log softmax(z)_c."""
+    log_softmax = logits - logits.exp().sum(dim=1, keepdim=True).log()  # (N, C)
+    return -(probabilities * log_softmax).sum(dim=1).mean()
+
+
+def mse_longhand(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return ((out - y) ** 2).mean()
+
+
+@pytest.mark.parametrize(
+    ("loss", "use_rslora"), [("mse", False), ("mse", True), ("cross_entropy", False)]
+)
 @pytest.mark.parametrize("activation", ["relu", None])
 @pytest.mark.parametrize("targets", [("layer1", "layer2"), ("layer1",), ("layer2",)])
 def test_matches_a_plain_pytorch_loop_step_for_step(
-    targets: tuple[str, ...], activation: str | None
+    targets: tuple[str, ...], activation: str | None, loss: str, use_rslora: bool
 ) -> None:
     """Cached layers and low-rank chains must give the gradients the plain loop gives."""
     model = make_model(activation=activation)
     x, y = data(rows=48)
-    cfg = config(target_modules=targets, epochs=2)
+    if loss == "cross_entropy":
+        y = torch.softmax(y, dim=1)  # class probabilities
+    cfg = config(target_modules=targets, epochs=2, loss=loss, use_rslora=use_rslora)
     ours = train_lora(model, cfg, x, y)
 
     # The same run written longhand: same init order, same shuffles, full forward each step.
@@ -76,7 +91,9 @@ def test_matches_a_plain_pytorch_loop_step_for_step(
             a.requires_grad_(),
             torch.zeros(layer.out_features, cfg.rank, requires_grad=True),
         )
-    scaling = cfg.alpha / cfg.rank
+    scaling = cfg.alpha / (cfg.rank**0.5 if use_rslora else cfg.rank)
+    assert all(m.scaling == pytest.approx(scaling) for m in ours.modules.values())
+    loss_fn = cross_entropy_longhand if loss == "cross_entropy" else mse_longhand
     opt = torch.optim.Adam([t for pair in params.values() for t in pair], lr=cfg.learning_rate)
 
     def forward(h: torch.Tensor) -> torch.Tensor:
@@ -93,9 +110,9 @@ def test_matches_a_plain_pytorch_loop_step_for_step(
         order = torch.randperm(len(x), generator=gen)
         for start in range(0, len(x), cfg.batch_size):
             rows = order[start : start + cfg.batch_size]
-            loss = nn.functional.mse_loss(forward(x[rows]), y[rows])
+            value = loss_fn(forward(x[rows]), y[rows])
             opt.zero_grad()
-            loss.backward()
+            value.backward()
             opt.step()
     for name in targets:
         torch.testing.assert_close(
@@ -139,10 +156,34 @@ def test_should_stop_is_checked_every_step() -> None:
 
 
 def test_cross_entropy_against_class_probabilities() -> None:
+    """The reported losses are the longhand -sum p log softmax(z), per row, averaged."""
+    model = make_model()
     x, _ = data()
-    labels = torch.nn.functional.one_hot(torch.randint(0, 6, (64,)), 6).float()
+    classes = torch.randint(0, 6, (64,), generator=torch.Generator().manual_seed(5))
+    labels = torch.nn.functional.one_hot(classes, 6).float()
     reports: list[StepReport] = []
-    train_lora(
-        make_model(), config(loss="cross_entropy", epochs=2), x, labels, (x, labels), reports.append
+    cfg = config(loss="cross_entropy", epochs=2, batch_size=64)  # one step an epoch, all rows
+    adapter = train_lora(model, cfg, x, labels, (x, labels), reports.append)
+    # B starts at zero, so the first step's loss is the base model's.
+    assert reports[0].train_loss == pytest.approx(
+        cross_entropy_longhand(model(x), labels).item(), rel=1e-5
     )
-    assert reports[-1].validation_loss is not None and reports[-1].validation_loss > 0
+    trained = model(x, linear=unmerged_linear(adapter))
+    expected = cross_entropy_longhand(trained, labels).item()
+    assert reports[-1].validation_loss == pytest.approx(expected, rel=1e-5)
+    assert evaluate(model, dict(adapter.modules), x, labels, "cross_entropy") == pytest.approx(
+        expected, rel=1e-5
+    )
+
+
+def test_rslora_scales_by_alpha_over_the_square_root_of_r() -> None:
+    model = make_model()
+    x, y = data()
+    cfg = config(rank=4, alpha=8.0, use_rslora=True)
+    adapter = train_lora(model, cfg, x, y)
+    assert adapter.config.use_rslora
+    for name, module in adapter.modules.items():
+        assert module.scaling == pytest.approx(8.0 / 2.0)
+        assert adapter.config.scaling_for(name) == pytest.approx(8.0 / 2.0)
+    plain = train_lora(model, config(rank=4, alpha=8.0), x, y)
+    assert all(m.scaling == pytest.approx(2.0) for m in plain.modules.values())

@@ -156,8 +156,12 @@ def test_an_adapter_with_a_full_batch_waiting_gets_a_merged_copy(setup) -> None:
 def test_direct_runner_runs_each_request_alone(setup) -> None:
     folder, predictor, specs = setup
     runner = DirectRunner(predictor)
+    batches: list[tuple[int, str]] = []
+    runner.on_batch = lambda rows, mode: batches.append((rows, mode))
     x = torch.randn(3, 16)
     result = asyncio.run(runner.submit(x, ["a1", None, "a2"], "unmerged", "adapters"))
+    assert result.mode == "unmerged" and result.queue_ms == 0.0 and result.model_ms >= 0
+    assert batches == [(3, "unmerged")] and runner.queued_rows == 0
     for row, name in enumerate(["a1", None, "a2"]):
         config, tensors = specs[name] if name else (None, None)
         ref = reference_forward(folder, x[row : row + 1], config, tensors)
@@ -202,3 +206,47 @@ def test_batches_never_pass_max_batch_rows_but_an_oversize_request_runs_alone(se
     assert [len(r.outputs) for r in done] == [1, *sizes]
     # FIFO, as many whole requests as fit in 8 rows; 10 rows alone are over the cap but still run.
     assert batch_sizes == [1, 6, 8, 3, 10, 3]
+
+
+def test_direct_runner_honours_the_mode_and_the_field_name(setup) -> None:
+    _, predictor, _ = setup
+    runner = DirectRunner(predictor)
+    runner.start()
+    predictor.merge("a0")
+    x = torch.randn(2, 16)
+    assert asyncio.run(runner.submit(x, ["a0", "a0"], "auto", "adapter")).mode == "merged"
+    assert asyncio.run(runner.submit(x, ["a0", "a0"], "unmerged", "adapter")).mode == "unmerged"
+    with pytest.raises(AdapterNotFound) as info:
+        asyncio.run(runner.submit(x, ["nope", None], "auto", "adapters"))
+    assert info.value.param == "adapters"
+    runner.stop()
+
+
+def test_a_replaced_adapter_gets_a_new_merged_copy_when_hot_again(setup) -> None:
+    _, predictor, specs = setup
+    batcher = Batcher(predictor, max_batch_rows=8, batch_wait_ms=30, max_queue_rows=1000)
+    batcher.start()
+
+    async def burst():
+        return await asyncio.gather(
+            *(batcher.submit(torch.randn(1, 16), ["a0"], "auto", "adapter") for _ in range(24))
+        )
+
+    def wait_merged(version: int) -> bool:
+        for _ in range(200):
+            if predictor.is_merged("a0", version) and not batcher._merging:
+                return True
+            threading.Event().wait(0.02)
+        return False
+
+    try:
+        asyncio.run(burst())
+        assert wait_merged(predictor.registry.get("a0").version)
+        config, tensors = specs["a1"]
+        predictor.registry.upload("a0", *adapter_files(config, tensors), overwrite=True)
+        version = predictor.registry.get("a0").version
+        assert not predictor.is_merged("a0", version)
+        asyncio.run(burst())
+        assert wait_merged(version)
+    finally:
+        batcher.stop()

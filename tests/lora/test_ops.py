@@ -150,3 +150,35 @@ def test_new_module_starts_as_exactly_the_base() -> None:
     adapter = LoraAdapter(LoraConfig(4, 8, ("layer1",)), {"layer1": module})
     x = torch.randn(4, SIZES[0])
     assert torch.equal(model(x, linear=unmerged_linear(adapter)), model(x))
+
+
+def test_new_module_shapes_and_spread_come_from_the_generator() -> None:
+    module = init_lora_module(96, 80, 4, 2.0, torch.Generator().manual_seed(0))
+    assert module.lora_A.shape == (4, 96) and module.lora_B.shape == (80, 4)
+    assert module.rank == 4 and module.scaling == 2.0
+    bound = 1 / math.sqrt(96)
+    assert module.lora_A.min() < -bound / 2 and module.lora_A.max() > bound / 2
+    again = init_lora_module(96, 80, 4, 2.0, torch.Generator().manual_seed(0))
+    other = init_lora_module(96, 80, 4, 2.0, torch.Generator().manual_seed(1))
+    assert torch.equal(again.lora_A, module.lora_A)
+    assert not torch.equal(other.lora_A, module.lora_A)
+
+
+def test_adapter_nbytes_counts_every_a_and_b() -> None:
+    model = make_model()
+    adapter = make_adapter(model, 4, ("layer1", "layer2"), seed=5)
+    assert adapter.nbytes == 4 * (4 * 96 + 80 * 4 + 4 * 80 + 72 * 4)
+    assert adapter.to(torch.device("cpu"), torch.float16).nbytes == adapter.nbytes // 2
+
+
+def test_adapter_to_casts_every_tensor_and_keeps_the_scaling() -> None:
+    model = make_model()
+    adapter = make_adapter(model, 4, ("layer1", "layer2"), seed=6, alpha=12.0)
+    wide = adapter.to(torch.device("cpu"), torch.float64)
+    assert wide.config == adapter.config
+    assert set(wide.modules) == {"layer1", "layer2"}
+    for name, m in wide.modules.items():
+        assert m.lora_A.dtype == torch.float64 and m.lora_B.dtype == torch.float64
+        assert m.scaling == adapter.modules[name].scaling == 3.0
+        assert torch.equal(m.lora_A, adapter.modules[name].lora_A.double())
+        assert torch.equal(m.lora_B, adapter.modules[name].lora_B.double())

@@ -84,8 +84,14 @@ def test_scan_lists_broken_folders_and_ignores_foreign_entries(
     (tmp_path / "empty").mkdir()
     (tmp_path / "link").symlink_to(tmp_path / "good", target_is_directory=True)
     fresh = AdapterRegistry(AdapterStore(tmp_path), BASE, 16, 1 << 20)
-    with caplog.at_level(logging.DEBUG):
-        broken = fresh.scan()
+    adapters_log = logging.getLogger("app.adapters")  # may not propagate to caplog's root
+    adapters_log.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.DEBUG, "app.adapters"):
+            broken = fresh.scan()
+    finally:
+        adapters_log.removeHandler(caplog.handler)
+    assert any("README" in r.getMessage() for r in caplog.records)  # at debug level
     assert [r.name for r in fresh.list()] == sorted(["good", *BROKEN])
     assert sorted(broken) == BROKEN
     assert fresh.get("good").status == "ready" and fresh.get("good").error is None

@@ -282,8 +282,17 @@ def test_foreign_entries_are_not_listed_nor_warned_about_at_start(
 
     for kind in FOREIGN:
         _foreign(settings.adapters_dir, kind)
-    with caplog.at_level(logging.DEBUG), TestClient(create_app(settings)) as client:
-        assert client.get("/v1/adapters").json()["data"] == []
+    app = create_app(settings)
+    # The app's loggers do not propagate to the root, where caplog listens.
+    adapters_log = logging.getLogger("app.adapters")
+    adapters_log.addHandler(caplog.handler)
+    try:
+        with TestClient(app) as client:
+            assert client.get("/v1/adapters").json()["data"] == []
+    finally:
+        adapters_log.removeHandler(caplog.handler)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("registered 0 adapters" in m for m in messages)  # the handler did listen
     noisy = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert not [m for m in noisy if any(n in m for n in ("README", "notes", "link", "other"))]
 
@@ -361,10 +370,11 @@ def test_a_broken_adapter_is_replaced_only_with_overwrite(
     )
 
 
-def test_a_broken_adapter_can_be_deleted(broken_client: TestClient, store: Path) -> None:
-    assert broken_client.delete("/v1/adapters/bad-config").status_code == 204
-    assert not (store / "bad-config").exists()
-    response = broken_client.get("/v1/adapters/bad-config")
+@pytest.mark.parametrize("name", ["bad-config", "truncated"])
+def test_a_broken_adapter_can_be_deleted(broken_client: TestClient, store: Path, name: str) -> None:
+    assert broken_client.delete(f"/v1/adapters/{name}").status_code == 204
+    assert not (store / name).exists()
+    response = broken_client.get(f"/v1/adapters/{name}")
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "adapter_not_found"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import threading
 import time
 import zipfile
@@ -366,3 +367,51 @@ def test_creating_a_job_while_deleting_its_dataset_never_both_succeed(
         create_and_delete_at_once(client, f"race{i}", dataset(client, 8, seed=i)) for i in range(12)
     ]
     assert set(outcomes) <= {(201, 409), (404, 204)}, outcomes
+
+
+def test_a_job_with_use_rslora_trains_an_rslora_adapter(client: TestClient, base_folder) -> None:
+    hp = {"rank": 4, "alpha": 8, "epochs": 2, "batch_size": 16, "use_rslora": True}
+    job = create(client, "rs", dataset(client), hyperparameters=hp).json()
+    assert job["hyperparameters"]["use_rslora"] is True
+    assert wait_for(client, job["id"], "succeeded", "failed")["status"] == "succeeded"
+    adapter = client.get("/v1/adapters/rs").json()
+    assert adapter["use_rslora"] is True
+    assert adapter["scaling"] == pytest.approx(8 / 4**0.5)  # alpha / sqrt(r), not alpha / r
+    files = zipfile.ZipFile(io.BytesIO(client.get("/v1/adapters/rs/download").content))
+    assert json.loads(files.read("adapter_config.json"))["use_rslora"] is True
+    tensors = load(files.read("adapter_model.safetensors"))
+    x = torch.randn(3, 16)
+    out = client.post("/v1/predict", json={"inputs": x.tolist(), "adapter": "rs"}).json()
+    ref = reference_forward(base_folder, x, {"lora_alpha": 8.0, "use_rslora": True}, tensors)
+    torch.testing.assert_close(
+        torch.tensor(out["outputs"], dtype=torch.float64), ref, rtol=1e-4, atol=1e-5
+    )
+
+
+def test_a_job_whose_adapter_was_registered_before_a_crash_succeeds_after_restart(
+    settings,
+) -> None:
+    with TestClient(create_app(settings)) as client:
+        train = dataset(client)
+        done = create(client, "done", train, hyperparameters={"epochs": 1}).json()
+        assert wait_for(client, done["id"], "succeeded")["status"] == "succeeded"
+    # A crash after the adapter was written but before the job was marked done: still running.
+    # A second job for the same name, and a job being cancelled, also crashed mid-way.
+    store = JobStore(settings.data_dir / "jobs.db")
+    store.set_status(done["id"], "running")
+    hp, progress = done["hyperparameters"], done["progress"]
+    rival = store.create("done", train, None, hp, progress)  # its adapter is not this job's
+    store.set_status(rival.id, "running")
+    stopping = store.create("stopping", train, None, hp, progress)
+    store.set_status(stopping.id, "cancelling")
+    store.close()
+    with TestClient(create_app(settings)) as client:
+        job = client.get(f"/v1/fine-tuning/jobs/{done['id']}").json()
+        assert job["status"] == "succeeded" and job["error"] is None, job
+        events = client.get(f"/v1/fine-tuning/jobs/{done['id']}/events").json()["data"]
+        assert events[-1]["message"] == "job succeeded (found after a restart)"
+        assert client.get("/v1/adapters/done").json()["source"] == "training"
+        job = client.get(f"/v1/fine-tuning/jobs/{rival.id}").json()
+        assert job["status"] == "failed" and job["error"]["code"] == "interrupted"
+        job = client.get(f"/v1/fine-tuning/jobs/{stopping.id}").json()
+        assert job["status"] == "cancelled" and job["error"] is None

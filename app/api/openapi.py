@@ -30,6 +30,48 @@ def _answers(op: dict[str, Any], method: str) -> list[str]:
     return codes
 
 
+# OpenAPI links: what a created resource's answer feeds into (clients, and stateful fuzzing).
+_NAME = {"name": "$response.body#/name"}
+_DATASET = {"dataset_id": "$response.body#/id"}
+_JOB = {"job_id": "$response.body#/id"}
+_LINKS: dict[tuple[str, str], dict[str, tuple[str, str, dict[str, Any]]]] = {
+    ("post", "/v1/adapters"): {
+        "ReadAdapter": ("get", "/v1/adapters/{name}", {"parameters": _NAME}),
+        "DownloadAdapter": ("get", "/v1/adapters/{name}/download", {"parameters": _NAME}),
+        "DeleteAdapter": ("delete", "/v1/adapters/{name}", {"parameters": _NAME}),
+    },
+    ("post", "/v1/datasets"): {
+        "ReadDataset": ("get", "/v1/datasets/{dataset_id}", {"parameters": _DATASET}),
+        "DeleteDataset": ("delete", "/v1/datasets/{dataset_id}", {"parameters": _DATASET}),
+        "TrainOnDataset": (
+            "post",
+            "/v1/fine-tuning/jobs",
+            {
+                "requestBody": {
+                    "adapter_name": "trained",
+                    "training_dataset": "$response.body#/id",
+                    "hyperparameters": {"rank": 1, "epochs": 1},
+                }
+            },
+        ),
+    },
+    ("post", "/v1/fine-tuning/jobs"): {
+        "ReadJob": ("get", "/v1/fine-tuning/jobs/{job_id}", {"parameters": _JOB}),
+        "CancelJob": ("post", "/v1/fine-tuning/jobs/{job_id}/cancel", {"parameters": _JOB}),
+        "ReadJobEvents": ("get", "/v1/fine-tuning/jobs/{job_id}/events", {"parameters": _JOB}),
+    },
+}
+
+
+def _add_links(spec: dict[str, Any]) -> None:
+    for (method, path), links in _LINKS.items():
+        answer = spec["paths"][path][method]["responses"]["201"]
+        answer["links"] = {
+            name: {"operationId": spec["paths"][to_path][to_method]["operationId"], **fields}
+            for name, (to_method, to_path, fields) in links.items()
+        }
+
+
 def install_openapi(app: FastAPI) -> None:
     """Add the error answers that the guards in front of every route can give."""
 
@@ -42,6 +84,7 @@ def install_openapi(app: FastAPI) -> None:
                         op["responses"].setdefault(
                             code, {"description": _DESCRIPTIONS[code], "content": _ERROR}
                         )
+            _add_links(spec)
             app.openapi_schema = spec
         return app.openapi_schema
 

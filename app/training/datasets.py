@@ -17,7 +17,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import load_file, save
 from torch import Tensor
 
-from app.errors import InvalidInput, NotFound, ServiceError
+from app.errors import InvalidInput, NotFound, ServiceError, shorten
 
 log = logging.getLogger(__name__)
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -101,12 +101,17 @@ class DatasetStore:
             except (SafetensorError, OSError) as exc:
                 log.warning("skipping dataset file %s: %s", path.name, exc)
                 continue
+            if len(x) != 2 or len(y) != 2 or x[0] != y[0] or x[0] == 0:
+                log.warning("skipping dataset %s: not (N, in) and (N, out) tensors", path.name)
+                continue
             if x[1] != self.input_dim or y[1] != self.output_dim:
                 log.warning("skipping dataset %s: widths do not fit this base model", path.name)
                 continue
+            created = meta.get("created_at", "0")
             record = DatasetRecord(
                 path.stem, x[0], x[1], y[1], path.stat().st_size,
-                int(meta.get("created_at", "0")), meta.get("filename") or None,
+                int(created) if created.isascii() and created.isdigit() else 0,
+                meta.get("filename") or None,
             )  # fmt: skip
             self._records[record.id] = record
         for tmp in self.root.glob(".*.tmp"):
@@ -148,7 +153,7 @@ class DatasetStore:
         with self._lock:
             record = self._records.get(dataset_id)
         if record is None:
-            raise DatasetNotFound(f"dataset {dataset_id!r} not found", param)
+            raise DatasetNotFound(f"dataset {shorten(dataset_id)!r} not found", param)
         return record
 
     def load(self, dataset_id: str) -> tuple[Tensor, Tensor]:
@@ -159,5 +164,5 @@ class DatasetStore:
     def delete(self, dataset_id: str) -> None:
         with self._lock:
             if self._records.pop(dataset_id, None) is None:
-                raise DatasetNotFound(f"dataset {dataset_id!r} not found", "id")
+                raise DatasetNotFound(f"dataset {shorten(dataset_id)!r} not found", "id")
         (self.root / f"{dataset_id}.safetensors").unlink(missing_ok=True)

@@ -22,7 +22,7 @@ from app.training import DatasetRecord, DatasetStore
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], dependencies=ADMIN)
 _ERRORS: dict[int | str, dict[str, object]] = {
-    code: {"model": ErrorBody} for code in (404, 409, 413, 415, 422)
+    code: {"model": ErrorBody} for code in (400, 404, 409, 413, 415, 422)
 }
 _UPLOAD_BODY = {
     "requestBody": {

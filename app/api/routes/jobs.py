@@ -25,7 +25,7 @@ from app.training import Job
 
 router = APIRouter(prefix="/v1/fine-tuning/jobs", tags=["fine-tuning"], dependencies=ADMIN)
 _ERRORS: dict[int | str, dict[str, object]] = {
-    code: {"model": ErrorBody} for code in (404, 409, 422)
+    code: {"model": ErrorBody} for code in (400, 404, 409, 422)
 }
 Limit = Annotated[int, Query(ge=1, le=1000)]
 
@@ -61,7 +61,8 @@ async def create_job(body: JobCreate, training: Training) -> JobPublic:
 
 @router.get("", responses=_ERRORS)
 def list_jobs(training: Training, after: str | None = None, limit: Limit = 20) -> JobList:
-    """Newest first; pass the last id as `after` for the next page."""
+    """Newest first; pass the last id as `after` for the next page (422 `invalid_cursor` for an
+    `after` that names no job)."""
     jobs, has_more = training.jobs.page(after, limit)
     return JobList(data=[_public(j) for j in jobs], has_more=has_more)
 
@@ -81,6 +82,7 @@ def cancel_job(job_id: str, training: Training) -> JobPublic:
 def list_job_events(
     job_id: str, training: Training, after: str | None = None, limit: Limit = 100
 ) -> EventList:
-    """Oldest first; pass the last event id as `after` to follow a job."""
+    """Oldest first; pass the last event id as `after` to follow a job (422 `invalid_cursor` for
+    an `after` that names no event of this job)."""
     events, has_more = training.jobs.events(job_id, after, limit)
     return EventList(data=[EventPublic(**asdict(e)) for e in events], has_more=has_more)

@@ -16,13 +16,14 @@ SEED_SIZES = [1001, 1000, 1000]
 
 def test_container_command_serves_the_embedded_model(tmp_path: Path) -> None:
     store = tmp_path / "adapters"
-    (store / "broken").mkdir(parents=True)  # a bad folder must be skipped, not fatal
+    (store / "broken").mkdir(parents=True)  # a bad folder is listed as broken, not fatal
     (store / "broken" / "adapter_config.json").write_text("{")
     with running_server(tmp_path) as server:
         url = server.url
         model = httpx.get(f"{url}/v1/model").json()
         assert model["input_dim"] == 1001 and model["output_dim"] == 1000
-        assert httpx.get(f"{url}/v1/adapters").json()["data"] == []
+        listed = httpx.get(f"{url}/v1/adapters").json()["data"]
+        assert [(a["name"], a["status"]) for a in listed] == [("broken", "broken")]
 
         targets = ["layer1", "layer2"]
         config = peft_config(8, 16, targets)

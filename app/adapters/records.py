@@ -68,13 +68,16 @@ class AdapterRecord:
     def ready_config(self, param: str = "adapter") -> LoraConfig:
         """The config of a servable adapter; 409 `adapter_broken` for a broken one."""
         if self.error is not None or self.config is None:
-            reason = self.error.message if self.error is not None else "no valid config"
-            raise AdapterBroken(
-                f"adapter {self.name!r} is broken ({reason}); an admin can replace it "
-                "(overwrite=true) or delete it",
-                param,
-            )
+            raise self.broken_error(param)
         return self.config
+
+    def broken_error(self, param: str = "adapter") -> AdapterBroken:
+        reason = self.error.message if self.error is not None else "no valid config"
+        return AdapterBroken(
+            f"adapter {self.name!r} is broken ({reason}); an admin can replace it "
+            "(overwrite=true) or delete it",
+            param,
+        )
 
 
 def read_record(

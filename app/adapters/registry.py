@@ -168,8 +168,7 @@ class AdapterRegistry:
                 adapter = fmt.build_adapter(tensors, config, self.base.dtype)
             except (InvalidAdapter, SafetensorError, FileNotFoundError) as exc:
                 # Changed on disk since the scan: list it as broken from now on.
-                self._mark_broken(record, exc).ready_config(param)
-                raise
+                raise self._mark_broken(record, exc).broken_error(param) from exc
             adapter = adapter.to(self.base.device, self.base.dtype)
             self._remember(record, adapter)
         return record, adapter
@@ -260,10 +259,10 @@ class AdapterRegistry:
             self.get(name)
             try:
                 self.store.delete(name)
-            finally:  # gone, or no longer ours since the scan: either way no longer listed
-                with self._lock:
-                    self._records.pop(name, None)
-                    self._forget(name)
+            except AdapterNotFound:  # gone, or no longer ours, since the scan: unlist it
+                self._unlist(name)
+                raise
+            self._unlist(name)
         self._notify(name)
 
     def check_room(self, name: str) -> None:
@@ -286,6 +285,11 @@ class AdapterRegistry:
         """409: `name_taken` for a foreign entry; `adapter_exists` unless overwriting."""
         if self.store.check_ours(name) == "adapter" and not overwrite:
             raise AdapterExists(f"adapter {name!r} already exists; pass overwrite=true", "name")
+
+    def _unlist(self, name: str) -> None:
+        with self._lock:
+            self._records.pop(name, None)
+            self._forget(name)
 
     def _mark_broken(self, record: AdapterRecord, exc: BaseException) -> AdapterRecord:
         folder = self.store.path(record.name)

@@ -25,7 +25,7 @@ from app.api.schemas import (
 )
 from app.engine import Predictor
 from app.errors import InvalidAdapter, InvalidInput, MalformedBody, UnsupportedMediaType, shorten
-from app.lora import lora_scaling
+from app.lora import LoraConfig, lora_scaling
 
 router = APIRouter(prefix="/v1/adapters", tags=["adapters"])
 _ERRORS: dict[int | str, dict[str, object]] = {
@@ -76,13 +76,23 @@ def _strict_bool(value: object) -> object:
 StrictQueryBool = Annotated[bool, BeforeValidator(_strict_bool)]
 
 
-def _public(
-    record: AdapterRecord, registry: AdapterRegistry, predictor: Predictor
-) -> AdapterPublic:
-    config = record.config
-    layers = None
-    if config is not None:
-        layers = [
+# AdapterPublic's fields that come from adapter_config.json (null for a broken adapter).
+_CONFIG_FIELDS = "rank alpha scaling use_rslora target_modules rank_pattern alpha_pattern layers"
+
+
+def _config_fields(config: LoraConfig | None) -> dict[str, Any]:
+    """The fields read from adapter_config.json; all null when it could not be parsed."""
+    if config is None:
+        return dict.fromkeys(_CONFIG_FIELDS.split())
+    return {
+        "rank": config.r,
+        "alpha": config.lora_alpha,
+        "scaling": lora_scaling(config.lora_alpha, config.r, config.use_rslora),
+        "use_rslora": config.use_rslora,
+        "target_modules": list(config.target_modules),
+        "rank_pattern": config.rank_pattern,
+        "alpha_pattern": config.alpha_pattern,
+        "layers": [
             AdapterLayerPublic(
                 module=m,
                 rank=config.rank_for(m),
@@ -90,7 +100,13 @@ def _public(
                 scaling=config.scaling_for(m),
             )
             for m in config.target_modules
-        ]
+        ],
+    }
+
+
+def _public(
+    record: AdapterRecord, registry: AdapterRegistry, predictor: Predictor
+) -> AdapterPublic:
     error = record.error
     return AdapterPublic(
         name=record.name,
@@ -98,16 +114,7 @@ def _public(
         error=None
         if error is None
         else AdapterProblemPublic(code=error.code, message=error.message),
-        rank=None if config is None else config.r,
-        alpha=None if config is None else config.lora_alpha,
-        scaling=None
-        if config is None
-        else lora_scaling(config.lora_alpha, config.r, config.use_rslora),
-        use_rslora=None if config is None else config.use_rslora,
-        target_modules=None if config is None else list(config.target_modules),
-        rank_pattern=None if config is None else config.rank_pattern,
-        alpha_pattern=None if config is None else config.alpha_pattern,
-        layers=layers,
+        **_config_fields(record.config),
         size_bytes=record.size_bytes,
         sha256=registry.sha256(record),
         uploaded_sha256=record.uploaded_sha256,
@@ -153,10 +160,10 @@ def _upload_fields(form: FormData) -> tuple[str, UploadFile, UploadFile]:
     name, config, weights = values["name"], values["config"], values["weights"]
     if not isinstance(name, str):
         raise InvalidInput("form field 'name' must be a plain field, not a file", "name")
-    for key, value in (("config", config), ("weights", weights)):
-        if not isinstance(value, UploadFile):
-            raise InvalidInput(f"form field {key!r} must be a file", key)
-    assert isinstance(config, UploadFile) and isinstance(weights, UploadFile)
+    if not isinstance(config, UploadFile):
+        raise InvalidInput("form field 'config' must be a file (adapter_config.json)", "config")
+    if not isinstance(weights, UploadFile):
+        raise InvalidInput("form field 'weights' must be a file (a safetensors file)", "weights")
     return name, config, weights
 
 

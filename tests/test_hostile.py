@@ -3,7 +3,7 @@ store files, slow clients, disconnects, bugs. Each answer is a clear 4xx in the 
 closed connection for a client that will not finish), and nothing changes on the server.
 
 Races have their own modules: tests/test_races.py (uploads, overwrites, deletes, predictions on
-the same names) and tests/training/test_jobs.py (a job created while its dataset is deleted).
+the same names) and tests/api/test_jobs.py (a job created while its dataset is deleted).
 """
 
 from __future__ import annotations

@@ -63,7 +63,9 @@ def test_sigkill_during_training_leaves_the_job_interrupted_and_adapters_intact(
         client = httpx.Client(base_url=server.url)
         after = client.get(f"/v1/fine-tuning/jobs/{job['id']}").json()
         assert after["status"] == "failed" and after["error"]["code"] == "interrupted"
-        assert client.get("/v1/adapters/victim").status_code == 404
+        response = client.get("/v1/adapters/victim")
+        assert response.status_code == 404
+        assert response.json()["error"]["code"] == "adapter_not_found"
         assert [a["name"] for a in client.get("/v1/adapters").json()["data"]] == [
             "earlier0",
             "earlier1",

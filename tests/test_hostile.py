@@ -149,6 +149,7 @@ def test_non_finite_inputs_are_422(client: TestClient, literal: str) -> None:
 def test_inputs_beyond_float32_are_422(client: TestClient) -> None:
     response = client.post("/v1/predict", json={"inputs": [[1e39] * 16]})
     assert response.status_code == 422
+    assert _error(response)["code"] == "invalid_input"
     assert "float32" in _error(response)["message"]
 
 
@@ -204,6 +205,7 @@ def test_rejected_values_are_not_echoed_in_full(client: TestClient) -> None:
     name = "x" * 10_000
     response = client.get(f"/v1/adapters/{name}")
     assert response.status_code == 422
+    assert _error(response)["code"] == "invalid_name"
     assert len(_error(response)["message"]) < 400
     response = client.get(f"/v1/model?{'y' * 5000}=1")
     assert len(_error(response)["message"]) < 400
@@ -221,8 +223,11 @@ def test_an_upload_never_replaces_a_file_it_did_not_make(
     for overwrite in (False, True):
         response = upload(client, name, *make_files()[2], overwrite=overwrite)
         assert response.status_code == 409
+        assert _error(response)["code"] == "name_taken"
         assert snapshot(store) == before
-    assert client.delete(f"/v1/adapters/{name}").status_code == 404
+    response = client.delete(f"/v1/adapters/{name}")
+    assert response.status_code == 404
+    assert _error(response)["code"] == "adapter_not_found"
     assert (store / name).read_text() == "the operator's own file\n"
 
 

@@ -48,7 +48,7 @@ _LINKS: dict[tuple[str, str], dict[str, tuple[str, str, dict[str, Any]]]] = {
             "/v1/fine-tuning/jobs",
             {
                 "requestBody": {
-                    "adapter_name": "trained",
+                    "adapter_name": "$response.body#/id",  # a dataset id is a valid name
                     "training_dataset": "$response.body#/id",
                     "hyperparameters": {"rank": 1, "epochs": 1},
                 }

@@ -82,7 +82,9 @@ def test_download_is_a_zip_of_the_two_peft_files(client: TestClient) -> None:
 
 
 def test_download_not_found(client: TestClient) -> None:
-    assert client.get("/v1/adapters/nope/download").status_code == 404
+    response = client.get("/v1/adapters/nope/download")
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "adapter_not_found"
 
 
 def test_delete_adapter_then_it_is_gone(client: TestClient, store: Path) -> None:

@@ -111,6 +111,7 @@ def test_other_schemes_and_blank_keys_are_refused(secured: TestClient) -> None:
     for header in ("Basic YWRtaW4=", f"Token {ADMIN}", "Bearer", "Bearer   ", ADMIN):
         response = secured.get("/v1/model", headers={"authorization": header})
         assert response.status_code == 401, header
+        assert response.json()["error"]["code"] == "invalid_api_key", header
 
 
 def test_auth_is_off_when_no_keys_are_set(client: TestClient) -> None:

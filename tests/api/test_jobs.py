@@ -195,6 +195,7 @@ def test_deeply_nested_json_is_400_not_500(client: TestClient) -> None:
         "/v1/fine-tuning/jobs", content=raw, headers={"content-type": "application/json"}
     )
     assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "invalid_json"
 
 
 def test_refusals_for_names_and_datasets(client: TestClient) -> None:

@@ -29,6 +29,7 @@ def test_adapters_on_disk_are_capped_but_replacing_one_is_fine(settings) -> None
             "/v1/fine-tuning/jobs", json={"adapter_name": "c", "training_dataset": train}
         )
         assert job.status_code == 413
+        assert job.json()["error"]["code"] == "too_many_adapters"
         assert client.get("/v1/fine-tuning/jobs").json()["data"] == []
 
 

@@ -100,6 +100,7 @@ def test_unknown_adapter_is_404_naming_the_field(client: TestClient) -> None:
     assert response.json()["error"]["param"] == "adapter"
     response = _predict(client, inputs=_x(2).tolist(), adapters=[None, "missing"])
     assert response.status_code == 404 and response.json()["error"]["param"] == "adapters"
+    assert response.json()["error"]["code"] == "adapter_not_found"
 
 
 BAD_INPUTS = {
@@ -215,6 +216,7 @@ def test_bad_safetensors_bodies_are_422(client: TestClient) -> None:
     for body in cases:
         response = client.post("/v1/predict", content=body, headers=headers)
         assert response.status_code == 422, response.text
+        assert response.json()["error"]["code"] == "invalid_input"
 
 
 def test_wrong_content_type_is_415(client: TestClient) -> None:

@@ -13,7 +13,7 @@ MiB = 1024 * 1024
 
 
 class Settings(BaseSettings):
-    """Service settings (DESIGN.md); tests pass values directly: Settings(adapters_dir=tmp)."""
+    """Service settings (docs/design.md); tests pass values directly: Settings(adapters_dir=tmp)."""
 
     model_config = SettingsConfigDict(env_prefix="LORASERVE_", extra="ignore")
 

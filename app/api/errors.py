@@ -1,4 +1,4 @@
-"""The one place errors become JSON: the envelope of DESIGN.md for every failure."""
+"""The one place errors become JSON: the envelope of docs/design.md for every failure."""
 
 from __future__ import annotations
 

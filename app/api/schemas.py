@@ -1,4 +1,4 @@
-"""Wire types of the HTTP API (DESIGN.md)."""
+"""Wire types of the HTTP API (docs/design.md)."""
 
 from __future__ import annotations
 

@@ -105,6 +105,11 @@ def test_the_schema_declares_the_bearer_scheme_and_the_auth_answers(secured: Tes
             assert "401" in op["responses"], where
             if (method.upper(), path) in ADMIN_ONLY:
                 assert "403" in op["responses"], where
+            if method == "post":
+                assert {"408", "413"} <= set(op["responses"]), where
+    # Quotas: too many queued jobs (429), too many adapters (413).
+    assert "429" in schema["paths"]["/v1/fine-tuning/jobs"]["post"]["responses"]
+    assert "413" in schema["paths"]["/v1/adapters"]["post"]["responses"]
 
 
 def test_other_schemes_and_blank_keys_are_refused(secured: TestClient) -> None:

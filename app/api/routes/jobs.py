@@ -46,7 +46,11 @@ def _public(job: Job) -> JobPublic:
     )
 
 
-@router.post("", status_code=201, responses=_ERRORS)
+@router.post(
+    "",
+    status_code=201,
+    responses={**_ERRORS, 413: {"model": ErrorBody}, 429: {"model": ErrorBody}},
+)
 async def create_job(body: JobCreate, training: Training) -> JobPublic:
     """Queue a job; everything checkable is checked first (422, 404, 409), nothing queued then."""
     job = await run_in_threadpool(

@@ -117,6 +117,7 @@ def test_a_full_queue_is_refused_at_once(setup) -> None:
         with pytest.raises(QueueFull) as info:
             await batcher.submit(torch.randn(1, 16), [None], "auto", "a")
         assert info.value.status == 503 and info.value.headers["Retry-After"] == "1"
+        assert info.value.code == "overloaded" and "(8 rows waiting)" in info.value.message
         release.set()
         return await asyncio.gather(first, queued)
 
@@ -194,8 +195,11 @@ def test_batches_never_pass_max_batch_rows_but_an_oversize_request_runs_alone(se
             asyncio.ensure_future(batcher.submit(torch.randn(n, 16), ["a0"] * n, "auto", "a"))
             for n in sizes
         ]
-        while batcher.queued_rows < sum(sizes):  # all queued before the first finishes
+        for _ in range(1000):  # all queued before the first finishes
+            if batcher.queued_rows >= sum(sizes):
+                break
             await asyncio.sleep(0)
+        assert batcher.queued_rows == sum(sizes)
         release.set()
         return await asyncio.gather(first, *queued)
 
@@ -206,6 +210,7 @@ def test_batches_never_pass_max_batch_rows_but_an_oversize_request_runs_alone(se
     assert [len(r.outputs) for r in done] == [1, *sizes]
     # FIFO, as many whole requests as fit in 8 rows; 10 rows alone are over the cap but still run.
     assert batch_sizes == [1, 6, 8, 3, 10, 3]
+    assert batcher.queued_rows == 0
 
 
 def test_direct_runner_honours_the_mode_and_the_field_name(setup) -> None:

@@ -56,3 +56,12 @@ def test_already_grouped_rows_are_not_permuted() -> None:
     assert batch.order is None
     x = torch.randn(3, SIZES[0])
     assert batch.sort(x) is x
+
+
+def test_the_sort_order_lives_on_the_requested_device() -> None:
+    model = make_model()
+    adapters = {"a": make_adapter(model, 2, ("layer1",), 0)}
+    meta = torch.device("meta")
+    batch = MixedBatch.build(["a", None, "a"], adapters, meta)
+    assert batch.order.device == meta and batch.inverse.device == meta
+    assert batch.order.dtype == torch.long

@@ -182,3 +182,20 @@ def test_adapter_to_casts_every_tensor_and_keeps_the_scaling() -> None:
         assert m.scaling == adapter.modules[name].scaling == 3.0
         assert torch.equal(m.lora_A, adapter.modules[name].lora_A.double())
         assert torch.equal(m.lora_B, adapter.modules[name].lora_B.double())
+
+
+def test_adapter_to_moves_every_tensor_to_the_device() -> None:
+    adapter = make_adapter(make_model(), 2, ("layer1", "layer2"), seed=7)
+    meta = torch.device("meta")
+    for m in adapter.to(meta, torch.float32).modules.values():
+        assert m.lora_A.device == meta and m.lora_B.device == meta
+
+
+def test_merged_weights_keep_the_base_dtype_with_one_rounding() -> None:
+    model = make_model().to(torch.bfloat16)
+    adapter = make_adapter(model, 4, ("layer1",), seed=8)
+    merged = merge_adapter(model, adapter)["layer1"]
+    assert merged.dtype == torch.bfloat16
+    m = adapter.modules["layer1"]
+    exact = model.layer1.weight.double() + m.scaling * m.lora_B.double() @ m.lora_A.double()
+    torch.testing.assert_close(merged.double(), exact, rtol=2**-8, atol=1e-6)  # half a bf16 ulp

@@ -86,3 +86,83 @@ def test_ranks_are_grouped_in_power_of_two_buckets() -> None:
     adapters = {f"a{r}": make_adapter(model, r, ("layer1",), seed=r) for r in (1, 3, 4, 64)}
     buckets = AdapterStack.build(adapters).layers["layer1"]
     assert sorted(b.a_t.shape[2] for b in buckets) == [1, 4, 64]
+
+
+def plan(counts: dict[str, int], n_adapters: int | None = None) -> tuple[list[str], list[str]]:
+    """Which adapters of layer1 go alone (plain products) and which into padded blocks."""
+    n_adapters = n_adapters or len(counts)
+    model = make_model()
+    adapters = {f"a{i}": make_adapter(model, 2, ("layer1",), seed=i) for i in range(n_adapters)}
+    keys = [key for key, n in counts.items() for _ in range(n)]
+    batch = StackedBatch.build(keys, AdapterStack.build(adapters))
+    blocks, singles = batch.layers["layer1"]
+    key_of = {id(a.modules["layer1"]): k for k, a in adapters.items()}
+    alone = sorted(key_of[id(s.module)] for s in singles)
+    blocked = sorted(
+        b.bucket.slots[slot] for b in blocks for slot in set((b.slots // b.height).tolist())
+    )
+    return alone, blocked
+
+
+def test_a_segment_over_twice_the_mean_goes_alone_and_one_at_twice_stays() -> None:
+    # 80 rows over 8 adapters: the mean is 10, so 20 rows still pad the blocks and 40 do not.
+    counts = {"a0": 40, "a1": 20, "a2": 10, **{f"a{i}": 2 for i in range(3, 8)}}
+    alone, blocked = plan(counts)
+    assert alone == ["a0"]
+    assert blocked == sorted(f"a{i}" for i in range(1, 8))
+
+
+def test_the_tall_threshold_is_never_below_4_rows() -> None:
+    assert plan({"a0": 4, **{f"a{i}": 1 for i in range(1, 8)}}) == ([], [f"a{i}" for i in range(8)])
+    assert plan({"a0": 5, **{f"a{i}": 1 for i in range(1, 8)}})[0] == ["a0"]
+
+
+def test_a_segment_between_twice_and_three_times_the_mean_goes_alone() -> None:
+    alone, blocked = plan({"a0": 25, "a1": 5, "a2": 5, "a3": 5})  # mean 10
+    assert alone == ["a0"] and blocked == ["a1", "a2", "a3"]
+
+
+def test_a_lone_adapter_of_a_bucket_always_goes_alone() -> None:
+    assert plan({"a0": 2}, n_adapters=2) == (["a0"], [])
+
+
+def test_few_of_a_buckets_adapters_in_use_go_alone() -> None:
+    # Blocks read every slot's weights: worth it only when over a quarter of the slots are used.
+    assert plan({"a0": 1, "a1": 1}, n_adapters=9) == (["a0", "a1"], [])
+    assert plan({"a0": 1, "a1": 1}, n_adapters=8) == ([], ["a0", "a1"])
+
+
+def test_a_segment_on_every_row_is_not_indexed() -> None:
+    model = make_model()
+    adapters = {f"a{i}": make_adapter(model, 2, ("layer1",), seed=i) for i in range(2)}
+    stack = AdapterStack.build(adapters)
+    (_, (single,)) = StackedBatch.build(["a0"] * 5, stack).layers["layer1"]
+    assert single.rows is None
+    (_, (single,)) = StackedBatch.build(["a0", None, "a0"], stack).layers["layer1"]
+    assert single.rows.tolist() == [0, 2]
+
+
+def test_blocks_pad_short_slots_with_row_0() -> None:
+    model = make_model()
+    adapters = {f"a{i}": make_adapter(model, 2, ("layer1",), seed=i) for i in range(2)}
+    ((block,), ()) = StackedBatch.build(["a1", "a0", "a1"], AdapterStack.build(adapters)).layers[
+        "layer1"
+    ]
+    assert block.height == 2
+    assert block.gather.tolist() == [1, 0, 0, 2]  # slot a0: row 1 + padding; slot a1: rows 0, 2
+    assert block.slots.tolist() == [0, 2, 3] and block.rows.tolist() == [1, 0, 2]
+
+
+def test_index_tensors_live_on_the_requested_device() -> None:
+    model = make_model()
+    adapters = {f"a{i}": make_adapter(model, 2, ("layer1",), seed=i) for i in range(3)}
+    stack = AdapterStack.build(adapters)
+    keys = ["a1", "a0", "a1", None, "a2"]
+    ((block,), ()) = StackedBatch.build(keys, stack).layers["layer1"]
+    assert block.gather.device.type == "cpu"
+    meta = torch.device("meta")
+    ((block,), ()) = StackedBatch.build(keys, stack, meta).layers["layer1"]
+    for t in (block.gather, block.slots, block.rows):
+        assert t.device == meta and t.dtype == torch.long
+    (_, (single,)) = StackedBatch.build(["a0", None], stack, meta).layers["layer1"]
+    assert single.rows.device == meta

@@ -7,7 +7,9 @@ The wait is ten minutes, so a request that waited when it should not have never 
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
+import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
@@ -71,7 +73,7 @@ async def until_queued(batcher: Batcher, rows: int) -> None:
 
 def run(batcher: Batcher, main: Coroutine[Any, Any, Any]) -> Any:
     try:
-        return asyncio.run(asyncio.wait_for(main, 60))
+        return asyncio.run(asyncio.wait_for(main, 20))
     finally:
         batcher.stop()
 
@@ -129,3 +131,62 @@ def test_after_a_busy_batch_a_lone_request_waits_for_company(predictor) -> None:
 
     run(batcher, main())
     assert sizes == [1, 2, 2]
+
+
+def test_results_report_the_time_queued_and_the_time_in_the_model(predictor) -> None:
+    held = Held(predictor)
+    batcher, _ = started(predictor, max_batch_rows=1)
+
+    async def main():
+        began = time.perf_counter()
+        first = submit(batcher)
+        await asyncio.to_thread(held.entered.wait, 30)
+        second = submit(batcher)
+        await asyncio.sleep(0.1)  # the first holds the model, the second waits behind it
+        held.release.set()
+        results = await asyncio.gather(first, second)
+        return results, (time.perf_counter() - began) * 1000
+
+    (first, second), total_ms = run(batcher, main())
+    assert 50 <= first.model_ms <= total_ms
+    assert 50 <= second.queue_ms <= total_ms
+    assert 0 <= first.queue_ms <= total_ms and 0 <= second.model_ms <= total_ms
+
+
+class Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_a_failing_batch_fails_its_requests_and_the_thread_goes_on(predictor) -> None:
+    forward = predictor.forward
+    calls: list[int] = []
+
+    def fails_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+        return forward(*args, **kwargs)
+
+    predictor.forward = fails_once  # type: ignore[method-assign]
+    batcher, _ = started(predictor, max_batch_rows=8)
+    handler = Records()
+    logger = logging.getLogger("app.engine.batcher")
+    logger.addHandler(handler)
+
+    async def main():
+        with pytest.raises(RuntimeError, match="boom"):
+            await submit(batcher)
+        return await submit(batcher)
+
+    try:
+        after = run(batcher, main())
+    finally:
+        logger.removeHandler(handler)
+    assert after.outputs.shape == (1, 4)
+    assert [r.getMessage() for r in handler.records] == ["inference batch failed"]
+    assert handler.records[0].exc_info is not None  # with its traceback

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -255,3 +256,103 @@ def test_a_replaced_adapter_gets_a_new_merged_copy_when_hot_again(setup) -> None
         assert wait_merged(version)
     finally:
         batcher.stop()
+
+
+def flush_merges(batcher: Batcher) -> None:
+    """Wait for every merge scheduled so far (the merger runs one job at a time, in order)."""
+    batcher._merger.submit(lambda: None).result(timeout=30)
+
+
+def test_an_adapter_is_merged_once_a_full_batch_of_its_rows_is_waiting(setup) -> None:
+    _, predictor, _ = setup
+    batcher = Batcher(predictor, max_batch_rows=4, batch_wait_ms=0, max_queue_rows=1000)
+    batcher.start()
+    try:
+        asyncio.run(batcher.submit(torch.randn(3, 16), ["a0"] * 3, "auto", "a"))
+        asyncio.run(batcher.submit(torch.randn(4, 16), ["a1"] * 4, "unmerged", "a"))
+        flush_merges(batcher)
+        assert not predictor.is_merged("a0", predictor.registry.get("a0").version)
+        assert not predictor.is_merged("a1", predictor.registry.get("a1").version)  # not auto
+        asyncio.run(batcher.submit(torch.randn(4, 16), ["a0"] * 4, "auto", "a"))
+        flush_merges(batcher)
+        assert predictor.is_merged("a0", predictor.registry.get("a0").version)
+    finally:
+        batcher.stop()
+
+
+def test_a_hot_adapter_has_at_most_one_merge_in_flight(setup) -> None:
+    _, predictor, _ = setup
+    entered, forwarding, merging = threading.Event(), threading.Event(), threading.Event()
+    merges: list[str] = []
+    merge, forward = predictor.merge, predictor.forward
+
+    def held_merge(name: str, param: str = "adapter") -> None:
+        merges.append(name)
+        merging.wait(30)
+        merge(name, param)
+
+    def held_forward(*args, **kwargs):
+        entered.set()
+        forwarding.wait(30)
+        return forward(*args, **kwargs)
+
+    predictor.merge = held_merge  # type: ignore[method-assign]
+    predictor.forward = held_forward  # type: ignore[method-assign]
+    batcher = Batcher(predictor, max_batch_rows=4, batch_wait_ms=0, max_queue_rows=1000)
+    batcher.start()
+
+    async def main():
+        first = asyncio.ensure_future(batcher.submit(torch.randn(1, 16), [None], "auto", "a"))
+        await asyncio.to_thread(entered.wait, 30)
+        hot = [
+            asyncio.ensure_future(batcher.submit(torch.randn(1, 16), ["a0"], "auto", "a"))
+            for _ in range(12)
+        ]
+        for _ in range(1000):
+            if batcher.queued_rows >= 12:
+                break
+            await asyncio.sleep(0)
+        forwarding.set()  # three batches of 4, each with a backlog of a0 of at least 4
+        return await asyncio.gather(first, *hot)
+
+    try:
+        assert len(asyncio.run(main())) == 13
+        merging.set()
+        flush_merges(batcher)
+        assert merges == ["a0"]  # later batches saw the merge in flight and left it alone
+    finally:
+        merging.set()
+        batcher.stop()
+
+
+def test_merged_requests_use_and_keep_the_merged_copy(setup) -> None:
+    folder, predictor, specs = setup
+    batcher = Batcher(predictor, max_batch_rows=64, batch_wait_ms=0, max_queue_rows=1000)
+    modes: list[str] = []
+    batcher.on_batch = lambda rows, mode: modes.append(mode)
+    batcher.start()
+    x = torch.randn(2, 16)
+    try:
+        result = asyncio.run(batcher.submit(x, ["a2", "a2"], "merged", "adapters"))
+    finally:
+        batcher.stop()
+    assert result.mode == "merged" and modes == ["merged"]
+    assert predictor.is_merged("a2", predictor.registry.get("a2").version)
+    config, tensors = specs["a2"]
+    ref = reference_forward(folder, x, config, tensors)
+    torch.testing.assert_close(result.outputs.double(), ref, rtol=1e-4, atol=1e-5)
+
+
+def test_direct_runner_reports_the_time_in_the_model(setup) -> None:
+    _, predictor, _ = setup
+    forward = predictor.forward
+
+    def slow_forward(*args, **kwargs):
+        threading.Event().wait(0.1)
+        return forward(*args, **kwargs)
+
+    predictor.forward = slow_forward  # type: ignore[method-assign]
+    began = time.perf_counter()
+    result = asyncio.run(DirectRunner(predictor).submit(torch.randn(1, 16), [None], "auto", "a"))
+    total_ms = (time.perf_counter() - began) * 1000
+    assert 50 <= result.model_ms <= total_ms and result.queue_ms == 0.0

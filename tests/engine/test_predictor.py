@@ -87,10 +87,29 @@ def test_auto_uses_a_merged_copy_only_for_one_adapter_on_every_row(setup) -> Non
     assert predictor.predict(x, ["a0"] * 3, "unmerged")[1] == "unmerged"
 
 
+def test_a_merged_prediction_keeps_its_merged_copy(setup) -> None:
+    _, predictor, _ = setup
+    predictor.predict(torch.randn(3, SIZES[0]), ["a1", None, "a2"], "merged")
+    assert predictor.is_merged("a1", predictor.registry.get("a1").version)
+    assert predictor.is_merged("a2", predictor.registry.get("a2").version)
+    assert not predictor.is_merged("a0", predictor.registry.get("a0").version)
+
+
+def test_inputs_are_cast_to_the_base_dtype(setup) -> None:
+    folder, predictor, specs = setup
+    x = torch.randn(2, SIZES[0], dtype=torch.float64)
+    for names in ([None, None], ["a0", "a0"], ["a0", "a1"]):
+        out, _ = predictor.predict(x, names, "unmerged")
+        assert_rows_match_reference(folder, x, out, names, specs)
+
+
 def test_a_changed_adapter_loses_its_merged_copy(setup) -> None:
     folder, predictor, specs = setup
     predictor.merge("a0")
+    old = predictor.registry.get("a0").version
+    assert ("a0", old) in predictor.merged
     specs["a0"] = upload(predictor.registry, "a0", rank=3, targets=("layer1",), seed=42)
+    assert ("a0", old) not in predictor.merged  # the registry told the cache at once
     assert predictor.choose("auto", predictor.resolve(["a0"], "adapter"), ["a0"]) == "unmerged"
     x = torch.randn(2, SIZES[0])
     for mode in ("auto", "merged"):
@@ -122,6 +141,8 @@ def test_the_stack_is_reused_while_it_holds_the_batch_adapters(setup) -> None:
     stack = predictor._stack
     assert stack is not None
     out, _ = predictor.predict(x, ["a2", None, "a0", "a2"], "unmerged")
+    assert predictor._stack is stack
+    predictor.predict(x, ["a2", "a1", "a0", None], "unmerged")  # exactly the same adapters
     assert predictor._stack is stack
     assert_rows_match_reference(folder, x, out, ["a2", None, "a0", "a2"], specs)
 

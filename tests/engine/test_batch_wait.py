@@ -1,7 +1,7 @@
 """When the batcher waits for company: never under light load; under load, until the batch is full.
 
 The wait is ten minutes, so a request that waited when it should not have never comes back (the
-60 s guard fails the test); a batch that did not wait when it should have shows in the batch sizes.
+20 s guard fails the test); a batch that did not wait when it should have shows in the batch sizes.
 """
 
 from __future__ import annotations

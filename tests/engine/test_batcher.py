@@ -223,8 +223,8 @@ def test_direct_runner_honours_the_mode_and_the_field_name(setup) -> None:
     assert asyncio.run(runner.submit(x, ["a0", "a0"], "auto", "adapter")).mode == "merged"
     assert asyncio.run(runner.submit(x, ["a0", "a0"], "unmerged", "adapter")).mode == "unmerged"
     with pytest.raises(AdapterNotFound) as info:
-        asyncio.run(runner.submit(x, ["nope", None], "auto", "adapters"))
-    assert info.value.param == "adapters"
+        asyncio.run(runner.submit(x, ["nope", "nope"], "auto", "adapter"))
+    assert info.value.param == "adapter"
     runner.stop()
 
 
@@ -265,6 +265,14 @@ def flush_merges(batcher: Batcher) -> None:
 
 def test_an_adapter_is_merged_once_a_full_batch_of_its_rows_is_waiting(setup) -> None:
     _, predictor, _ = setup
+    merge_threads: list[str] = []
+    merge = predictor.merge
+
+    def recorded_merge(name: str, param: str = "adapter") -> None:
+        merge_threads.append(threading.current_thread().name)
+        merge(name, param)
+
+    predictor.merge = recorded_merge  # type: ignore[method-assign]
     batcher = Batcher(predictor, max_batch_rows=4, batch_wait_ms=0, max_queue_rows=1000)
     batcher.start()
     try:
@@ -276,6 +284,7 @@ def test_an_adapter_is_merged_once_a_full_batch_of_its_rows_is_waiting(setup) ->
         asyncio.run(batcher.submit(torch.randn(4, 16), ["a0"] * 4, "auto", "a"))
         flush_merges(batcher)
         assert predictor.is_merged("a0", predictor.registry.get("a0").version)
+        assert [name.split("_")[0] for name in merge_threads] == ["merge"]  # off the hot path
     finally:
         batcher.stop()
 
@@ -323,6 +332,30 @@ def test_a_hot_adapter_has_at_most_one_merge_in_flight(setup) -> None:
     finally:
         merging.set()
         batcher.stop()
+
+
+def test_stop_does_not_wait_for_a_merge_in_progress(setup) -> None:
+    _, predictor, _ = setup
+    merging, release = threading.Event(), threading.Event()
+    merge = predictor.merge
+
+    def held_merge(name: str, param: str = "adapter") -> None:
+        merging.set()
+        release.wait(30)
+        merge(name, param)
+
+    predictor.merge = held_merge  # type: ignore[method-assign]
+    batcher = Batcher(predictor, max_batch_rows=2, batch_wait_ms=0, max_queue_rows=1000)
+    batcher.start()
+    try:
+        asyncio.run(batcher.submit(torch.randn(2, 16), ["a0", "a0"], "auto", "a"))
+        assert merging.wait(30)
+        stopper = threading.Thread(target=batcher.stop)
+        stopper.start()
+        stopper.join(10)
+        assert not stopper.is_alive()
+    finally:
+        release.set()
 
 
 def test_merged_requests_use_and_keep_the_merged_copy(setup) -> None:

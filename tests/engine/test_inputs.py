@@ -56,6 +56,7 @@ def test_adapter_and_adapters_together_are_invalid_input() -> None:
     with pytest.raises(InvalidInput) as info:
         row_adapters("a", ["a"], 1)
     assert info.value.code == "invalid_input" and info.value.param == "adapters"
+    assert "`adapter`" in info.value.message and "`adapters`" in info.value.message
 
 
 @pytest.mark.parametrize("n", [2, 4])

@@ -143,3 +143,13 @@ def test_forget_frees_the_bytes() -> None:
     assert ("b", 1) in cache and ("c", 1) in cache
     cache.forget("missing")  # a no-op
     assert cache._bytes == 2 * BOTH
+
+
+def test_forget_frees_exactly_that_entrys_bytes() -> None:
+    cache = MergedCache(make_model(), 2 * BOTH)
+    cache.get_or_merge("big", 1, make_adapter(seed=1))
+    cache.get_or_merge("small", 1, make_adapter(("layer2",), seed=2))
+    cache.forget("small")
+    assert cache._bytes == BOTH
+    cache.forget("big")
+    assert cache._bytes == 0

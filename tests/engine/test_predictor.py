@@ -123,6 +123,9 @@ def test_an_unknown_adapter_is_not_found_on_the_named_field(setup) -> None:
         predictor.predict(torch.randn(2, SIZES[0]), ["a0", "nope"], "auto", "adapters")
     assert info.value.status == 404 and info.value.param == "adapters"
     with pytest.raises(AdapterNotFound) as info:
+        predictor.predict(torch.randn(1, SIZES[0]), ["nope"], "auto")
+    assert info.value.param == "adapters"  # the default field
+    with pytest.raises(AdapterNotFound) as info:
         predictor.merge("nope")
     assert info.value.param == "adapter"
 

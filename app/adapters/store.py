@@ -72,6 +72,8 @@ class AdapterStore:
         try:
             with os.scandir(path) as it:
                 entries = [(e.name, e.is_file(follow_symlinks=False)) for e in it]
+        except FileNotFoundError:
+            return "absent"  # renamed away (replaced or deleted) since the lstat
         except OSError:
             return "foreign"
         names = {n for n, _ in entries}

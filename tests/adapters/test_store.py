@@ -149,3 +149,19 @@ def test_recover_does_not_restore_over_a_symlink(tmp_path: Path) -> None:
     (tmp_path / "a").symlink_to(tmp_path / "elsewhere")  # ... then someone put a link there
     store.recover()
     assert (tmp_path / "a").is_symlink()
+
+
+def test_a_folder_renamed_away_mid_look_is_absent_not_foreign(tmp_path, monkeypatch) -> None:
+    # A concurrent replace moves the old folder into the trash between lstat and scandir: that is
+    # a name in passing, not someone else's file (which would answer 409 name_taken).
+    import os
+
+    store = AdapterStore(tmp_path)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "adapter_config.json").write_text("{}")
+
+    def gone(path):
+        raise FileNotFoundError(path)
+
+    monkeypatch.setattr(os, "scandir", gone)
+    assert store.kind("a") == "absent"

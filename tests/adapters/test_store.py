@@ -154,8 +154,6 @@ def test_recover_does_not_restore_over_a_symlink(tmp_path: Path) -> None:
 def test_a_folder_renamed_away_mid_look_is_absent_not_foreign(tmp_path, monkeypatch) -> None:
     # A concurrent replace moves the old folder into the trash between lstat and scandir: that is
     # a name in passing, not someone else's file (which would answer 409 name_taken).
-    import os
-
     store = AdapterStore(tmp_path)
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "adapter_config.json").write_text("{}")

@@ -389,3 +389,49 @@ def test_direct_runner_reports_the_time_in_the_model(setup) -> None:
     result = asyncio.run(DirectRunner(predictor).submit(torch.randn(1, 16), [None], "auto", "a"))
     total_ms = (time.perf_counter() - began) * 1000
     assert 50 <= result.model_ms <= total_ms and result.queue_ms == 0.0
+
+
+def test_merges_run_one_at_a_time_and_stop_drops_those_not_started(setup) -> None:
+    _, predictor, _ = setup
+    entered, forwarding, release = threading.Event(), threading.Event(), threading.Event()
+    merges: list[str] = []
+    merge, forward = predictor.merge, predictor.forward
+
+    def held_merge(name: str, param: str = "adapter") -> None:
+        merges.append(name)
+        release.wait(30)
+        merge(name, param)
+
+    def held_forward(*args, **kwargs):
+        entered.set()
+        forwarding.wait(30)
+        return forward(*args, **kwargs)
+
+    predictor.merge = held_merge  # type: ignore[method-assign]
+    predictor.forward = held_forward  # type: ignore[method-assign]
+    batcher = Batcher(predictor, max_batch_rows=4, batch_wait_ms=0, max_queue_rows=1000)
+    batcher.start()
+
+    async def main():
+        first = asyncio.ensure_future(batcher.submit(torch.randn(1, 16), [None], "auto", "a"))
+        await asyncio.to_thread(entered.wait, 30)
+        hot = [
+            asyncio.ensure_future(batcher.submit(torch.randn(4, 16), [name] * 4, "auto", "a"))
+            for name in ("a0", "a1")
+        ]
+        for _ in range(1000):
+            if batcher.queued_rows >= 8:
+                break
+            await asyncio.sleep(0)
+        forwarding.set()  # the next batch sees 4 rows of each: both merges are scheduled
+        return await asyncio.gather(first, *hot)
+
+    try:
+        asyncio.run(main())
+        assert merges == ["a0"]  # a1 waits for the one merge thread
+        batcher.stop()
+    finally:
+        release.set()
+        batcher.stop()
+    batcher._merger.shutdown(wait=True)
+    assert merges == ["a0"]  # stopping cancelled a1's merge, which had not started

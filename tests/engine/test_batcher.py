@@ -435,3 +435,34 @@ def test_merges_run_one_at_a_time_and_stop_drops_those_not_started(setup) -> Non
         batcher.stop()
     batcher._merger.shutdown(wait=True)
     assert merges == ["a0"]  # stopping cancelled a1's merge, which had not started
+
+
+def test_a_request_arriving_inside_the_batch_window_joins_the_batch(setup) -> None:
+    _, predictor, _ = setup
+    # A window under a second, and a third request that fills the batch: the batch leaves as
+    # soon as it is full, so the test does not sit out the window.
+    batcher = Batcher(predictor, max_batch_rows=3, batch_wait_ms=900, max_queue_rows=1000)
+    batch_sizes: list[int] = []
+    batcher.on_batch = lambda rows, mode: batch_sizes.append(rows)
+
+    async def main():
+        # Two queued before the thread starts: company has been coming, so the batch waits.
+        early = [
+            asyncio.ensure_future(batcher.submit(torch.randn(1, 16), ["a0"], "unmerged", "a"))
+            for _ in range(2)
+        ]
+        for _ in range(1000):
+            if batcher.queued_rows >= 2:
+                break
+            await asyncio.sleep(0)
+        batcher.start()
+        await asyncio.sleep(0.05)
+        late = batcher.submit(torch.randn(1, 16), ["a1"], "unmerged", "a")
+        return await asyncio.gather(*early, late)
+
+    try:
+        done = asyncio.run(main())
+    finally:
+        batcher.stop()
+    assert [len(r.outputs) for r in done] == [1, 1, 1]
+    assert batch_sizes == [3]

@@ -128,6 +128,9 @@ def test_an_unknown_adapter_is_not_found_on_the_named_field(setup) -> None:
     with pytest.raises(AdapterNotFound) as info:
         predictor.merge("nope")
     assert info.value.param == "adapter"
+    with pytest.raises(AdapterNotFound) as info:
+        predictor.merge("nope", "adapters")
+    assert info.value.param == "adapters"
 
 
 def test_resolve_loads_each_named_adapter_once(setup) -> None:

@@ -259,3 +259,34 @@ def test_scaling_times_weights_must_fit_the_serving_dtype(
     else:
         with pytest.raises(InvalidAdapter, match="beyond"):
             fmt.build_adapter(tensors, config, dtype)
+
+
+@pytest.mark.parametrize(
+    ("data", "message", "param"),
+    [
+        (
+            b"{nope",
+            "adapter_config.json is not valid JSON: key must be a string at line 1 column 2",
+            "config",
+        ),
+        (
+            b"",
+            "adapter_config.json is not valid JSON: EOF while parsing a value at line 1 column 0",
+            "config",
+        ),
+        (b"[]", "adapter_config.json must be a JSON object", "config"),
+        (b"4", "adapter_config.json must be a JSON object", "config"),
+        (b'{"target_modules": ["layer1"]}', "r is required", "r"),
+        (
+            b'{"r": 4, "lora_alpha": "8", "target_modules": ["layer1"]}',
+            "lora_alpha: Input should be a valid number",
+            "lora_alpha",
+        ),
+    ],
+)
+def test_config_errors_say_exactly_what_is_wrong_and_where(
+    data: bytes, message: str, param: str
+) -> None:
+    with pytest.raises(InvalidAdapter) as info:
+        fmt.parse_config(data, LINEARS, 64)
+    assert (info.value.message, info.value.param) == (message, param)

@@ -6,13 +6,14 @@ import hashlib
 import json
 import logging
 import random
+import shutil
 import threading
 from pathlib import Path
 
 import pytest
 import torch
 
-from app.adapters import AdapterRegistry, AdapterStore, BaseInfo
+from app.adapters import AdapterProblem, AdapterRegistry, AdapterStore, BaseInfo
 from app.errors import AdapterBroken, AdapterExists, AdapterNotFound, InvalidAdapter, NameTaken
 from tests.helpers import TINY_SIZES, adapter_files, linears_of, lora_tensors, peft_config
 
@@ -297,3 +298,149 @@ def test_concurrent_upload_delete_and_load_on_one_name_stay_consistent(tmp_path:
     assert list((tmp_path / ".staging").iterdir()) == []
     fresh = make_registry(tmp_path)
     assert [r.name for r in fresh.list()] in (["x"], [])
+
+
+def test_download_gives_the_two_stored_files(tmp_path: Path) -> None:
+    registry = make_registry(tmp_path)
+    registry.upload("a", *files())
+    folder = tmp_path / "a"
+    assert registry.files("a") == {
+        "adapter_config.json": (folder / "adapter_config.json").read_bytes(),
+        "adapter_model.safetensors": (folder / "adapter_model.safetensors").read_bytes(),
+    }
+
+
+def test_download_of_a_broken_adapter_names_the_name_field(tmp_path: Path) -> None:
+    _broken_folders(tmp_path)
+    registry = make_registry(tmp_path)
+    with pytest.raises(AdapterBroken) as info:
+        registry.files("no-weights")
+    assert info.value.param == "name"
+    assert info.value.message == (
+        "adapter 'no-weights' is broken (adapter_model.safetensors is missing); "
+        "an admin can replace it (overwrite=true) or delete it"
+    )
+
+
+NAN_PROBLEM = "base_model.model.layer1.lora_A.weight holds NaN or inf values"
+
+
+def _nan_weights() -> bytes:
+    """Weights of the right keys and shapes (so they pass the scan), with a NaN in them."""
+    tensors = lora_tensors(TINY_SIZES, ["layer1", "layer2"], 4)
+    tensors["base_model.model.layer1.lora_A.weight"][0, 0] = float("nan")
+    return adapter_files({}, tensors)[1]
+
+
+def _just_before_the_name_lock(
+    registry: AdapterRegistry, monkeypatch: pytest.MonkeyPatch, meanwhile
+) -> None:
+    """Run `meanwhile()` once, as another request would, between a check and the name lock."""
+    real = registry._name_lock
+    pending = [meanwhile]
+
+    def lock(name: str):
+        while pending:
+            pending.pop()()
+        return real(name)
+
+    monkeypatch.setattr(registry, "_name_lock", lock)
+
+
+def test_download_racing_a_delete_is_not_found(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry = make_registry(tmp_path)
+    registry.upload("a", *files())
+    _just_before_the_name_lock(registry, monkeypatch, lambda: registry.delete("a"))
+    with pytest.raises(AdapterNotFound) as info:
+        registry.files("a")
+    assert (info.value.message, info.value.param) == ("adapter 'a' not found", "name")
+
+
+def test_download_racing_a_load_that_finds_the_weights_broken_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_registry(tmp_path).upload("a", *files())
+    registry = make_registry(tmp_path)
+    (tmp_path / "a" / "adapter_model.safetensors").write_bytes(_nan_weights())
+
+    def load_finds_it_broken() -> None:
+        with pytest.raises(AdapterBroken):
+            registry.load("a")
+
+    _just_before_the_name_lock(registry, monkeypatch, load_finds_it_broken)
+    with pytest.raises(AdapterBroken) as info:
+        registry.files("a")
+    assert info.value.param == "name"
+    assert info.value.message == f"adapter 'a' is broken ({NAN_PROBLEM}); " + (
+        "an admin can replace it (overwrite=true) or delete it"
+    )
+
+
+def test_weights_found_broken_at_load_give_a_broken_record_of_the_same_name_and_config(
+    tmp_path: Path,
+) -> None:
+    make_registry(tmp_path).upload("a", *files())
+    registry = make_registry(tmp_path)
+    before = registry.get("a")
+    (tmp_path / "a" / "adapter_model.safetensors").write_bytes(_nan_weights())
+    expected = (
+        f"adapter 'a' is broken ({NAN_PROBLEM}); an admin can replace it "
+        "(overwrite=true) or delete it"
+    )
+    for _ in range(2):  # found at the first load, then known
+        with pytest.raises(AdapterBroken) as info:
+            registry.load("a", "model")
+        assert (info.value.message, info.value.param) == (expected, "model")
+    after = registry.get("a")
+    assert after.name == "a" and after.config == before.config and after.config is not None
+    assert isinstance(after.version, int) and after.version > before.version
+    assert after.error == AdapterProblem("invalid_adapter", NAN_PROBLEM)
+    assert after.size_bytes == len(_nan_weights()) and after.status == "broken"
+    assert not registry.is_resident(after) and registry.resident_count == 0
+
+
+def test_delete_drops_the_cached_copy(tmp_path: Path) -> None:
+    registry = make_registry(tmp_path)
+    registry.upload("a", *files())
+    registry.load("a")
+    assert registry.resident_count == 1 and registry.cached_bytes > 0
+    registry.delete("a")
+    assert registry.resident_count == 0 and registry.cached_bytes == 0
+
+
+def test_delete_of_a_folder_removed_behind_our_back_unlists_it(tmp_path: Path) -> None:
+    registry = make_registry(tmp_path)
+    registry.upload("a", *files())
+    shutil.rmtree(tmp_path / "a")
+    with pytest.raises(AdapterNotFound) as info:
+        registry.delete("a")
+    assert (info.value.message, info.value.param) == ("adapter 'a' not found", "name")
+    with pytest.raises(AdapterNotFound):
+        registry.get("a")
+    assert registry.list() == []
+
+
+def test_listeners_hear_of_every_write_and_delete_by_name(tmp_path: Path) -> None:
+    registry = make_registry(tmp_path)
+    heard: list[str] = []
+    registry.on_change(heard.append)
+    registry.upload("a", *files())
+    registry.upload("a", *files(seed=1), overwrite=True)
+    registry.delete("a")
+    assert heard == ["a", "a", "a"]
+
+
+def test_an_adapter_too_big_for_the_cache_is_served_without_evicting_others(
+    tmp_path: Path,
+) -> None:
+    one_adapter = (4 * 16 + 8 * 4 + 4 * 8 + 4 * 4) * 4  # r=4 on layer1 and layer2, fp32
+    registry = make_registry(tmp_path, cache_bytes=2 * one_adapter)
+    registry.upload("small", *files())
+    registry.upload("big", *files(r=16))
+    registry.load("small")
+    _, big = registry.load("big")
+    assert big.nbytes > registry.cache_bytes
+    assert [n for n in ("small", "big") if registry.is_resident(registry.get(n))] == ["small"]
+    assert registry.cached_bytes == one_adapter

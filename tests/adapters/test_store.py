@@ -163,3 +163,62 @@ def test_a_folder_renamed_away_mid_look_is_absent_not_foreign(tmp_path, monkeypa
 
     monkeypatch.setattr(os, "scandir", gone)
     assert store.kind("a") == "absent"
+
+
+def test_exists_is_true_for_an_adapter_folder_only(tmp_path: Path) -> None:
+    store = AdapterStore(tmp_path)
+    store.commit(store.stage({CONFIG: b"{}"}), "a")
+    (tmp_path / "notes.txt").write_text("x")
+    assert store.exists("a") is True
+    assert store.exists("notes.txt") is False and store.exists("missing") is False
+
+
+def test_a_foreign_name_is_taken_with_the_name_field_and_why(tmp_path: Path) -> None:
+    store = AdapterStore(tmp_path)
+    (tmp_path / "notes.txt").write_text("x")
+    staged = store.stage({CONFIG: b"{}"})
+    for attempt in (
+        lambda: store.check_ours("notes.txt"),
+        lambda: store.commit(staged, "notes.txt"),
+    ):
+        with pytest.raises(NameTaken) as info:
+            attempt()
+        assert (info.value.code, info.value.param) == ("name_taken", "name")
+        assert info.value.message == (
+            "'notes.txt' in the adapters folder is not an adapter this service manages; "
+            "choose another name"
+        )
+
+
+def test_delete_of_a_missing_name_is_not_found_naming_the_name_field(tmp_path: Path) -> None:
+    store = AdapterStore(tmp_path)
+    with pytest.raises(AdapterNotFound) as info:
+        store.delete("missing")
+    assert (info.value.message, info.value.param) == ("adapter 'missing' not found", "name")
+    with pytest.raises(AdapterNotFound) as info:
+        store.delete("x" * 100)
+    assert info.value.message == f"adapter '{'x' * 64}... (100 characters)' not found"
+
+
+def test_delete_empties_the_trash(tmp_path: Path) -> None:
+    store = AdapterStore(tmp_path)
+    store.commit(store.stage({CONFIG: b"one", WEIGHTS: b"x"}), "a")
+    store.delete("a")
+    assert list((tmp_path / ".trash").iterdir()) == []
+
+
+def test_delete_is_done_once_renamed_even_if_emptying_the_trash_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = AdapterStore(tmp_path)
+    store.commit(store.stage({CONFIG: b"one", WEIGHTS: b"x"}), "a")
+
+    def busy(path, *args, **kwargs):
+        raise OSError(16, "Device or resource busy", path)  # say, a file held open over NFS
+
+    monkeypatch.setattr(os, "unlink", busy)
+    store.delete("a")
+    monkeypatch.undo()
+    assert not store.exists("a") and store.names() == []
+    AdapterStore(tmp_path).recover()  # the next start-up empties what was left
+    assert list((tmp_path / ".trash").iterdir()) == []

@@ -1,8 +1,11 @@
 # loraserve: one frozen base model, many LoRA adapters, one HTTP endpoint.
 # CPU torch by default; for CUDA: docker build --build-arg TORCH_VARIANT=cu128 .
+# The `hf` extra (transformers, all-MiniLM-L6-v2 for offline use) is in by default; a smaller
+# image for vector bases only: --build-arg EXTRAS=
 FROM python:3.11-slim
 
 ARG TORCH_VARIANT=cpu
+ARG EXTRAS=hf
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -19,7 +22,9 @@ RUN pip install --no-cache-dir --index-url "https://download.pytorch.org/whl/${T
 COPY pyproject.toml README.md ./
 COPY app ./app
 COPY models ./models
-RUN pip install --no-cache-dir . \
+# The project itself, from the copied source (hadolint takes `.[extras]` for an unpinned package).
+# hadolint ignore=DL3013
+RUN pip install --no-cache-dir ".[${EXTRAS}]" \
     && groupadd --system --gid 10001 loraserve \
     && useradd --system --uid 10001 --gid 10001 --create-home loraserve \
     && mkdir -p /var/lib/loraserve/adapters /var/lib/loraserve/data \

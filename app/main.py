@@ -47,7 +47,10 @@ def build_services(settings: Settings) -> Services:
         else DirectRunner(predictor)
     )
     datasets = DatasetStore(
-        settings.data_dir / "datasets", base.input_dim, base.output_dim, settings.max_dataset_rows
+        settings.data_dir / "datasets",
+        base.input_dim or 0,  # a text base takes no vector datasets (require_vector_base)
+        base.output_dim,
+        settings.max_dataset_rows,
     )
     datasets.scan()
     jobs = JobStore(settings.data_dir / "jobs.db")
@@ -58,10 +61,11 @@ def build_services(settings: Settings) -> Services:
         settings.max_upload_bytes,
         settings.max_request_rows,
         settings.max_rank,
-        base.input_dim,
+        base.input_dim or 0,
         base.output_dim,
         list(linears.values()),
         settings.max_dataset_rows,
+        base.text.max_seq_length if base.text is not None else 0,
     )
     return Services(settings, base, registry, predictor, engine, datasets, training, body_limit)
 

@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from app.lora import (  # noqa: E402
     AdapterStack,
+    LinearFn,
     LoraAdapter,
     LoraConfig,
     LoraModule,
@@ -38,9 +39,16 @@ from app.lora import (  # noqa: E402
     StackedBatch,
     merge_adapter,
     merged_linear,
+    plan_scope,
 )
 from app.model import load_base_model, resolve_device  # noqa: E402
 from app.settings import EMBEDDED_MODEL  # noqa: E402
+
+
+def forward(model: torch.nn.Module, plan: LinearFn, x: torch.Tensor) -> torch.Tensor:
+    """One forward of the (wrapped) base with `plan`, as the service runs it."""
+    with plan_scope(plan):
+        return model(x)
 
 
 def timer(device: torch.device, budget_s: float) -> Callable[[Callable[[], object]], float]:
@@ -112,20 +120,20 @@ def main() -> None:
             stack = AdapterStack.build(adapters)
             stack_ms = (time.perf_counter() - start) * 1000
             stacked_ms = measure(
-                lambda x=x, keys=keys, stack=stack: model(
-                    x, linear=StackedBatch.build(keys, stack, device).linear()
+                lambda x=x, keys=keys, stack=stack: forward(
+                    model, StackedBatch.build(keys, stack, device).linear(), x
                 )
             )
 
             def loop(x=x, keys=keys, adapters=adapters) -> None:
                 mixed = MixedBatch.build(keys, adapters, device)
-                mixed.unsort(model(mixed.sort(x), linear=mixed.linear()))
+                mixed.unsort(forward(model, mixed.linear(), mixed.sort(x)))
 
             loop_ms = measure(loop)
             merged_ms = None
             if distinct == 1:
                 weights = merge_adapter(model, adapters[names[0]])
-                merged_ms = measure(lambda x=x, w=weights: model(x, linear=merged_linear(w)))
+                merged_ms = measure(lambda x=x, w=weights: forward(model, merged_linear(w), x))
         row = {
             "batch": batch, "adapters": distinct, "rank": rank, "base_ms": base_ms,
             "stacked_ms": stacked_ms, "stack_build_ms": stack_ms, "loop_ms": loop_ms, "merged_ms": merged_ms,

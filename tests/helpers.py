@@ -11,7 +11,9 @@ from typing import Any
 
 import torch
 from safetensors.torch import save, save_file
-from torch import Tensor
+from torch import Tensor, nn
+
+from app.lora import LinearFn, plan_scope, wrap_layers
 
 TINY_SIZES = [16, 8, 4]
 
@@ -115,3 +117,10 @@ def reference_forward(
             y = y + s * (h @ a.T) @ b.T
         h = act(y) if act is not None and i < n_layers else y
     return h
+
+
+def forward(model: nn.Module, plan: LinearFn | None, x: Tensor) -> Tensor:
+    """`model(x)` with `plan` at its linear layers (wrapped first, as the loader does)."""
+    wrap_layers(model)
+    with plan_scope(plan):
+        return model(x)

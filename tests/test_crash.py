@@ -151,7 +151,11 @@ def test_sigterm_finishes_requests_in_flight_and_marks_the_running_job(tmp_path:
             json={"adapter_name": "long", "training_dataset": train,
                   "hyperparameters": {"epochs": 1000, "batch_size": 1}},
         ).json()  # fmt: skip
-        while client.get(f"/v1/fine-tuning/jobs/{job['id']}").json()["status"] != "running":
+        # Past its first step: the job's start-up (imports, planning) no longer competes with
+        # the event loop, so the upload below is surely in flight when SIGTERM arrives.
+        while (client.get(f"/v1/fine-tuning/jobs/{job['id']}").json()["progress"] or {}).get(
+            "step", 0
+        ) < 1:
             time.sleep(0.02)
         # A slow request (a big upload body, sent slowly) is in flight when SIGTERM arrives.
         targets = ["layer1", "layer2"]

@@ -116,6 +116,7 @@ def route_body_limits(
     output_dim: int,
     linears: list[tuple[int, int]],
     max_dataset_rows: int,
+    max_seq_length: int = 0,
 ) -> Callable[[str, str, str], int]:
     """The most bytes each route can use, from the base model's shape and the settings.
 
@@ -129,11 +130,14 @@ def route_body_limits(
     predict_binary = max_request_rows * (input_dim * 4 + per_row_extra) + SMALL_BODY
     adapter_weights = sum(max_rank * (n_in + n_out) * 4 + 512 for n_in, n_out in linears)
     adapter_upload = adapter_weights + 3 * SMALL_BODY  # + header, config and multipart framing
+    # Texts: generous room per token (long words, JSON escapes); longer texts are truncated anyway.
+    embeddings_json = max_request_rows * (max_seq_length * 48 + per_row_extra) + SMALL_BODY
     dataset_json = min(max_dataset_rows * (input_dim + output_dim) * json_number, JSON_DATASET)
     caps = {
         ("POST", "/v1/predict", "json"): predict_json,
         ("POST", "/v1/predict", "binary"): predict_binary,
         ("POST", "/v1/adapters", "any"): adapter_upload,
+        ("POST", "/v1/embeddings", "json"): embeddings_json,
         ("POST", "/v1/datasets", "json"): dataset_json + SMALL_BODY,
         ("POST", "/v1/datasets", "any"): max_upload_bytes,
     }

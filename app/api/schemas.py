@@ -32,9 +32,17 @@ class LinearPublic(BaseModel):
 
 class ModelPublic(BaseModel):
     name: str
-    architecture: str
-    input_dim: int
-    output_dim: int
+    architecture: str = Field(description="`mlp`, or the Hugging Face `model_type` (e.g. bert)")
+    family: Literal["mlp", "hf"]
+    task: Literal["regression", "embedding"]
+    inputs: Literal["vectors", "texts"] = Field(
+        description="vectors: POST /v1/predict; texts: POST /v1/embeddings"
+    )
+    input_dim: int | None = Field(description="the width of an input vector; null for texts")
+    output_dim: int = Field(description="the width of an output row or an embedding")
+    max_seq_length: int | None = Field(
+        description="texts: tokens kept per input (longer ones are truncated); null for vectors"
+    )
     device: str
     dtype: str
     parameters: int
@@ -115,6 +123,44 @@ class PredictRequest(BaseModel):
 class PredictResponse(BaseModel):
     outputs: list[list[float]]
     mode: Literal["unmerged", "merged"]
+
+
+class EmbeddingsRequest(BaseModel):
+    """OpenAI's embeddings request, plus `adapters`: one adapter (or null) per input."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    model: str = Field(description="an adapter's name, or the base model's name for none")
+    input: str | list[str] = Field(description="one text or a list of texts")
+    encoding_format: Literal["float", "base64"] = Field(
+        default="float", description="base64: each embedding's float32 bytes, little-endian"
+    )
+    dimensions: int | None = Field(
+        default=None, description="accepted only when it is the model's embedding size"
+    )
+    user: str | None = Field(default=None, description="accepted for compatibility, unused")
+    adapters: list[str | None] | None = Field(
+        default=None,
+        description="our extension: one adapter (or null) per input; `model` is then the base",
+    )
+
+
+class EmbeddingData(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int = Field(description="tokens after truncation, padding excluded")
+    total_tokens: int
+
+
+class EmbeddingsResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[EmbeddingData]
+    model: str
+    usage: EmbeddingUsage
 
 
 class DatasetCreate(BaseModel):

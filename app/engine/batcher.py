@@ -16,6 +16,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from starlette.concurrency import run_in_threadpool
@@ -23,6 +24,7 @@ from torch import Tensor
 
 from app.engine.predictor import Loaded, Mode, Predictor, UsedMode
 from app.errors import QueueFull, ServiceError
+from app.model import Rows, TokenBatch
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +39,7 @@ class Result:
 
 @dataclass
 class _Request:
-    x: Tensor  # (n, in)
+    x: Rows  # n rows: vectors (n, in) or n tokenized texts
     names: list[str | None]
     mode: Mode
     param: str
@@ -91,7 +93,7 @@ class Batcher:
     def queued_rows(self) -> int:
         return self._queued_rows
 
-    async def submit(self, x: Tensor, names: list[str | None], mode: Mode, param: str) -> Result:
+    async def submit(self, x: Rows, names: list[str | None], mode: Mode, param: str) -> Result:
         loop = asyncio.get_running_loop()
         request = _Request(x, names, mode, param, loop, loop.create_future())
         with self._cond:
@@ -186,7 +188,7 @@ class Batcher:
         for request in group:
             loaded.update(request.loaded)
         used = self.predictor.choose(mode, loaded, names)
-        x = torch.cat([r.x for r in group]) if len(group) > 1 else group[0].x
+        x = _cat([r.x for r in group]) if len(group) > 1 else group[0].x
         model_start = time.perf_counter()
         outputs = self.predictor.forward(x, names, loaded, used)
         model_ms = (time.perf_counter() - model_start) * 1000
@@ -214,7 +216,7 @@ class DirectRunner:
     def stop(self) -> None:
         pass
 
-    async def submit(self, x: Tensor, names: list[str | None], mode: Mode, param: str) -> Result:
+    async def submit(self, x: Rows, names: list[str | None], mode: Mode, param: str) -> Result:
         def run() -> Result:
             start = time.perf_counter()
             outputs, used = self.predictor.predict(x, names, mode, param)
@@ -222,3 +224,10 @@ class DirectRunner:
             return Result(outputs, used, 0.0, (time.perf_counter() - start) * 1000)
 
         return await run_in_threadpool(run)
+
+
+def _cat(parts: list[Rows]) -> Rows:
+    """One batch of several requests' rows (texts padded to the longest)."""
+    if isinstance(parts[0], TokenBatch):
+        return TokenBatch.cat([cast(TokenBatch, p) for p in parts])
+    return torch.cat([cast(Tensor, p) for p in parts])

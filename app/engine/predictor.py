@@ -13,13 +13,16 @@ from app.adapters.registry import AdapterRecord, AdapterRegistry
 from app.engine.merged import MergedCache
 from app.lora import (
     AdapterStack,
+    LinearFn,
     LoraAdapter,
     MixedBatch,
     StackedBatch,
+    by_row_count,
     merged_linear,
+    plan_scope,
     unmerged_linear,
 )
-from app.model import BaseModel
+from app.model import BaseModel, Rows, TokenBatch
 
 Mode = Literal["auto", "unmerged", "merged"]
 UsedMode = Literal["unmerged", "merged"]
@@ -46,7 +49,7 @@ class Predictor:
         return {n: self.registry.load(n, param) for n in dict.fromkeys(names) if n is not None}
 
     def predict(
-        self, x: Tensor, row_adapters: Sequence[str | None], mode: Mode, param: str = "adapters"
+        self, x: Rows, row_adapters: Sequence[str | None], mode: Mode, param: str = "adapters"
     ) -> tuple[Tensor, UsedMode]:
         """(N, in) -> (N, out) for one request alone; `row_adapters[i]` names row i's adapter."""
         loaded = self.resolve(row_adapters, param)
@@ -70,27 +73,36 @@ class Predictor:
             self.merged.get_or_merge(name, record.version, adapter)
 
     def forward(
-        self, x: Tensor, row_adapters: Sequence[str | None], loaded: Loaded, used: UsedMode
+        self, x: Rows, row_adapters: Sequence[str | None], loaded: Loaded, used: UsedMode
     ) -> Tensor:
         """The batch's outputs, (N, out) float32 on the CPU."""
-        model = self.base.module
-        x = x.to(device=self.base.device, dtype=self.base.dtype)
+        x = self.base.prepare(x)
         with torch.inference_mode():
             if used == "merged":
                 y = self._merged(x, row_adapters, loaded)
             elif not loaded:
-                y = model(x)
+                y = self._run(x, None)
             elif len(loaded) == 1 and None not in row_adapters:
                 # Every row on one adapter: the plain LoRA term, no stacking or indexing.
-                y = model(x, linear=unmerged_linear(next(iter(loaded.values()))[1]))
+                y = self._run(x, unmerged_linear(next(iter(loaded.values()))[1]))
             else:
                 y = self._stacked(x, row_adapters, loaded)
             return y.float().cpu()
 
-    def _stacked(self, x: Tensor, row_adapters: Sequence[str | None], loaded: Loaded) -> Tensor:
+    def _stacked(self, x: Rows, row_adapters: Sequence[str | None], loaded: Loaded) -> Tensor:
         keys = [None if n is None else (n, loaded[n][0].version) for n in row_adapters]
         stack = self._stack_for({(n, rec.version): a for n, (rec, a) in loaded.items()})
-        return self.base.module(x, linear=StackedBatch.build(keys, stack, x.device).linear())
+        if not isinstance(x, TokenBatch):
+            return self._run(x, StackedBatch.build(keys, stack, x.device).linear())
+        # Most layers see each token as a row (its text's adapter); a few see one row per text.
+        tokens = [k for k in keys for _ in range(x.width)]
+        plan = by_row_count(
+            {
+                len(tokens): lambda: StackedBatch.build(tokens, stack, x.device).linear(),
+                len(keys): lambda: StackedBatch.build(keys, stack, x.device).linear(),
+            }
+        )
+        return self._run(x, plan)
 
     def _stack_for(self, adapters: dict[tuple[str, int], LoraAdapter]) -> AdapterStack:
         """A stack holding this batch's adapters: the last one if it does, else a new one.
@@ -110,7 +122,7 @@ class Predictor:
             self._stack = AdapterStack.build(keep)
             return self._stack
 
-    def _merged(self, x: Tensor, row_adapters: Sequence[str | None], loaded: Loaded) -> Tensor:
+    def _merged(self, x: Rows, row_adapters: Sequence[str | None], loaded: Loaded) -> Tensor:
         """Each adapter's rows through that adapter's merged weights."""
         batch = MixedBatch.build(row_adapters, {n: a for n, (_, a) in loaded.items()}, x.device)
         xs = batch.sort(x)  # (N, in), rows grouped by adapter
@@ -118,8 +130,13 @@ class Predictor:
         for seg in batch.segments:
             rows = xs[seg.start : seg.stop]
             if seg.key is None or seg.adapter is None:
-                parts.append(self.base.module(rows))
+                parts.append(self._run(rows, None))
                 continue
             weights = self.merged.get_or_merge(seg.key, loaded[seg.key][0].version, seg.adapter)
-            parts.append(self.base.module(rows, linear=merged_linear(weights)))
+            parts.append(self._run(rows, merged_linear(weights)))
         return batch.unsort(torch.cat(parts))
+
+    def _run(self, x: Rows, plan: LinearFn | None) -> Tensor:
+        """One forward of the base with `plan` at its wrapped layers (None: the base alone)."""
+        with plan_scope(plan):
+            return self.base.run(x)

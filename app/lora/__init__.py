@@ -1,6 +1,7 @@
 """LoRA math in pure torch: no HTTP, no files, no model architecture."""
 
 from app.lora.config import LoraConfig, lora_scaling, pattern_key
+from app.lora.layers import LoraLayer, base_layer, by_row_count, plan_scope, wrap_layers
 from app.lora.mixed import MixedBatch, Segment
 from app.lora.ops import (
     LinearFn,
@@ -19,16 +20,21 @@ __all__ = [
     "LinearFn",
     "LoraAdapter",
     "LoraConfig",
+    "LoraLayer",
     "LoraModule",
     "MixedBatch",
     "Segment",
     "StackedBatch",
+    "base_layer",
+    "by_row_count",
     "init_lora_module",
     "lora_delta",
     "lora_scaling",
     "merge_adapter",
     "merged_linear",
     "pattern_key",
+    "plan_scope",
     "rank_bucket",
     "unmerged_linear",
+    "wrap_layers",
 ]

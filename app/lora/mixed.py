@@ -8,11 +8,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
 
 import torch
 from torch import Tensor, nn
 
 from app.lora.ops import LinearFn, LoraAdapter, lora_delta
+
+
+class _Indexable(Protocol):
+    def __getitem__(self, index: Any, /) -> Any: ...
+
+
+R = TypeVar("R", bound=_Indexable)  # rows: a tensor, or any batch that takes an index tensor
 
 
 @dataclass(frozen=True)
@@ -57,7 +65,7 @@ class MixedBatch:
         inverse[order] = torch.arange(len(order_list), device=device)
         return cls(order, inverse, tuple(segments))
 
-    def sort(self, x: Tensor) -> Tensor:
+    def sort(self, x: R) -> R:
         """Rows in segment order."""
         return x if self.order is None else x[self.order]
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -11,9 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from app.lora.config import LoraConfig
-
-# How a model applies one named linear layer; the model takes it per call.
-LinearFn = Callable[[str, nn.Linear, Tensor], Tensor]
+from app.lora.layers import LinearFn, base_layer
 
 
 @dataclass(frozen=True)
@@ -92,9 +90,7 @@ def merge_adapter(base: nn.Module, adapter: LoraAdapter) -> dict[str, Tensor]:
     """
     merged: dict[str, Tensor] = {}
     for name, module in adapter.modules.items():
-        layer = base.get_submodule(name)
-        assert isinstance(layer, nn.Linear)
-        w = layer.weight
+        w = base_layer(base, name).weight
         delta = module.lora_B.float() @ module.lora_A.float() * module.scaling  # (out, in)
         merged[name] = (w.float() + delta).to(w.dtype)
     return merged

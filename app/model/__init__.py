@@ -1,8 +1,16 @@
 """The frozen base model: architectures, config, loading."""
 
 from app.model.config import InvalidModelConfig, ModelConfig
-from app.model.loader import BaseModel, LinearInfo, build_module, load_base_model, resolve_device
-from app.model.mlp import MLP, plain_linear
+from app.model.loader import (
+    BaseModel,
+    LinearInfo,
+    Rows,
+    build_module,
+    load_base_model,
+    resolve_device,
+)
+from app.model.mlp import MLP
+from app.model.text import TextEncoder, TokenBatch
 
 __all__ = [
     "MLP",
@@ -10,8 +18,10 @@ __all__ = [
     "InvalidModelConfig",
     "LinearInfo",
     "ModelConfig",
+    "Rows",
+    "TextEncoder",
+    "TokenBatch",
     "build_module",
     "load_base_model",
-    "plain_linear",
     "resolve_device",
 ]

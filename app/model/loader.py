@@ -1,22 +1,32 @@
-"""Load a base model folder (config.json + model.safetensors) frozen, in eval mode."""
+"""Load a base model folder frozen, in eval mode: the `mlp` family or a Hugging Face model.
+
+`config.json` tells the families apart: `architecture` for ours, `model_type` for Hugging Face.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
-from torch import nn
+from torch import Tensor, nn
 
+from app.lora.layers import wrap_layers
 from app.model.config import InvalidModelConfig, ModelConfig
 from app.model.mlp import MLP
+from app.model.text import TextEncoder, TokenBatch
 
 # Architectures are a small registry: name -> constructor from the config.
 ARCHITECTURES: dict[str, Callable[[ModelConfig], nn.Module]] = {"mlp": MLP}
+
+# What one request row is: a vector (mlp) or a tokenized text (a transformer).
+Rows = Tensor | TokenBatch
 
 
 @dataclass(frozen=True)
@@ -33,34 +43,44 @@ class BaseModel:
     """The frozen base model and what the rest of the service needs to know about it."""
 
     name: str
-    config: ModelConfig
+    architecture: str  # `mlp`, or the Hugging Face model_type
     module: nn.Module
     device: torch.device
+    dtype: torch.dtype
     fingerprint: str  # sha256 of model.safetensors: which base an adapter was made for
+    targets: dict[str, nn.Linear]  # the layers LoRA can target (wrapped), by module name
+    input_dim: int | None  # an input vector's width; None for a text base
+    output_dim: int  # an output row's width, or the embedding size
+    config: ModelConfig | None = None  # the mlp family's config
+    text: TextEncoder | None = None  # a text base's tokenizer and pooling
 
     @property
-    def input_dim(self) -> int:
-        return self.config.sizes[0]
-
-    @property
-    def output_dim(self) -> int:
-        return self.config.sizes[-1]
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.config.torch_dtype
+    def family(self) -> Literal["mlp", "hf"]:
+        return "mlp" if self.config is not None else "hf"
 
     @property
     def parameters(self) -> int:
         return sum(p.numel() for p in self.module.parameters())
 
     def linears(self) -> dict[str, LinearInfo]:
-        """Every nn.Linear by its module name, in model order."""
+        """Every targetable layer by its module name, in model order."""
         return {
             name: LinearInfo(name, m.in_features, m.out_features)
-            for name, m in self.module.named_modules()
-            if isinstance(m, nn.Linear)
+            for name, m in self.targets.items()
         }
+
+    def prepare(self, x: Rows) -> Rows:
+        """Rows on the model's device (vectors in its dtype)."""
+        if isinstance(x, TokenBatch):
+            return x.to(self.device)
+        return x.to(device=self.device, dtype=self.dtype)
+
+    def run(self, x: Rows) -> Tensor:
+        """One forward: (N, output_dim), under whatever plan the caller has set."""
+        if self.text is not None:
+            assert isinstance(x, TokenBatch)
+            return self.text.embed(self.module, x)
+        return self.module(x)
 
 
 def resolve_device(setting: str) -> torch.device:
@@ -91,8 +111,29 @@ def build_module(config: ModelConfig) -> nn.Module:
     return constructor(config)
 
 
-def load_base_model(folder: Path, device: torch.device) -> BaseModel:
-    """Build the architecture, load its weights strictly, freeze it, move it to `device`."""
+def _is_hf(folder: Path) -> bool:
+    """A Hugging Face folder: config.json with `model_type` and no `architecture`."""
+    try:
+        raw = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError, RecursionError):
+        return False  # ModelConfig.load reports it
+    return isinstance(raw, dict) and "model_type" in raw and "architecture" not in raw
+
+
+def load_base_model(folder: Path, device: torch.device, name: str | None = None) -> BaseModel:
+    """Load either family, frozen, on `device`, its linear layers wrapped (app.lora.layers).
+
+    `folder` may also be the name of a packaged model (app.model.hf.KNOWN_MODELS), which then
+    names the base unless `name` is given.
+    """
+    if not folder.exists():
+        from app.model.hf import known_model_folder
+
+        packaged = known_model_folder(str(folder))
+        if packaged is not None:
+            name, folder = name or str(folder), packaged
+    if _is_hf(folder):
+        return _load_hf(folder, device, name)
     config = ModelConfig.load(folder)
     module = build_module(config)
     weights_path = folder / "model.safetensors"
@@ -104,10 +145,39 @@ def load_base_model(folder: Path, device: torch.device) -> BaseModel:
     module.to(device=device, dtype=config.torch_dtype)
     module.requires_grad_(False)
     module.eval()
+    targets = wrap_layers(module)
     return BaseModel(
-        name=folder.resolve().name,
-        config=config,
+        name=name or folder.resolve().name,
+        architecture=config.architecture,
         module=module,
         device=device,
+        dtype=config.torch_dtype,
         fingerprint=_sha256(weights_path),
+        targets=targets,
+        input_dim=config.sizes[0],
+        output_dim=config.sizes[-1],
+        config=config,
+    )
+
+
+def _load_hf(folder: Path, device: torch.device, name: str | None) -> BaseModel:
+    from app.model.hf import load_hf
+
+    weights_path = folder / "model.safetensors"
+    if not weights_path.is_file():
+        raise InvalidModelConfig(f"{weights_path} is missing (only safetensors weights are read)")
+    module, encoder, dim = load_hf(folder, torch.float32)
+    module.to(device=device)
+    targets = wrap_layers(module)
+    return BaseModel(
+        name=name or folder.resolve().name,
+        architecture=str(getattr(getattr(module, "config", None), "model_type", "hf")),
+        module=module,
+        device=device,
+        dtype=torch.float32,
+        fingerprint=_sha256(weights_path),
+        targets=targets,
+        input_dim=None,
+        output_dim=dim,
+        text=encoder,
     )

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from app.lora import LoraModule, lora_delta
+from app.lora import LoraModule, base_layer, lora_delta, plan_scope, wrap_layers
 
 _PROBE_ROWS = 8
 
@@ -98,8 +98,8 @@ def _probe(model: nn.Module, x: Tensor) -> _Graph:
         outputs[name] = layer(h)
         return outputs[name]
 
-    with torch.no_grad():
-        out = model(x, linear=probe)
+    with torch.no_grad(), plan_scope(probe):
+        out = model(x)
     graph.model_output = next((n for n, y in outputs.items() if y is out), None)
     return graph
 
@@ -109,8 +109,7 @@ def _agrees(model: nn.Module, plan: TrainingPlan, targets: list[str], x: Tensor)
     gen = torch.Generator().manual_seed(0)
     modules = {}
     for name in targets:
-        layer = model.get_submodule(name)
-        assert isinstance(layer, nn.Linear)
+        layer = base_layer(model, name)
         a = torch.randn(2, layer.in_features, generator=gen).to(x) / layer.in_features
         b = torch.randn(layer.out_features, 2, generator=gen).to(x)
         modules[name] = LoraModule(a, b, 1.0)
@@ -118,8 +117,10 @@ def _agrees(model: nn.Module, plan: TrainingPlan, targets: list[str], x: Tensor)
     plain = TrainingPlan()
     try:
         with torch.no_grad():
-            fast = dense(model(x, linear=plan.linear(modules, rows)))
-            slow = dense(model(x, linear=plain.linear(modules, None)))
+            with plan_scope(plan.linear(modules, rows)):
+                fast = dense(model(x))
+            with plan_scope(plain.linear(modules, None)):
+                slow = dense(model(x))
     except (TypeError, AttributeError, RuntimeError):
         return False
     scale = slow.abs().max().clamp_min(1e-6)
@@ -130,6 +131,7 @@ def plan_training(
     model: nn.Module, x: Tensor, targets: list[str], cache_bytes: int = 2 << 30
 ) -> TrainingPlan:
     """Cache what can be cached within `cache_bytes`, checked against the plain forward."""
+    wrap_layers(model)  # the probes reach the layers through plans, as training does
     graph = _probe(model, x[:_PROBE_ROWS])
     plan = TrainingPlan()
     used = 0
@@ -142,8 +144,7 @@ def plan_training(
                 source = plan.cache[parent]
             else:
                 continue
-            layer = model.get_submodule(name)
-            assert isinstance(layer, nn.Linear)
+            layer = base_layer(model, name)
             size = len(x) * layer.out_features * x.element_size()
             if used + size > cache_bytes:
                 break

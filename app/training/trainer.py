@@ -16,7 +16,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from app.lora import LoraAdapter, LoraConfig, LoraModule, init_lora_module
+from app.lora import (
+    LoraAdapter,
+    LoraConfig,
+    LoraModule,
+    init_lora_module,
+    plan_scope,
+    wrap_layers,
+)
 from app.training.fastpath import TrainingPlan, dense, plan_training
 
 
@@ -70,6 +77,9 @@ def train_lora(
     should_stop: Callable[[], bool] = lambda: False,
 ) -> LoraAdapter:
     """Train a LoRA adapter for `model` (frozen, never written) on inputs x and targets y."""
+    # The adapter reaches the layers through the plan of each forward; a model loaded by the
+    # service is wrapped already, and wrapping is idempotent and changes no output.
+    targets = wrap_layers(model)
     gen = torch.Generator().manual_seed(config.seed)
     lora_config = LoraConfig(
         r=config.rank,
@@ -81,8 +91,7 @@ def train_lora(
     modules: dict[str, LoraModule] = {}
     params: list[Tensor] = []
     for name in config.target_modules:
-        layer = model.get_submodule(name)
-        assert isinstance(layer, nn.Linear)
+        layer = targets[name]
         fresh = init_lora_module(
             layer.in_features, layer.out_features, config.rank, lora_config.scaling_for(name), gen
         )
@@ -103,7 +112,8 @@ def train_lora(
             if should_stop():
                 raise Cancelled()
             rows = order[start : start + config.batch_size]  # (B,)
-            out = dense(model(x[rows], linear=plan.linear(modules, rows)))
+            with plan_scope(plan.linear(modules, rows)):
+                out = dense(model(x[rows]))
             loss = loss_fn(out, y[rows])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -133,10 +143,12 @@ def evaluate(
 ) -> float:
     """Mean loss over (x, y) with the adapter applied, in chunks."""
     loss_fn = _loss_fn(loss)
+    wrap_layers(model)
     total = 0.0
     with torch.no_grad():
         for xs, ys in zip(x.split(4096), y.split(4096), strict=True):
-            out = model(xs, linear=TrainingPlan().linear(modules, None))
+            with plan_scope(TrainingPlan().linear(modules, None)):
+                out = model(xs)
             total += loss_fn(out, ys, reduction="sum").item()
     elements = y.numel() if loss == "mse" else len(y)
     return total / elements

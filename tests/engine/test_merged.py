@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from app.engine import MergedCache
-from app.lora import LoraAdapter, LoraConfig, LoraModule
+from app.lora import LoraAdapter, LoraConfig, LoraModule, base_layer
 from app.model import MLP, ModelConfig
 
 SIZES = [16, 8, 4]
@@ -42,7 +42,7 @@ def test_merged_weights_are_w_plus_s_b_a() -> None:
     assert set(weights) == {"layer1", "layer2"}
     for name, w in weights.items():
         m = adapter.modules[name]
-        base = model.get_submodule(name).weight.double()
+        base = base_layer(model, name).weight.double()
         ref = base + 1.5 * m.lora_B.double() @ m.lora_A.double()
         torch.testing.assert_close(w.double(), ref, rtol=1e-6, atol=1e-6)
 

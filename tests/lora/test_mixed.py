@@ -7,6 +7,7 @@ import random
 import torch
 
 from app.lora import MixedBatch, unmerged_linear
+from tests.helpers import forward
 from tests.lora.test_ops import SIZES, longhand, make_adapter, make_model
 
 
@@ -23,10 +24,10 @@ def test_mixed_batch_of_256_rows_over_32_adapters_equals_each_row_alone() -> Non
     x = torch.randn(256, SIZES[0])
     batch = MixedBatch.build(keys, adapters)
     with torch.inference_mode():
-        out = batch.unsort(model(batch.sort(x), linear=batch.linear()))
+        out = batch.unsort(forward(model, batch.linear(), batch.sort(x)))
         for row, key in enumerate(keys):
             adapter = None if key is None else adapters[key]
-            alone = model(x[row : row + 1], linear=unmerged_linear(adapter))
+            alone = forward(model, unmerged_linear(adapter), x[row : row + 1])
             torch.testing.assert_close(out[row : row + 1], alone, rtol=1e-5, atol=1e-5)
             ref = longhand(model, x[row : row + 1], adapter)
             torch.testing.assert_close(out[row : row + 1].double(), ref, rtol=1e-5, atol=1e-5)

@@ -12,6 +12,7 @@ from app.lora import (
     LoraAdapter,
     LoraConfig,
     LoraModule,
+    base_layer,
     init_lora_module,
     lora_scaling,
     merge_adapter,
@@ -20,6 +21,7 @@ from app.lora import (
     unmerged_linear,
 )
 from app.model import MLP, ModelConfig
+from tests.helpers import forward
 
 SIZES = [96, 80, 72]
 
@@ -37,7 +39,7 @@ def make_adapter(
     gen = torch.Generator().manual_seed(seed)
     modules = {}
     for name in targets:
-        layer = model.get_submodule(name)
+        layer = base_layer(model, name)
         rank = config.rank_for(name)
         a = torch.randn(rank, layer.in_features, generator=gen) / layer.in_features
         b = torch.randn(layer.out_features, rank, generator=gen) / rank
@@ -50,7 +52,7 @@ def longhand(model: MLP, x: torch.Tensor, adapter: LoraAdapter | None) -> torch.
     h = x.double()
     names = ["layer1", "layer2"]
     for i, name in enumerate(names):
-        layer = model.get_submodule(name)
+        layer = base_layer(model, name)
         y = h @ layer.weight.double().T + layer.bias.double()
         if adapter is not None and name in adapter.modules:
             m = adapter.modules[name]
@@ -64,7 +66,7 @@ def test_unmerged_matches_longhand_for_every_rank(r: int) -> None:
     model = make_model()
     adapter = make_adapter(model, r, ("layer1", "layer2"), seed=r)
     x = torch.randn(32, SIZES[0])
-    out = model(x, linear=unmerged_linear(adapter))
+    out = forward(model, unmerged_linear(adapter), x)
     torch.testing.assert_close(out.double(), longhand(model, x, adapter), rtol=1e-5, atol=1e-5)
 
 
@@ -73,8 +75,8 @@ def test_merged_agrees_with_unmerged_within_1e4_relative(r: int) -> None:
     model = make_model()
     adapter = make_adapter(model, r, ("layer1", "layer2"), seed=100 + r)
     x = torch.randn(32, SIZES[0])
-    unmerged = model(x, linear=unmerged_linear(adapter))
-    merged = model(x, linear=merged_linear(merge_adapter(model, adapter)))
+    unmerged = forward(model, unmerged_linear(adapter), x)
+    merged = forward(model, merged_linear(merge_adapter(model, adapter)), x)
     torch.testing.assert_close(merged, unmerged, rtol=1e-4, atol=1e-5)
 
 
@@ -82,11 +84,11 @@ def test_adapter_on_only_some_layers_leaves_the_others_at_base() -> None:
     model = make_model()
     adapter = make_adapter(model, 4, ("layer2",), seed=1)
     x = torch.randn(8, SIZES[0])
-    out = model(x, linear=unmerged_linear(adapter))
+    out = forward(model, unmerged_linear(adapter), x)
     torch.testing.assert_close(out.double(), longhand(model, x, adapter), rtol=1e-5, atol=1e-5)
     merged = merge_adapter(model, adapter)
     assert set(merged) == {"layer2"}
-    torch.testing.assert_close(model(x, linear=merged_linear(merged)), out, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(forward(model, merged_linear(merged), x), out, rtol=1e-4, atol=1e-5)
 
 
 def test_merge_never_writes_the_base_weights() -> None:
@@ -98,7 +100,7 @@ def test_merge_never_writes_the_base_weights() -> None:
         assert torch.equal(v, before[k]), k
     # Restoring is dropping the copy: the base answers exactly as before any merge.
     x = torch.randn(4, SIZES[0])
-    assert merged["layer1"].data_ptr() != model.layer1.weight.data_ptr()
+    assert merged["layer1"].data_ptr() != base_layer(model, "layer1").weight.data_ptr()
     torch.testing.assert_close(model(x), longhand(model, x, None).float(), rtol=0, atol=1e-5)
 
 
@@ -109,7 +111,7 @@ def test_rslora_scales_by_alpha_over_sqrt_r() -> None:
     adapter = make_adapter(model, 16, ("layer1", "layer2"), seed=3, use_rslora=True)
     assert adapter.modules["layer1"].scaling == pytest.approx(16 / math.sqrt(16))
     x = torch.randn(8, SIZES[0])
-    out = model(x, linear=unmerged_linear(adapter))
+    out = forward(model, unmerged_linear(adapter), x)
     torch.testing.assert_close(out.double(), longhand(model, x, adapter), rtol=1e-5, atol=1e-5)
 
 
@@ -128,7 +130,7 @@ def test_rank_and_alpha_patterns_override_per_module() -> None:
     assert adapter.modules["layer2"].rank == 2
     assert adapter.modules["layer2"].scaling == pytest.approx(6 / 2)
     x = torch.randn(8, SIZES[0])
-    out = model(x, linear=unmerged_linear(adapter))
+    out = forward(model, unmerged_linear(adapter), x)
     torch.testing.assert_close(out.double(), longhand(model, x, adapter), rtol=1e-5, atol=1e-5)
 
 
@@ -149,7 +151,7 @@ def test_new_module_starts_as_exactly_the_base() -> None:
     assert module.lora_A.abs().max() <= 1 / math.sqrt(96)
     adapter = LoraAdapter(LoraConfig(4, 8, ("layer1",)), {"layer1": module})
     x = torch.randn(4, SIZES[0])
-    assert torch.equal(model(x, linear=unmerged_linear(adapter)), model(x))
+    assert torch.equal(forward(model, unmerged_linear(adapter), x), model(x))
 
 
 def test_new_module_shapes_and_spread_come_from_the_generator() -> None:
@@ -197,5 +199,8 @@ def test_merged_weights_keep_the_base_dtype_with_one_rounding() -> None:
     merged = merge_adapter(model, adapter)["layer1"]
     assert merged.dtype == torch.bfloat16
     m = adapter.modules["layer1"]
-    exact = model.layer1.weight.double() + m.scaling * m.lora_B.double() @ m.lora_A.double()
+    exact = (
+        base_layer(model, "layer1").weight.double()
+        + m.scaling * m.lora_B.double() @ m.lora_A.double()
+    )
     torch.testing.assert_close(merged.double(), exact, rtol=2**-8, atol=1e-6)  # half a bf16 ulp

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from app.lora import AdapterStack, MixedBatch, StackedBatch, rank_bucket, unmerged_linear
+from tests.helpers import forward
 from tests.lora.test_ops import SIZES, make_adapter, make_model
 
 
@@ -15,8 +16,8 @@ def both(model, keys, adapters, x):
     plain = MixedBatch.build(keys, adapters)
     fast = StackedBatch.build(keys, AdapterStack.build(adapters))
     with torch.inference_mode():
-        ref = plain.unsort(model(plain.sort(x), linear=plain.linear()))
-        out = model(x, linear=fast.linear())
+        ref = plain.unsort(forward(model, plain.linear(), plain.sort(x)))
+        out = forward(model, fast.linear(), x)
     return out, ref
 
 
@@ -45,14 +46,14 @@ def test_each_row_gets_its_own_adapter() -> None:
     x = torch.randn(len(keys), SIZES[0])
     out, _ = both(model, keys, adapters, x)
     for row, key in enumerate(keys):
-        alone = model(x[row : row + 1], linear=unmerged_linear(adapters[key] if key else None))
+        alone = forward(model, unmerged_linear(adapters[key] if key else None), x[row : row + 1])
         torch.testing.assert_close(out[row : row + 1], alone, rtol=1e-5, atol=1e-5)
 
 
 def test_no_adapters_is_the_base() -> None:
     model = make_model()
     x = torch.randn(3, SIZES[0])
-    out = model(x, linear=StackedBatch.build([None] * 3, AdapterStack.build({})).linear())
+    out = forward(model, StackedBatch.build([None] * 3, AdapterStack.build({})).linear(), x)
     torch.testing.assert_close(out, model(x))
 
 
@@ -74,9 +75,9 @@ def test_a_stack_serves_batches_that_use_only_some_of_its_adapters() -> None:
     stack = AdapterStack.build(adapters)
     keys = ["a1", None, "a4", "a1"]
     x = torch.randn(len(keys), SIZES[0])
-    out = model(x, linear=StackedBatch.build(keys, stack).linear())
+    out = forward(model, StackedBatch.build(keys, stack).linear(), x)
     plain = MixedBatch.build(keys, adapters)
-    ref = plain.unsort(model(plain.sort(x), linear=plain.linear()))
+    ref = plain.unsort(forward(model, plain.linear(), plain.sort(x)))
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
 
 

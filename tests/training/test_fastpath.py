@@ -8,6 +8,7 @@ from torch import nn
 from app.lora import LoraModule
 from app.model import MLP, ModelConfig
 from app.training.fastpath import LowRank, TrainingPlan, dense, plan_training
+from tests.helpers import forward
 
 
 def model(activation: str | None, sizes=(12, 10, 8, 6)) -> MLP:
@@ -49,9 +50,9 @@ class Residual(nn.Module):
         self.layer1 = nn.Linear(6, 6)
         self.layer2 = nn.Linear(6, 6)
 
-    def forward(self, x, linear):
-        h = linear("layer1", self.layer1, x)
-        return h + linear("layer2", self.layer2, h)
+    def forward(self, x):
+        h = self.layer1(x)
+        return h + self.layer2(h)
 
 
 def test_a_model_where_the_shortcut_is_wrong_falls_back() -> None:
@@ -61,8 +62,8 @@ def test_a_model_where_the_shortcut_is_wrong_falls_back() -> None:
     assert set(plan.cache) == {"layer1"} and plan.lowrank_out == set()
     modules = {"layer1": LoraModule(torch.randn(2, 6), torch.randn(6, 2), 0.5)}
     rows = torch.arange(5)
-    fast = dense(m(x[rows], linear=plan.linear(modules, rows)))
-    slow = m(x[rows], linear=TrainingPlan().linear(modules, None))
+    fast = dense(forward(m, plan.linear(modules, rows), x[rows]))
+    slow = forward(m, TrainingPlan().linear(modules, None), x[rows])
     torch.testing.assert_close(fast, slow)
 
 

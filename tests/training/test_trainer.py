@@ -6,15 +6,18 @@ import pytest
 import torch
 from torch import nn
 
-from app.lora import unmerged_linear
+from app.lora import base_layer, unmerged_linear, wrap_layers
 from app.model import MLP, ModelConfig
 from app.training.trainer import Cancelled, Diverged, StepReport, TrainConfig, evaluate, train_lora
+from tests.helpers import forward
 
 
 def make_model(activation: str | None = "relu", bias: bool = True) -> MLP:
     torch.manual_seed(0)
     config = ModelConfig(architecture="mlp", sizes=[12, 10, 6], bias=bias, activation=activation)
-    return MLP(config).requires_grad_(False).eval()
+    model = MLP(config).requires_grad_(False).eval()
+    wrap_layers(model)  # as the loader leaves it
+    return model
 
 
 def data(rows: int = 64, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,7 +87,7 @@ def test_matches_a_plain_pytorch_loop_step_for_step(
     gen = torch.Generator().manual_seed(cfg.seed)
     params = {}
     for name in targets:
-        layer = model.get_submodule(name)
+        layer = base_layer(model, name)
         bound = 1.0 / layer.in_features**0.5
         a = torch.empty(cfg.rank, layer.in_features).uniform_(-bound, bound, generator=gen)
         params[name] = (
@@ -98,7 +101,7 @@ def test_matches_a_plain_pytorch_loop_step_for_step(
 
     def forward(h: torch.Tensor) -> torch.Tensor:
         for i, name in enumerate(("layer1", "layer2")):
-            layer = model.get_submodule(name)
+            layer = base_layer(model, name)
             out = h @ layer.weight.T + layer.bias
             if name in params:
                 a, b = params[name]
@@ -135,7 +138,7 @@ def test_training_lowers_the_loss_and_reports_every_step() -> None:
     assert reports[-1].step == reports[-1].total_steps == 30 * 16
     assert epoch_ends[-1].validation_loss < epoch_ends[0].validation_loss / 10
     assert evaluate(model, dict(adapter.modules), x, y) == pytest.approx(
-        nn.functional.mse_loss(model(x, linear=unmerged_linear(adapter)), y).item(), rel=1e-5
+        nn.functional.mse_loss(forward(model, unmerged_linear(adapter), x), y).item(), rel=1e-5
     )
 
 
@@ -168,7 +171,7 @@ def test_cross_entropy_against_class_probabilities() -> None:
     assert reports[0].train_loss == pytest.approx(
         cross_entropy_longhand(model(x), labels).item(), rel=1e-5
     )
-    trained = model(x, linear=unmerged_linear(adapter))
+    trained = forward(model, unmerged_linear(adapter), x)
     expected = cross_entropy_longhand(trained, labels).item()
     assert reports[-1].validation_loss == pytest.approx(expected, rel=1e-5)
     assert evaluate(model, dict(adapter.modules), x, labels, "cross_entropy") == pytest.approx(

@@ -2,10 +2,10 @@
 
 from fastapi import APIRouter
 
-from app.api.routes import adapters, datasets, health, jobs, model, predict
+from app.api.routes import adapters, datasets, embeddings, health, jobs, model, predict
 
 api_router = APIRouter()
-for module in (health, model, adapters, predict, datasets, jobs):
+for module in (health, model, adapters, predict, embeddings, datasets, jobs):
     api_router.include_router(module.router)
 
 __all__ = ["api_router"]

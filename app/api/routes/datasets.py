@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from app.api.auth import ADMIN
-from app.api.deps import Datasets, Training
+from app.api.deps import VECTOR_BASE, Datasets, Training
 from app.api.predict_io import loads_strict
 from app.api.schemas import DatasetCreate, DatasetList, DatasetPublic, ErrorBody
 from app.errors import InvalidInput, UnsupportedMediaType, shorten
@@ -104,7 +104,13 @@ async def _uploaded_file(request: Request) -> UploadFile:
     return files[0]
 
 
-@router.post("", status_code=201, responses=_ERRORS, openapi_extra=_UPLOAD_BODY)
+@router.post(
+    "",
+    status_code=201,
+    responses=_ERRORS,
+    openapi_extra=_UPLOAD_BODY,
+    dependencies=VECTOR_BASE,
+)
 async def create_dataset(request: Request, datasets: Datasets) -> DatasetPublic:
     """A multipart `file` (safetensors: `inputs`, `targets`), or JSON `{inputs, targets}`."""
     content_type = request.headers.get("content-type", "")

@@ -65,6 +65,12 @@ async def predict(
 ) -> Response:
     """Rows in, rows out; every answer carries Server-Timing (queue, model, total)."""
     start = time.perf_counter()
+    input_dim = base.input_dim
+    if input_dim is None:
+        raise InvalidInput(
+            f"the base model {base.name!r} takes texts, not vectors; use POST /v1/embeddings",
+            "inputs",
+        )
     content_type = request.headers.get("content-type", "application/json")
     if content_type.startswith(OCTET):
         parse = partial(parse_safetensors, adapter=adapter, mode=mode)
@@ -76,12 +82,12 @@ async def predict(
                     f"with JSON, put `{name}` in the body",
                     name,
                 )
-        parse = partial(parse_json, input_dim=base.input_dim, max_rows=settings.max_request_rows)
+        parse = partial(parse_json, input_dim=input_dim, max_rows=settings.max_request_rows)
     else:
         raise UnsupportedMediaType(f"send application/json or {OCTET}, not {content_type}")
     raw = await request.body()
     call = parse(raw) if len(raw) <= _PARSE_INLINE_BYTES else await run_in_threadpool(parse, raw)
-    x = check_rows(call.x, base.input_dim, settings.max_request_rows)
+    x = check_rows(call.x, input_dim, settings.max_request_rows)
     names, param = row_adapters(call.adapter, call.adapters, len(x))
     result = await engine.submit(x, names, call.mode, param)
     _check_finite(result.outputs)

@@ -1,0 +1,111 @@
+"""OpenAI-compatible embeddings for text bases; adapters chosen per request or per input."""
+
+from __future__ import annotations
+
+import base64
+import time
+
+import numpy as np
+from fastapi import APIRouter, Response
+from fastapi.concurrency import run_in_threadpool
+
+from app.api.auth import READ
+from app.api.deps import Base, EngineDep, SettingsDep
+from app.api.schemas import (
+    EmbeddingData,
+    EmbeddingsRequest,
+    EmbeddingsResponse,
+    EmbeddingUsage,
+    ErrorBody,
+)
+from app.engine.inputs import check_name
+from app.errors import InvalidInput
+
+router = APIRouter(tags=["embeddings"])
+# Lists longer than this are tokenized on a worker thread, so the event loop keeps answering.
+_TOKENIZE_INLINE = 64
+
+
+@router.post(
+    "/v1/embeddings",
+    responses={c: {"model": ErrorBody} for c in (400, 404, 413, 422, 503)},
+    dependencies=READ,
+)
+async def create_embeddings(
+    body: EmbeddingsRequest,
+    base: Base,
+    engine: EngineDep,
+    settings: SettingsDep,
+    response: Response,
+) -> EmbeddingsResponse:
+    """One embedding per input text; `model` is an adapter's name or the base's."""
+    start = time.perf_counter()
+    if base.text is None:
+        raise InvalidInput(
+            f"the base model {base.name!r} takes vectors, not texts; use POST /v1/predict", "input"
+        )
+    texts = [body.input] if isinstance(body.input, str) else body.input
+    if not 1 <= len(texts) <= settings.max_request_rows:
+        raise InvalidInput(
+            f"`input` holds {len(texts)} texts; send 1 <= N <= {settings.max_request_rows}", "input"
+        )
+    empty = next((i for i, t in enumerate(texts) if not t), None)
+    if empty is not None:
+        raise InvalidInput(f"input {empty} is an empty string", "input")
+    if body.dimensions is not None and body.dimensions != base.output_dim:
+        raise InvalidInput(
+            f"this model's embeddings have {base.output_dim} dimensions; "
+            f"it cannot shorten them to {body.dimensions}",
+            "dimensions",
+        )
+    names, param = _row_adapters(body, base.name, len(texts))
+    encoder = base.text
+    if len(texts) <= _TOKENIZE_INLINE:
+        tokens = encoder.tokenize(texts)
+    else:
+        tokens = await run_in_threadpool(encoder.tokenize, texts)
+    result = await engine.submit(tokens, names, "auto", param)
+    outputs = result.outputs.float().numpy()
+    data = [
+        EmbeddingData(index=i, embedding=_encode(row, body.encoding_format))
+        for i, row in enumerate(outputs)
+    ]
+    total_ms = (time.perf_counter() - start) * 1000
+    response.headers["Server-Timing"] = (
+        f"queue;dur={result.queue_ms:.3f}, model;dur={result.model_ms:.3f}, "
+        f"total;dur={total_ms:.3f}"
+    )
+    used = tokens.tokens
+    return EmbeddingsResponse(
+        data=data, model=body.model, usage=EmbeddingUsage(prompt_tokens=used, total_tokens=used)
+    )
+
+
+def _row_adapters(body: EmbeddingsRequest, base_name: str, n: int) -> tuple[list[str | None], str]:
+    """`model` names one adapter (or the base); our `adapters` extension names one per input."""
+    if body.adapters is not None:
+        if body.model != base_name:
+            raise InvalidInput(
+                f"`adapters` gives an adapter per input; with it, `model` must be the base "
+                f"model's name ({base_name!r})",
+                "adapters",
+            )
+        if len(body.adapters) != n:
+            raise InvalidInput(
+                f"`adapters` has {len(body.adapters)} entries for {n} inputs", "adapters"
+            )
+        for name in body.adapters:
+            if name is not None:
+                check_name(name, "adapters")
+        return list(body.adapters), "adapters"
+    if body.model == base_name:
+        return [None] * n, "model"
+    check_name(body.model, "model")
+    return [body.model] * n, "model"
+
+
+def _encode(row: np.ndarray, encoding: str) -> list[float] | str:
+    if encoding == "base64":
+        # As OpenAI sends it: the float32 values' little-endian bytes, base64-encoded.
+        return base64.b64encode(row.astype("<f4").tobytes()).decode("ascii")
+    return [float(v) for v in row]

@@ -46,7 +46,8 @@ def _serve(args: argparse.Namespace) -> None:
         settings = Settings()
     except ValidationError as exc:
         raise InputError(f"invalid settings: {_first_error(exc)}") from None
-    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    given = (("host", args.host), ("port", args.port), ("base_model", args.base_model))
+    overrides = {k: v for k, v in given if v is not None}
     run(settings.model_copy(update=overrides))
 
 
@@ -244,6 +245,12 @@ def parser(settings: CliSettings | None = None) -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the service (uvicorn app.main:app)")
     serve.add_argument("--host", help="default LORASERVE_HOST or UVICORN_HOST, else 127.0.0.1")
     serve.add_argument("--port", type=int, help="default LORASERVE_PORT or UVICORN_PORT, else 8000")
+    serve.add_argument(
+        "--base-model",
+        type=Path,
+        help="a base model folder, or all-MiniLM-L6-v2; default LORASERVE_BASE_MODEL, else the "
+        "embedded seed model",
+    )
 
     adapters = sub.add_parser("adapters", help="list, upload, download, delete adapters")
     actions = adapters.add_subparsers(dest="action", required=True)

@@ -68,6 +68,12 @@ def test_serve_options_win_over_the_environment(served, monkeypatch) -> None:
     assert (settings.host, settings.port) == ("127.0.0.2", 9001)
 
 
+def test_serve_base_model_wins_over_the_environment(served, monkeypatch) -> None:
+    monkeypatch.setenv("LORASERVE_BASE_MODEL", "/elsewhere")
+    main(["serve", "--base-model", "all-MiniLM-L6-v2"])
+    assert served[0].base_model == Path("all-MiniLM-L6-v2")
+
+
 def test_serve_defaults_to_localhost_8000(served) -> None:
     main(["serve"])
     assert (served[0].host, served[0].port) == ("127.0.0.1", 8000)

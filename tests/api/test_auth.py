@@ -32,6 +32,7 @@ READ = {
     ("GET", "/v1/adapters/{name}"),
     ("GET", "/v1/adapters/{name}/download"),
     ("POST", "/v1/predict"),
+    ("POST", "/v1/embeddings"),
     ("GET", "/metrics"),
 }
 

@@ -1,0 +1,171 @@
+"""Model time of all-MiniLM-L6-v2 batches through the service's predictor: adapters vs the base.
+
+Run: .venv/bin/python bench/embeddings.py [--device cpu|cuda] [--out bench/results/embeddings-cpu.json]
+Texts of about 32 tokens. For each (batch, adapters), times (median, ms) one forward of:
+  base     the batch on the base alone (the baseline every ratio is against)
+  mixed    every text on its own adapter, spread evenly over the adapters (stacked path)
+  one      every text on one adapter (unmerged)
+  merged   every text on one adapter's merged copy
+Adapters are rank 8 on query and value (lora_alpha 16), made as PEFT makes them, B random.
+This measures the engine in one process, as the inference thread runs it; the HTTP service
+under load is a separate benchmark (not built yet).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import save
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from app.adapters import AdapterRegistry, AdapterStore, BaseInfo  # noqa: E402
+from app.adapters.peft_format import tensor_key  # noqa: E402
+from app.engine import Predictor  # noqa: E402
+from app.model import load_base_model, resolve_device  # noqa: E402
+
+WORDS = [
+    "the",
+    "a",
+    "model",
+    "adapter",
+    "serves",
+    "many",
+    "fine",
+    "tuned",
+    "variants",
+    "of",
+    "one",
+    "frozen",
+    "encoder",
+    "behind",
+    "an",
+    "endpoint",
+    "with",
+    "batching",
+    "across",
+    "requests",
+    "and",
+    "rows",
+    "while",
+    "each",
+    "text",
+    "picks",
+    "its",
+    "own",
+    "low",
+    "rank",
+    "update",
+    "trained",
+    "on",
+    "a",
+    "small",
+    "task",
+]
+
+
+def texts(n: int, seed: int) -> list[str]:
+    """Sentences of about 32 tokens (27 to 31 words plus the special tokens)."""
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(27, 31))) for _ in range(n)]
+
+
+def measure(fn, budget_s: float, device: torch.device) -> float:
+    def once() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return (time.perf_counter() - start) * 1000
+
+    for _ in range(3):
+        once()
+    samples = [once()]
+    while sum(samples) < budget_s * 1000 and len(samples) < 100:
+        samples.append(once())
+    return statistics.median(samples)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--budget", type=float, default=3.0, help="seconds per measurement")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    base = load_base_model(Path("all-MiniLM-L6-v2"), device)
+    assert base.text is not None
+    linears = {n: (i.in_features, i.out_features) for n, i in base.linears().items()}
+    info = BaseInfo(linears, base.name, base.fingerprint, base.device, base.dtype)
+    store = Path(tempfile.mkdtemp())
+    registry = AdapterRegistry(AdapterStore(store), info, 64, 1 << 30)
+    registry.scan()
+    gen = torch.Generator().manual_seed(0)
+    targets = [n for n in linears if n.endswith(("attention.self.query", "attention.self.value"))]
+    for i in range(16):
+        tensors = {}
+        for name in targets:
+            n_in, n_out = linears[name]
+            tensors[tensor_key(name, "lora_A")] = torch.randn(8, n_in, generator=gen) / n_in**0.5
+            tensors[tensor_key(name, "lora_B")] = torch.randn(n_out, 8, generator=gen) * 0.01
+        config = {
+            "peft_type": "LORA",
+            "r": 8,
+            "lora_alpha": 16,
+            "target_modules": ["query", "value"],
+        }
+        registry.upload(f"a{i}", json.dumps(config).encode(), save(tensors))
+    predictor = Predictor(base, registry, 1 << 30)
+    rows = []
+    for batch, distinct in ((64, 16), (64, 4), (32, 16), (8, 8)):
+        tokens = base.text.tokenize(texts(batch, seed=batch))
+        mixed = [f"a{i % distinct}" for i in range(batch)]
+        loaded = predictor.resolve(mixed, "adapters")
+        one = predictor.resolve(["a0"], "adapters")
+        predictor.merge("a0")
+
+        def run(names, loaded, used, tokens=tokens):
+            return lambda: predictor.forward(tokens, names, loaded, used)
+
+        base_ms = measure(run([None] * batch, {}, "unmerged"), args.budget, device)
+        mixed_ms = measure(run(mixed, loaded, "unmerged"), args.budget, device)
+        one_ms = measure(run(["a0"] * batch, one, "unmerged"), args.budget, device)
+        merged_ms = measure(run(["a0"] * batch, one, "merged"), args.budget, device)
+        row = {
+            "batch": batch, "adapters": distinct, "tokens_per_text": tokens.width,
+            "base_ms": base_ms, "mixed_ms": mixed_ms, "one_ms": one_ms, "merged_ms": merged_ms,
+            "mixed_over_base": mixed_ms / base_ms, "one_over_base": one_ms / base_ms,
+            "merged_over_base": merged_ms / base_ms,
+        }  # fmt: skip
+        rows.append(row)
+        print(
+            f"batch {batch:3d} x {distinct:2d} adapters ({tokens.width} tokens): "
+            f"base {base_ms:7.1f} ms | mixed {mixed_ms:7.1f} ({mixed_ms / base_ms:.2f}x) | "
+            f"one {one_ms:7.1f} ({one_ms / base_ms:.2f}x) | merged {merged_ms:7.1f} "
+            f"({merged_ms / base_ms:.2f}x)",
+            flush=True,
+        )
+    if args.out:
+        meta = {
+            "device": str(device),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "machine": platform.machine(),
+        }
+        args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

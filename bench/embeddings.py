@@ -75,9 +75,9 @@ WORDS = [
 
 
 def texts(n: int, seed: int) -> list[str]:
-    """Sentences of about 32 tokens (27 to 31 words plus the special tokens)."""
+    """Sentences of about 32 tokens (22 to 26 words, the special tokens and some word pieces)."""
     rng = random.Random(seed)
-    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(27, 31))) for _ in range(n)]
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(22, 26))) for _ in range(n)]
 
 
 def measure(fn, budget_s: float, device: torch.device) -> float:

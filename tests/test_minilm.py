@@ -195,3 +195,40 @@ def test_an_adapter_saved_from_a_task_model_is_refused_with_the_reason(
         )
     assert info.value.status == 422
     assert predictor.registry.list() == before
+
+
+def test_concurrent_text_requests_are_batched_and_each_gets_its_own_rows(
+    predictor: Predictor, base: BaseModel
+) -> None:
+    import asyncio
+
+    from app.engine import Batcher
+
+    assert base.text is not None
+    encoder = base.text
+    chunks = [TEXTS[i : i + 1 + i % 3] for i in range(len(TEXTS))]  # 1 to 3 texts each
+    requests = [
+        (texts, [list(CONFIGS)[i % 3] if i % 4 else None] * len(texts))
+        for i, texts in enumerate(chunks)
+    ]
+    alone = [predictor.predict(encoder.tokenize(t), n, "unmerged")[0] for t, n in requests]
+    batcher = Batcher(predictor, max_batch_rows=64, batch_wait_ms=50, max_queue_rows=1000)
+    sizes: list[int] = []
+    batcher.on_batch = lambda rows, mode: sizes.append(rows)
+
+    async def main():
+        pending = [
+            asyncio.ensure_future(batcher.submit(encoder.tokenize(t), n, "unmerged", "adapters"))
+            for t, n in requests
+        ]
+        await asyncio.sleep(0.01)  # all queued before the thread starts: one batch
+        batcher.start()
+        return await asyncio.gather(*pending)
+
+    try:
+        results = asyncio.run(main())
+    finally:
+        batcher.stop()
+    assert sizes == [sum(len(n) for _, n in requests)]
+    for result, expected in zip(results, alone, strict=True):
+        assert (result.outputs - expected).abs().max() <= 1e-5

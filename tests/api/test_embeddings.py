@@ -122,6 +122,20 @@ def test_the_openai_client_works_unchanged(client: TestClient) -> None:
         wrong.embeddings.create(model=BASE, input="x")
 
 
+def test_the_openai_client_works_without_keys_too(tmp_path: Path) -> None:
+    settings = Settings(
+        base_model=Path(BASE), adapters_dir=tmp_path / "a", data_dir=tmp_path / "d", device="cpu"
+    )
+    with TestClient(create_app(settings)) as open_client:
+        # The client insists on some api_key; a service without keys ignores it.
+        oa = openai.OpenAI(
+            base_url=f"{open_client.base_url}/v1", api_key="unused", http_client=open_client
+        )
+        result = oa.embeddings.create(model=BASE, input=PAIR, encoding_format="float")
+    got = np.array([d.embedding for d in result.data])
+    assert got.shape == (2, 384) and float(got[0] @ got[1]) == pytest.approx(0.755, abs=0.005)
+
+
 @pytest.mark.parametrize(
     ("body", "status", "code", "param"),
     [

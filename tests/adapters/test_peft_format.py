@@ -290,3 +290,134 @@ def test_config_errors_say_exactly_what_is_wrong_and_where(
     with pytest.raises(InvalidAdapter) as info:
         fmt.parse_config(data, LINEARS, 64)
     assert (info.value.message, info.value.param) == (message, param)
+
+
+def test_written_config_is_peft_s_layout_exactly() -> None:
+    config = parse(
+        peft_config(
+            4, 8, ["layer1", "layer2"], rank_pattern={"layer2": 2}, alpha_pattern={"layer1": 2}
+        )
+    )
+    expected = {
+        "peft_type": "LORA",
+        "task_type": None,
+        "base_model_name_or_path": "seed",
+        "r": 4,
+        "lora_alpha": 8.0,
+        "target_modules": ["layer1", "layer2"],
+        "use_rslora": False,
+        "rank_pattern": {"layer2": 2},
+        "alpha_pattern": {"layer1": 2.0},
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "lora_dropout": 0.0,
+        "inference_mode": True,
+        "init_lora_weights": True,
+        "modules_to_save": None,
+    }
+    assert fmt.config_json(config, "seed") == (json.dumps(expected, indent=2) + "\n").encode()
+
+
+def test_expected_shapes_follow_the_rank_pattern() -> None:
+    config = parse(peft_config(4, 8, ["layer1", "layer2"], rank_pattern={"layer2": 2}))
+    assert fmt.expected_shapes(config, LINEARS) == {
+        "base_model.model.layer1.lora_A.weight": (4, 16),
+        "base_model.model.layer1.lora_B.weight": (8, 4),
+        "base_model.model.layer2.lora_A.weight": (2, 8),
+        "base_model.model.layer2.lora_B.weight": (4, 2),
+    }
+
+
+WIDE = linears_of([16, 8, 8, 8, 4])  # four layers: eight tensors
+
+
+def test_header_errors_are_exact_and_name_the_weights() -> None:
+    config = fmt.parse_config(json.dumps(peft_config(4, 8, list(WIDE))).encode(), WIDE, 64)
+    tensors = lora_tensors([16, 8, 8, 8, 4], list(WIDE), 4)
+    header = fmt.header_of(tensors)
+    extra = {f"base_model.model.extra{i}.weight": ((1,), "F32") for i in range(6)}
+    cases = [
+        (
+            {**header, **extra},
+            f"unexpected tensors {sorted(extra)[:5]}; expected only LoRA A/B of "
+            "['layer1', 'layer2', 'layer3', 'layer4']",
+        ),
+        ({}, f"missing tensors {sorted(header)[:5]}"),
+        (
+            {**header, "base_model.model.layer2.lora_B.weight": ((8, 3), "F32")},
+            "base_model.model.layer2.lora_B.weight has shape (8, 3), expected (8, 4)",
+        ),
+        (
+            fmt.header_of(
+                {
+                    **tensors,
+                    "base_model.model.layer1.lora_A.weight": torch.zeros(4, 16, dtype=torch.int32),
+                }
+            ),
+            "base_model.model.layer1.lora_A.weight has dtype torch.int32; accepted: F32, F16, BF16",
+        ),
+    ]
+    for bad, message in cases:
+        with pytest.raises(InvalidAdapter) as info:
+            fmt.check_header(bad, config, WIDE)
+        assert (info.value.message, info.value.param) == (message, "weights")
+
+
+def test_nan_weights_are_refused_naming_the_tensor_and_the_weights() -> None:
+    config = parse(peft_config(4, 8, ["layer1"]))
+    tensors = lora_tensors(TINY_SIZES, ["layer1"], 4)
+    tensors["base_model.model.layer1.lora_B.weight"][2, 1] = float("nan")
+    with pytest.raises(InvalidAdapter) as info:
+        fmt.build_adapter(tensors, config)
+    assert (info.value.message, info.value.param) == (
+        "base_model.model.layer1.lora_B.weight holds NaN or inf values",
+        "weights",
+    )
+
+
+def test_each_module_gets_its_own_scaling() -> None:
+    config = parse(
+        peft_config(
+            4, 8, ["layer1", "layer2"], rank_pattern={"layer2": 2}, alpha_pattern={"layer1": 2}
+        )
+    )
+    tensors = lora_tensors(TINY_SIZES, ["layer1", "layer2"], {"layer1": 4, "layer2": 2})
+    adapter = fmt.build_adapter(tensors, config)
+    assert adapter.modules["layer1"].scaling == 2 / 4 and adapter.modules["layer2"].scaling == 8 / 2
+
+
+def _one_rank(value: float, r: int = 16) -> tuple:
+    """A rank-1 layer1 adapter (alpha 1) in a config whose default rank is `r`."""
+    config = parse(peft_config(r, 1, ["layer1"], rank_pattern={"layer1": 1}))
+    tensors = lora_tensors(TINY_SIZES, ["layer1"], 1)
+    a = tensors["base_model.model.layer1.lora_A.weight"]
+    b = tensors["base_model.model.layer1.lora_B.weight"]
+    a.clamp_(-1, 1)
+    b.clamp_(-1, 1)
+    a[0, 0] = value
+    b[0, 0] = 1.0
+    return tensors, config
+
+
+def test_the_overflow_bound_uses_the_module_s_own_rank() -> None:
+    # scaling (1 / 1) * rank 1 * 1e4 * 1 fits float16; with the default rank 16 it would not.
+    tensors, config = _one_rank(1e4)
+    fmt.build_adapter(tensors, config, torch.float16)
+
+
+def test_a_bound_of_exactly_the_dtype_s_max_is_accepted() -> None:
+    tensors, config = _one_rank(65504.0)
+    fmt.build_adapter(tensors, config, torch.float16)
+    tensors, config = _one_rank(65536.0)
+    with pytest.raises(InvalidAdapter) as info:
+        fmt.build_adapter(tensors, config, torch.float16)
+    assert info.value.param == "weights"
+    assert info.value.message == (
+        "scaling * B @ A of layer1 may reach 6.55e+04, beyond torch.float16 (max 6.55e+04); "
+        "answers would not be finite"
+    )
+
+
+def test_header_of_names_unaccepted_dtypes_by_torch_s_name() -> None:
+    tensors = {"k": torch.zeros(2, 3, dtype=torch.int64), "h": torch.zeros(1, dtype=torch.float16)}
+    assert fmt.header_of(tensors) == {"k": ((2, 3), "torch.int64"), "h": ((1,), "F16")}

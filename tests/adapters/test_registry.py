@@ -8,13 +8,23 @@ import logging
 import random
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 
 from app.adapters import AdapterProblem, AdapterRegistry, AdapterStore, BaseInfo
-from app.errors import AdapterBroken, AdapterExists, AdapterNotFound, InvalidAdapter, NameTaken
+from app.errors import (
+    AdapterBroken,
+    AdapterExists,
+    AdapterNotFound,
+    InvalidAdapter,
+    InvalidName,
+    NameTaken,
+    TooManyAdapters,
+)
 from tests.helpers import TINY_SIZES, adapter_files, linears_of, lora_tensors, peft_config
 
 BASE = BaseInfo(linears_of(TINY_SIZES), "tiny", "f" * 64, torch.device("cpu"), torch.float32)
@@ -395,7 +405,7 @@ def test_weights_found_broken_at_load_give_a_broken_record_of_the_same_name_and_
         assert (info.value.message, info.value.param) == (expected, "model")
     after = registry.get("a")
     assert after.name == "a" and after.config == before.config and after.config is not None
-    assert isinstance(after.version, int) and after.version > before.version
+    assert isinstance(after.version, int) and after.version != before.version
     assert after.error == AdapterProblem("invalid_adapter", NAN_PROBLEM)
     assert after.size_bytes == len(_nan_weights()) and after.status == "broken"
     assert not registry.is_resident(after) and registry.resident_count == 0
@@ -444,3 +454,226 @@ def test_an_adapter_too_big_for_the_cache_is_served_without_evicting_others(
     assert big.nbytes > registry.cache_bytes
     assert [n for n in ("small", "big") if registry.is_resident(registry.get(n))] == ["small"]
     assert registry.cached_bytes == one_adapter
+
+
+def test_get_and_load_name_their_field_for_bad_and_unknown_names(tmp_path: Path) -> None:
+    registry = make_registry(tmp_path)
+    with pytest.raises(AdapterNotFound) as info:
+        registry.get("missing")
+    assert (info.value.message, info.value.param) == ("adapter 'missing' not found", "name")
+    with pytest.raises(InvalidName) as bad:
+        registry.get("../x")
+    assert bad.value.param == "name"
+    with pytest.raises(AdapterNotFound) as info:
+        registry.load("missing")
+    assert (info.value.message, info.value.param) == ("adapter 'missing' not found", "adapter")
+    with pytest.raises(InvalidName) as bad:
+        registry.load("../x")
+    assert bad.value.param == "adapter"
+
+
+def test_cache_hits_and_misses_are_counted(tmp_path: Path) -> None:
+    registry = make_registry(tmp_path)
+    for name in "ab":
+        registry.upload(name, *files())
+    _, first = registry.load("a")
+    assert registry.load("a")[1] is first and registry.load("a")[1] is first
+    registry.load("b")
+    assert (registry.cache_hits, registry.cache_misses) == (2, 2)
+
+
+def test_load_racing_a_delete_is_not_found(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    registry = make_registry(tmp_path)
+    registry.upload("a", *files())
+    _just_before_the_name_lock(registry, monkeypatch, lambda: registry.delete("a"))
+    with pytest.raises(AdapterNotFound) as info:
+        registry.load("a")
+    assert (info.value.message, info.value.param) == ("adapter 'a' not found", "adapter")
+
+
+def test_load_racing_a_load_that_finds_the_weights_broken_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_registry(tmp_path).upload("a", *files())
+    registry = make_registry(tmp_path)
+    (tmp_path / "a" / "adapter_model.safetensors").write_bytes(_nan_weights())
+
+    def load_finds_it_broken() -> None:
+        with pytest.raises(AdapterBroken):
+            registry.load("a")
+
+    _just_before_the_name_lock(registry, monkeypatch, load_finds_it_broken)
+    with pytest.raises(AdapterBroken) as info:
+        registry.load("a")
+    assert info.value.param == "adapter"
+    assert info.value.message == (
+        f"adapter 'a' is broken ({NAN_PROBLEM}); an admin can replace it "
+        "(overwrite=true) or delete it"
+    )
+
+
+def test_load_racing_a_load_of_the_same_adapter_uses_its_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry = make_registry(tmp_path)
+    registry.upload("a", *files())
+    loaded = []
+    _just_before_the_name_lock(registry, monkeypatch, lambda: loaded.append(registry.load("a")))
+    record, adapter = registry.load("a")
+    assert loaded == [(record, adapter)] and loaded[0][1] is adapter
+    assert registry.resident_count == 1 and registry.cache_misses == 2
+
+
+HALF = BaseInfo(BASE.linears, "tiny", "f" * 64, torch.device("cpu"), torch.float16)
+
+
+def _big_values() -> tuple[bytes, bytes]:
+    """Weights whose product fits float32 but not float16: 2 * 4 * 1e3 * 1e3 > 65504."""
+    tensors = lora_tensors(TINY_SIZES, ["layer1", "layer2"], 4)
+    tensors["base_model.model.layer1.lora_A.weight"][0, 0] = 1e3
+    tensors["base_model.model.layer1.lora_B.weight"][0, 0] = 1e3
+    return adapter_files(peft_config(4, 8, ["layer1", "layer2"]), tensors)
+
+
+def test_weights_must_fit_the_serving_dtype_at_upload_and_at_load(tmp_path: Path) -> None:
+    half = AdapterRegistry(AdapterStore(tmp_path), HALF, max_rank=16, cache_bytes=1 << 20)
+    half.scan()
+    with pytest.raises(InvalidAdapter) as info:
+        half.upload("a", *_big_values())
+    assert info.value.param == "weights" and "beyond torch.float16" in info.value.message
+    make_registry(tmp_path).upload("a", *_big_values())  # fine for a float32 base
+    half = AdapterRegistry(AdapterStore(tmp_path), HALF, max_rank=16, cache_bytes=1 << 20)
+    half.scan()
+    with pytest.raises(AdapterBroken):
+        half.load("a")
+    assert half.get("a").status == "broken"
+
+
+def test_load_gives_the_weights_on_the_serving_device_in_its_dtype(tmp_path: Path) -> None:
+    make_registry(tmp_path).upload("a", *files())
+    meta = BaseInfo(BASE.linears, "tiny", "f" * 64, torch.device("meta"), torch.float16)
+    registry = AdapterRegistry(AdapterStore(tmp_path), meta, max_rank=16, cache_bytes=1 << 20)
+    registry.scan()
+    _, adapter = registry.load("a")
+    for module in adapter.modules.values():
+        for t in (module.lora_A, module.lora_B):
+            assert (t.device.type, t.dtype) == ("meta", torch.float16)
+
+
+def test_upload_refuses_pickles_and_non_safetensors_weights_naming_the_field(
+    tmp_path: Path,
+) -> None:
+    registry = make_registry(tmp_path)
+    config, weights = files()
+    with pytest.raises(InvalidAdapter) as info:
+        registry.upload("a", config, b"\x80\x04junk")
+    assert (info.value.message, info.value.param) == (
+        "weights look like a pickled .bin file; only safetensors is accepted",
+        "weights",
+    )
+    with pytest.raises(InvalidAdapter) as info:
+        registry.upload("a", config, weights[:-10])
+    assert info.value.param == "weights"
+    assert info.value.message.startswith("weights are not a valid safetensors file: ")
+    assert len(info.value.message) > len("weights are not a valid safetensors file: ")
+
+
+def test_a_second_upload_conflicts_naming_the_name_field(tmp_path: Path) -> None:
+    registry = make_registry(tmp_path)
+    registry.upload("a", *files())
+    with pytest.raises(AdapterExists) as info:
+        registry.upload("a", *files())
+    assert (info.value.code, info.value.param) == ("adapter_exists", "name")
+    assert info.value.message == "adapter 'a' already exists; pass overwrite=true"
+
+
+def test_add_writes_our_header_and_config_and_does_not_overwrite_by_default(
+    tmp_path: Path,
+) -> None:
+    registry = make_registry(tmp_path)
+    _, adapter = registry.load(registry.upload("a", *files()).name)
+    before = int(time.time())
+    record = registry.add("t", adapter, source="training", metadata={"job": "j1"})
+    after = int(time.time())
+    weights = (tmp_path / "t" / "adapter_model.safetensors").read_bytes()
+    assert before <= record.created_at <= after
+    assert record.metadata == {
+        "format": "pt",
+        "created_at": str(record.created_at),
+        "source": "training",
+        "base_model": "tiny",
+        "base_fingerprint": "f" * 64,
+        "job": "j1",
+    }
+    with safe_open(tmp_path / "t" / "adapter_model.safetensors", framework="pt") as f:
+        assert f.metadata() == record.metadata
+    assert (record.name, record.source, record.size_bytes) == ("t", "training", len(weights))
+    assert record.sha256 == hashlib.sha256(weights).hexdigest()
+    config = json.loads((tmp_path / "t" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "tiny"
+    again = make_registry(tmp_path).get("t")  # what a restart reads back
+    fields = ("name", "config", "size_bytes", "created_at", "source", "metadata", "error")
+    assert [getattr(again, f) for f in fields] == [getattr(record, f) for f in fields]
+    with pytest.raises(AdapterExists):
+        registry.add("t", adapter, source="training")
+
+
+def test_overwrite_drops_the_cached_copy(tmp_path: Path) -> None:
+    registry = make_registry(tmp_path)
+    registry.upload("a", *files())
+    registry.load("a")
+    registry.upload("a", *files(seed=1), overwrite=True)
+    assert registry.resident_count == 0 and registry.cached_bytes == 0
+
+
+def test_max_adapters_refuses_a_new_name_but_not_an_overwrite(tmp_path: Path) -> None:
+    registry = AdapterRegistry(AdapterStore(tmp_path), BASE, 16, 1 << 20, max_adapters=2)
+    registry.scan()
+    registry.upload("a", *files())
+    registry.upload("b", *files())
+    with pytest.raises(TooManyAdapters) as info:
+        registry.upload("c", *files())
+    assert (info.value.message, info.value.param) == (
+        "the store holds the maximum of 2 adapters; delete some first",
+        "name",
+    )
+    with pytest.raises(TooManyAdapters):
+        registry.check_room("c")
+    registry.check_room("a")
+    registry.upload("a", *files(seed=1), overwrite=True)
+    registry.delete("b")
+    registry.upload("c", *files())
+    assert [r.name for r in registry.list()] == ["a", "c"]
+
+
+ONE_ADAPTER = (4 * 16 + 8 * 4 + 4 * 8 + 4 * 4) * 4  # bytes of r=4 on layer1 and layer2, fp32
+
+
+def test_an_adapter_exactly_the_cache_size_is_kept(tmp_path: Path) -> None:
+    registry = make_registry(tmp_path, cache_bytes=ONE_ADAPTER)
+    registry.upload("a", *files())
+    registry.load("a")
+    assert registry.is_resident(registry.get("a")) and registry.cached_bytes == ONE_ADAPTER
+
+
+def test_eviction_keeps_the_byte_count_exact(tmp_path: Path) -> None:
+    registry = make_registry(tmp_path, cache_bytes=2 * ONE_ADAPTER)
+    for name in "abc":
+        registry.upload(name, *files())
+        registry.load(name)
+    assert registry.resident_count == 2 and registry.cached_bytes == 2 * ONE_ADAPTER
+
+
+def test_a_rescan_of_a_live_registry_keeps_the_cache_accounting_exact(tmp_path: Path) -> None:
+    registry = make_registry(tmp_path)
+    registry.upload("a", *files())
+    registry.upload("b", *files())
+    registry.load("a")
+    registry.load("b")
+    registry.scan()  # new records (new versions): the cached copies are stale now
+    registry.load("a")
+    assert registry.is_resident(registry.get("a")) and not registry.is_resident(registry.get("b"))
+    (tmp_path / "b" / "adapter_model.safetensors").write_bytes(_nan_weights())
+    with pytest.raises(AdapterBroken):
+        registry.load("b")
+    assert registry.resident_count == 1 and registry.cached_bytes == ONE_ADAPTER

@@ -421,3 +421,103 @@ def test_a_bound_of_exactly_the_dtype_s_max_is_accepted() -> None:
 def test_header_of_names_unaccepted_dtypes_by_torch_s_name() -> None:
     tensors = {"k": torch.zeros(2, 3, dtype=torch.int64), "h": torch.zeros(1, dtype=torch.float16)}
     assert fmt.header_of(tensors) == {"k": ((2, 3), "torch.int64"), "h": ((1,), "F16")}
+
+
+def test_bad_names_are_refused_with_the_rule_and_the_field() -> None:
+    rule = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$ (letters, digits, '.', '_', '-')"
+    with pytest.raises(InvalidName) as info:
+        fmt.check_name("a/b")
+    assert (info.value.message, info.value.param) == (
+        f"adapter name 'a/b' must match {rule}",
+        "name",
+    )
+    with pytest.raises(InvalidName) as info:
+        fmt.check_name("", "adapter")
+    assert (info.value.message, info.value.param) == (
+        f"adapter name '' must match {rule}",
+        "adapter",
+    )
+
+
+@pytest.mark.parametrize(
+    ("extra", "message", "param"),
+    [
+        ({"use_dora": True}, "use_dora=True is not supported", "use_dora"),
+        (
+            {"modules_to_save": ["layer2"]},
+            "modules_to_save=['layer2'] is not supported",
+            "modules_to_save",
+        ),
+        (
+            {"init_lora_weights": "pissa_niter_4"},
+            "init_lora_weights='pissa_niter_4' rewrites the base weights and is not supported",
+            "init_lora_weights",
+        ),
+        ({"r": 65}, "rank 65 of r is over the limit of 64", "r"),
+        (
+            {"rank_pattern": {"layer1": 100}},
+            "rank 100 of rank_pattern.layer1 is over the limit of 64",
+            "r",
+        ),
+        ({"target_modules": None}, "target_modules is required", "target_modules"),
+        (
+            {"target_modules": ["nope"]},
+            "target_modules ['nope'] matches no linear layer of the base (layers: layer1, layer2)",
+            "target_modules",
+        ),
+        (
+            {"target_modules": "("},
+            "target_modules is not a valid regular expression: "
+            "missing ), unterminated subpattern at position 0",
+            "target_modules",
+        ),
+        (
+            {"exclude_modules": "("},
+            "exclude_modules is not a valid regular expression: "
+            "missing ), unterminated subpattern at position 0",
+            "exclude_modules",
+        ),
+        (
+            {"rank_pattern": {"(": 2}},
+            "rank_pattern key '(' is not a valid regular expression",
+            "rank_pattern",
+        ),
+        (
+            {"alpha_pattern": {"(": 2}},
+            "alpha_pattern key '(' is not a valid regular expression",
+            "alpha_pattern",
+        ),
+        (
+            {"lora_alpha": 5e-324},  # alpha / r underflows to 0
+            "the scaling of layer1 (alpha / r) is 0, beyond float32",
+            "lora_alpha",
+        ),
+    ],
+)
+def test_refused_configs_say_exactly_why(extra: dict, message: str, param: str) -> None:
+    with pytest.raises(InvalidAdapter) as info:
+        parse({**peft_config(4, 8, ["layer1"]), **extra})
+    assert (info.value.message, info.value.param) == (message, param)
+
+
+def test_rank_and_scaling_limits_are_inclusive() -> None:
+    assert parse(peft_config(64, 8, ["layer1"]), max_rank=64).r == 64
+    largest = float(torch.finfo(torch.float32).max)  # alpha / 1: exactly float32's max
+    assert parse(peft_config(1, largest, ["layer1"])).scaling_for("layer1") == largest
+
+
+def test_no_match_lists_the_layers_capped() -> None:
+    linears = {f"block{i}.attention.q_proj": (16, 16) for i in range(20)}
+    layers = ", ".join(linears)
+    with pytest.raises(InvalidAdapter) as info:
+        fmt.parse_config(json.dumps(peft_config(4, 8, ["nope"])).encode(), linears, 64)
+    assert info.value.message == (
+        "target_modules ['nope'] matches no linear layer of the base "
+        f"(layers: {layers[:256]}... ({len(layers)} characters))"
+    )
+
+
+def test_list_targets_match_whole_names_or_dotted_suffixes() -> None:
+    linears = {"encoder.layer1": (16, 8), "decoder.layer1": (8, 4), "sublayer1": (4, 4)}
+    config = fmt.parse_config(json.dumps(peft_config(4, 8, ["layer1"])).encode(), linears, 64)
+    assert config.target_modules == ("encoder.layer1", "decoder.layer1")

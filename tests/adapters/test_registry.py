@@ -677,3 +677,56 @@ def test_a_rescan_of_a_live_registry_keeps_the_cache_accounting_exact(tmp_path: 
     with pytest.raises(AdapterBroken):
         registry.load("b")
     assert registry.resident_count == 1 and registry.cached_bytes == ONE_ADAPTER
+
+
+def test_scan_skips_invalid_names_and_goes_on(tmp_path: Path) -> None:
+    config, weights = files()
+    for name in ("a b", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "adapter_config.json").write_bytes(config)
+        (tmp_path / name / "adapter_model.safetensors").write_bytes(weights)
+    registry = make_registry(tmp_path)
+    assert [r.name for r in registry.list()] == ["b"] and registry.get("b").status == "ready"
+
+
+def test_scan_gives_each_record_its_own_version(tmp_path: Path) -> None:
+    writer = make_registry(tmp_path)
+    for name in "ab":
+        writer.upload(name, *files())
+    versions = [r.version for r in make_registry(tmp_path).list()]
+    assert all(isinstance(v, int) for v in versions) and len(set(versions)) == 2
+
+
+def test_download_waits_for_an_overwrite_of_the_same_name_in_progress(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry = make_registry(tmp_path)
+    registry.upload("a", *files(seed=1))
+    committing, go = threading.Event(), threading.Event()
+    real_commit = registry.store.commit
+
+    def slow_commit(staged: Path, name: str) -> None:
+        committing.set()
+        go.wait(10)
+        real_commit(staged, name)
+
+    monkeypatch.setattr(registry.store, "commit", slow_commit)
+    writer = threading.Thread(
+        target=registry.upload, args=("a", *files(seed=2)), kwargs={"overwrite": True}
+    )
+    writer.start()
+    assert committing.wait(10)
+    downloaded: list[dict[str, bytes]] = []
+    reader = threading.Thread(target=lambda: downloaded.append(registry.files("a")))
+    reader.start()
+    reader.join(0.3)
+    blocked = reader.is_alive()  # it can only get the files once the overwrite is done
+    go.set()
+    writer.join(10)
+    reader.join(10)
+    assert blocked and downloaded == [
+        {
+            f: (tmp_path / "a" / f).read_bytes()
+            for f in ("adapter_config.json", "adapter_model.safetensors")
+        }
+    ]

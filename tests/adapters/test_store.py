@@ -222,3 +222,113 @@ def test_delete_is_done_once_renamed_even_if_emptying_the_trash_fails(
     assert not store.exists("a") and store.names() == []
     AdapterStore(tmp_path).recover()  # the next start-up empties what was left
     assert list((tmp_path / ".trash").iterdir()) == []
+
+
+def test_the_root_is_created_with_its_parents(tmp_path: Path) -> None:
+    AdapterStore(tmp_path / "deep" / "adapters")
+    assert sorted(p.name for p in (tmp_path / "deep" / "adapters").iterdir()) == [
+        ".staging",
+        ".trash",
+    ]
+
+
+def test_a_folder_of_every_peft_file_is_an_adapter(tmp_path: Path) -> None:
+    store = AdapterStore(tmp_path)
+    (tmp_path / "full").mkdir()
+    for f in (CONFIG, WEIGHTS, "adapter_model.bin", "README.md"):
+        (tmp_path / "full" / f).write_bytes(b"x")
+    assert store.kind("full") == "adapter"
+
+
+def test_a_folder_that_cannot_be_listed_is_foreign(tmp_path, monkeypatch) -> None:
+    store = AdapterStore(tmp_path)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / CONFIG).write_text("{}")
+
+    def denied(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(os, "scandir", denied)
+    assert store.kind("a") == "foreign"
+    with pytest.raises(NameTaken):
+        store.check_ours("a")
+
+
+def test_names_leave_out_dot_folders_even_adapter_shaped_ones(tmp_path: Path) -> None:
+    store = AdapterStore(tmp_path)
+    (tmp_path / ".hidden").mkdir()
+    (tmp_path / ".hidden" / CONFIG).write_text("{}")
+    store.commit(store.stage({CONFIG: b"{}"}), "a")
+    assert store.names() == ["a"]
+
+
+def test_a_failed_stage_leaves_nothing_and_raises_its_own_error(tmp_path: Path) -> None:
+    store = AdapterStore(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        store.stage({CONFIG: b"{}", "no-such-dir/x": b"x"})
+    assert list((tmp_path / ".staging").iterdir()) == []
+
+
+def _unlink_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    def busy(path, *args, **kwargs):
+        raise OSError(16, "Device or resource busy", path)  # say, a file held open over NFS
+
+    monkeypatch.setattr(os, "unlink", busy)
+
+
+def test_a_failed_stage_raises_its_own_error_even_if_cleaning_up_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = AdapterStore(tmp_path)
+    _unlink_fails(monkeypatch)
+    with pytest.raises(FileNotFoundError):
+        store.stage({CONFIG: b"{}", "no-such-dir/x": b"x"})
+
+
+def test_a_replace_is_done_once_renamed_even_if_emptying_the_trash_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = AdapterStore(tmp_path)
+    store.commit(store.stage({CONFIG: b"one"}), "a")
+    staged = store.stage({CONFIG: b"two"})
+    _unlink_fails(monkeypatch)
+    store.commit(staged, "a")
+    monkeypatch.undo()
+    assert (tmp_path / "a" / CONFIG).read_bytes() == b"two"
+
+
+def test_a_name_taken_between_the_check_and_the_rename_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = AdapterStore(tmp_path)
+    real = store.check_ours
+
+    def check_then_someone_writes(name: str):
+        kind = real(name)
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "notes.txt").write_text("mine")
+        return kind
+
+    monkeypatch.setattr(store, "check_ours", check_then_someone_writes)
+    with pytest.raises(NameTaken) as info:
+        store.commit(store.stage({CONFIG: b"{}"}), "x")
+    assert info.value.message == (
+        "'x' in the adapters folder is not an adapter this service manages; choose another name"
+    )
+    assert (tmp_path / "x" / "notes.txt").read_text() == "mine"
+
+
+def test_commit_passes_on_other_rename_errors(tmp_path: Path) -> None:
+    store = AdapterStore(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        store.commit(tmp_path / ".staging" / "never-staged", "x")
+
+
+def test_recover_tolerates_stray_files_in_the_scratch_folders(tmp_path: Path) -> None:
+    store = AdapterStore(tmp_path)
+    store.commit(store.stage({CONFIG: b"old"}), "a")
+    store._to_trash(tmp_path / "a", ".replace")
+    (tmp_path / ".trash" / "stray").write_text("x")
+    (tmp_path / ".staging" / "stray").write_text("x")
+    AdapterStore(tmp_path).recover()
+    assert (tmp_path / "a" / CONFIG).read_bytes() == b"old"

@@ -137,19 +137,41 @@ def _predict(args: argparse.Namespace, client: Client) -> None:
         _write(args.out, lambda path: path.write_text(json.dumps({"outputs": y.tolist()})))
 
 
+def _read_pairs(path: Path) -> bytes:
+    """A text-pair file (JSONL or a JSON array of {anchor, positive}), checked as the service will."""
+    from app.errors import ServiceError as Refused
+    from app.training.pairs import parse_pairs
+
+    try:
+        data = path.read_bytes()
+        parse_pairs(data, max_rows=sys.maxsize)
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except Refused as exc:
+        raise InputError(f"{path}: {exc.message}") from None
+    return data
+
+
+def _upload(client: Client, path: Path, data: dict[str, torch.Tensor] | bytes) -> str:
+    if isinstance(data, bytes):
+        return str(client.upload_pairs(path)["id"])
+    return str(client.upload_dataset(data["inputs"], data["targets"], path.name)["id"])
+
+
 def _train(args: argparse.Namespace, client: Client) -> None:
     # Read every file, and check the plot can be drawn, before anything reaches the service.
     paths = [p for p in (args.data, args.validation) if p is not None]
-    datasets = [_read_safetensors(p, ("inputs", "targets")) for p in paths]
+    datasets = [
+        _read_pairs(p) if p.suffix in (".jsonl", ".json") else
+        _read_safetensors(p, ("inputs", "targets"))
+        for p in paths
+    ]  # fmt: skip
     if args.plot:
         try:
             import matplotlib  # noqa: F401
         except ImportError:
             raise InputError("--plot needs matplotlib: pip install 'loraserve[plot]'") from None
-    ids = [
-        str(client.upload_dataset(d["inputs"], d["targets"], p.name)["id"])
-        for p, d in zip(paths, datasets, strict=True)
-    ]
+    ids = [_upload(client, p, d) for p, d in zip(paths, datasets, strict=True)]
     train, validation = ids[0], (ids[1] if args.validation else None)
     hyperparameters: dict[str, Any] = {
         k: v
@@ -188,8 +210,9 @@ def _follow(client: Client, job: dict[str, Any]) -> dict[str, Any]:
                 after = event["id"]
                 if event["type"] == "metrics":
                     d = event["data"]
-                    val = d.get("validation_loss")
+                    val, recall = d.get("validation_loss"), d.get("validation_recall_at_1")
                     extra = f", validation_loss {val:.6g}" if val is not None else ""
+                    extra += f", validation recall@1 {recall:.4g}" if recall is not None else ""
                     bar.write(f"epoch {d['epoch']}: train_loss {d['train_loss']:.6g}{extra}")
             if job["status"] in ("succeeded", "failed", "cancelled") and not page["has_more"]:
                 bar.write(f"job {job['status']}")
@@ -229,10 +252,33 @@ def _jobs(args: argparse.Namespace, client: Client) -> None:
         print(client.cancel_job(args.job_id)["status"])
 
 
+def _embed(args: argparse.Namespace, client: Client) -> None:
+    texts = list(args.texts)
+    if args.file is not None:
+        try:
+            texts += [line for line in args.file.read_text().splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"cannot read {args.file}: {exc}") from None
+    if not texts:
+        raise InputError("give texts as arguments or --file (one text a line)")
+    vectors = client.embed(texts, model=args.model).tolist()
+    body = json.dumps({"embeddings": vectors})
+    if args.out is None:
+        print(body)
+    else:
+        _write(args.out, lambda path: path.write_text(body))
+
+
 def _demo(args: argparse.Namespace, client: Client) -> None:
     from app.demo import run_from_args
 
     run_from_args(client.http, args)
+
+
+def _text_demo(args: argparse.Namespace, client: Client) -> None:
+    from app.text_demo import run_from_args
+
+    run_from_args(client, args)
 
 
 def parser(settings: CliSettings | None = None) -> argparse.ArgumentParser:
@@ -272,9 +318,21 @@ def parser(settings: CliSettings | None = None) -> argparse.ArgumentParser:
     predict.add_argument("--mode", default="auto", choices=["auto", "unmerged", "merged"])
     predict.add_argument("--out", type=Path, help=".json or .safetensors; default: print JSON")
 
-    train = sub.add_parser("train", help="train an adapter from safetensors datasets")
+    embed = sub.add_parser("embed", help="embeddings of texts from a text base")
+    embed.add_argument("texts", nargs="*", help="texts to embed")
+    embed.add_argument("--file", type=Path, help="more texts, one a line")
+    embed.add_argument("--model", help="an adapter (default: the base model)")
+    embed.add_argument("--out", type=Path, help="write the JSON here; default: print it")
+
+    train = sub.add_parser("train", help="train an adapter from a dataset file")
     train.add_argument("name", help="the adapter to make")
-    train.add_argument("--data", type=Path, required=True, help="safetensors: inputs, targets")
+    train.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="vector bases: .safetensors (inputs, targets); text bases: .jsonl or .json pairs "
+        '{"anchor", "positive"}',
+    )
     train.add_argument("--validation", type=Path)
     for flag, kind in (("--rank", int), ("--alpha", float), ("--epochs", int), ("--batch-size", int),
                        ("--learning-rate", float), ("--seed", int), ("--target-modules", str)):  # fmt: skip
@@ -292,6 +350,11 @@ def parser(settings: CliSettings | None = None) -> argparse.ArgumentParser:
     from app.demo import add_arguments
 
     add_arguments(sub.add_parser("demo", help="the reference example (theta + 1), over HTTP"))
+    from app.text_demo import add_arguments as add_text_arguments
+
+    add_text_arguments(
+        sub.add_parser("text-demo", help="the text example (a jargon adapter), over HTTP")
+    )
     return top
 
 
@@ -334,6 +397,8 @@ def main(argv: list[str] | None = None) -> None:
         "train": _train,
         "jobs": _jobs,
         "demo": _demo,
+        "embed": _embed,
+        "text-demo": _text_demo,
     }
     with failures_reported(args.url):
         if args.command == "serve":

@@ -61,6 +61,17 @@ def _outputs(response: httpx.Response) -> Tensor:
     return load(response.content)["outputs"]
 
 
+def _embeddings(response: httpx.Response) -> Tensor:
+    """The float embeddings of a /v1/embeddings answer, in input order: (N, dim)."""
+    rows = sorted(response.json()["data"], key=lambda d: d["index"])
+    return torch.tensor([d["embedding"] for d in rows], dtype=torch.float32)
+
+
+def _pairs_jsonl(pairs: Sequence[tuple[str, str]]) -> bytes:
+    lines = (json.dumps({"anchor": a, "positive": p}) for a, p in pairs)
+    return ("\n".join(lines) + "\n").encode()
+
+
 def _adapter_files(folder: str | Path) -> dict[str, tuple[str, bytes]]:
     folder = Path(folder)
     return {
@@ -138,6 +149,31 @@ class _Operations:
             content=save({"inputs": x.contiguous()}, metadata=metadata),
             params=params, headers={"content-type": OCTET, "accept": OCTET},
         )  # fmt: skip
+
+    def embed(
+        self,
+        texts: str | Sequence[str],
+        model: str | None = None,
+        adapters: Sequence[str | None] | None = None,
+    ) -> Any:
+        """Embeddings of a text base as a float32 tensor (N, dim), one row per text, in order.
+
+        `model` names an adapter (None: the base); `adapters` gives one per text instead.
+        """
+        body: dict[str, Any] = {"input": texts, "model": model}
+        if adapters is not None:
+            body["adapters"] = list(adapters)
+        return self._request("POST", "/v1/embeddings", _embeddings, json=body)
+
+    def upload_pairs(
+        self, pairs: Sequence[tuple[str, str]] | str | Path, filename: str = "pairs.jsonl"
+    ) -> Any:
+        """A text-pair dataset for a text base: (anchor, positive) tuples, or a JSONL/JSON file."""
+        if isinstance(pairs, str | Path):
+            filename, data = Path(pairs).name, Path(pairs).read_bytes()
+        else:
+            data = _pairs_jsonl(pairs)
+        return self._request("POST", "/v1/datasets", _json, files={"file": (filename, data)})
 
     def upload_dataset(
         self, inputs: Tensor, targets: Tensor, filename: str = "data.safetensors"

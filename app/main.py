@@ -22,7 +22,7 @@ from app.api.routes import api_router
 from app.engine import Batcher, DirectRunner, Predictor
 from app.model import load_base_model, resolve_device
 from app.settings import Settings
-from app.training import DatasetStore, JobStore, TrainingService
+from app.training import DatasetStore, JobStore, PairDatasetStore, TrainingService
 
 log = logging.getLogger("app")
 
@@ -46,11 +46,15 @@ def build_services(settings: Settings) -> Services:
         if settings.batching
         else DirectRunner(predictor)
     )
-    datasets = DatasetStore(
-        settings.data_dir / "datasets",
-        base.input_dim or 0,  # a text base takes no vector datasets (require_vector_base)
-        base.output_dim,
-        settings.max_dataset_rows,
+    datasets = (
+        PairDatasetStore(settings.data_dir / "datasets", settings.max_dataset_rows)
+        if base.text is not None
+        else DatasetStore(
+            settings.data_dir / "datasets",
+            base.input_dim or 0,
+            base.output_dim,
+            settings.max_dataset_rows,
+        )
     )
     datasets.scan()
     jobs = JobStore(settings.data_dir / "jobs.db")

@@ -10,7 +10,7 @@ from fastapi import Depends, Request
 
 from app.adapters import AdapterRegistry
 from app.engine import Batcher, DirectRunner, Predictor
-from app.errors import InvalidInput, NotReady
+from app.errors import NotReady
 from app.model import BaseModel
 from app.settings import Settings
 from app.training import DatasetStore, TrainingService
@@ -73,16 +73,3 @@ PredictorDep = Annotated[Predictor, Depends(get_predictor)]
 Datasets = Annotated[DatasetStore, Depends(get_datasets)]
 Training = Annotated[TrainingService, Depends(get_training)]
 EngineDep = Annotated[Batcher | DirectRunner, Depends(get_engine)]
-
-
-def require_vector_base(base: Base) -> None:
-    """Datasets and training take vectors: a text base cannot use them yet (docs/design.md)."""
-    if base.text is not None:
-        raise InvalidInput(
-            f"the base model {base.name!r} takes texts; training on a text base is not built "
-            "yet, so this route takes no datasets or jobs for it",
-            None,
-        )
-
-
-VECTOR_BASE = [Depends(require_vector_base)]

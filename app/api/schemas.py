@@ -130,7 +130,10 @@ class EmbeddingsRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    model: str = Field(description="an adapter's name, or the base model's name for none")
+    model: str | None = Field(
+        default=None,
+        description="an adapter's name, or the base model's name (or null, our extension) for none",
+    )
     input: str | list[str] = Field(description="one text or a list of texts")
     encoding_format: Literal["float", "base64"] = Field(
         default="float", description="base64: each embedding's float32 bytes, little-endian"
@@ -177,11 +180,12 @@ class DatasetPublic(BaseModel):
     id: str
     object: Literal["dataset"] = "dataset"
     rows: int
-    input_dim: int
-    output_dim: int
+    input_dim: int | None = Field(description="null for text pairs")
+    output_dim: int | None
     bytes: int
     created_at: int
     filename: str | None
+    format: Literal["tensors", "text_pairs"]
 
 
 class DatasetList(BaseModel):
@@ -206,7 +210,10 @@ class Hyperparameters(BaseModel):
     batch_size: int = Field(default=128, ge=1, le=1_000_000)
     learning_rate: float = Field(default=1e-3, gt=0, allow_inf_nan=False)
     use_rslora: bool = False
-    loss: Literal["mse", "cross_entropy"] = "mse"
+    loss: Literal["mse", "cross_entropy", "contrastive"] | None = Field(
+        default=None,
+        description="default: mse on a vector base; contrastive (in-batch negatives) on a text base",
+    )
     seed: int = Field(default=0, ge=0, le=2**63 - 1)
 
 
@@ -218,7 +225,7 @@ class ResolvedHyperparameters(BaseModel):
     batch_size: int
     learning_rate: float
     use_rslora: bool
-    loss: Literal["mse", "cross_entropy"]
+    loss: Literal["mse", "cross_entropy", "contrastive"]
     seed: int
 
 
@@ -238,6 +245,9 @@ class JobProgress(BaseModel):
     total_steps: int
     train_loss: float | None
     validation_loss: float | None
+    validation_recall_at_1: float | None = Field(
+        default=None, description="text pairs: how often an anchor's nearest positive is its own"
+    )
 
 
 class JobError(BaseModel):

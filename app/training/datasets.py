@@ -1,4 +1,7 @@
-"""Training datasets: safetensors files (`inputs`, `targets`) under DATA_DIR/datasets/."""
+"""Training datasets of vector bases: safetensors files (`inputs`, `targets`) under DATA_DIR/datasets/.
+
+Text bases keep text pairs instead (pairs.py), through the same index.
+"""
 
 from __future__ import annotations
 
@@ -36,11 +39,12 @@ class DatasetTooLarge(ServiceError):
 class DatasetRecord:
     id: str
     rows: int
-    input_dim: int
-    output_dim: int
+    input_dim: int | None  # None for text pairs
+    output_dim: int | None
     bytes: int
     created_at: int
     filename: str | None
+    format: str = "tensors"  # or "text_pairs"
 
 
 def new_dataset_id() -> str:
@@ -85,6 +89,8 @@ def check_tensors(
 class DatasetStore:
     """Checked datasets written atomically, indexed in memory, read back on demand."""
 
+    suffix = ".safetensors"
+
     def __init__(self, root: Path, input_dim: int, output_dim: int, max_rows: int) -> None:
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
@@ -93,7 +99,7 @@ class DatasetStore:
         self._records: dict[str, DatasetRecord] = {}
 
     def scan(self) -> None:
-        for path in sorted(self.root.glob("*.safetensors")):
+        for path in sorted(self.root.glob(f"*{self.suffix}")):
             try:
                 with safe_open(path, framework="pt") as f:
                     meta = f.metadata() or {}
@@ -114,8 +120,19 @@ class DatasetStore:
                 meta.get("filename") or None,
             )  # fmt: skip
             self._records[record.id] = record
+        self._remove_temporaries()
+
+    def _remove_temporaries(self) -> None:
         for tmp in self.root.glob(".*.tmp"):
             tmp.unlink(missing_ok=True)
+
+    def _write_atomically(self, record_id: str, data: bytes) -> None:
+        tmp = self.root / f".{record_id}.tmp"
+        with tmp.open("wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.root / f"{record_id}{self.suffix}")
 
     def create_from_bytes(self, data: bytes, filename: str | None) -> DatasetRecord:
         try:
@@ -131,13 +148,7 @@ class DatasetStore:
         if filename:
             meta["filename"] = filename[:200]
         data = save({"inputs": x, "targets": y}, metadata=meta)
-        path = self.root / f"{record_id}.safetensors"
-        tmp = self.root / f".{record_id}.tmp"
-        with tmp.open("wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        self._write_atomically(record_id, data)
         record = DatasetRecord(
             record_id, x.shape[0], x.shape[1], y.shape[1], len(data), created, meta.get("filename")
         )
@@ -165,4 +176,4 @@ class DatasetStore:
         with self._lock:
             if self._records.pop(dataset_id, None) is None:
                 raise DatasetNotFound(f"dataset {shorten(dataset_id)!r} not found", "id")
-        (self.root / f"{dataset_id}.safetensors").unlink(missing_ok=True)
+        (self.root / f"{dataset_id}{self.suffix}").unlink(missing_ok=True)

@@ -26,6 +26,52 @@ class DatasetInUse(Conflict):
     code = "dataset_in_use"
 
 
+# PEFT's default targets per model_type, for a text base when a job names none (as PEFT picks
+# them when LoraConfig has no target_modules); other types default to every linear layer.
+DEFAULT_TARGETS = {
+    "bert": ("query", "value"),
+    "roberta": ("query", "value"),
+    "xlm-roberta": ("query", "value"),
+    "mpnet": ("q", "v"),
+    "distilbert": ("q_lin", "v_lin"),
+}
+
+
+def _matches(layer: str, name: str) -> bool:
+    """PEFT's rule: a target is a whole module name, or its last dotted parts."""
+    return layer == name or layer.endswith("." + name)
+
+
+def resolve_targets(base: BaseModel, requested: list[str] | None) -> list[str]:
+    """Full module names, in model order, for the names a job gave (or the defaults)."""
+    linears = list(base.linears())
+    if not requested:
+        defaults = DEFAULT_TARGETS.get(base.architecture) if base.family == "hf" else None
+        requested = list(defaults) if defaults else linears
+    unknown = [t for t in requested if not any(_matches(layer, t) for layer in linears)]
+    if unknown:
+        raise InvalidInput(
+            f"target_modules {shorten(unknown)} match no linear layer; the base has "
+            f"{shorten(linears, 400)}",
+            "hyperparameters.target_modules",
+        )
+    return [layer for layer in linears if any(_matches(layer, t) for t in requested)]
+
+
+def check_loss(base: BaseModel, loss: str | None) -> str:
+    """The default loss of the base's inputs, or the one asked for if it fits them."""
+    allowed = ("contrastive",) if base.text is not None else ("mse", "cross_entropy")
+    if loss is None:
+        return allowed[0]
+    if loss not in allowed:
+        kind = "text pairs" if base.text is not None else "vectors"
+        raise InvalidInput(
+            f"loss {loss!r} does not fit a base that trains on {kind}; use one of {list(allowed)}",
+            "hyperparameters.loss",
+        )
+    return loss
+
+
 class TrainingService:
     """Creates, cancels and recovers jobs; the worker runs them."""
 
@@ -85,15 +131,8 @@ class TrainingService:
                 f"rank {shorten(str(hp['rank']))} is over the limit of {self.max_rank}",
                 "hyperparameters.rank",
             )
-        linears = list(self.base.linears())
-        targets = hp.get("target_modules") or linears
-        unknown = [t for t in targets if t not in linears]
-        if unknown:
-            raise InvalidInput(
-                f"unknown target_modules {shorten(unknown)}; the base has {linears}",
-                "hyperparameters.target_modules",
-            )
-        hp["target_modules"] = [m for m in linears if m in targets]
+        hp["loss"] = check_loss(self.base, hp.get("loss"))
+        hp["target_modules"] = resolve_targets(self.base, hp.get("target_modules"))
         hp["alpha"] = float(hp["alpha"] if hp.get("alpha") is not None else hp["rank"])
         with self._lock:
             train = self.datasets.get(training_dataset, "training_dataset")
@@ -118,6 +157,7 @@ class TrainingService:
                 "total_steps": total_steps(train.rows, hp["batch_size"], hp["epochs"]),
                 "train_loss": None,
                 "validation_loss": None,
+                "validation_recall_at_1": None,
             }
             job = self.jobs.create(adapter_name, training_dataset, validation_dataset, hp, progress)
         self.worker.notify()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +38,7 @@ class TrainConfig:
     batch_size: int
     learning_rate: float
     use_rslora: bool = False
-    loss: Literal["mse", "cross_entropy"] = "mse"
+    loss: Literal["mse", "cross_entropy", "contrastive"] = "mse"
     seed: int = 0
 
 
@@ -51,6 +51,7 @@ class StepReport:
     total_steps: int
     train_loss: float  # the last step's loss, or the epoch mean at an epoch's end
     validation_loss: float | None = None
+    validation_recall_at_1: float | None = None  # text pairs only
     epoch_end: bool = False
 
 
@@ -67,6 +68,23 @@ def _loss_fn(kind: str) -> Callable[..., Tensor]:
     return F.mse_loss if kind == "mse" else F.cross_entropy
 
 
+class Objective(Protocol):
+    """What one kind of training data needs from the loop: a loss on some rows, and validation."""
+
+    @property
+    def rows(self) -> int:
+        """How many training rows there are."""
+        ...
+
+    def loss(self, modules: dict[str, LoraModule], rows: Tensor) -> Tensor:
+        """The mean loss over `rows` (indices into the training data) with the adapter applied."""
+        ...
+
+    def validate(self, modules: dict[str, LoraModule]) -> dict[str, float]:
+        """`validation_loss` and any other metric StepReport has; {} without validation data."""
+        ...
+
+
 def train_lora(
     model: nn.Module,
     config: TrainConfig,
@@ -77,6 +95,23 @@ def train_lora(
     should_stop: Callable[[], bool] = lambda: False,
 ) -> LoraAdapter:
     """Train a LoRA adapter for `model` (frozen, never written) on inputs x and targets y."""
+
+    def objective(modules: dict[str, LoraModule]) -> Objective:
+        return Regression(
+            model, x, y, validation, config.loss, plan_training(model, x, list(modules))
+        )
+
+    return fit(model, config, objective, on_step, should_stop)
+
+
+def fit(
+    model: nn.Module,
+    config: TrainConfig,
+    make_objective: Callable[[dict[str, LoraModule]], Objective],
+    on_step: Callable[[StepReport], None] = lambda report: None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> LoraAdapter:
+    """The loop every family shares: fresh modules, Adam over shuffled mini-batches, validation."""
     # The adapter reaches the layers through the plan of each forward; a model loaded by the
     # service is wrapped already, and wrapping is idempotent and changes no output.
     targets = wrap_layers(model)
@@ -87,7 +122,7 @@ def train_lora(
         target_modules=config.target_modules,
         use_rslora=config.use_rslora,
     )
-    device = x.device
+    device = next(iter(targets.values())).weight.device
     modules: dict[str, LoraModule] = {}
     params: list[Tensor] = []
     for name in config.target_modules:
@@ -100,21 +135,19 @@ def train_lora(
         modules[name] = LoraModule(a, b, fresh.scaling)
         params += [a, b]
     optimizer = torch.optim.Adam(params, lr=config.learning_rate)
-    loss_fn = _loss_fn(config.loss)
-    plan = plan_training(model, x, list(modules))
-    steps_per_epoch = math.ceil(len(x) / config.batch_size)
+    objective = make_objective(modules)
+    n = objective.rows
+    steps_per_epoch = math.ceil(n / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
     step = 0
     for epoch in range(1, config.epochs + 1):
-        order = torch.randperm(len(x), generator=gen).to(device)
+        order = torch.randperm(n, generator=gen).to(device)
         epoch_loss = 0.0
-        for start in range(0, len(x), config.batch_size):
+        for start in range(0, n, config.batch_size):
             if should_stop():
                 raise Cancelled()
             rows = order[start : start + config.batch_size]  # (B,)
-            with plan_scope(plan.linear(modules, rows)):
-                out = dense(model(x[rows]))
-            loss = loss_fn(out, y[rows])
+            loss = objective.loss(modules, rows)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -126,16 +159,41 @@ def train_lora(
             step += 1
             epoch_loss += value * len(rows)
             on_step(StepReport(epoch, step, total_steps, value))
-        val_loss = (
-            None if validation is None else evaluate(model, modules, *validation, config.loss)
-        )
+        metrics = objective.validate(modules)
+        val_loss = metrics.get("validation_loss")
         if val_loss is not None and not math.isfinite(val_loss):
             raise Diverged(f"the validation loss became {val_loss} at epoch {epoch}")
-        on_step(StepReport(epoch, step, total_steps, epoch_loss / len(x), val_loss, epoch_end=True))
+        on_step(StepReport(epoch, step, total_steps, epoch_loss / n, **metrics, epoch_end=True))
     frozen = {
         n: LoraModule(m.lora_A.detach(), m.lora_B.detach(), m.scaling) for n, m in modules.items()
     }
     return LoraAdapter(lora_config, frozen)
+
+
+@dataclass
+class Regression:
+    """Vectors in, targets out: mse or cross-entropy, through the cached plan (fastpath.py)."""
+
+    model: nn.Module
+    x: Tensor
+    y: Tensor
+    validation: tuple[Tensor, Tensor] | None
+    kind: str
+    plan: TrainingPlan
+
+    @property
+    def rows(self) -> int:
+        return len(self.x)
+
+    def loss(self, modules: dict[str, LoraModule], rows: Tensor) -> Tensor:
+        with plan_scope(self.plan.linear(modules, rows)):
+            out = dense(self.model(self.x[rows]))
+        return _loss_fn(self.kind)(out, self.y[rows])
+
+    def validate(self, modules: dict[str, LoraModule]) -> dict[str, float]:
+        if self.validation is None:
+            return {}
+        return {"validation_loss": evaluate(self.model, modules, *self.validation, self.kind)}
 
 
 def evaluate(

@@ -5,14 +5,19 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict
+from functools import partial
 from typing import Any
 
 from app.adapters import AdapterRegistry
 from app.errors import AdapterExists, ServiceError, TooManyAdapters
+from app.lora import LoraAdapter
 from app.model import BaseModel
+from app.training.contrastive import train_text_lora
 from app.training.datasets import DatasetStore
 from app.training.jobs import Job, JobStore
+from app.training.pairs import PairDatasetStore
 from app.training.trainer import Cancelled, Diverged, StepReport, TrainConfig, train_lora
 
 log = logging.getLogger(__name__)
@@ -84,11 +89,7 @@ class TrainingWorker:
         )
         self.jobs.add_event(job.id, "message", "training started")
         try:
-            x, y = (t.to(self.base.device) for t in self.datasets.load(job.training_dataset))
-            validation = None
-            if job.validation_dataset is not None:
-                xv, yv = self.datasets.load(job.validation_dataset)
-                validation = (xv.to(self.base.device), yv.to(self.base.device))
+            train = self._trainer(job, config)
         except ServiceError as exc:
             self._finish(job, "failed", {"code": exc.code, "message": exc.message})
             return
@@ -103,6 +104,7 @@ class TrainingWorker:
             )  # fmt: skip
             if report.epoch_end:
                 progress["validation_loss"] = report.validation_loss
+                progress["validation_recall_at_1"] = report.validation_recall_at_1
                 metrics = {k: v for k, v in asdict(report).items() if k != "epoch_end"}
                 self.jobs.add_event(job.id, "metrics", f"epoch {report.epoch} done", metrics)
             now = time.monotonic()
@@ -114,7 +116,7 @@ class TrainingWorker:
             return stop.is_set() or self._stopping.is_set()
 
         try:
-            adapter = train_lora(self.base.module, config, x, y, validation, on_step, should_stop)
+            adapter = train(on_step, should_stop)
         except Cancelled:
             self.jobs.set_progress(job.id, progress)
             if self._stopping.is_set() and not stop.is_set():
@@ -140,6 +142,23 @@ class TrainingWorker:
                 return
             self.jobs.add_event(job.id, "message", f"adapter {job.adapter_name!r} registered")
             self._finish(job, "succeeded", None)
+
+    def _trainer(self, job: Job, config: TrainConfig) -> Callable[..., LoraAdapter]:
+        """The job's data, loaded, bound to the training loop of the base's family."""
+        model, device = self.base.module, self.base.device
+        if isinstance(self.datasets, PairDatasetStore):
+            assert self.base.text is not None
+            pairs = self.datasets.load_pairs(job.training_dataset)
+            held_out = None
+            if job.validation_dataset is not None:
+                held_out = self.datasets.load_pairs(job.validation_dataset)
+            return partial(train_text_lora, model, self.base.text, config, pairs, held_out)
+        x, y = (t.to(device) for t in self.datasets.load(job.training_dataset))
+        validation = None
+        if job.validation_dataset is not None:
+            xv, yv = self.datasets.load(job.validation_dataset)
+            validation = (xv.to(device), yv.to(device))
+        return partial(train_lora, model, config, x, y, validation)
 
     def _finish(self, job: Job, status: Any, error: dict[str, str] | None) -> None:
         self.jobs.set_status(job.id, status, error=error)

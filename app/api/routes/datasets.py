@@ -14,11 +14,11 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from app.api.auth import ADMIN
-from app.api.deps import VECTOR_BASE, Datasets, Training
+from app.api.deps import Datasets, Training
 from app.api.predict_io import loads_strict
 from app.api.schemas import DatasetCreate, DatasetList, DatasetPublic, ErrorBody
 from app.errors import InvalidInput, UnsupportedMediaType, shorten
-from app.training import DatasetRecord, DatasetStore
+from app.training import DatasetRecord, DatasetStore, PairDatasetStore
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], dependencies=ADMIN)
 _ERRORS: dict[int | str, dict[str, object]] = {
@@ -46,6 +46,7 @@ def _public(record: DatasetRecord) -> DatasetPublic:
 
 
 _TENSORS = ("inputs", "targets")
+_PAIR_TYPES = ("application/json", "application/jsonl", "application/x-ndjson")
 
 
 def _rows(value: Any, key: str) -> torch.Tensor:
@@ -109,17 +110,28 @@ async def _uploaded_file(request: Request) -> UploadFile:
     status_code=201,
     responses=_ERRORS,
     openapi_extra=_UPLOAD_BODY,
-    dependencies=VECTOR_BASE,
 )
 async def create_dataset(request: Request, datasets: Datasets) -> DatasetPublic:
-    """A multipart `file` (safetensors: `inputs`, `targets`), or JSON `{inputs, targets}`."""
+    """A multipart `file`, or the rows in the body.
+
+    Vector bases: a safetensors file (`inputs`, `targets`), or JSON `{inputs, targets}`.
+    Text bases: text pairs `{"anchor", "positive"}`, as a JSONL or JSON-array file or body.
+    """
     content_type = request.headers.get("content-type", "")
+    text = isinstance(datasets, PairDatasetStore)
     if content_type.startswith("multipart/form-data"):
         file = await _uploaded_file(request)
         data = await file.read()
         record = await run_in_threadpool(datasets.create_from_bytes, data, file.filename)
-    elif content_type.startswith("application/json"):
+    elif text and content_type.startswith(_PAIR_TYPES):
+        record = await run_in_threadpool(datasets.create_from_bytes, await request.body(), None)
+    elif content_type.startswith("application/json") and not text:
         record = await run_in_threadpool(_create_from_json, datasets, await request.body())
+    elif text:
+        raise UnsupportedMediaType(
+            "a text base takes text pairs: multipart/form-data with a JSONL or JSON `file`, "
+            "or an application/json or application/jsonl body"
+        )
     else:
         raise UnsupportedMediaType(
             "send multipart/form-data with a safetensors `file`, or application/json"

@@ -77,14 +77,16 @@ async def create_embeddings(
     )
     used = tokens.tokens
     return EmbeddingsResponse(
-        data=data, model=body.model, usage=EmbeddingUsage(prompt_tokens=used, total_tokens=used)
+        data=data,
+        model=body.model or base.name,
+        usage=EmbeddingUsage(prompt_tokens=used, total_tokens=used),
     )
 
 
 def _row_adapters(body: EmbeddingsRequest, base_name: str, n: int) -> tuple[list[str | None], str]:
     """`model` names one adapter (or the base); our `adapters` extension names one per input."""
     if body.adapters is not None:
-        if body.model != base_name:
+        if body.model not in (None, base_name):
             raise InvalidInput(
                 f"`adapters` gives an adapter per input; with it, `model` must be the base "
                 f"model's name ({base_name!r})",
@@ -98,7 +100,7 @@ def _row_adapters(body: EmbeddingsRequest, base_name: str, n: int) -> tuple[list
             if name is not None:
                 check_name(name, "adapters")
         return list(body.adapters), "adapters"
-    if body.model == base_name:
+    if body.model is None or body.model == base_name:
         return [None] * n, "model"
     check_name(body.model, "model")
     return [body.model] * n, "model"

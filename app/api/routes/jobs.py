@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 from fastapi.concurrency import run_in_threadpool
 
 from app.api.auth import ADMIN
-from app.api.deps import VECTOR_BASE, Training
+from app.api.deps import Training
 from app.api.schemas import (
     ErrorBody,
     EventList,
@@ -50,7 +50,6 @@ def _public(job: Job) -> JobPublic:
     "",
     status_code=201,
     responses={**_ERRORS, 413: {"model": ErrorBody}, 429: {"model": ErrorBody}},
-    dependencies=VECTOR_BASE,
 )
 async def create_job(body: JobCreate, training: Training) -> JobPublic:
     """Queue a job; everything checkable is checked first (422, 404, 409), nothing queued then."""

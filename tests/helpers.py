@@ -124,3 +124,30 @@ def forward(model: nn.Module, plan: LinearFn | None, x: Tensor) -> Tensor:
     wrap_layers(model)
     with plan_scope(plan):
         return model(x)
+
+
+def write_tiny_text_model(folder: Path, seed: int = 0) -> Path:
+    """A 2-layer, 32-wide BERT with MiniLM's tokenizer and pooling files: a text base that trains
+    in milliseconds. Random weights, so only mechanics (not quality) can be tested on it."""
+    import shutil
+
+    from transformers import BertConfig, BertModel
+
+    from app.model.hf import known_model_folder
+
+    minilm = known_model_folder("all-MiniLM-L6-v2")
+    assert minilm is not None
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=128,
+    )  # fmt: skip
+    BertModel(config).save_pretrained(folder, safe_serialization=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json",
+                 "modules.json", "sentence_bert_config.json"):  # fmt: skip
+        shutil.copy(minilm / name, folder / name)
+    shutil.copytree(minilm / "1_Pooling", folder / "1_Pooling", dirs_exist_ok=True)
+    pooling = json.loads((folder / "1_Pooling" / "config.json").read_text())
+    pooling["word_embedding_dimension"] = 32
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
+    return folder

@@ -42,9 +42,6 @@ def check_pairs(rows: list[Any], max_rows: int) -> list[Pair]:
     """Each row exactly {anchor, positive}, both non-blank strings; 2 <= N <= max_rows."""
     if len(rows) > max_rows:
         raise DatasetTooLarge(f"the dataset has {len(rows)} rows; the limit is {max_rows}", "file")
-    if len(rows) < 2:
-        # In-batch negatives: a lone pair has nothing to be told apart from.
-        raise InvalidInput(f"the dataset has {len(rows)} pairs; at least 2 are needed", "file")
     pairs: list[Pair] = []
     for i, row in enumerate(rows):
         where = f"row {i}"
@@ -56,7 +53,10 @@ def check_pairs(rows: list[Any], max_rows: int) -> list[Pair]:
                 sorted({"anchor", "positive"} - keys),
                 sorted(keys - {"anchor", "positive"}),
             )
-            why = f"lacks {missing}" if missing else f"has unknown keys {shorten(extra)}"
+            why = " and ".join(
+                ([f"lacks {missing}"] if missing else [])
+                + ([f"has unknown keys {shorten(extra)}"] if extra else [])
+            )
             raise InvalidInput(f'{where} {why}; each row is {{"anchor", "positive"}}', "file")
         for key in ("anchor", "positive"):
             value = row[key]
@@ -68,6 +68,9 @@ def check_pairs(rows: list[Any], max_rows: int) -> list[Pair]:
                     "file",
                 )
         pairs.append((row["anchor"], row["positive"]))
+    if len(pairs) < 2:
+        # In-batch negatives: a lone pair has nothing to be told apart from.
+        raise InvalidInput(f"the dataset has {len(pairs)} pairs; at least 2 are needed", "file")
     return pairs
 
 

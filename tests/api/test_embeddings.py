@@ -168,13 +168,20 @@ def test_bad_input_is_a_clear_4xx(client: TestClient, body, status, code, param)
     assert client.get("/v1/adapters").json() == listed
 
 
-def test_vectors_and_training_are_refused_on_a_text_base(client: TestClient) -> None:
+def test_vectors_are_refused_on_a_text_base(client: TestClient) -> None:
     response = client.post("/v1/predict", json={"inputs": [[1.0, 2.0]]})
     assert response.status_code == 422
     assert "/v1/embeddings" in response.json()["error"]["message"]
     response = client.post("/v1/datasets", json={"inputs": [[1.0]], "targets": [[1.0]]})
-    assert response.status_code == 422 and "text base" in response.json()["error"]["message"]
+    assert response.status_code == 422 and "anchor" in response.json()["error"]["message"]
     assert client.get("/v1/datasets").json()["data"] == []
+
+
+def test_model_may_be_left_out_for_the_base(client: TestClient) -> None:
+    """Our extension (the openai client always sends `model`): no model is the base model."""
+    without = client.post("/v1/embeddings", json={"input": PAIR}).json()
+    named = client.post("/v1/embeddings", json={"input": PAIR, "model": BASE}).json()
+    assert without["model"] == BASE and without["data"] == named["data"]
 
 
 def test_texts_are_refused_on_a_vector_base(tmp_path: Path) -> None:

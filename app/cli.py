@@ -15,9 +15,9 @@ import httpx
 import torch
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
+from app.cli_files import InputError, read_inputs, read_pairs, read_safetensors, write
 from app.client import Client, ServiceError
 
 # Exit statuses: the service failed or said no, or a file or option given by the user is wrong.
@@ -31,10 +31,6 @@ class CliSettings(BaseSettings):
 
     url: str = "http://127.0.0.1:8000"
     api_key: str | None = None
-
-
-class InputError(Exception):
-    """A file or setting the user gave is missing, unreadable or malformed."""
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -79,77 +75,15 @@ def _adapters(args: argparse.Namespace, client: Client) -> None:
         print(f"deleted {args.name}")
 
 
-def _read_safetensors(path: Path, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
-    """The named tensors of a safetensors file, each (N, width)."""
-    try:
-        tensors = load_file(path)
-    except OSError as exc:
-        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except SafetensorError as exc:
-        raise InputError(f"{path} is not a safetensors file: {exc}") from None
-    for name in names:
-        if name not in tensors:
-            raise InputError(
-                f"{path} has no tensor {name!r} (it has: {', '.join(tensors) or 'none'})"
-            )
-        if tensors[name].ndim != 2:
-            raise InputError(
-                f"{path}: {name!r} must be (rows, width), not {tuple(tensors[name].shape)}"
-            )
-    return tensors
-
-
-def _read_inputs(path: Path) -> torch.Tensor:
-    """Rows to predict: a safetensors file with `inputs`, or JSON `{"inputs": [[...]]}` or `[[...]]`."""
-    if path.suffix == ".safetensors":
-        return _read_safetensors(path, ("inputs",))["inputs"]
-    try:
-        data = json.loads(path.read_text())
-    except OSError as exc:
-        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except ValueError as exc:  # bad JSON or bad UTF-8
-        raise InputError(f"{path} is not JSON: {exc}") from None
-    rows = data.get("inputs") if isinstance(data, dict) else data
-    try:
-        x = torch.tensor(rows, dtype=torch.float32)
-    except (TypeError, ValueError, RuntimeError):
-        x = None
-    if x is None or x.ndim != 2:
-        raise InputError(f'{path}: expected {{"inputs": [[numbers], ...]}}, rows of equal length')
-    return x
-
-
-def _write(path: Path, write: Any) -> None:
-    try:
-        write(path)
-    except OSError as exc:
-        raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
-
-
 def _predict(args: argparse.Namespace, client: Client) -> None:
-    x = _read_inputs(args.inputs)
+    x = read_inputs(args.inputs)
     y = client.predict(x, adapter=args.adapter, mode=args.mode)
     if args.out is None:
         print(json.dumps({"outputs": y.tolist()}))
     elif args.out.suffix == ".safetensors":
-        _write(args.out, lambda path: save_file({"outputs": y}, path))
+        write(args.out, lambda path: save_file({"outputs": y}, path))
     else:
-        _write(args.out, lambda path: path.write_text(json.dumps({"outputs": y.tolist()})))
-
-
-def _read_pairs(path: Path) -> bytes:
-    """A text-pair file (JSONL or a JSON array of {anchor, positive}), checked as the service will."""
-    from app.errors import ServiceError as Refused
-    from app.training.pairs import parse_pairs
-
-    try:
-        data = path.read_bytes()
-        parse_pairs(data, max_rows=sys.maxsize)
-    except OSError as exc:
-        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except Refused as exc:
-        raise InputError(f"{path}: {exc.message}") from None
-    return data
+        write(args.out, lambda path: path.write_text(json.dumps({"outputs": y.tolist()})))
 
 
 def _upload(client: Client, path: Path, data: dict[str, torch.Tensor] | bytes) -> str:
@@ -162,8 +96,8 @@ def _train(args: argparse.Namespace, client: Client) -> None:
     # Read every file, and check the plot can be drawn, before anything reaches the service.
     paths = [p for p in (args.data, args.validation) if p is not None]
     datasets = [
-        _read_pairs(p) if p.suffix in (".jsonl", ".json") else
-        _read_safetensors(p, ("inputs", "targets"))
+        read_pairs(p) if p.suffix in (".jsonl", ".json") else
+        read_safetensors(p, ("inputs", "targets"))
         for p in paths
     ]  # fmt: skip
     if args.plot:
@@ -266,7 +200,7 @@ def _embed(args: argparse.Namespace, client: Client) -> None:
     if args.out is None:
         print(body)
     else:
-        _write(args.out, lambda path: path.write_text(body))
+        write(args.out, lambda path: path.write_text(body))
 
 
 def _demo(args: argparse.Namespace, client: Client) -> None:

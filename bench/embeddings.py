@@ -8,7 +8,7 @@ Texts of about 32 tokens. For each (batch, adapters), times (median, ms) one for
   merged   every text on one adapter's merged copy
 Adapters are rank 8 on query and value (lora_alpha 16), made as PEFT makes them, B random.
 This measures the engine in one process, as the inference thread runs it; the HTTP service
-under load is a separate benchmark (not built yet).
+under load is bench/embeddings_service.py.
 """
 
 from __future__ import annotations
@@ -17,10 +17,8 @@ import argparse
 import json
 import platform
 import random
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -33,6 +31,7 @@ from app.adapters import AdapterRegistry, AdapterStore, BaseInfo  # noqa: E402
 from app.adapters.peft_format import tensor_key  # noqa: E402
 from app.engine import Predictor  # noqa: E402
 from app.model import load_base_model, resolve_device  # noqa: E402
+from bench.kernels import timer  # noqa: E402
 
 WORDS = [
     "the",
@@ -80,22 +79,24 @@ def texts(n: int, seed: int) -> list[str]:
     return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(22, 26))) for _ in range(n)]
 
 
-def measure(fn, budget_s: float, device: torch.device) -> float:
-    def once() -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return (time.perf_counter() - start) * 1000
-
-    for _ in range(3):
-        once()
-    samples = [once()]
-    while sum(samples) < budget_s * 1000 and len(samples) < 100:
-        samples.append(once())
-    return statistics.median(samples)
+def write_adapters(root: Path, linears: dict[str, tuple[int, int]], n: int = 16) -> list[Path]:
+    """n PEFT adapter folders: rank 8 on query and value, lora_alpha 16, B random (not zero)."""
+    gen = torch.Generator().manual_seed(0)
+    targets = [k for k in linears if k.endswith(("attention.self.query", "attention.self.value"))]
+    config = {"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ["query", "value"]}
+    folders = []
+    for i in range(n):
+        tensors = {}
+        for name in targets:
+            n_in, n_out = linears[name]
+            tensors[tensor_key(name, "lora_A")] = torch.randn(8, n_in, generator=gen) / n_in**0.5
+            tensors[tensor_key(name, "lora_B")] = torch.randn(n_out, 8, generator=gen) * 0.01
+        folder = root / f"a{i}"
+        folder.mkdir(parents=True)
+        (folder / "adapter_config.json").write_text(json.dumps(config))
+        (folder / "adapter_model.safetensors").write_bytes(save(tensors))
+        folders.append(folder)
+    return folders
 
 
 def main() -> None:
@@ -112,22 +113,13 @@ def main() -> None:
     store = Path(tempfile.mkdtemp())
     registry = AdapterRegistry(AdapterStore(store), info, 64, 1 << 30)
     registry.scan()
-    gen = torch.Generator().manual_seed(0)
-    targets = [n for n in linears if n.endswith(("attention.self.query", "attention.self.value"))]
-    for i in range(16):
-        tensors = {}
-        for name in targets:
-            n_in, n_out = linears[name]
-            tensors[tensor_key(name, "lora_A")] = torch.randn(8, n_in, generator=gen) / n_in**0.5
-            tensors[tensor_key(name, "lora_B")] = torch.randn(n_out, 8, generator=gen) * 0.01
-        config = {
-            "peft_type": "LORA",
-            "r": 8,
-            "lora_alpha": 16,
-            "target_modules": ["query", "value"],
-        }
-        registry.upload(f"a{i}", json.dumps(config).encode(), save(tensors))
+    for folder in write_adapters(Path(tempfile.mkdtemp()), linears):
+        files = [
+            (folder / f).read_bytes() for f in ("adapter_config.json", "adapter_model.safetensors")
+        ]
+        registry.upload(folder.name, *files)
     predictor = Predictor(base, registry, 1 << 30)
+    measure = timer(device, args.budget)
     rows = []
     for batch, distinct in ((64, 16), (64, 4), (32, 16), (8, 8)):
         tokens = base.text.tokenize(texts(batch, seed=batch))
@@ -139,10 +131,10 @@ def main() -> None:
         def run(names, loaded, used, tokens=tokens):
             return lambda: predictor.forward(tokens, names, loaded, used)
 
-        base_ms = measure(run([None] * batch, {}, "unmerged"), args.budget, device)
-        mixed_ms = measure(run(mixed, loaded, "unmerged"), args.budget, device)
-        one_ms = measure(run(["a0"] * batch, one, "unmerged"), args.budget, device)
-        merged_ms = measure(run(["a0"] * batch, one, "merged"), args.budget, device)
+        base_ms = measure(run([None] * batch, {}, "unmerged"))
+        mixed_ms = measure(run(mixed, loaded, "unmerged"))
+        one_ms = measure(run(["a0"] * batch, one, "unmerged"))
+        merged_ms = measure(run(["a0"] * batch, one, "merged"))
         row = {
             "batch": batch, "adapters": distinct, "tokens_per_text": tokens.width,
             "base_ms": base_ms, "mixed_ms": mixed_ms, "one_ms": one_ms, "merged_ms": merged_ms,

@@ -1,0 +1,81 @@
+"""Files the CLI reads and writes for the user: datasets, inputs, outputs.
+
+Every problem with one is an InputError, which the CLI reports as a usage error (exit 2).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+
+class InputError(Exception):
+    """A file or setting the user gave is missing, unreadable or malformed."""
+
+
+def read_safetensors(path: Path, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """The named tensors of a safetensors file, each (N, width)."""
+    try:
+        tensors = load_file(path)
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except SafetensorError as exc:
+        raise InputError(f"{path} is not a safetensors file: {exc}") from None
+    for name in names:
+        if name not in tensors:
+            raise InputError(
+                f"{path} has no tensor {name!r} (it has: {', '.join(tensors) or 'none'})"
+            )
+        if tensors[name].ndim != 2:
+            raise InputError(
+                f"{path}: {name!r} must be (rows, width), not {tuple(tensors[name].shape)}"
+            )
+    return tensors
+
+
+def read_inputs(path: Path) -> torch.Tensor:
+    """Rows to predict: a safetensors file with `inputs`, or JSON `{"inputs": [[...]]}` or `[[...]]`."""
+    if path.suffix == ".safetensors":
+        return read_safetensors(path, ("inputs",))["inputs"]
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:  # bad JSON or bad UTF-8
+        raise InputError(f"{path} is not JSON: {exc}") from None
+    rows = data.get("inputs") if isinstance(data, dict) else data
+    try:
+        x = torch.tensor(rows, dtype=torch.float32)
+    except (TypeError, ValueError, RuntimeError):
+        x = None
+    if x is None or x.ndim != 2:
+        raise InputError(f'{path}: expected {{"inputs": [[numbers], ...]}}, rows of equal length')
+    return x
+
+
+def write(path: Path, write: Any) -> None:
+    try:
+        write(path)
+    except OSError as exc:
+        raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def read_pairs(path: Path) -> bytes:
+    """A text-pair file (JSONL or a JSON array of {anchor, positive}), checked as the service will."""
+    from app.errors import ServiceError as Refused
+    from app.training.pairs import parse_pairs
+
+    try:
+        data = path.read_bytes()
+        parse_pairs(data, max_rows=sys.maxsize)
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except Refused as exc:
+        raise InputError(f"{path}: {exc.message}") from None
+    return data

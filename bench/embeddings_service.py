@@ -1,0 +1,149 @@
+"""all-MiniLM-L6-v2 served over HTTP under wrk: the service against sentence-transformers and PEFT.
+
+Run: .venv/bin/python bench/embeddings_service.py [--duration 20] [--out bench/results/embeddings-service-cpu.json]
+Needs wrk (apt-get install wrk). Requests are lists of 32 texts of about 32 tokens, 16 connections.
+  anchor       sentence-transformers' `encode` in this process, no HTTP (texts/s)
+  base         the service as users run it (`loraserve serve --base-model all-MiniLM-L6-v2`,
+               default settings), no adapter
+  mixed        the same server, each request on one of 16 adapters (rank 8, query and value)
+  mixed_rows   the same, each text of a request on its own adapter (`adapters`)
+  peft         bench/peft_embed_server.py: PEFT, `set_adapter` per request, one at a time
+Every ratio is against a figure of the same run. The servers run one at a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from app.client import Client  # noqa: E402
+from app.model import load_base_model  # noqa: E402
+from app.model.hf import known_model_folder  # noqa: E402
+from bench.embeddings import texts, write_adapters  # noqa: E402
+from bench.harness import bin_path, server, wrk, wrk_script  # noqa: E402
+
+BASE = "all-MiniLM-L6-v2"
+PER_REQUEST, N_ADAPTERS, N_BODIES = 32, 16, 64
+
+
+def st_anchor(pool: list[str], seconds: float) -> float:
+    """sentence-transformers' encode (batch_size 32, its default), texts/s."""
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(known_model_folder(BASE)), device="cpu")
+    model.encode(pool[:64])
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        model.encode(pool)
+        done += len(pool)
+    return done / (time.perf_counter() - start)
+
+
+def bodies(pool: list[str], kind: str, names: list[str], base_name: str) -> list[bytes]:
+    rng = random.Random(1)
+    out = []
+    for i in range(N_BODIES):
+        body: dict[str, object] = {"input": rng.sample(pool, PER_REQUEST), "model": base_name}
+        if kind == "mixed":
+            body["model"] = names[i % len(names)]
+        elif kind == "mixed_rows":
+            body["adapters"] = [names[(i + k) % len(names)] for k in range(PER_REQUEST)]
+        out.append(json.dumps(body).encode())
+    return out
+
+
+def load(url: str, payloads: list[bytes], args: argparse.Namespace) -> dict:
+    script = wrk_script("/v1/embeddings", payloads)
+    wrk(url, script, args.connections, 3)  # warm-up: first batches, allocator, caches
+    result = wrk(url, script, args.connections, args.duration)
+    result["texts_per_s"] = result["requests_per_s"] * PER_REQUEST
+    assert result["failed"] == 0, f"{result['failed']} requests failed"
+    return result
+
+
+def check_same(ours: str, peft: str, payload: bytes) -> float:
+    """Largest difference between the two servers' embeddings for one request."""
+    a, b = (httpx.post(f"{u}/v1/embeddings", content=payload, timeout=60,
+                       headers={"content-type": "application/json"}).json()
+            for u in (ours, peft))  # fmt: skip
+    return max(abs(x - y) for da, db in zip(a["data"], b["data"], strict=True)
+               for x, y in zip(da["embedding"], db["embedding"], strict=True))  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--duration", type=float, default=20, help="seconds per wrk run")
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    pool = texts(2048, seed=0)
+    tmp = Path(tempfile.mkdtemp())
+    base = load_base_model(Path(BASE), torch.device("cpu"))
+    linears = {n: (i.in_features, i.out_features) for n, i in base.linears().items()}
+    del base
+    folders = write_adapters(tmp / "peft", linears, N_ADAPTERS)
+    names = [f.name for f in folders]
+    results: dict[str, dict] = {}
+
+    anchor = st_anchor(pool[:512], args.duration)
+    results["anchor"] = {"texts_per_s": anchor}
+    print(f"sentence-transformers encode, one process: {anchor:8.1f} texts/s", flush=True)
+
+    env = {"LORASERVE_DATA_DIR": str(tmp / "data"), "LORASERVE_ADAPTERS_DIR": str(tmp / "store")}
+    cmd = [bin_path("loraserve"), "serve", "--base-model", BASE]
+    with server(cmd, env) as url:
+        with Client(url) as client:
+            for folder in folders:
+                client.upload_adapter(folder.name, folder)
+        for kind in ("base", "mixed", "mixed_rows"):
+            results[kind] = load(url, bodies(pool, kind, names, BASE), args)
+            r = results[kind]
+            print(f"service {kind:10s} c={args.connections}: {r['texts_per_s']:8.1f} texts/s "
+                  f"(p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms)", flush=True)  # fmt: skip
+        ours_url = url
+        peft_env = {"PEFT_BASE": BASE, "PEFT_ADAPTERS": str(tmp / "peft")}
+        peft_cmd = [bin_path("uvicorn"), "bench.peft_embed_server:app", "--log-level", "warning"]
+        with server(peft_cmd, peft_env) as peft_url:
+            results["same_output_max_abs"] = {
+                "value": check_same(ours_url, peft_url, bodies(pool, "mixed", names, BASE)[3])
+            }
+    with server(peft_cmd, peft_env) as peft_url:  # alone on the machine while it is measured
+        results["peft"] = load(peft_url, bodies(pool, "mixed", names, BASE), args)
+        r = results["peft"]
+        print(f"PEFT per-request  c={args.connections}: {r['texts_per_s']:8.1f} texts/s "
+              f"(p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms)", flush=True)  # fmt: skip
+
+    t = {k: v["texts_per_s"] for k, v in results.items() if "texts_per_s" in v}
+    ratios = {
+        "base_over_anchor": t["base"] / t["anchor"],
+        "mixed_over_base": t["mixed"] / t["base"],
+        "mixed_rows_over_base": t["mixed_rows"] / t["base"],
+        "mixed_over_peft": t["mixed"] / t["peft"],
+    }
+    for k, v in ratios.items():
+        print(f"{k:22s} {v:6.2f}x")
+    print(
+        f"ours vs PEFT, same request: max abs difference {results['same_output_max_abs']['value']:.2e}"
+    )
+    if args.out:
+        meta = {"torch": torch.__version__, "threads": torch.get_num_threads(),
+                "machine": platform.machine(), "connections": args.connections,
+                "texts_per_request": PER_REQUEST, "duration_s": args.duration}  # fmt: skip
+        args.out.write_text(json.dumps({"meta": meta, "results": results, "ratios": ratios},
+                                       indent=2) + "\n")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""What the service benchmarks share: start a server on 127.0.0.1, and drive it with wrk.
+
+wrk (Debian's `wrk` package) is a C load generator: one thread of it keeps dozens of connections
+busy for a fraction of a core, so the figures measure the server, not the client.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Runs once per wrk thread at the end; prints one JSON line the caller parses.
+_DONE = """
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    '\\n{"requests": %d, "duration_us": %d, "non_2xx": %d, "socket_errors": %d, '
+    .. '"p50_us": %d, "p90_us": %d, "p99_us": %d}\\n',
+    summary.requests, summary.duration, e.status, e.connect + e.read + e.write + e.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99)))
+end
+"""
+
+
+@contextmanager
+def server(argv: Sequence[str], env: dict[str, str], ready_s: float = 180) -> Iterator[str]:
+    """`argv` + `--host 127.0.0.1 --port P` (a uvicorn app or `loraserve serve`); its URL."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [*argv, "--host", "127.0.0.1", "--port", str(port)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + ready_s
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline, "server did not start"
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        yield url
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def bin_path(name: str) -> str:
+    """A console script of this virtual environment."""
+    return str(Path(sys.executable).parent / name)
+
+
+def wrk_script(path: str, bodies: Sequence[bytes], content_type: str = "application/json") -> str:
+    """A wrk Lua script that POSTs `bodies` in turn, each connection starting at its own offset."""
+    quoted = ",\n".join(f"[==[{b.decode()}]==]" for b in bodies)
+    return f"""
+local bodies = {{
+{quoted}
+}}
+local headers = {{["Content-Type"] = "{content_type}"}}
+local i = 0
+init = function(args) i = math.random(#bodies) end
+request = function()
+  i = i % #bodies + 1
+  return wrk.format("POST", "{path}", headers, bodies[i])
+end
+{_DONE}"""
+
+
+def wrk(url: str, script: str, connections: int, duration_s: float, threads: int = 1) -> dict:
+    """Run wrk; requests/s, latency percentiles (ms), and every failed request counted."""
+    exe = shutil.which("wrk")
+    assert exe, "wrk is not installed (apt-get install wrk)"
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(script)
+    try:
+        out = subprocess.run(
+            [exe, "-t", str(threads), "-c", str(connections), "-d", f"{duration_s}s",
+             "--timeout", "60s", "-s", f.name, url],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+    finally:
+        os.unlink(f.name)
+    stats = json.loads(out.strip().splitlines()[-1])
+    seconds = stats["duration_us"] / 1e6
+    return {
+        "requests_per_s": stats["requests"] / seconds,
+        "requests": stats["requests"],
+        "failed": stats["non_2xx"] + stats["socket_errors"],
+        **{f"p{q}_ms": stats[f"p{q}_us"] / 1000 for q in (50, 90, 99)},
+    }

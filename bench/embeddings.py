@@ -1,7 +1,8 @@
 """Model time of all-MiniLM-L6-v2 batches through the service's predictor: adapters vs the base.
 
 Run: .venv/bin/python bench/embeddings.py [--device cpu|cuda] [--out bench/results/embeddings-cpu.json]
-Texts of about 32 tokens. For each (batch, adapters), times (median, ms) one forward of:
+Texts of about 32 tokens. For each (batch, adapters), times (median, ms) one forward of each of
+these, in turn, round after round (so that all four meet the same machine noise):
   base     the batch on the base alone (the baseline every ratio is against)
   mixed    every text on its own adapter, spread evenly over the adapters (stacked path)
   one      every text on one adapter (unmerged)
@@ -31,7 +32,7 @@ from app.adapters import AdapterRegistry, AdapterStore, BaseInfo  # noqa: E402
 from app.adapters.peft_format import tensor_key  # noqa: E402
 from app.engine import Predictor  # noqa: E402
 from app.model import load_base_model, resolve_device  # noqa: E402
-from bench.kernels import timer  # noqa: E402
+from bench.kernels import interleaved  # noqa: E402
 
 WORDS = [
     "the",
@@ -119,7 +120,6 @@ def main() -> None:
         ]
         registry.upload(folder.name, *files)
     predictor = Predictor(base, registry, 1 << 30)
-    measure = timer(device, args.budget)
     rows = []
     for batch, distinct in ((64, 16), (64, 4), (32, 16), (8, 8)):
         tokens = base.text.tokenize(texts(batch, seed=batch))
@@ -131,10 +131,13 @@ def main() -> None:
         def run(names, loaded, used, tokens=tokens):
             return lambda: predictor.forward(tokens, names, loaded, used)
 
-        base_ms = measure(run([None] * batch, {}, "unmerged"))
-        mixed_ms = measure(run(mixed, loaded, "unmerged"))
-        one_ms = measure(run(["a0"] * batch, one, "unmerged"))
-        merged_ms = measure(run(["a0"] * batch, one, "merged"))
+        ms = interleaved(device, args.budget, {
+            "base": run([None] * batch, {}, "unmerged"),
+            "mixed": run(mixed, loaded, "unmerged"),
+            "one": run(["a0"] * batch, one, "unmerged"),
+            "merged": run(["a0"] * batch, one, "merged"),
+        })  # fmt: skip
+        base_ms, mixed_ms, one_ms, merged_ms = ms["base"], ms["mixed"], ms["one"], ms["merged"]
         row = {
             "batch": batch, "adapters": distinct, "tokens_per_text": tokens.width,
             "base_ms": base_ms, "mixed_ms": mixed_ms, "one_ms": one_ms, "merged_ms": merged_ms,

@@ -72,6 +72,33 @@ def timer(device: torch.device, budget_s: float) -> Callable[[Callable[[], objec
     return measure
 
 
+def interleaved(
+    device: torch.device, budget_s: float, fns: dict[str, Callable[[], object]]
+) -> dict[str, float]:
+    """Median ms of each function, timed in turn round after round: on a shared, noisy machine
+    every one of them meets the same noise, so their ratios hold where lone timings drift."""
+
+    def once(fn: Callable[[], object]) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return (time.perf_counter() - start) * 1000
+
+    for fn in fns.values():
+        once(fn)
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    while (
+        sum(map(sum, samples.values())) < budget_s * 1000 * len(fns)
+        or len(samples[next(iter(fns))]) < 5
+    ):
+        for k, fn in fns.items():
+            samples[k].append(once(fn))
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
 def make_adapters(n: int, rank: int, device: torch.device, gen: torch.Generator) -> dict:
     config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=("layer1", "layer2"))
     adapters = {}

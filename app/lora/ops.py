@@ -67,8 +67,8 @@ def init_lora_module(
 
 
 def lora_delta(x: Tensor, module: LoraModule) -> Tensor:
-    """scaling * (x A^T) B^T, never forming the (out, in) product."""
-    return (x @ module.lora_A.T) @ module.lora_B.T * module.scaling  # (N, r) -> (N, out)
+    """scaling * (x A^T) B^T, never forming the (out, in) product; scaled at rank width."""
+    return ((x @ module.lora_A.T) * module.scaling) @ module.lora_B.T  # (N, r) -> (N, out)
 
 
 def unmerged_linear(adapter: LoraAdapter | None) -> LinearFn:
@@ -77,7 +77,10 @@ def unmerged_linear(adapter: LoraAdapter | None) -> LinearFn:
     def linear(name: str, layer: nn.Linear, x: Tensor) -> Tensor:
         y = layer(x)
         module = adapter.modules.get(name) if adapter is not None else None
-        return y if module is None else y + lora_delta(x, module)
+        if module is None:
+            return y
+        # Serving only (inference mode): y is this call's own fresh output, so add in place.
+        return y.add_(lora_delta(x, module))
 
     return linear
 

@@ -29,6 +29,10 @@ Mode = Literal["auto", "unmerged", "merged"]
 UsedMode = Literal["unmerged", "merged"]
 Loaded = dict[str, tuple[AdapterRecord, LoraAdapter]]
 _MAX_STACK = 128  # adapters kept stacked for the mixed path
+# Padded tokens per text forward on the CPU. Past a few thousand, a forward gets slower per
+# token (its activations no longer fit the caches), and a big batch padded to its longest text
+# wastes the rest: so texts go through sorted by length, in chunks (bench/embeddings_service.py).
+CPU_CHUNK_TOKENS = 1024
 
 
 class Predictor:
@@ -77,6 +81,13 @@ class Predictor:
         self, x: Rows, row_adapters: Sequence[str | None], loaded: Loaded, used: UsedMode
     ) -> Tensor:
         """The batch's outputs, (N, out) float32 on the CPU."""
+        if (
+            isinstance(x, TokenBatch)
+            and self.base.device.type == "cpu"
+            and len(x) > 1
+            and len(x) * x.width > CPU_CHUNK_TOKENS
+        ):
+            return self._by_length(x, row_adapters, loaded, used)
         x = self.base.prepare(x)
         with torch.inference_mode():
             if used == "merged":
@@ -89,6 +100,27 @@ class Predictor:
             else:
                 y = self._stacked(x, row_adapters, loaded)
             return y.float().cpu()
+
+    def _by_length(
+        self, x: TokenBatch, row_adapters: Sequence[str | None], loaded: Loaded, used: UsedMode
+    ) -> Tensor:
+        """Texts sorted by length, forwarded in chunks of at most CPU_CHUNK_TOKENS padded tokens."""
+        lengths = x.mask.sum(dim=1).tolist()
+        order = sorted(range(len(x)), key=lengths.__getitem__)
+        out = torch.empty(len(x), self.base.output_dim)
+        start = 0
+        while start < len(order):
+            stop = start + 1  # ascending lengths: a chunk's last text is its longest
+            while (
+                stop < len(order) and (stop + 1 - start) * lengths[order[stop]] <= CPU_CHUNK_TOKENS
+            ):
+                stop += 1
+            rows = order[start:stop]
+            names = [row_adapters[i] for i in rows]
+            chunk = {n: loaded[n] for n in dict.fromkeys(names) if n is not None}
+            out[rows] = self.forward(x[torch.tensor(rows)], names, chunk, used)
+            start = stop
+        return out
 
     def _stacked(self, x: Rows, row_adapters: Sequence[str | None], loaded: Loaded) -> Tensor:
         if isinstance(x, TokenBatch):

@@ -8,7 +8,8 @@ Needs wrk (apt-get install wrk). Requests are lists of 32 texts of about 32 toke
   mixed        the same server, each request on one of 16 adapters (rank 8, query and value)
   mixed_rows   the same, each text of a request on its own adapter (`adapters`)
   peft         bench/peft_embed_server.py: PEFT, `set_adapter` per request, one at a time
-Every ratio is against a figure of the same run. The servers run one at a time.
+Every ratio is against a figure of the same run: both servers stay up (idle when not driven),
+and every case runs in turn, round after round; the figures are the medians.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ import argparse
 import json
 import platform
 import random
+import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -38,17 +41,21 @@ BASE = "all-MiniLM-L6-v2"
 PER_REQUEST, N_ADAPTERS, N_BODIES = 32, 16, 64
 
 
-def st_anchor(pool: list[str], seconds: float) -> float:
-    """sentence-transformers' encode (batch_size 32, its default), texts/s."""
+def st_anchor(pool: list[str]) -> Callable[[float], float]:
+    """sentence-transformers' encode (batch_size 32, its default) for some seconds: texts/s."""
     from sentence_transformers import SentenceTransformer
 
     model = SentenceTransformer(str(known_model_folder(BASE)), device="cpu")
     model.encode(pool[:64])
-    done, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        model.encode(pool)
-        done += len(pool)
-    return done / (time.perf_counter() - start)
+
+    def run(seconds: float) -> float:
+        done, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            model.encode(pool)
+            done += len(pool)
+        return done / (time.perf_counter() - start)
+
+    return run
 
 
 def bodies(pool: list[str], kind: str, names: list[str], base_name: str) -> list[bytes]:
@@ -64,13 +71,10 @@ def bodies(pool: list[str], kind: str, names: list[str], base_name: str) -> list
     return out
 
 
-def load(url: str, payloads: list[bytes], args: argparse.Namespace) -> dict:
-    script = wrk_script("/v1/embeddings", payloads)
-    wrk(url, script, args.connections, 3)  # warm-up: first batches, allocator, caches
+def texts_per_s(url: str, script: str, args: argparse.Namespace) -> float:
     result = wrk(url, script, args.connections, args.duration)
-    result["texts_per_s"] = result["requests_per_s"] * PER_REQUEST
     assert result["failed"] == 0, f"{result['failed']} requests failed"
-    return result
+    return float(result["requests_per_s"] * PER_REQUEST)
 
 
 def check_same(ours: str, peft: str, payload: bytes) -> float:
@@ -84,7 +88,8 @@ def check_same(ours: str, peft: str, payload: bytes) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--duration", type=float, default=20, help="seconds per wrk run")
+    parser.add_argument("--duration", type=float, default=10, help="seconds per run")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -95,35 +100,38 @@ def main() -> None:
     del base
     folders = write_adapters(tmp / "peft", linears, N_ADAPTERS)
     names = [f.name for f in folders]
-    results: dict[str, dict] = {}
-
-    anchor = st_anchor(pool[:512], args.duration)
-    results["anchor"] = {"texts_per_s": anchor}
-    print(f"sentence-transformers encode, one process: {anchor:8.1f} texts/s", flush=True)
-
     env = {"LORASERVE_DATA_DIR": str(tmp / "data"), "LORASERVE_ADAPTERS_DIR": str(tmp / "store")}
     cmd = [bin_path("loraserve"), "serve", "--base-model", BASE]
-    with server(cmd, env) as url:
-        with Client(url) as client:
+    peft_env = {"PEFT_BASE": BASE, "PEFT_ADAPTERS": str(tmp / "peft")}
+    peft_cmd = [bin_path("uvicorn"), "bench.peft_embed_server:app", "--log-level", "warning"]
+    anchor = st_anchor(pool[:512])
+    samples: dict[str, list[float]] = {}
+    with server(cmd, env) as ours, server(peft_cmd, peft_env) as peft:
+        with Client(ours) as client:
             for folder in folders:
                 client.upload_adapter(folder.name, folder)
-        for kind in ("base", "mixed", "mixed_rows"):
-            results[kind] = load(url, bodies(pool, kind, names, BASE), args)
-            r = results[kind]
-            print(f"service {kind:10s} c={args.connections}: {r['texts_per_s']:8.1f} texts/s "
-                  f"(p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms)", flush=True)  # fmt: skip
-        ours_url = url
-        peft_env = {"PEFT_BASE": BASE, "PEFT_ADAPTERS": str(tmp / "peft")}
-        peft_cmd = [bin_path("uvicorn"), "bench.peft_embed_server:app", "--log-level", "warning"]
-        with server(peft_cmd, peft_env) as peft_url:
-            results["same_output_max_abs"] = {
-                "value": check_same(ours_url, peft_url, bodies(pool, "mixed", names, BASE)[3])
-            }
-    with server(peft_cmd, peft_env) as peft_url:  # alone on the machine while it is measured
-        results["peft"] = load(peft_url, bodies(pool, "mixed", names, BASE), args)
-        r = results["peft"]
-        print(f"PEFT per-request  c={args.connections}: {r['texts_per_s']:8.1f} texts/s "
-              f"(p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms)", flush=True)  # fmt: skip
+        mixed = bodies(pool, "mixed", names, BASE)
+        same = check_same(ours, peft, mixed[3])
+        runs = {
+            "base": (ours, wrk_script("/v1/embeddings", bodies(pool, "base", names, BASE))),
+            "mixed": (ours, wrk_script("/v1/embeddings", mixed)),
+            "mixed_rows": (ours, wrk_script("/v1/embeddings", bodies(pool, "mixed_rows", names, BASE))),
+            "peft": (peft, wrk_script("/v1/embeddings", mixed)),
+        }  # fmt: skip
+        for url, script in runs.values():
+            wrk(url, script, args.connections, 3)  # warm-up: first batches, allocator, caches
+        # Round after round, every case in turn: on a shared machine all meet the same noise.
+        for round_ in range(args.rounds):
+            samples.setdefault("anchor", []).append(anchor(args.duration))
+            for kind, (url, script) in runs.items():
+                samples.setdefault(kind, []).append(texts_per_s(url, script, args))
+            print(f"round {round_ + 1}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in samples.items()),
+                  flush=True)  # fmt: skip
+    results = {k: {"texts_per_s": statistics.median(v), "rounds": v} for k, v in samples.items()}
+    results["same_output_max_abs"] = {"value": same}
+    for kind, r in results.items():
+        if "texts_per_s" in r:
+            print(f"{kind:10s} {r['texts_per_s']:8.1f} texts/s (median of {args.rounds} runs)")
 
     t = {k: v["texts_per_s"] for k, v in results.items() if "texts_per_s" in v}
     ratios = {
@@ -140,7 +148,8 @@ def main() -> None:
     if args.out:
         meta = {"torch": torch.__version__, "threads": torch.get_num_threads(),
                 "machine": platform.machine(), "connections": args.connections,
-                "texts_per_request": PER_REQUEST, "duration_s": args.duration}  # fmt: skip
+                "texts_per_request": PER_REQUEST, "duration_s": args.duration,
+                "rounds": args.rounds}  # fmt: skip
         args.out.write_text(json.dumps({"meta": meta, "results": results, "ratios": ratios},
                                        indent=2) + "\n")  # fmt: skip
 

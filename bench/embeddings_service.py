@@ -71,8 +71,17 @@ def bodies(pool: list[str], kind: str, names: list[str], base_name: str) -> list
     return out
 
 
+def drain(url: str) -> None:
+    """Wait until the server has finished the requests wrk left in flight when it stopped (both
+    servers take requests in arrival order, so one more answers only after them): otherwise
+    that work would be charged to whatever runs next."""
+    body = {"input": ["drain"], "model": BASE}
+    httpx.post(f"{url}/v1/embeddings", json=body, timeout=300).raise_for_status()
+
+
 def texts_per_s(url: str, script: str, args: argparse.Namespace) -> float:
     result = wrk(url, script, args.connections, args.duration)
+    drain(url)
     assert result["failed"] == 0, f"{result['failed']} requests failed"
     return float(result["requests_per_s"] * PER_REQUEST)
 
@@ -120,6 +129,7 @@ def main() -> None:
         }  # fmt: skip
         for url, script in runs.values():
             wrk(url, script, args.connections, 3)  # warm-up: first batches, allocator, caches
+            drain(url)
         # Round after round, every case in turn: on a shared machine all meet the same noise.
         for round_ in range(args.rounds):
             samples.setdefault("anchor", []).append(anchor(args.duration))

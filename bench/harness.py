@@ -90,7 +90,7 @@ def wrk(url: str, script: str, connections: int, duration_s: float, threads: int
         f.write(script)
     try:
         out = subprocess.run(
-            [exe, "-t", str(threads), "-c", str(connections), "-d", f"{duration_s}s",
+            [exe, "-t", str(threads), "-c", str(connections), "-d", f"{round(duration_s)}s",
              "--timeout", "60s", "-s", f.name, url],
             capture_output=True, text=True, check=True,
         ).stdout  # fmt: skip

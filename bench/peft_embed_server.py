@@ -60,8 +60,12 @@ async def embeddings(body: EmbeddingsBody) -> dict[str, object]:
         enc = tokenizer(body.input, padding=True, truncation=True, max_length=256,
                         return_tensors="pt")  # fmt: skip
         with torch.inference_mode():
-            model.set_adapter(body.model)
-            states = model(**enc).last_hidden_state  # (N, T, d)
+            if body.model in model.peft_config:
+                model.set_adapter(body.model)
+                states = model(**enc).last_hidden_state  # (N, T, d)
+            else:  # the base model's name: no adapter
+                with model.disable_adapter():
+                    states = model(**enc).last_hidden_state
         mask = enc["attention_mask"].unsqueeze(-1).to(states.dtype)
         pooled = F.normalize((states * mask).sum(1) / mask.sum(1), dim=1)
         data = [{"object": "embedding", "index": i, "embedding": row} for i, row in

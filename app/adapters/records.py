@@ -106,14 +106,25 @@ def broken_record(
     return AdapterRecord(name, config, size, created, "upload", {}, version, error=problem)
 
 
+# An absolute path inside a library's message (safetensors puts them in its OSErrors' text).
+_ABSOLUTE_PATH = re.compile(r"/[^\s'\"]+")
+
+
+def _without_paths(text: str) -> str:
+    """Every absolute path in `text` cut to its last part: clients never see server paths."""
+    return _ABSOLUTE_PATH.sub(lambda m: Path(m.group()).name or "/", text)
+
+
 def problem_of(exc: BaseException) -> AdapterProblem:
     """The code and message an error gives a broken adapter (no server paths in it)."""
     if isinstance(exc, ServiceError):
         return AdapterProblem(exc.code, exc.message)
     if isinstance(exc, OSError):
         where = Path(exc.filename).name if exc.filename else "the adapter folder"
-        return AdapterProblem("unreadable", f"cannot read {where}: {exc.strerror or exc}")
-    return AdapterProblem("invalid_adapter", f"{fmt.WEIGHTS_FILE}: {shorten(str(exc), 256)}")
+        reason = exc.strerror or _without_paths(str(exc))
+        return AdapterProblem("unreadable", f"cannot read {where}: {reason}")
+    reason = shorten(_without_paths(str(exc)), 256)
+    return AdapterProblem("invalid_adapter", f"{fmt.WEIGHTS_FILE}: {reason}")
 
 
 def _read_ready(

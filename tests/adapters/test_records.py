@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save
 
 from app.adapters import peft_format as fmt
@@ -159,6 +160,22 @@ def test_broken_record_of_a_vanished_folder_keeps_the_config_it_is_given(tmp_pat
         ),
         (OSError("boom"), AdapterProblem("unreadable", "cannot read the adapter folder: boom")),
         (
+            # As safetensors raises it: the path in the text, no filename or strerror.
+            FileNotFoundError("No such file or directory: /srv/secret/a/adapter_model.safetensors"),
+            AdapterProblem(
+                "unreadable",
+                "cannot read the adapter folder: No such file or directory: "
+                "adapter_model.safetensors",
+            ),
+        ),
+        (
+            SafetensorError("Error while deserializing header: /srv/secret/w.safetensors"),
+            AdapterProblem(
+                "invalid_adapter",
+                f"{fmt.WEIGHTS_FILE}: Error while deserializing header: w.safetensors",
+            ),
+        ),
+        (
             ValueError("x" * 300),
             AdapterProblem(
                 "invalid_adapter", f"{fmt.WEIGHTS_FILE}: {'x' * 256}... (300 characters)"
@@ -173,6 +190,8 @@ def test_broken_record_of_a_vanished_folder_keeps_the_config_it_is_given(tmp_pat
         "os-error-with-path",
         "os-error-without-path",
         "os-error-without-strerror",
+        "os-error-with-the-path-in-its-text",
+        "library-error-with-a-path",
         "long",
         "ours",
     ],

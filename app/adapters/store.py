@@ -151,9 +151,9 @@ class AdapterStore:
                 if entry.name.endswith(_REPLACING) and not os.path.lexists(target):
                     log.warning("restoring adapter %s after an interrupted replace", old.name)
                     os.replace(old, target)
-            shutil.rmtree(entry, ignore_errors=True)
+            _remove(entry)
         for entry in (self.root / _STAGING).iterdir():
-            shutil.rmtree(entry, ignore_errors=True)
+            _remove(entry)
         _fsync_dir(self.root)
 
     def _to_trash(self, target: Path, suffix: str) -> Path:
@@ -163,6 +163,14 @@ class AdapterStore:
         os.replace(target, trashed)
         _fsync_dir(self.root)
         return trashed
+
+
+def _remove(entry: Path) -> None:
+    """A leftover of a crash, whatever it is: a folder, a plain file or a link."""
+    if entry.is_dir() and not entry.is_symlink():
+        shutil.rmtree(entry, ignore_errors=True)
+    else:
+        entry.unlink(missing_ok=True)
 
 
 def _name_taken(name: str) -> NameTaken:

@@ -332,3 +332,17 @@ def test_recover_tolerates_stray_files_in_the_scratch_folders(tmp_path: Path) ->
     (tmp_path / ".staging" / "stray").write_text("x")
     AdapterStore(tmp_path).recover()
     assert (tmp_path / "a" / CONFIG).read_bytes() == b"old"
+    # Tolerated, and cleaned up: a plain file or a link left there is removed, not kept forever.
+    assert list((tmp_path / ".trash").iterdir()) == []
+    assert list((tmp_path / ".staging").iterdir()) == []
+
+
+def test_recover_removes_a_link_in_the_scratch_folders_but_not_its_target(tmp_path: Path) -> None:
+    outside = tmp_path.parent / f"{tmp_path.name}-outside"
+    outside.mkdir()
+    (outside / "keep").write_text("x")
+    store = AdapterStore(tmp_path)
+    (tmp_path / ".staging" / "link").symlink_to(outside)
+    store.recover()
+    assert not os.path.lexists(tmp_path / ".staging" / "link")
+    assert (outside / "keep").read_text() == "x"

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
@@ -295,6 +295,25 @@ def parser(settings: CliSettings | None = None) -> argparse.ArgumentParser:
 def _fail(message: str, status: int) -> NoReturn:
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(status)
+
+
+def demo_main(
+    doc: str,
+    add_arguments: Callable[[argparse.ArgumentParser], None],
+    run: Callable[[Client, argparse.Namespace], None],
+    argv: list[str] | None = None,
+) -> None:
+    """`python -m app.demo` and `python -m app.text_demo`: --url, --api-key, the demo's options."""
+    settings = cli_settings()
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--url", default=settings.url, help="the service (env LORASERVE_URL)")
+    parser.add_argument(
+        "--api-key", default=settings.api_key, help="an admin key (env LORASERVE_API_KEY)"
+    )
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    with failures_reported(args.url), Client(args.url, api_key=args.api_key) as client:
+        run(client, args)
 
 
 def cli_settings() -> CliSettings:

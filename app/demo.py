@@ -20,8 +20,8 @@ import httpx
 import torch
 from safetensors.torch import save
 
-from app.cli import cli_settings, failures_reported
-from app.client import Client, raise_for_error
+from app.cli import demo_main
+from app.client import raise_for_error
 from app.model.seed import SEED_CONFIG, make_regression, make_theta
 
 Print = Callable[[str], None]
@@ -170,16 +170,9 @@ def run_from_args(client: httpx.Client, args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    settings = cli_settings()
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--url", default=settings.url, help="the service (env LORASERVE_URL)")
-    parser.add_argument(
-        "--api-key", default=settings.api_key, help="an admin key (env LORASERVE_API_KEY)"
+    demo_main(
+        __doc__ or "", add_arguments, lambda client, args: run_from_args(client.http, args), argv
     )
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    with failures_reported(args.url), Client(args.url, api_key=args.api_key) as client:
-        run_from_args(client.http, args)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from app.cli import cli_settings, failures_reported
+from app.cli import demo_main
 from app.client import Client
 
 Print = Callable[[str], None]
@@ -141,16 +141,7 @@ def run_from_args(client: Client, args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    settings = cli_settings()
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--url", default=settings.url, help="the service (env LORASERVE_URL)")
-    parser.add_argument(
-        "--api-key", default=settings.api_key, help="an admin key (env LORASERVE_API_KEY)"
-    )
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    with failures_reported(args.url), Client(args.url, api_key=args.api_key) as client:
-        run_from_args(client, args)
+    demo_main(__doc__ or "", add_arguments, run_from_args, argv)
 
 
 if __name__ == "__main__":

@@ -51,22 +51,24 @@ def forward(model: torch.nn.Module, plan: LinearFn, x: torch.Tensor) -> torch.Te
         return model(x)
 
 
+def time_once(fn: Callable[[], object], device: torch.device) -> float:
+    """Milliseconds of one call, the device's queued work included."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) * 1000
+
+
 def timer(device: torch.device, budget_s: float) -> Callable[[Callable[[], object]], float]:
     def measure(fn: Callable[[], object]) -> float:
-        def once() -> float:
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            return (time.perf_counter() - start) * 1000
-
         for _ in range(3):
-            once()
-        samples = [once()]
+            time_once(fn, device)
+        samples = [time_once(fn, device)]
         while sum(samples) < budget_s * 1000 and len(samples) < 200:
-            samples.append(once())
+            samples.append(time_once(fn, device))
         return statistics.median(samples)
 
     return measure
@@ -77,25 +79,15 @@ def interleaved(
 ) -> dict[str, float]:
     """Median ms of each function, timed in turn round after round: on a shared, noisy machine
     every one of them meets the same noise, so their ratios hold where lone timings drift."""
-
-    def once(fn: Callable[[], object]) -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return (time.perf_counter() - start) * 1000
-
     for fn in fns.values():
-        once(fn)
+        time_once(fn, device)
     samples: dict[str, list[float]] = {k: [] for k in fns}
     while (
         sum(map(sum, samples.values())) < budget_s * 1000 * len(fns)
         or len(samples[next(iter(fns))]) < 5
     ):
         for k, fn in fns.items():
-            samples[k].append(once(fn))
+            samples[k].append(time_once(fn, device))
     return {k: statistics.median(v) for k, v in samples.items()}
 
 

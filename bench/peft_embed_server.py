@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from transformers import AutoModel, AutoTokenizer
 
 from app.model.hf import known_model_folder
+from bench.peft_adapters import load_all
 
 
 class EmbeddingsBody(BaseModel):
@@ -35,12 +36,7 @@ def _folder() -> Path:
 
 def _load() -> PeftModel:
     base = AutoModel.from_pretrained(_folder(), local_files_only=True)
-    root = Path(os.environ["PEFT_ADAPTERS"])
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    model = PeftModel.from_pretrained(base, folders[0], adapter_name=folders[0].name)
-    for folder in folders[1:]:
-        model.load_adapter(folder, adapter_name=folder.name)
-    return model.eval()
+    return load_all(base)
 
 
 app = FastAPI()

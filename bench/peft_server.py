@@ -17,6 +17,7 @@ from peft import PeftModel
 from pydantic import BaseModel
 
 from app.model import load_base_model
+from bench.peft_adapters import load_all
 
 
 class PredictBody(BaseModel):
@@ -26,12 +27,7 @@ class PredictBody(BaseModel):
 
 def _load() -> PeftModel:
     base = load_base_model(Path(os.environ["PEFT_BASE"]), torch.device("cpu")).module
-    root = Path(os.environ["PEFT_ADAPTERS"])
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    model = PeftModel.from_pretrained(base, folders[0], adapter_name=folders[0].name)
-    for folder in folders[1:]:
-        model.load_adapter(folder, adapter_name=folder.name)
-    return model.eval()
+    return load_all(base)
 
 
 app = FastAPI()

@@ -20,15 +20,11 @@ import json
 import os
 import platform
 import random
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import httpx
@@ -42,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 from app.adapters.peft_format import WEIGHTS_FILE, config_json, tensor_key  # noqa: E402
 from app.lora import LoraConfig  # noqa: E402
 from app.settings import EMBEDDED_MODEL  # noqa: E402
+from bench import harness  # noqa: E402
 
 N_ADAPTERS, RANK = 64, 16
 
@@ -82,28 +79,8 @@ def write_wide_base(folder: Path, sizes: list[int]) -> Path:
 PIN = os.cpu_count() is not None and os.cpu_count() >= 2  # type: ignore[operator]
 
 
-@contextmanager
-def server(app: str, env: dict[str, str]) -> Iterator[str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    bindir = Path(sys.executable).parent
-    cmd = [str(bindir / "uvicorn"), app, "--host", "127.0.0.1", "--port", str(port)]
-    proc = subprocess.Popen([*cmd, "--log-level", "warning"], cwd=ROOT, env={**os.environ, **env})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None and time.monotonic() < deadline, "server did not start"
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        yield url
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
+def server(app: str, env: dict[str, str]) -> AbstractContextManager[str]:
+    return harness.server([harness.bin_path("uvicorn"), app, "--log-level", "warning"], env)
 
 
 def bodies(width: int, names: list[str] | None, zipf: bool, count: int = 512) -> list[bytes]:

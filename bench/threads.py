@@ -2,7 +2,7 @@
 
 Run: .venv/bin/python bench/threads.py
 The seed model, 256 rows; `base`, and the stacked path over 64 (and 8 of 64) rank-16 adapters,
-median ms of 40 interleaved rounds, timed three ways:
+median ms, timed in turn round after round (bench/kernels.py `interleaved`), timed three ways:
   main         in the main thread, where everything was built
   thread       in a second thread, after the main thread has run torch work (as the service's
                inference thread runs, after the lifespan loaded the model in the main thread)
@@ -17,10 +17,8 @@ threads on 2 cores), so the worker sleeps between small ops and each op pays a w
 
 from __future__ import annotations
 
-import statistics
 import sys
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 from app.lora import AdapterStack, StackedBatch, plan_scope  # noqa: E402
 from app.model import load_base_model  # noqa: E402
 from app.settings import EMBEDDED_MODEL  # noqa: E402
-from bench.kernels import make_adapters  # noqa: E402
+from bench.kernels import interleaved, make_adapters  # noqa: E402
 
 
 def cases() -> dict[str, Callable[[], object]]:
@@ -55,17 +53,6 @@ def cases() -> dict[str, Callable[[], object]]:
     return {"base": run(None), "64 adapters": run(mixed(64)), "8 of 64": run(mixed(8))}
 
 
-def measure(fns: dict[str, Callable[[], object]], rounds: int = 40) -> dict[str, float]:
-    samples: dict[str, list[float]] = {k: [] for k in fns}
-    for i in range(rounds + 3):
-        for k, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            if i >= 3:
-                samples[k].append((time.perf_counter() - start) * 1000)
-    return {k: statistics.median(v) for k, v in samples.items()}
-
-
 def in_thread(work: Callable[[], dict[str, float]]) -> dict[str, float]:
     out: list[dict[str, float]] = []
     thread = threading.Thread(target=lambda: out.append(work()))
@@ -77,6 +64,10 @@ def in_thread(work: Callable[[], dict[str, float]]) -> dict[str, float]:
 def report(label: str, ms: dict[str, float]) -> None:
     ratios = ", ".join(f"{k} {v / ms['base']:.2f}x" for k, v in ms.items() if k != "base")
     print(f"{label:10s} base {ms['base']:6.2f} ms | {ratios}", flush=True)
+
+
+def measure(fns: dict[str, Callable[[], object]]) -> dict[str, float]:
+    return interleaved(torch.device("cpu"), 0.5, fns)
 
 
 def main() -> None:

@@ -102,10 +102,14 @@ class PairDatasetStore(DatasetStore):
         self._remove_temporaries()
 
     def create_from_bytes(self, data: bytes, filename: str | None) -> DatasetRecord:
-        return self.create_pairs(parse_pairs(data, self.max_rows), filename)
+        return self._write(parse_pairs(data, self.max_rows), filename)
 
     def create_pairs(self, pairs: list[Pair], filename: str | None = None) -> DatasetRecord:
-        pairs = check_pairs([{"anchor": a, "positive": p} for a, p in pairs], self.max_rows)
+        rows = [{"anchor": a, "positive": p} for a, p in pairs]
+        return self._write(check_pairs(rows, self.max_rows), filename)
+
+    def _write(self, pairs: list[Pair], filename: str | None) -> DatasetRecord:
+        """Checked pairs to disk, atomically, and into the index."""
         record_id, created = new_dataset_id(), int(time.time())
         header: dict[str, Any] = {"rows": len(pairs), "created_at": created}
         if filename:

@@ -19,7 +19,7 @@ from app.api.observability import Metrics, RequestContext, configure_logging, li
 from app.api.openapi import install_openapi
 from app.api.params import reject_unknown_query
 from app.api.routes import api_router
-from app.engine import Batcher, DirectRunner, Predictor
+from app.engine import Batcher, ComputeThread, DirectRunner, Engine, OnBatch, Predictor
 from app.model import load_base_model, resolve_device
 from app.settings import Settings
 from app.training import DatasetStore, JobStore, PairDatasetStore, TrainingService
@@ -27,9 +27,9 @@ from app.training import DatasetStore, JobStore, PairDatasetStore, TrainingServi
 log = logging.getLogger("app")
 
 
-def build_services(settings: Settings) -> Services:
-    """Load the base model, scan the adapter store, wire the engine."""
-    base = load_base_model(settings.base_model, resolve_device(settings.device))
+def build_services(settings: Settings, compute: ComputeThread, on_batch: OnBatch) -> Services:
+    """Load the base model (on the compute thread), scan the adapter store, wire the engine."""
+    base = compute.call(load_base_model, settings.base_model, resolve_device(settings.device))
     linears = {n: (i.in_features, i.out_features) for n, i in base.linears().items()}
     info = BaseInfo(linears, base.name, base.fingerprint, base.device, base.dtype)
     registry = AdapterRegistry(
@@ -41,11 +41,16 @@ def build_services(settings: Settings) -> Services:
     )
     registry.scan()
     predictor = Predictor(base, registry, settings.merged_cache_bytes)
-    engine: Batcher | DirectRunner = (
-        Batcher(predictor, settings.max_batch_rows, settings.batch_wait_ms, settings.max_queue_rows)
-        if settings.batching
-        else DirectRunner(predictor)
-    )
+    engine: Engine
+    if settings.batching:
+        engine = Batcher(
+            predictor, compute, on_batch,
+            settings.max_batch_rows, settings.batch_wait_ms, settings.max_queue_rows,
+        )  # fmt: skip
+    else:
+        engine = DirectRunner(
+            predictor, compute, on_batch, settings.max_batch_rows, settings.max_queue_rows
+        )
     datasets = (
         PairDatasetStore(settings.data_dir / "datasets", settings.max_dataset_rows)
         if base.text is not None
@@ -71,7 +76,9 @@ def build_services(settings: Settings) -> Services:
         settings.max_dataset_rows,
         base.text.max_seq_length if base.text is not None else 0,
     )
-    return Services(settings, base, registry, predictor, engine, datasets, training, body_limit)
+    return Services(
+        settings, base, registry, predictor, compute, engine, datasets, training, body_limit
+    )
 
 
 @asynccontextmanager
@@ -79,9 +86,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     start = time.perf_counter()
     # Built before the server listens: a bad BASE_MODEL stops start-up with the reason.
-    services = build_services(settings)
+    compute = ComputeThread()
+    try:
+        services = build_services(settings, compute, app.state.metrics.record_batch)
+    except BaseException:
+        compute.close()
+        raise
     services.training.start()  # marks jobs a crash interrupted, then runs the queue
-    services.engine.on_batch = app.state.metrics.record_batch
     services.engine.start()
     app.state.services = services
     log.info(
@@ -96,6 +107,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         app.state.services = None
         services.engine.stop()
+        services.compute.close()
         services.training.stop()
         services.training.jobs.close()
 

@@ -28,6 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from app.engine import ComputeThread  # noqa: E402
 from app.main import build_services  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from tests.helpers import adapter_files, lora_tensors, peft_config  # noqa: E402
@@ -127,7 +128,7 @@ def main() -> None:
         proc.wait(timeout=15)
 
         settings = Settings(adapters_dir=store, data_dir=Path(tmp) / "data", device="cpu")
-        services = build_services(settings)
+        services = build_services(settings, ComputeThread(), lambda rows, mode: None)
         predictor = services.predictor
         results["model_batch_base_ms"] = timed(
             lambda: predictor.predict(x, [None] * args.rows, "unmerged"), args.repeat * 2

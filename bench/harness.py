@@ -82,6 +82,28 @@ end
 {_DONE}"""
 
 
+def wrk_file_script(path: str, file: Path, content_type: str) -> str:
+    """A wrk Lua script that POSTs one file's bytes (binary bodies, too big to inline) again and
+    again, asking for the same type back, and prints each answer's Server-Timing model time."""
+    return f"""
+local f = assert(io.open([==[{file}]==], "rb"))
+local body = f:read("*a")
+f:close()
+local headers = {{["Content-Type"] = "{content_type}", ["Accept"] = "{content_type}"}}
+request = function() return wrk.format("POST", "{path}", headers, body) end
+response = function(status, headers, body)
+  local timing = headers["Server-Timing"] or headers["server-timing"] or ""
+  local model = string.match(timing, "model;dur=([%d%.]+)")
+  if model then io.write("model_ms " .. model .. "\n") end
+end
+{_DONE}"""
+
+
+def wrk_get_script() -> str:
+    """wrk's default GET of the URL, with the JSON summary line."""
+    return _DONE
+
+
 def wrk(url: str, script: str, connections: int, duration_s: float, threads: int = 1) -> dict:
     """Run wrk; requests/s, latency percentiles (ms), and every failed request counted."""
     exe = shutil.which("wrk")
@@ -96,9 +118,12 @@ def wrk(url: str, script: str, connections: int, duration_s: float, threads: int
         ).stdout  # fmt: skip
     finally:
         os.unlink(f.name)
-    stats = json.loads(out.strip().splitlines()[-1])
+    lines = out.strip().splitlines()
+    stats = json.loads(lines[-1])
     seconds = stats["duration_us"] / 1e6
+    model = sorted(float(line.split()[1]) for line in lines if line.startswith("model_ms "))
     return {
+        **({"model_p50_ms": model[len(model) // 2]} if model else {}),
         "requests_per_s": stats["requests"] / seconds,
         "requests": stats["requests"],
         "failed": stats["non_2xx"] + stats["socket_errors"],

@@ -1,20 +1,29 @@
-"""End-to-end serving: the real server under an httpx async load generator.
+"""The service as users run it, under wrk: the serving targets of issue 10.
 
-Run: .venv/bin/python bench/serve.py [--duration 4] [--skip-wide] [--skip-peft]
-Scenarios, each at several concurrencies of single-row requests (closed loop, one process):
-  seed model:  base-only traffic, mixed traffic over 64 rank-16 adapters (uniform and Zipf
-               popularity), the same mixed traffic with BATCHING=false, and the per-request PEFT
-               server (bench/peft_server.py) on the same adapters;
-  wide base:   mlp [4096] * 5, random weights made here, batching on and off.
-Also a 256-row request over 64 adapters, JSON and safetensors, against the model time alone.
-With two or more cores, the server runs on core 0 with one torch thread and the load generator
-on core 1, so that they do not starve each other; figures are relative to each other.
+Run: .venv/bin/python bench/serve.py [--duration 10] [--rounds 2]     (apt-get install wrk)
+
+Every server is started the way the README starts it, `uvicorn app.main:app` with default
+settings: nothing pinned, no thread settings. Load comes from wrk (a C client: one thread of it
+keeps 64 connections busy for a fraction of a core), on the same two cores as the server, as a
+user's load would. All servers are up at once and every round runs every case in turn, so that
+the machine's drift hits all of them alike; the figures are medians over rounds.
+
+Cases (single-row JSON requests unless said; 64 adapters of rank 16 on both layers):
+  healthz c1, c64     GET /healthz, the HTTP floor of the same server
+  base c1, c64        predict on the base alone
+  mixed c64           each request on one of the 64 adapters, uniformly
+  mixed zipf c64      the same with Zipf popularity (a few hot adapters)
+  no batching c64     the mixed load on a server with LORASERVE_BATCHING=false
+  PEFT c64            the mixed load on the per-request PEFT server (bench/peft_server.py)
+  wide on/off c64     mlp [4096] x 5 (random weights made here), batching on and off
+  big base / 64 / 8   one 256-row safetensors request at a time (c1): base only, rows over all
+                      64 adapters, then rows over 8 of them (right after the 64-adapter case);
+                      end to end (wrk) and model time (Server-Timing)
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import itertools
 import json
 import os
@@ -23,14 +32,13 @@ import random
 import statistics
 import sys
 import tempfile
-import time
-from contextlib import AbstractContextManager
+from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 
-import httpx
 import orjson
 import torch
-from safetensors.torch import load, save, save_file
+from safetensors.torch import save, save_file
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -41,6 +49,7 @@ from app.settings import EMBEDDED_MODEL  # noqa: E402
 from bench import harness  # noqa: E402
 
 N_ADAPTERS, RANK = 64, 16
+OCTET = "application/octet-stream"
 
 
 def write_adapters(root: Path, sizes: list[int], n: int, rank: int) -> list[str]:
@@ -76,208 +85,153 @@ def write_wide_base(folder: Path, sizes: list[int]) -> Path:
     return folder
 
 
-PIN = os.cpu_count() is not None and os.cpu_count() >= 2  # type: ignore[operator]
-
-
-def server(app: str, env: dict[str, str]) -> AbstractContextManager[str]:
-    return harness.server([harness.bin_path("uvicorn"), app, "--log-level", "warning"], env)
-
-
-def bodies(width: int, names: list[str] | None, zipf: bool, count: int = 512) -> list[bytes]:
-    """Pre-encoded single-row JSON bodies, so the client spends little CPU per request."""
+def bodies(width: int, names: list[str] | None, zipf: bool, count: int = 128) -> list[bytes]:
+    """Pre-encoded single-row JSON bodies."""
     rng = random.Random(0)
     weights = [1 / (k + 1) ** 1.1 for k in range(len(names))] if names and zipf else None
     out = []
     for _ in range(count):
-        body: dict[str, object] = {"inputs": [[rng.gauss(0, 1) for _ in range(width)]]}
+        body: dict[str, object] = {"inputs": [[round(rng.gauss(0, 1), 6) for _ in range(width)]]}
         if names:
             body["adapter"] = rng.choices(names, weights=weights)[0]
         out.append(orjson.dumps(body))
     return out
 
 
-async def _drive(url: str, payloads: list[bytes], concurrency: int, duration: float) -> dict:
-    latencies: list[float] = []
-    errors = 0
-    stop_at = time.perf_counter() + duration
-    headers = {"content-type": "application/json"}
-
-    async def worker(k: int) -> None:
-        # One client (one connection) per worker: httpx's shared pool slows down sharply at
-        # dozens of concurrent connections, which would measure the client, not the server.
-        nonlocal errors
-        limits = httpx.Limits(max_connections=1)
-        async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
-            i = k
-            while time.perf_counter() < stop_at:
-                start = time.perf_counter()
-                body = payloads[i % len(payloads)]
-                response = await client.post("/v1/predict", content=body, headers=headers)
-                if response.status_code != 200:
-                    errors += 1
-                latencies.append((time.perf_counter() - start) * 1000)
-                i += concurrency
-
-    begin = time.perf_counter()
-    await asyncio.gather(*(worker(k) for k in range(concurrency)))
-    elapsed = time.perf_counter() - begin
-    ordered = sorted(latencies)
-    return {
-        "requests_per_s": len(latencies) / elapsed,
-        "rows_per_s": len(latencies) / elapsed,
-        "p50_ms": statistics.median(ordered),
-        "p99_ms": ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))],
-        "errors": errors,
-        "requests": len(latencies),
-    }
-
-
-def drive(url: str, payloads: list[bytes], concurrency: int, duration: float) -> dict:
-    asyncio.run(_drive(url, payloads[:32], 4, 0.5))  # warm-up
-    return asyncio.run(_drive(url, payloads, concurrency, duration))
-
-
-def big_request(url: str, names: list[str], rows: int = 256, repeat: int = 20) -> dict:
-    """One 256-row request over 64 adapters (and base-only), JSON and safetensors."""
-    gen = torch.Generator().manual_seed(2)
-    x = torch.randn(rows, 1001, generator=gen)
-    per_row = [names[i % len(names)] for i in range(rows)]
-    cases = {
-        "json_base": ("application/json", orjson.dumps({"inputs": x.numpy()}, option=orjson.OPT_SERIALIZE_NUMPY)),
-        "json_mixed": ("application/json", orjson.dumps({"inputs": x.numpy(), "adapters": per_row, "mode": "unmerged"}, option=orjson.OPT_SERIALIZE_NUMPY)),
-        "safetensors_base": ("application/octet-stream", save({"inputs": x})),
-        "safetensors_mixed": ("application/octet-stream", save({"inputs": x}, metadata={"adapters": json.dumps(per_row)})),
-    }  # fmt: skip
-    out = {}
-    with httpx.Client(base_url=url, timeout=60) as client:
-        for label, (ctype, body) in cases.items():
-            headers = {"content-type": ctype, "accept": ctype}
-            totals, models = [], []
-            for i in range(repeat + 3):
-                start = time.perf_counter()
-                response = client.post("/v1/predict", content=body, headers=headers)
-                total = (time.perf_counter() - start) * 1000
-                response.raise_for_status()
-                if ctype == "application/octet-stream":
-                    assert load(response.content)["outputs"].shape == (rows, 1000)
-                timing = dict(
-                    p.strip().split(";dur=") for p in response.headers["server-timing"].split(",")
-                )
-                if i >= 3:
-                    totals.append(total)
-                    models.append(float(timing["model"]))
-            out[label] = {
-                "end_to_end_ms": statistics.median(totals),
-                "model_ms": statistics.median(models),
-            }
-    return out
+def big_body(folder: Path, label: str, per_row: list[str] | None) -> Path:
+    """A 256-row safetensors request body, written to a file wrk reads."""
+    x = torch.randn(256, 1001, generator=torch.Generator().manual_seed(2))
+    metadata = {"adapters": json.dumps(per_row)} if per_row else None
+    path = folder / f"{label}.safetensors"
+    path.write_bytes(save({"inputs": x}, metadata=metadata))
+    return path
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--duration", type=float, default=4.0)
-    parser.add_argument("--concurrency", default="1,16,64")
-    parser.add_argument("--skip-wide", action="store_true")
-    parser.add_argument("--skip-peft", action="store_true")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per load case")
+    parser.add_argument("--big-duration", type=float, default=5.0)
+    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serve-cpu.json")
     args = parser.parse_args()
-    levels = [int(c) for c in args.concurrency.split(",")]
-    if PIN:
-        os.sched_setaffinity(0, {1})
-    results: dict[str, object] = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cpus, torch {torch.__version__}",
-        "adapters": N_ADAPTERS, "rank": RANK, "duration_s": args.duration,
-    }  # fmt: skip
-    rows: list[dict] = []
+    uvicorn = [harness.bin_path("uvicorn"), "--log-level", "warning"]
 
-    def record(model: str, scenario: str, concurrency: int, stats: dict) -> None:
-        rows.append({"model": model, "scenario": scenario, "concurrency": concurrency, **stats})
-        print(
-            f"{model:5s} {scenario:22s} c={concurrency:<3d} {stats['requests_per_s']:8.1f} req/s "
-            f"p50 {stats['p50_ms']:7.2f} ms  p99 {stats['p99_ms']:7.2f} ms  errors {stats['errors']}",
-            flush=True,
-        )
-
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as servers:
         tmp_path = Path(tmp)
         seed_adapters = tmp_path / "seed-adapters"
         names = write_adapters(seed_adapters, [1001, 1000, 1000], N_ADAPTERS, RANK)
-        common = {"LORASERVE_DEVICE": "cpu", "LORASERVE_DATA_DIR": str(tmp_path / "data")}
-        seed_env = {**common, "LORASERVE_ADAPTERS_DIR": str(seed_adapters)}
-        traffic = {
-            "base-only": bodies(1001, None, False),
-            "mixed uniform": bodies(1001, names, False),
-            "mixed zipf": bodies(1001, names, True),
+        sizes = [4096] * 5
+        wide = write_wide_base(tmp_path / "wide", sizes)
+        wide_adapters = tmp_path / "wide-adapters"
+        wide_names = write_adapters(wide_adapters, sizes, N_ADAPTERS, RANK)
+
+        folders = itertools.count()
+
+        def start(app: str, env: dict[str, str]) -> str:
+            data = {"LORASERVE_DATA_DIR": str(tmp_path / f"data-{next(folders)}")}
+            return servers.enter_context(harness.server([*uvicorn, app], {**data, **env}))
+
+        seed_env = {"LORASERVE_ADAPTERS_DIR": str(seed_adapters)}
+        wide_env = {"LORASERVE_BASE_MODEL": str(wide), "LORASERVE_ADAPTERS_DIR": str(wide_adapters)}
+        seed = start("app.main:app", seed_env)
+        seed_off = start("app.main:app", {**seed_env, "LORASERVE_BATCHING": "false"})
+        peft = start(
+            "bench.peft_server:app",
+            {"PEFT_BASE": str(EMBEDDED_MODEL), "PEFT_ADAPTERS": str(seed_adapters)},
+        )
+        wide_on = start("app.main:app", wide_env)
+        wide_off = start("app.main:app", {**wide_env, "LORASERVE_BATCHING": "false"})
+
+        predict = "/v1/predict"
+        base_script = harness.wrk_script(predict, bodies(1001, None, False))
+        mixed_script = harness.wrk_script(predict, bodies(1001, names, False))
+        zipf_script = harness.wrk_script(predict, bodies(1001, names, True))
+        wide_script = harness.wrk_script(predict, bodies(4096, wide_names, False, count=64))
+        big = {
+            label: harness.wrk_file_script(predict, big_body(tmp_path, label, rows), OCTET)
+            for label, rows in {
+                "big base": None,
+                "big 64 adapters": [names[i % 64] for i in range(256)],
+                "big 8 adapters": [names[i % 8] for i in range(256)],
+            }.items()
         }
-        with server("app.main:app", seed_env) as url:
-            results["big_request"] = big_request(url, names)
-            for scenario, payloads in traffic.items():
-                for c in levels if scenario != "mixed zipf" else levels[-1:]:
-                    record("seed", scenario, c, drive(url, payloads, c, args.duration))
-        with server("app.main:app", {**seed_env, "LORASERVE_BATCHING": "false"}) as url:
-            for c in levels:
-                record(
-                    "seed",
-                    "mixed uniform, no batch",
-                    c,
-                    drive(url, traffic["mixed uniform"], c, args.duration),
+        d, bd = args.duration, args.big_duration
+        cases: dict[str, Callable[[], dict]] = {
+            "healthz c1": lambda: harness.wrk(f"{seed}/healthz", harness.wrk_get_script(), 1, d),
+            "healthz c64": lambda: harness.wrk(f"{seed}/healthz", harness.wrk_get_script(), 64, d),
+            "base c1": lambda: harness.wrk(seed, base_script, 1, d),
+            "base c64": lambda: harness.wrk(seed, base_script, 64, d),
+            "mixed c64": lambda: harness.wrk(seed, mixed_script, 64, d),
+            "mixed zipf c64": lambda: harness.wrk(seed, zipf_script, 64, d),
+            "no batching c64": lambda: harness.wrk(seed_off, mixed_script, 64, d),
+            "PEFT c64": lambda: harness.wrk(peft, mixed_script, 64, d),
+            "wide on c64": lambda: harness.wrk(wide_on, wide_script, 64, d),
+            "wide off c64": lambda: harness.wrk(wide_off, wide_script, 64, d),
+            **{label: (lambda s=s: harness.wrk(seed, s, 1, bd)) for label, s in big.items()},
+        }
+        for url, script in ((seed, mixed_script), (seed_off, mixed_script), (peft, mixed_script),
+                            (wide_on, wide_script), (wide_off, wide_script)):  # fmt: skip
+            harness.wrk(url, script, 8, 2)  # warm-up: adapters loaded, stacks built
+        runs: dict[str, list[dict]] = {name: [] for name in cases}
+        for r in range(args.rounds):
+            for name, case in cases.items():
+                stats = case()
+                runs[name].append(stats)
+                extra = f" model {stats['model_p50_ms']:.2f} ms" if "model_p50_ms" in stats else ""
+                print(
+                    f"round {r + 1} {name:16s} {stats['requests_per_s']:8.1f} req/s  "
+                    f"p50 {stats['p50_ms']:7.2f} ms  p99 {stats['p99_ms']:7.2f} ms  "
+                    f"failed {stats['failed']}{extra}",
+                    flush=True,
                 )
-        if not args.skip_peft:
-            peft_env = {"PEFT_BASE": str(EMBEDDED_MODEL), "PEFT_ADAPTERS": str(seed_adapters)}
-            with server("bench.peft_server:app", peft_env) as url:
-                for c in levels:
-                    record(
-                        "seed",
-                        "mixed uniform, PEFT",
-                        c,
-                        drive(url, traffic["mixed uniform"], c, args.duration),
-                    )
-        if not args.skip_wide:
-            sizes = [4096] * 5
-            wide = write_wide_base(tmp_path / "wide", sizes)
-            wide_adapters = tmp_path / "wide-adapters"
-            wide_names = write_adapters(wide_adapters, sizes, N_ADAPTERS, RANK)
-            wide_env = {
-                **common,
-                "LORASERVE_BASE_MODEL": str(wide),
-                "LORASERVE_ADAPTERS_DIR": str(wide_adapters),
-            }
-            wide_traffic = bodies(4096, wide_names, False, count=128)
-            for batching in ("true", "false"):
-                with server("app.main:app", {**wide_env, "LORASERVE_BATCHING": batching}) as url:
-                    label = "mixed uniform" + ("" if batching == "true" else ", no batch")
-                    for c in (levels[0], levels[-1]):
-                        record("wide", label, c, drive(url, wide_traffic, c, args.duration))
-    results["rows"] = rows
 
-    def rate(model: str, scenario: str, c: int) -> float | None:
-        found = [
-            r["requests_per_s"]
-            for r in rows
-            if (r["model"], r["scenario"], r["concurrency"]) == (model, scenario, c)
-        ]
-        return found[0] if found else None
+    def median(name: str, key: str) -> float:
+        return statistics.median(run[key] for run in runs[name])
 
-    top = levels[-1]
-    ratios = {}
-    for key, (num, den) in {
-        "seed_mixed_over_base": (("seed", "mixed uniform"), ("seed", "base-only")),
-        "seed_mixed_over_peft": (("seed", "mixed uniform"), ("seed", "mixed uniform, PEFT")),
-        "seed_batching_over_off": (("seed", "mixed uniform"), ("seed", "mixed uniform, no batch")),
-        "wide_batching_over_off": (("wide", "mixed uniform"), ("wide", "mixed uniform, no batch")),
-    }.items():
-        a, b = rate(*num, top), rate(*den, top)
-        ratios[key] = round(a / b, 3) if a and b else None
-    results["ratios_at_top_concurrency"] = ratios
-    big = results["big_request"]
-    assert isinstance(big, dict)
-    print("\n256-row request over 64 adapters (median ms): end to end / model")
-    for label, v in big.items():
-        print(f"  {label:18s} {v['end_to_end_ms']:8.2f} / {v['model_ms']:7.2f}")
-    st_ratio = big["safetensors_mixed"]["end_to_end_ms"] / big["safetensors_base"]["end_to_end_ms"]
-    results["safetensors_mixed_over_base"] = round(st_ratio, 3)
-    print(f"  safetensors end to end, mixed / base: {st_ratio:.3f}")
-    print(f"\nratios at concurrency {top}: {json.dumps(ratios)}")
+    summary = {
+        name: {
+            key: median(name, key)
+            for key in ("requests_per_s", "p50_ms", "p99_ms", "model_p50_ms")
+            if key in runs[name][0]
+        }
+        | {"failed": sum(run["failed"] for run in runs[name])}
+        for name in runs
+    }
+
+    def ratio(a: str, b: str, key: str = "requests_per_s") -> float:
+        return round(summary[a][key] / summary[b][key], 3)
+
+    targets = {
+        "big 64 adapters / big base, end to end (<= 1.15)": ratio("big 64 adapters", "big base", "p50_ms"),
+        "big 64 adapters / big base, model (<= 1.15)": ratio("big 64 adapters", "big base", "model_p50_ms"),
+        "big 8 adapters / big base, end to end (<= 1.15)": ratio("big 8 adapters", "big base", "p50_ms"),
+        "big 8 adapters / big base, model (<= 1.15)": ratio("big 8 adapters", "big base", "model_p50_ms"),
+        "mixed c64 / PEFT c64 (>= 4)": ratio("mixed c64", "PEFT c64"),
+        "mixed c64 / base c64 (>= 0.9)": ratio("mixed c64", "base c64"),
+        "wide on / wide off (>= 5)": ratio("wide on c64", "wide off c64"),
+        "base c1 p50 / healthz c1 p50 (<= 2)": ratio("base c1", "healthz c1", "p50_ms"),
+        "base c64 / healthz c64 (>= 0.6)": ratio("base c64", "healthz c64"),
+        "mixed c64 / no batching c64": ratio("mixed c64", "no batching c64"),
+    }  # fmt: skip
+    print("\nmedians over rounds")
+    for name, s in summary.items():
+        model = f"  model {s['model_p50_ms']:.2f} ms" if "model_p50_ms" in s else ""
+        print(f"  {name:16s} {s['requests_per_s']:8.1f} req/s  p50 {s['p50_ms']:7.2f} ms{model}")
+    print("\ntargets")
+    for name, value in targets.items():
+        print(f"  {name:52s} {value}")
+    results = {
+        "meta": {
+            "machine": f"{platform.machine()}, {os.cpu_count()} cpus, torch {torch.__version__}",
+            "adapters": N_ADAPTERS, "rank": RANK, "duration_s": args.duration,
+            "big_duration_s": args.big_duration, "rounds": args.rounds,
+            "server": "uvicorn app.main:app, default settings, nothing pinned",
+            "client": "wrk, 1 thread, on the same machine",
+        },
+        "cases": summary,
+        "rounds": runs,
+        "targets": targets,
+    }  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.out}")

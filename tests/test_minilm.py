@@ -202,7 +202,7 @@ def test_concurrent_text_requests_are_batched_and_each_gets_its_own_rows(
 ) -> None:
     import asyncio
 
-    from app.engine import Batcher
+    from app.engine import Batcher, ComputeThread
 
     assert base.text is not None
     encoder = base.text
@@ -212,9 +212,15 @@ def test_concurrent_text_requests_are_batched_and_each_gets_its_own_rows(
         for i, texts in enumerate(chunks)
     ]
     alone = [predictor.predict(encoder.tokenize(t), n, "unmerged")[0] for t, n in requests]
-    batcher = Batcher(predictor, max_batch_rows=64, batch_wait_ms=50, max_queue_rows=1000)
     sizes: list[int] = []
-    batcher.on_batch = lambda rows, mode: sizes.append(rows)
+    batcher = Batcher(
+        predictor,
+        ComputeThread(),
+        lambda rows, mode: sizes.append(rows),
+        max_batch_rows=64,
+        batch_wait_ms=50,
+        max_queue_rows=1000,
+    )
 
     async def main():
         pending = [

@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from app.adapters import AdapterRegistry
-from app.engine import Batcher, DirectRunner, Predictor
+from app.engine import ComputeThread, Engine, Predictor
 from app.errors import NotReady
 from app.model import BaseModel
 from app.settings import Settings
@@ -24,7 +24,8 @@ class Services:
     base: BaseModel
     registry: AdapterRegistry
     predictor: Predictor
-    engine: Batcher | DirectRunner
+    compute: ComputeThread  # runs all model work (app/engine/compute.py)
+    engine: Engine
     datasets: DatasetStore
     training: TrainingService
     body_limit: Callable[[str, str, str], int]  # (method, path, content type) -> most bytes
@@ -54,7 +55,7 @@ def get_predictor(services: Annotated[Services, Depends(get_services)]) -> Predi
     return services.predictor
 
 
-def get_engine(services: Annotated[Services, Depends(get_services)]) -> Batcher | DirectRunner:
+def get_engine(services: Annotated[Services, Depends(get_services)]) -> Engine:
     return services.engine
 
 
@@ -72,4 +73,4 @@ Registry = Annotated[AdapterRegistry, Depends(get_registry)]
 PredictorDep = Annotated[Predictor, Depends(get_predictor)]
 Datasets = Annotated[DatasetStore, Depends(get_datasets)]
 Training = Annotated[TrainingService, Depends(get_training)]
-EngineDep = Annotated[Batcher | DirectRunner, Depends(get_engine)]
+EngineDep = Annotated[Engine, Depends(get_engine)]

@@ -128,7 +128,19 @@ def parse_safetensors(raw: bytes, adapter: str | None, mode: Mode) -> PredictCal
     if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise InvalidInput(f"inputs has dtype {x.dtype}; send F32, F16 or BF16", "inputs")
     adapters = _metadata_adapters(raw)
-    return PredictCall(x.to(torch.float32), adapter, adapters, mode)
+    return PredictCall(_as_float32(x), adapter, adapters, mode)
+
+
+def _as_float32(x: Tensor) -> Tensor:
+    """F16/BF16 rows widened exactly with numpy: on the event loop, a torch op on a big tensor
+    would start an OpenMP team there (app/engine/compute.py)."""
+    if x.dtype == torch.float32:
+        return x
+    if x.dtype == torch.float16:
+        return torch.from_numpy(x.numpy().astype(np.float32))
+    # bfloat16 is the top half of a float32: shift its bits into place.
+    bits = x.view(torch.int16).numpy().astype(np.int32) << 16
+    return torch.from_numpy(bits.view(np.float32))
 
 
 def _metadata_adapters(raw: bytes) -> list[str | None] | None:

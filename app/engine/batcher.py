@@ -2,39 +2,33 @@
 
 Rows from different requests and adapters are batched together, up to `max_batch_rows`, waiting
 at most `batch_wait_ms` after the oldest request arrived (and not at all under light load: a lone
-request after a lone batch runs at once); each request gets exactly its own rows back. The queue is bounded in rows; a full queue answers 503 at once. The event loop only
-enqueues and awaits: all model work happens on the inference thread.
+request after a lone batch runs at once); each request gets exactly its own rows back. The
+queue is bounded in rows; a full queue answers 503 at once. The event loop only enqueues and
+awaits: all model work, merges included, happens on the compute thread (app/engine/compute.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import cast
 
 import torch
-from starlette.concurrency import run_in_threadpool
 from torch import Tensor
 
-from app.engine.predictor import Loaded, Mode, Predictor, UsedMode
+from app.engine.compute import ComputeThread
+from app.engine.interface import OnBatch, Result
+from app.engine.predictor import Loaded, Mode, Predictor
 from app.errors import QueueFull, ServiceError
 from app.model import Rows, TokenBatch
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Result:
-    outputs: Tensor  # (n, out) float32, CPU
-    mode: UsedMode
-    queue_ms: float
-    model_ms: float
 
 
 @dataclass
@@ -59,12 +53,20 @@ def _deliver(future: asyncio.Future[Result], value: Result | BaseException) -> N
 
 
 class Batcher:
-    """One queue and one inference thread for the device."""
+    """One queue for the device, served by the compute thread."""
 
     def __init__(
-        self, predictor: Predictor, max_batch_rows: int, batch_wait_ms: float, max_queue_rows: int
+        self,
+        predictor: Predictor,
+        compute: ComputeThread,
+        on_batch: OnBatch,
+        max_batch_rows: int,
+        batch_wait_ms: float,
+        max_queue_rows: int,
     ) -> None:
         self.predictor = predictor
+        self.compute = compute
+        self.on_batch = on_batch
         self.max_batch_rows = max_batch_rows
         self.batch_wait_s = batch_wait_ms / 1000
         self.max_queue_rows = max_queue_rows
@@ -73,21 +75,18 @@ class Batcher:
         self._cond = threading.Condition()
         self._stopping = False
         self._last_batch = 0  # requests in the last batch
-        self._thread = threading.Thread(target=self._loop, name="inference", daemon=True)
-        # Merged copies for hot adapters are made here, off the inference thread.
-        self._merger = ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge")
-        self._merging: set[str] = set()
-        self.on_batch: Callable[[int, UsedMode], None] = lambda rows, mode: None
+        self._running: Future[None] | None = None
 
     def start(self) -> None:
-        self._thread.start()
+        # The loop holds the compute thread until stop(): nothing else is queued behind it.
+        self._running = self.compute.submit(self._loop)
 
     def stop(self) -> None:
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-        self._thread.join(timeout=10)
-        self._merger.shutdown(wait=False, cancel_futures=True)
+        if self._running is not None:
+            self._running.result(timeout=10)
 
     @property
     def queued_rows(self) -> int:
@@ -106,8 +105,9 @@ class Batcher:
             self._cond.notify()
         return await request.future
 
-    def _take(self) -> list[_Request] | None:
-        """Wait for work, then for company, then take up to a full batch (FIFO)."""
+    def _take(self) -> tuple[list[_Request], list[str]] | None:
+        """Wait for work, then for company, then take up to a full batch (FIFO), and name the
+        adapters worth merging first."""
         with self._cond:
             while not self._queue and not self._stopping:
                 self._cond.wait()
@@ -132,35 +132,20 @@ class Batcher:
                 rows += len(request.x)
             self._queued_rows -= rows
             self._last_batch = len(taken)
-            self._schedule_merges(taken)
-            return taken
-
-    def _schedule_merges(self, taken: list[_Request]) -> None:
-        """dLoRA's rule: an adapter with a full batch of rows waiting is worth a merged copy."""
-        backlog: Counter[str] = Counter()
-        for request in (*taken, *self._queue):
-            if request.mode == "auto":
-                backlog.update(n for n in request.names if n is not None)
-        for name, rows in backlog.items():
-            if rows >= self.max_batch_rows and name not in self._merging:
-                self._merging.add(name)
-                self._merger.submit(self._merge, name)
-
-    def _merge(self, name: str) -> None:
-        try:
-            self.predictor.merge(name)
-        except ServiceError:
-            pass  # deleted meanwhile
-        finally:
-            with self._cond:
-                self._merging.discard(name)
+            backlog: Counter[str] = Counter()
+            for request in (*taken, *self._queue):
+                if request.mode == "auto":
+                    backlog.update(n for n in request.names if n is not None)
+            return taken, self.predictor.merges_due(backlog, self.max_batch_rows)
 
     def _loop(self) -> None:
         while True:
-            taken = self._take()
-            if taken is None:
+            work = self._take()
+            if work is None:
                 return
+            taken, merges = work
             try:
+                merge_all(self.predictor, merges)
                 self._run(taken)
             except Exception as exc:  # a bug must fail these requests, never the thread
                 log.exception("inference batch failed")
@@ -202,28 +187,11 @@ class Batcher:
             request.loop.call_soon_threadsafe(_deliver, request.future, result)
 
 
-class DirectRunner:
-    """BATCHING=false: every request runs alone, in a worker thread, as it arrives."""
-
-    def __init__(self, predictor: Predictor) -> None:
-        self.predictor = predictor
-        self.queued_rows = 0
-        self.on_batch: Callable[[int, UsedMode], None] = lambda rows, mode: None
-
-    def start(self) -> None:
-        pass
-
-    def stop(self) -> None:
-        pass
-
-    async def submit(self, x: Rows, names: list[str | None], mode: Mode, param: str) -> Result:
-        def run() -> Result:
-            start = time.perf_counter()
-            outputs, used = self.predictor.predict(x, names, mode, param)
-            self.on_batch(len(x), used)
-            return Result(outputs, used, 0.0, (time.perf_counter() - start) * 1000)
-
-        return await run_in_threadpool(run)
+def merge_all(predictor: Predictor, names: list[str]) -> None:
+    """Merge each adapter before the batch that made it hot runs, so that batch can use it."""
+    for name in names:
+        with contextlib.suppress(ServiceError):  # deleted meanwhile: its requests fail alone
+            predictor.merge(name)
 
 
 def _cat(parts: list[Rows]) -> Rows:

@@ -1,10 +1,14 @@
-"""Prediction inputs checked before any model work: shape, finiteness, row count, names."""
+"""Prediction inputs checked before any model work: shape, finiteness, row count, names.
+
+These run on the event loop, so they use numpy: a torch op on a big tensor there would start an
+OpenMP team on that thread, and slow the compute thread's small ops (app/engine/compute.py).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
+import numpy as np
 from torch import Tensor
 
 from app.adapters.peft_format import check_name
@@ -18,15 +22,21 @@ def check_rows(x: Tensor, input_dim: int, max_rows: int) -> Tensor:
         raise InvalidInput(f"inputs must have shape {shape}, got {tuple(x.shape)}", "inputs")
     if x.shape[0] > max_rows:
         raise InvalidInput(f"inputs has {x.shape[0]} rows; must have shape {shape}", "inputs")
-    finite = torch.isfinite(x).all(dim=1)
-    if not bool(finite.all()):
-        row = int((~finite).nonzero()[0])
+    finite = np.isfinite(x.numpy()).all(axis=1)
+    if not finite.all():
+        row = int(np.flatnonzero(~finite)[0])
         raise InvalidInput(
             f"inputs row {row} holds NaN, inf or a value beyond float32 (|x| > 3.4e38); "
             "values must be finite float32",
             "inputs",
         )
     return x
+
+
+def first_non_finite_rows(outputs: Tensor) -> list[int]:
+    """Rows of a float32 CPU result holding inf or NaN (empty when all are finite)."""
+    finite = np.isfinite(outputs.numpy()).all(axis=1)
+    return [] if finite.all() else np.flatnonzero(~finite).tolist()
 
 
 def row_adapters(

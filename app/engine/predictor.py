@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Literal
 
@@ -12,6 +12,7 @@ from torch import Tensor
 
 from app.adapters.registry import AdapterRecord, AdapterRegistry
 from app.engine.merged import MergedCache
+from app.errors import ServiceError
 from app.lora import (
     AdapterStack,
     LinearFn,
@@ -45,6 +46,7 @@ class Predictor:
         registry.on_change(self.merged.forget)
         self._stack_lock = threading.Lock()
         self._stack: AdapterStack | None = None
+        self._too_big: set[tuple[str, int]] = set()  # merged copies the cache budget cannot hold
 
     def is_merged(self, name: str, version: int) -> bool:
         return (name, version) in self.merged
@@ -71,11 +73,30 @@ class Predictor:
                 return "merged"
         return "unmerged"
 
-    def merge(self, name: str, param: str = "adapter") -> None:
-        """Make (or refresh) the merged copy of one adapter."""
+    def merges_due(self, backlog: Mapping[str, int], batch_rows: int) -> list[str]:
+        """dLoRA's rule for `auto`: an adapter with a full batch of rows waiting (`backlog`:
+        rows per adapter, queued or about to run) is worth a merged copy, made once."""
+        due = []
+        for name, rows in backlog.items():
+            if rows < batch_rows:
+                continue
+            try:
+                version = self.registry.get(name).version
+            except ServiceError:
+                continue  # unknown or deleted: its requests fail on their own
+            if not self.is_merged(name, version) and (name, version) not in self._too_big:
+                due.append(name)
+        return due
+
+    def merge(self, name: str, param: str = "adapter") -> bool:
+        """Make (or refresh) the merged copy of one adapter; False if the cache cannot keep it."""
         record, adapter = self.registry.load(name, param)
         with torch.inference_mode():
             self.merged.get_or_merge(name, record.version, adapter)
+        kept = self.is_merged(name, record.version)
+        if not kept:
+            self._too_big.add((name, record.version))
+        return kept
 
     def forward(
         self, x: Rows, row_adapters: Sequence[str | None], loaded: Loaded, used: UsedMode

@@ -67,11 +67,19 @@ class TrainingWorker:
             job = queued[0]
             if not self.jobs.set_status(job.id, "running", only_from=("queued",)):
                 continue  # cancelled in the meantime
-            try:
-                self._run(job)
-            except Exception:  # a bug must fail the job, never kill the worker
-                log.exception("training job %s crashed", job.id)
-                self._finish(job, "failed", {"code": "internal_error", "message": "internal error"})
+            # Each job on a thread of its own that ends with it: the OpenMP team torch starts for
+            # a thread lives as long as the thread, and an idle extra team slows the compute
+            # thread's small ops (app/engine/compute.py).
+            runner = threading.Thread(target=self._run_guarded, args=(job,), name="training-job")
+            runner.start()
+            runner.join()
+
+    def _run_guarded(self, job: Job) -> None:
+        try:
+            self._run(job)
+        except Exception:  # a bug must fail the job, never kill the worker
+            log.exception("training job %s crashed", job.id)
+            self._finish(job, "failed", {"code": "internal_error", "message": "internal error"})
 
     def _run(self, job: Job) -> None:
         stop = self._cancel.setdefault(job.id, threading.Event())

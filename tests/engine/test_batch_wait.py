@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from app.adapters import AdapterRegistry, AdapterStore, BaseInfo
-from app.engine import Batcher, Predictor
+from app.engine import Batcher, ComputeThread, Predictor
 from app.model import load_base_model
 from tests.helpers import write_base_model
 
@@ -52,9 +52,15 @@ class Held:
 
 
 def started(predictor: Predictor, max_batch_rows: int) -> tuple[Batcher, list[int]]:
-    batcher = Batcher(predictor, max_batch_rows, batch_wait_ms=WAIT_MS, max_queue_rows=1000)
     sizes: list[int] = []
-    batcher.on_batch = lambda rows, mode: sizes.append(rows)
+    batcher = Batcher(
+        predictor,
+        ComputeThread(),
+        lambda rows, mode: sizes.append(rows),
+        max_batch_rows,
+        batch_wait_ms=WAIT_MS,
+        max_queue_rows=1000,
+    )
     batcher.start()
     return batcher, sizes
 

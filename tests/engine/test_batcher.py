@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from app.adapters import AdapterRegistry, AdapterStore, BaseInfo
-from app.engine import Batcher, DirectRunner, Predictor
+from app.engine import Batcher, ComputeThread, DirectRunner, Predictor
 from app.errors import AdapterNotFound, QueueFull
 from app.model import load_base_model
 from tests.helpers import (
@@ -24,6 +24,7 @@ from tests.helpers import (
 )
 
 SIZES = [16, 8, 4]
+NO_METRICS = lambda rows, mode: None  # noqa: E731
 
 
 @pytest.fixture
@@ -44,12 +45,22 @@ def setup(tmp_path: Path):
     return folder, Predictor(base, registry, 1 << 30), specs
 
 
+def direct(predictor: Predictor, on_batch=NO_METRICS, merge_rows: int = 64) -> DirectRunner:
+    return DirectRunner(predictor, ComputeThread(), on_batch, merge_rows, max_queue_rows=1000)
+
+
 def test_concurrent_requests_each_get_their_own_rows(setup) -> None:
     folder, predictor, specs = setup
-    batcher = Batcher(predictor, max_batch_rows=64, batch_wait_ms=20, max_queue_rows=10_000)
-    batcher.start()
     batch_sizes: list[int] = []
-    batcher.on_batch = lambda rows, mode: batch_sizes.append(rows)
+    batcher = Batcher(
+        predictor,
+        ComputeThread(),
+        lambda rows, mode: batch_sizes.append(rows),
+        max_batch_rows=64,
+        batch_wait_ms=20,
+        max_queue_rows=10_000,
+    )
+    batcher.start()
     rng = random.Random(0)
     requests = []
     for _ in range(60):
@@ -81,7 +92,14 @@ def test_concurrent_requests_each_get_their_own_rows(setup) -> None:
 
 def test_an_unknown_adapter_fails_only_its_own_request(setup) -> None:
     _, predictor, _ = setup
-    batcher = Batcher(predictor, max_batch_rows=64, batch_wait_ms=50, max_queue_rows=100)
+    batcher = Batcher(
+        predictor,
+        ComputeThread(),
+        NO_METRICS,
+        max_batch_rows=64,
+        batch_wait_ms=50,
+        max_queue_rows=100,
+    )
     batcher.start()
 
     async def main():
@@ -107,7 +125,9 @@ def test_a_full_queue_is_refused_at_once(setup) -> None:
         return forward(*args, **kwargs)
 
     predictor.forward = slow_forward  # type: ignore[method-assign]
-    batcher = Batcher(predictor, max_batch_rows=4, batch_wait_ms=0, max_queue_rows=8)
+    batcher = Batcher(
+        predictor, ComputeThread(), NO_METRICS, max_batch_rows=4, batch_wait_ms=0, max_queue_rows=8
+    )
     batcher.start()
 
     async def main():
@@ -131,7 +151,14 @@ def test_a_full_queue_is_refused_at_once(setup) -> None:
 
 def test_an_adapter_with_a_full_batch_waiting_gets_a_merged_copy(setup) -> None:
     _, predictor, _ = setup
-    batcher = Batcher(predictor, max_batch_rows=8, batch_wait_ms=30, max_queue_rows=1000)
+    batcher = Batcher(
+        predictor,
+        ComputeThread(),
+        NO_METRICS,
+        max_batch_rows=8,
+        batch_wait_ms=30,
+        max_queue_rows=1000,
+    )
     batcher.start()
 
     async def burst():
@@ -157,12 +184,11 @@ def test_an_adapter_with_a_full_batch_waiting_gets_a_merged_copy(setup) -> None:
 
 def test_direct_runner_runs_each_request_alone(setup) -> None:
     folder, predictor, specs = setup
-    runner = DirectRunner(predictor)
     batches: list[tuple[int, str]] = []
-    runner.on_batch = lambda rows, mode: batches.append((rows, mode))
+    runner = direct(predictor, lambda rows, mode: batches.append((rows, mode)))
     x = torch.randn(3, 16)
     result = asyncio.run(runner.submit(x, ["a1", None, "a2"], "unmerged", "adapters"))
-    assert result.mode == "unmerged" and result.queue_ms == 0.0 and result.model_ms >= 0
+    assert result.mode == "unmerged" and result.queue_ms >= 0 and result.model_ms >= 0
     assert batches == [(3, "unmerged")] and runner.queued_rows == 0
     for row, name in enumerate(["a1", None, "a2"]):
         config, tensors = specs[name] if name else (None, None)
@@ -183,9 +209,15 @@ def test_batches_never_pass_max_batch_rows_but_an_oversize_request_runs_alone(se
         return forward(*args, **kwargs)
 
     predictor.forward = held_forward  # type: ignore[method-assign]
-    batcher = Batcher(predictor, max_batch_rows=8, batch_wait_ms=0, max_queue_rows=1000)
     batch_sizes: list[int] = []
-    batcher.on_batch = lambda rows, mode: batch_sizes.append(rows)
+    batcher = Batcher(
+        predictor,
+        ComputeThread(),
+        lambda rows, mode: batch_sizes.append(rows),
+        max_batch_rows=8,
+        batch_wait_ms=0,
+        max_queue_rows=1000,
+    )
     batcher.start()
     sizes = [3, 3, 3, 5, 2, 1, 10, 3]
 
@@ -216,7 +248,7 @@ def test_batches_never_pass_max_batch_rows_but_an_oversize_request_runs_alone(se
 
 def test_direct_runner_honours_the_mode_and_the_field_name(setup) -> None:
     _, predictor, _ = setup
-    runner = DirectRunner(predictor)
+    runner = direct(predictor)
     runner.start()
     predictor.merge("a0")
     x = torch.randn(2, 16)
@@ -230,7 +262,14 @@ def test_direct_runner_honours_the_mode_and_the_field_name(setup) -> None:
 
 def test_a_replaced_adapter_gets_a_new_merged_copy_when_hot_again(setup) -> None:
     _, predictor, specs = setup
-    batcher = Batcher(predictor, max_batch_rows=8, batch_wait_ms=30, max_queue_rows=1000)
+    batcher = Batcher(
+        predictor,
+        ComputeThread(),
+        NO_METRICS,
+        max_batch_rows=8,
+        batch_wait_ms=30,
+        max_queue_rows=1000,
+    )
     batcher.start()
 
     async def burst():
@@ -240,7 +279,7 @@ def test_a_replaced_adapter_gets_a_new_merged_copy_when_hot_again(setup) -> None
 
     def wait_merged(version: int) -> bool:
         for _ in range(200):
-            if predictor.is_merged("a0", version) and not batcher._merging:
+            if predictor.is_merged("a0", version):
                 return True
             threading.Event().wait(0.02)
         return False
@@ -258,11 +297,6 @@ def test_a_replaced_adapter_gets_a_new_merged_copy_when_hot_again(setup) -> None
         batcher.stop()
 
 
-def flush_merges(batcher: Batcher) -> None:
-    """Wait for every merge scheduled so far (the merger runs one job at a time, in order)."""
-    batcher._merger.submit(lambda: None).result(timeout=30)
-
-
 def test_an_adapter_is_merged_once_a_full_batch_of_its_rows_is_waiting(setup) -> None:
     _, predictor, _ = setup
     merge_threads: list[str] = []
@@ -273,41 +307,50 @@ def test_an_adapter_is_merged_once_a_full_batch_of_its_rows_is_waiting(setup) ->
         merge(name, param)
 
     predictor.merge = recorded_merge  # type: ignore[method-assign]
-    batcher = Batcher(predictor, max_batch_rows=4, batch_wait_ms=0, max_queue_rows=1000)
+    batcher = Batcher(
+        predictor,
+        ComputeThread(),
+        NO_METRICS,
+        max_batch_rows=4,
+        batch_wait_ms=0,
+        max_queue_rows=1000,
+    )
     batcher.start()
     try:
         asyncio.run(batcher.submit(torch.randn(3, 16), ["a0"] * 3, "auto", "a"))
         asyncio.run(batcher.submit(torch.randn(4, 16), ["a1"] * 4, "unmerged", "a"))
-        flush_merges(batcher)
         assert not predictor.is_merged("a0", predictor.registry.get("a0").version)
         assert not predictor.is_merged("a1", predictor.registry.get("a1").version)  # not auto
-        asyncio.run(batcher.submit(torch.randn(4, 16), ["a0"] * 4, "auto", "a"))
-        flush_merges(batcher)
+        hot = asyncio.run(batcher.submit(torch.randn(4, 16), ["a0"] * 4, "auto", "a"))
         assert predictor.is_merged("a0", predictor.registry.get("a0").version)
-        assert [name.split("_")[0] for name in merge_threads] == ["merge"]  # off the hot path
+        assert hot.mode == "merged"  # merged before the batch that made it hot, which used it
+        # On the compute thread, where all model work runs (app/engine/compute.py).
+        assert [name.split("_")[0] for name in merge_threads] == ["inference"]
     finally:
         batcher.stop()
 
 
-def test_a_hot_adapter_has_at_most_one_merge_in_flight(setup) -> None:
+def test_a_hot_adapter_is_merged_once(setup) -> None:
     _, predictor, _ = setup
-    entered, forwarding, merging = threading.Event(), threading.Event(), threading.Event()
+    entered, forwarding = threading.Event(), threading.Event()
     merges: list[str] = []
     merge, forward = predictor.merge, predictor.forward
 
-    def held_merge(name: str, param: str = "adapter") -> None:
+    def recorded_merge(name: str, param: str = "adapter") -> bool:
         merges.append(name)
-        merging.wait(30)
-        merge(name, param)
+        return merge(name, param)
 
     def held_forward(*args, **kwargs):
         entered.set()
         forwarding.wait(30)
         return forward(*args, **kwargs)
 
-    predictor.merge = held_merge  # type: ignore[method-assign]
+    predictor.merge = recorded_merge  # type: ignore[method-assign]
     predictor.forward = held_forward  # type: ignore[method-assign]
-    batcher = Batcher(predictor, max_batch_rows=4, batch_wait_ms=0, max_queue_rows=1000)
+    batcher = Batcher(
+        predictor, ComputeThread(), NO_METRICS, max_batch_rows=4, batch_wait_ms=0,
+        max_queue_rows=1000,
+    )  # fmt: skip
     batcher.start()
 
     async def main():
@@ -325,44 +368,25 @@ def test_a_hot_adapter_has_at_most_one_merge_in_flight(setup) -> None:
         return await asyncio.gather(first, *hot)
 
     try:
-        assert len(asyncio.run(main())) == 13
-        merging.set()
-        flush_merges(batcher)
-        assert merges == ["a0"]  # later batches saw the merge in flight and left it alone
+        done = asyncio.run(main())
     finally:
-        merging.set()
+        forwarding.set()
         batcher.stop()
-
-
-def test_stop_does_not_wait_for_a_merge_in_progress(setup) -> None:
-    _, predictor, _ = setup
-    merging, release = threading.Event(), threading.Event()
-    merge = predictor.merge
-
-    def held_merge(name: str, param: str = "adapter") -> None:
-        merging.set()
-        release.wait(30)
-        merge(name, param)
-
-    predictor.merge = held_merge  # type: ignore[method-assign]
-    batcher = Batcher(predictor, max_batch_rows=2, batch_wait_ms=0, max_queue_rows=1000)
-    batcher.start()
-    try:
-        asyncio.run(batcher.submit(torch.randn(2, 16), ["a0", "a0"], "auto", "a"))
-        assert merging.wait(30)
-        stopper = threading.Thread(target=batcher.stop)
-        stopper.start()
-        stopper.join(10)
-        assert not stopper.is_alive()
-    finally:
-        release.set()
+    assert merges == ["a0"]  # later batches found the merged copy
+    assert [r.mode for r in done[1:]] == ["merged"] * 12
 
 
 def test_merged_requests_use_and_keep_the_merged_copy(setup) -> None:
     folder, predictor, specs = setup
-    batcher = Batcher(predictor, max_batch_rows=64, batch_wait_ms=0, max_queue_rows=1000)
     modes: list[str] = []
-    batcher.on_batch = lambda rows, mode: modes.append(mode)
+    batcher = Batcher(
+        predictor,
+        ComputeThread(),
+        lambda rows, mode: modes.append(mode),
+        max_batch_rows=64,
+        batch_wait_ms=0,
+        max_queue_rows=1000,
+    )
     batcher.start()
     x = torch.randn(2, 16)
     try:
@@ -386,30 +410,32 @@ def test_direct_runner_reports_the_time_in_the_model(setup) -> None:
 
     predictor.forward = slow_forward  # type: ignore[method-assign]
     began = time.perf_counter()
-    result = asyncio.run(DirectRunner(predictor).submit(torch.randn(1, 16), [None], "auto", "a"))
+    result = asyncio.run(direct(predictor).submit(torch.randn(1, 16), [None], "auto", "a"))
     total_ms = (time.perf_counter() - began) * 1000
-    assert 50 <= result.model_ms <= total_ms and result.queue_ms == 0.0
+    assert 50 <= result.model_ms <= total_ms and result.queue_ms < 50
 
 
-def test_merges_run_one_at_a_time_and_stop_drops_those_not_started(setup) -> None:
+def test_every_adapter_due_is_merged_before_the_batch_runs(setup) -> None:
     _, predictor, _ = setup
-    entered, forwarding, release = threading.Event(), threading.Event(), threading.Event()
+    entered, forwarding = threading.Event(), threading.Event()
     merges: list[str] = []
     merge, forward = predictor.merge, predictor.forward
 
-    def held_merge(name: str, param: str = "adapter") -> None:
+    def recorded_merge(name: str, param: str = "adapter") -> bool:
         merges.append(name)
-        release.wait(30)
-        merge(name, param)
+        return merge(name, param)
 
     def held_forward(*args, **kwargs):
         entered.set()
         forwarding.wait(30)
         return forward(*args, **kwargs)
 
-    predictor.merge = held_merge  # type: ignore[method-assign]
+    predictor.merge = recorded_merge  # type: ignore[method-assign]
     predictor.forward = held_forward  # type: ignore[method-assign]
-    batcher = Batcher(predictor, max_batch_rows=4, batch_wait_ms=0, max_queue_rows=1000)
+    batcher = Batcher(
+        predictor, ComputeThread(), NO_METRICS, max_batch_rows=4, batch_wait_ms=0,
+        max_queue_rows=1000,
+    )  # fmt: skip
     batcher.start()
 
     async def main():
@@ -423,27 +449,31 @@ def test_merges_run_one_at_a_time_and_stop_drops_those_not_started(setup) -> Non
             if batcher.queued_rows >= 8:
                 break
             await asyncio.sleep(0)
-        forwarding.set()  # the next batch sees 4 rows of each: both merges are scheduled
+        forwarding.set()  # the next batch sees 4 rows of each waiting: both are due
         return await asyncio.gather(first, *hot)
 
     try:
-        asyncio.run(main())
-        assert merges == ["a0"]  # a1 waits for the one merge thread
-        batcher.stop()
+        done = asyncio.run(main())
     finally:
-        release.set()
+        forwarding.set()
         batcher.stop()
-    batcher._merger.shutdown(wait=True)
-    assert merges == ["a0"]  # stopping cancelled a1's merge, which had not started
+    assert merges == ["a0", "a1"]
+    assert [r.mode for r in done] == ["unmerged", "merged", "merged"]
 
 
 def test_a_request_arriving_inside_the_batch_window_joins_the_batch(setup) -> None:
     _, predictor, _ = setup
     # A window under a second, and a third request that fills the batch: the batch leaves as
     # soon as it is full, so the test does not sit out the window.
-    batcher = Batcher(predictor, max_batch_rows=3, batch_wait_ms=900, max_queue_rows=1000)
     batch_sizes: list[int] = []
-    batcher.on_batch = lambda rows, mode: batch_sizes.append(rows)
+    batcher = Batcher(
+        predictor,
+        ComputeThread(),
+        lambda rows, mode: batch_sizes.append(rows),
+        max_batch_rows=3,
+        batch_wait_ms=900,
+        max_queue_rows=1000,
+    )
 
     async def main():
         # Two queued before the thread starts: company has been coming, so the batch waits.
@@ -466,3 +496,37 @@ def test_a_request_arriving_inside_the_batch_window_joins_the_batch(setup) -> No
         batcher.stop()
     assert [len(r.outputs) for r in done] == [1, 1, 1]
     assert batch_sizes == [3]
+
+
+def test_direct_runner_merges_an_adapter_with_a_full_batch_waiting(setup) -> None:
+    _, predictor, _ = setup
+    runner = direct(predictor, merge_rows=4)
+    x = torch.randn(3, 16)
+    assert asyncio.run(runner.submit(x, ["a0"] * 3, "auto", "a")).mode == "unmerged"
+    assert asyncio.run(runner.submit(x, ["a1"] * 3, "unmerged", "a")).mode == "unmerged"
+
+    gate = threading.Event()
+    runner.compute.submit(gate.wait, 30)  # the compute thread busy: both requests queue up
+
+    async def burst():
+        tasks = [asyncio.ensure_future(runner.submit(x, ["a0"] * 3, "auto", "a")) for _ in "ab"]
+        for _ in range(1000):
+            if runner.queued_rows >= 6:
+                break
+            await asyncio.sleep(0)
+        gate.set()
+        return await asyncio.gather(*tasks)
+
+    # Two requests of 3 rows waiting together: 6 >= 4, so BATCHING=false merges a0 as well.
+    assert [r.mode for r in asyncio.run(burst())] == ["merged", "merged"]
+    assert predictor.is_merged("a0", predictor.registry.get("a0").version)
+    assert not predictor.is_merged("a1", predictor.registry.get("a1").version)  # not auto
+    assert runner.queued_rows == 0
+
+
+def test_direct_runner_refuses_rows_past_its_queue(setup) -> None:
+    _, predictor, _ = setup
+    runner = DirectRunner(predictor, ComputeThread(), NO_METRICS, 64, max_queue_rows=4)
+    with pytest.raises(QueueFull):
+        asyncio.run(runner.submit(torch.randn(5, 16), [None] * 5, "auto", "a"))
+    assert runner.queued_rows == 0

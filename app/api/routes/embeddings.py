@@ -4,20 +4,15 @@ from __future__ import annotations
 
 import base64
 import time
+from typing import Any
 
-import numpy as np
+import orjson
 from fastapi import APIRouter, Response
 from fastapi.concurrency import run_in_threadpool
 
 from app.api.auth import READ
 from app.api.deps import Base, EngineDep, SettingsDep
-from app.api.schemas import (
-    EmbeddingData,
-    EmbeddingsRequest,
-    EmbeddingsResponse,
-    EmbeddingUsage,
-    ErrorBody,
-)
+from app.api.schemas import EmbeddingsRequest, EmbeddingsResponse, ErrorBody
 from app.engine.inputs import check_name
 from app.errors import InvalidInput
 
@@ -30,14 +25,11 @@ _TOKENIZE_INLINE = 64
     "/v1/embeddings",
     responses={c: {"model": ErrorBody} for c in (400, 404, 413, 422, 503)},
     dependencies=READ,
+    response_model=EmbeddingsResponse,
 )
 async def create_embeddings(
-    body: EmbeddingsRequest,
-    base: Base,
-    engine: EngineDep,
-    settings: SettingsDep,
-    response: Response,
-) -> EmbeddingsResponse:
+    body: EmbeddingsRequest, base: Base, engine: EngineDep, settings: SettingsDep
+) -> Response:
     """One embedding per input text; `model` is an adapter's name or the base's."""
     start = time.perf_counter()
     if base.text is None:
@@ -65,22 +57,28 @@ async def create_embeddings(
     else:
         tokens = await run_in_threadpool(encoder.tokenize, texts)
     result = await engine.submit(tokens, names, "auto", param)
-    outputs = result.outputs.float().numpy()
-    data = [
-        EmbeddingData(index=i, embedding=_encode(row, body.encoding_format))
-        for i, row in enumerate(outputs)
-    ]
+    outputs = result.outputs.numpy()
+    if body.encoding_format == "base64":
+        # As OpenAI sends it: each embedding's float32 bytes, little-endian, base64-encoded.
+        rows: list[Any] = [
+            base64.b64encode(row.astype("<f4").tobytes()).decode() for row in outputs
+        ]
+    else:
+        rows = list(outputs)  # orjson writes each float32 row in C, exact when read as float32
+    used = tokens.tokens
+    content = {
+        "object": "list",
+        "data": [{"object": "embedding", "index": i, "embedding": r} for i, r in enumerate(rows)],
+        "model": body.model or base.name,
+        "usage": {"prompt_tokens": used, "total_tokens": used},
+    }
     total_ms = (time.perf_counter() - start) * 1000
-    response.headers["Server-Timing"] = (
+    timing = (
         f"queue;dur={result.queue_ms:.3f}, model;dur={result.model_ms:.3f}, "
         f"total;dur={total_ms:.3f}"
     )
-    used = tokens.tokens
-    return EmbeddingsResponse(
-        data=data,
-        model=body.model or base.name,
-        usage=EmbeddingUsage(prompt_tokens=used, total_tokens=used),
-    )
+    body_bytes = orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+    return Response(body_bytes, media_type="application/json", headers={"Server-Timing": timing})
 
 
 def _row_adapters(body: EmbeddingsRequest, base_name: str, n: int) -> tuple[list[str | None], str]:
@@ -104,10 +102,3 @@ def _row_adapters(body: EmbeddingsRequest, base_name: str, n: int) -> tuple[list
         return [None] * n, "model"
     check_name(body.model, "model")
     return [body.model] * n, "model"
-
-
-def _encode(row: np.ndarray, encoding: str) -> list[float] | str:
-    if encoding == "base64":
-        # As OpenAI sends it: the float32 values' little-endian bytes, base64-encoded.
-        return base64.b64encode(row.astype("<f4").tobytes()).decode("ascii")
-    return [float(v) for v in row]

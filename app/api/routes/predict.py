@@ -16,7 +16,7 @@ from app.api.params import UnknownParameter
 from app.api.predict_io import OCTET, encode, parse_json, parse_safetensors
 from app.api.schemas import ErrorBody, PredictRequest, PredictResponse
 from app.engine import Mode
-from app.engine.inputs import check_rows, row_adapters
+from app.engine.inputs import check_rows, first_non_finite_rows, row_adapters
 from app.errors import InvalidInput, UnsupportedMediaType, shorten
 
 router = APIRouter(tags=["predict"])
@@ -102,9 +102,8 @@ async def predict(
 
 def _check_finite(outputs: torch.Tensor) -> None:
     """An answer never carries inf or NaN: inputs this large overflow the model in float32."""
-    finite = torch.isfinite(outputs).all(dim=1)
-    if not bool(finite.all()):
-        rows = (~finite).nonzero().flatten().tolist()
+    rows = first_non_finite_rows(outputs)
+    if rows:
         raise InvalidInput(
             f"the outputs of rows {shorten(rows)} overflow float32 with this model and adapter; "
             "scale the inputs down",

@@ -94,7 +94,7 @@ request = function() return wrk.format("POST", "{path}", headers, body) end
 response = function(status, headers, body)
   local timing = headers["Server-Timing"] or headers["server-timing"] or ""
   local model = string.match(timing, "model;dur=([%d%.]+)")
-  if model then io.write("model_ms " .. model .. "\n") end
+  if model then io.write("model_ms " .. model .. "\\n") end
 end
 {_DONE}"""
 

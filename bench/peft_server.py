@@ -15,8 +15,10 @@ import torch
 from fastapi import FastAPI
 from peft import PeftModel
 from pydantic import BaseModel
+from safetensors.torch import load_file
 
-from app.model import load_base_model
+from app.model.config import ModelConfig
+from app.model.loader import build_module
 from bench.peft_adapters import load_all
 
 
@@ -26,7 +28,10 @@ class PredictBody(BaseModel):
 
 
 def _load() -> PeftModel:
-    base = load_base_model(Path(os.environ["PEFT_BASE"]), torch.device("cpu")).module
+    # The plain module, as a PEFT user has it (the service's loader wraps its layers for itself).
+    folder = Path(os.environ["PEFT_BASE"])
+    base = build_module(ModelConfig.load(folder))
+    base.load_state_dict(load_file(folder / "model.safetensors"))
     return load_all(base)
 
 

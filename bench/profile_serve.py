@@ -2,7 +2,7 @@
 
 Run: .venv/bin/python bench/profile_serve.py [--case base] [--seconds 15] [--root DIR]
 Starts `uvicorn app.main:app` (from --root, default this checkout: point it at another checkout
-to profile an older commit the same way), drives it with wrk at 64 connections with one-row JSON
+to profile an older commit the same way), drives it with wrk (64 connections unless --connections) with one-row JSON
 predicts (`base`: no adapter; `mixed`: one of 64 rank-16 adapters each), and samples every
 thread with py-spy meanwhile. Prints, per thread, the share of samples whose stack passes through
 each of the busiest functions (inclusive), and the top functions by self time.
@@ -60,6 +60,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--case", choices=("base", "mixed"), default="base")
     parser.add_argument("--seconds", type=int, default=15)
+    parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--root", type=Path, default=ROOT)
     parser.add_argument("--top", type=int, default=24)
     args = parser.parse_args()
@@ -70,15 +71,15 @@ def main() -> None:
         env = {
             "LORASERVE_ADAPTERS_DIR": str(tmp_path / "adapters"),
             "LORASERVE_DATA_DIR": str(tmp_path / "data"),
-            "PYTHONPATH": str(args.root),
         }
-        argv = [harness.bin_path("uvicorn"), "app.main:app", "--log-level", "warning"]
+        argv = [harness.bin_path("uvicorn"), "app.main:app", "--log-level", "warning",
+                "--app-dir", str(args.root)]  # fmt: skip
         script = harness.wrk_script(
             "/v1/predict", bodies(1001, names if args.case == "mixed" else None, False)
         )
         with harness.server(argv, env) as url:
             harness.wrk(url, script, 8, 2)  # warm-up
-            pid = int(subprocess.run(["pgrep", "-f", "-n", "uvicorn app.main:app"],
+            pid = int(subprocess.run(["pgrep", "-f", "-n", "app.main:app --log-level"],
                                      capture_output=True, text=True, check=True).stdout.split()[0])  # fmt: skip
             raw = tmp_path / "profile.txt"
             spy_cmd = [spy, "record", "--pid", str(pid), "--duration", str(args.seconds),
@@ -89,13 +90,13 @@ def main() -> None:
             )
             result: list[dict] = []
             load = threading.Thread(
-                target=lambda: result.append(harness.wrk(url, script, 64, args.seconds))
+                target=lambda: result.append(harness.wrk(url, script, args.connections, args.seconds))
             )
             load.start()
             load.join()
             sampler.wait(timeout=60)
         stats = result[0]
-        print(f"{args.case} c64 under py-spy: {stats['requests_per_s']:.1f} req/s, "
+        print(f"{args.case} c{args.connections} under py-spy: {stats['requests_per_s']:.1f} req/s, "
               f"p50 {stats['p50_ms']:.2f} ms (root {args.root}, pid {os.getpid()})")  # fmt: skip
         summarize(raw, args.top)
 

@@ -7,12 +7,16 @@ median ms, timed in turn round after round (bench/kernels.py `interleaved`), tim
   thread       in a second thread, after the main thread has run torch work (as the service's
                inference thread runs, after the lifespan loaded the model in the main thread)
   all-thread   build and time all in a second thread; the main thread never runs torch work
-Seen on this 2-core machine (three runs): the path of many small ops ("8 of 64": a plain product
-pair per adapter) costs 1.56-1.70x the base in `thread`, but 1.28-1.39x in `main` and 1.29-1.48x
-in `all-thread`; the 64-adapter path (a few big batched products) is ~1.43x in all three. The
-likely cause, not yet proven: libgomp spins only briefly between parallel regions once it
-manages more OpenMP threads than there are cores (a team per thread that ever forked: 2 teams x 2
-threads on 2 cores), so the worker sleeps between small ops and each op pays a wake-up.
+Seen on this 2-core machine: the path of many small ops ("8 of 64": a plain product pair per
+adapter) costs 1.6-1.8x the base in `thread`, but 1.3-1.4x in `main` and `all-thread`. The cause:
+libgomp gives every thread that starts a parallel region a team of its own, kept until that thread
+ends, and once it manages more OpenMP threads than there are cores it stops spinning between
+parallel regions (2 teams x 2 threads on 2 cores), so the workers sleep between small ops and
+each op pays a wake-up. Checked three ways: with OMP_WAIT_POLICY=PASSIVE every mode is slow
+(1.8x); with a second thread's team alive, the main thread is slow too (1.7x); once that thread
+has ended, its team is gone and the main thread is fast again (1.4x). The service therefore does
+what `all-thread` does (app/engine/compute.py): one thread loads the model and runs all model
+work, and nothing else in the process keeps a team.
 """
 
 from __future__ import annotations

@@ -1,0 +1,89 @@
+"""All model work runs on the one compute thread, so the process keeps one OpenMP team."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from safetensors.torch import save
+
+import app.main as main_module
+from app.engine import ComputeThread
+from app.main import create_app
+from app.settings import Settings
+from tests.api.conftest import upload
+from tests.helpers import adapter_files, lora_tensors, peft_config
+
+
+def test_work_runs_in_order_on_one_thread_named_inference() -> None:
+    compute = ComputeThread()
+    seen: list[tuple[int, str]] = []
+    try:
+        for i in range(5):
+            compute.submit(lambda i=i: seen.append((i, threading.current_thread().name)))
+        assert compute.call(lambda: 42) == 42
+        assert asyncio.run(compute.run(threading.current_thread)).name == "inference"
+    finally:
+        compute.close()
+    assert seen == [(i, "inference") for i in range(5)]
+
+
+def test_an_error_reaches_the_caller_and_the_thread_goes_on() -> None:
+    compute = ComputeThread()
+    try:
+        with pytest.raises(ZeroDivisionError):
+            compute.call(lambda: 1 / 0)
+        assert compute.call(lambda: "still here") == "still here"
+    finally:
+        compute.close()
+
+
+@pytest.mark.parametrize("batching", [True, False])
+def test_the_service_loads_runs_and_merges_only_on_the_compute_thread(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, batching: bool
+) -> None:
+    threads: set[str] = set()
+    load = main_module.load_base_model
+
+    def recorded_load(*args, **kwargs):
+        threads.add(threading.current_thread().name)
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(main_module, "load_base_model", recorded_load)
+    settings = settings.model_copy(update={"batching": batching, "max_batch_rows": 4})
+    with TestClient(create_app(settings)) as client:
+        predictor = client.app.state.services.predictor  # type: ignore[attr-defined]
+        for name in ("forward", "merge"):
+            method = getattr(predictor, name)
+
+            def recorded(*args, _method=method, **kwargs):
+                threads.add(threading.current_thread().name)
+                return _method(*args, **kwargs)
+
+            setattr(predictor, name, recorded)
+        config = peft_config(2, 4.0, ("layer1", "layer2"))
+        files = adapter_files(config, lora_tensors([16, 8, 4], ("layer1", "layer2"), 2))
+        assert upload(client, "a", *files).status_code == 201
+        x = torch.randn(8, 16)
+        body = {"inputs": x.tolist(), "adapter": "a"}
+        assert client.post("/v1/predict", json=body).json()["mode"] == "merged"  # 8 rows >= 4
+        binary = save({"inputs": x.half()})
+        headers = {"content-type": "application/octet-stream"}
+        assert client.post("/v1/predict", content=binary, headers=headers).status_code == 200
+    assert threads == {"inference"}
+
+
+def test_f16_and_bf16_rows_widen_exactly(tmp_path: Path) -> None:
+    from app.api.predict_io import parse_safetensors
+
+    x = torch.randn(64, 33) * 1000
+    x[0, :4] = torch.tensor([0.0, -0.0, 65504.0, -1e-7])
+    for dtype in (torch.float16, torch.bfloat16):
+        rows = x.to(dtype)
+        call = parse_safetensors(save({"inputs": rows}), None, "auto")
+        assert call.x.dtype == torch.float32
+        assert torch.equal(call.x, rows.float())

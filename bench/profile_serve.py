@@ -90,7 +90,9 @@ def main() -> None:
             )
             result: list[dict] = []
             load = threading.Thread(
-                target=lambda: result.append(harness.wrk(url, script, args.connections, args.seconds))
+                target=lambda: result.append(
+                    harness.wrk(url, script, args.connections, args.seconds)
+                )
             )
             load.start()
             load.join()

@@ -61,6 +61,9 @@ def main() -> None:
     parser.add_argument("--case", choices=("base", "mixed"), default="base")
     parser.add_argument("--seconds", type=int, default=15)
     parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument(
+        "--gil", action="store_true", help="sample only the thread holding the GIL (CPU in Python)"
+    )
     parser.add_argument("--root", type=Path, default=ROOT)
     parser.add_argument("--top", type=int, default=24)
     args = parser.parse_args()
@@ -84,7 +87,7 @@ def main() -> None:
             raw = tmp_path / "profile.txt"
             spy_cmd = [spy, "record", "--pid", str(pid), "--duration", str(args.seconds),
                        "--rate", "250", "--format", "raw", "--threads", "--nonblocking",
-                       "--output", str(raw)]  # fmt: skip
+                       "--output", str(raw), *(["--gil"] if args.gil else [])]  # fmt: skip
             sampler = subprocess.Popen(
                 spy_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
             )

@@ -8,7 +8,7 @@ dependency of each route (`ADMIN`, `READ`), which also puts the bearer scheme in
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Literal
 
 from fastapi import Depends, Request, Security
@@ -74,14 +74,14 @@ class Authenticate:
         await self.app(scope, receive, send)
 
 
-def require(role: Role) -> Callable[..., None]:
+def require(role: Role) -> Callable[..., Awaitable[None]]:
     """A dependency: the request needs a key of `role` (an admin key does for both).
 
     OpenAPI 3.1 lets a bearer requirement name roles, so the schema says which key each
     operation needs: `[{"HTTPBearer": ["admin"]}]` or `[{"HTTPBearer": ["api"]}]`.
     """
 
-    def check(
+    async def check(  # async: a plain `def` dependency costs every request a thread hop
         request: Request,
         _: HTTPAuthorizationCredentials | None = Security(_bearer, scopes=[role]),  # noqa: B008
     ) -> None:

@@ -1,4 +1,9 @@
-"""Typed dependencies: routes reach the long-lived objects on app.state through these."""
+"""Typed dependencies: routes reach the long-lived objects on app.state through these.
+
+They are `async def` on purpose: FastAPI runs a plain `def` dependency on a worker thread, a
+thread hop per dependency per request, which showed up as 13% of the event loop under load
+(bench/profile_serve.py --gil).
+"""
 
 from __future__ import annotations
 
@@ -31,39 +36,39 @@ class Services:
     body_limit: Callable[[str, str, str], int]  # (method, path, content type) -> most bytes
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
     services = getattr(request.app.state, "services", None)
     if services is None:
         raise NotReady()
     return services
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_base(services: Annotated[Services, Depends(get_services)]) -> BaseModel:
+async def get_base(services: Annotated[Services, Depends(get_services)]) -> BaseModel:
     return services.base
 
 
-def get_registry(services: Annotated[Services, Depends(get_services)]) -> AdapterRegistry:
+async def get_registry(services: Annotated[Services, Depends(get_services)]) -> AdapterRegistry:
     return services.registry
 
 
-def get_predictor(services: Annotated[Services, Depends(get_services)]) -> Predictor:
+async def get_predictor(services: Annotated[Services, Depends(get_services)]) -> Predictor:
     return services.predictor
 
 
-def get_engine(services: Annotated[Services, Depends(get_services)]) -> Engine:
+async def get_engine(services: Annotated[Services, Depends(get_services)]) -> Engine:
     return services.engine
 
 
-def get_datasets(services: Annotated[Services, Depends(get_services)]) -> DatasetStore:
+async def get_datasets(services: Annotated[Services, Depends(get_services)]) -> DatasetStore:
     return services.datasets
 
 
-def get_training(services: Annotated[Services, Depends(get_services)]) -> TrainingService:
+async def get_training(services: Annotated[Services, Depends(get_services)]) -> TrainingService:
     return services.training
 
 

@@ -12,14 +12,15 @@ from app.errors import NotReady
 router = APIRouter(tags=["health"])
 
 
+# Probes are `async def`: a plain `def` route runs on a worker thread, a hop per probe.
 @router.get("/healthz")
-def read_health() -> Status:
+async def read_health() -> Status:
     """200 while the process lives."""
     return Status(status="ok")
 
 
 @router.get("/readyz", responses={503: {"description": "not ready"}})
-def read_ready(request: Request) -> Status:
+async def read_ready(request: Request) -> Status:
     """200 once the base model is loaded and the adapter store scanned."""
     if getattr(request.app.state, "services", None) is None:
         raise NotReady()

@@ -75,7 +75,7 @@ async def predict(
     if content_type.startswith(OCTET):
         parse = partial(parse_safetensors, adapter=adapter, mode=mode)
     elif content_type.startswith("application/json"):
-        for name in ("adapter", "mode"):
+        for name in ("adapter", "mode") if request.scope.get("query_string") else ():
             if name in request.query_params:
                 raise UnknownParameter(
                     f"query parameter {name!r} is for {OCTET} bodies; "

@@ -148,6 +148,13 @@ class Predictor:
             return self._segmented(x, row_adapters, loaded)
         keys = [None if n is None else (n, loaded[n][0].version) for n in row_adapters]
         stack = self._stack_for({(n, rec.version): a for n, (rec, a) in loaded.items()})
+        if 2 * len(loaded) < len(stack.keys):
+            # Few of the stack's adapters: its padded blocks would be mostly empty slots, so sort
+            # the rows by adapter once and give each its plain products on a contiguous view
+            # (8 of 64 adapters: 1.25x the base, against 1.33-1.41x stacked; 16 of 64: 1.41-1.49x
+            # against 1.8x).
+            batch = MixedBatch.build(row_adapters, {n: a for n, (_, a) in loaded.items()}, x.device)
+            return batch.unsort(self._run(batch.sort(x), batch.linear()))
         return self._run(x, StackedBatch.build(keys, stack, x.device).linear())
 
     def _segmented(

@@ -183,3 +183,22 @@ def test_a_new_stack_past_the_cap_starts_afresh(setup, monkeypatch) -> None:
     assert {name for name, _ in predictor._stack.keys} == {"a0", "a1", "a2"}
     predictor.predict(x, ["a3", None], "unmerged")  # 4 would pass the cap
     assert {name for name, _ in predictor._stack.keys} == {"a3"}
+
+
+def test_a_few_of_a_big_stacks_adapters_take_the_sorted_path_and_match(setup, monkeypatch) -> None:
+    folder, predictor, specs = setup
+    for i in range(4, 10):
+        specs[f"a{i}"] = upload(predictor.registry, f"a{i}", rank=2, targets=TARGETS[i % 3], seed=i)
+    x = torch.randn(12, SIZES[0])
+    every = [f"a{i}" for i in range(10)] + [None, "a3"]
+    out, _ = predictor.predict(x, every, "unmerged")  # stacks all ten
+    assert_rows_match_reference(folder, x, out, every, specs)
+    few = ["a7", None, "a2", "a7", "a2", None, "a7", "a2", None, "a2", "a7", "a7"]
+
+    def unused(*args, **kwargs):
+        raise AssertionError("two of ten stacked adapters should take the sorted path")
+
+    monkeypatch.setattr(predictor_module.StackedBatch, "build", unused)
+    out, _ = predictor.predict(x, few, "unmerged")
+    assert len(predictor._stack.keys) == 10  # the big stack is kept for later batches
+    assert_rows_match_reference(folder, x, out, few, specs)

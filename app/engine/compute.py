@@ -13,23 +13,33 @@ its team with it.
 from __future__ import annotations
 
 import asyncio
+import queue
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import ParamSpec, TypeVar
+from concurrent.futures import Future
+from typing import Any, ParamSpec, TypeVar
 
 P = ParamSpec("P")
 T = TypeVar("T")
+_Work = tuple[Future[Any], Callable[..., Any], tuple[Any, ...], dict[str, Any]]
 
 
 class ComputeThread:
-    """A single long-lived worker thread named `inference`; work runs on it in order."""
+    """A single long-lived thread named `inference`; work runs on it in order.
+
+    A daemon thread, as the inference thread always was: a batch stuck in the model, or an
+    engine nobody stopped, must not keep the process from exiting.
+    """
 
     def __init__(self) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, initializer=_name_thread)
+        self._work: queue.SimpleQueue[_Work | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name="inference", daemon=True)
+        self._thread.start()
 
     def submit(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> Future[T]:
-        return self._executor.submit(fn, *args, **kwargs)
+        future: Future[T] = Future()
+        self._work.put((future, fn, args, kwargs))
+        return future
 
     def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run `fn` on the thread and wait for it (start-up work, tests)."""
@@ -39,9 +49,19 @@ class ComputeThread:
         """Run `fn` on the thread; the event loop waits without blocking."""
         return await asyncio.wrap_future(self.submit(fn, *args, **kwargs))
 
-    def close(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
+    def close(self, timeout: float = 10.0) -> None:
+        """Finish the work already queued, then end the thread."""
+        self._work.put(None)
+        self._thread.join(timeout)
 
-
-def _name_thread() -> None:
-    threading.current_thread().name = "inference"  # as logs, py-spy and tests see it
+    def _serve(self) -> None:
+        while (work := self._work.get()) is not None:
+            future, fn, args, kwargs = work
+            if not future.set_running_or_notify_cancel():
+                continue  # cancelled while queued
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:  # the caller gets it; the thread goes on
+                future.set_exception(exc)
+            else:
+                future.set_result(result)

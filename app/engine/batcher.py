@@ -10,7 +10,6 @@ awaits: all model work, merges included, happens on the compute thread (app/engi
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 import time
@@ -23,9 +22,9 @@ import torch
 from torch import Tensor
 
 from app.engine.compute import ComputeThread
-from app.engine.interface import OnBatch, Result
+from app.engine.interface import OnBatch, Result, queue_full
 from app.engine.predictor import Loaded, Mode, Predictor
-from app.errors import QueueFull, ServiceError
+from app.errors import ServiceError
 from app.model import Rows, TokenBatch
 
 log = logging.getLogger(__name__)
@@ -97,9 +96,7 @@ class Batcher:
         request = _Request(x, names, mode, param, loop, loop.create_future())
         with self._cond:
             if self._queued_rows + len(x) > self.max_queue_rows:
-                raise QueueFull(
-                    f"the prediction queue is full ({self._queued_rows} rows waiting); retry shortly"
-                )
+                raise queue_full(self._queued_rows)
             self._queue.append(request)
             self._queued_rows += len(x)
             self._cond.notify()
@@ -145,7 +142,7 @@ class Batcher:
                 return
             taken, merges = work
             try:
-                merge_all(self.predictor, merges)
+                self.predictor.merge_each(merges)
                 self._run(taken)
             except Exception as exc:  # a bug must fail these requests, never the thread
                 log.exception("inference batch failed")
@@ -185,13 +182,6 @@ class Batcher:
             queue_ms = (start - request.enqueued) * 1000
             result = Result(rows, used, queue_ms, model_ms)
             request.loop.call_soon_threadsafe(_deliver, request.future, result)
-
-
-def merge_all(predictor: Predictor, names: list[str]) -> None:
-    """Merge each adapter before the batch that made it hot runs, so that batch can use it."""
-    for name in names:
-        with contextlib.suppress(ServiceError):  # deleted meanwhile: its requests fail alone
-            predictor.merge(name)
 
 
 def _cat(parts: list[Rows]) -> Rows:

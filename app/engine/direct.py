@@ -7,15 +7,14 @@ copies for adapters with a full batch of rows waiting, so `auto` merges hot adap
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections import Counter
 
-from app.engine.batcher import merge_all
 from app.engine.compute import ComputeThread
-from app.engine.interface import OnBatch, Result
+from app.engine.interface import OnBatch, Result, queue_full
 from app.engine.predictor import Mode, Predictor
-from app.errors import QueueFull
 from app.model import Rows
 
 
@@ -52,35 +51,32 @@ class DirectRunner:
         named = [n for n in names if n is not None] if mode == "auto" else []
         with self._lock:
             if self._queued_rows + rows > self.max_queue_rows:
-                raise QueueFull(
-                    f"the prediction queue is full ({self._queued_rows} rows waiting); retry shortly"
-                )
+                raise queue_full(self._queued_rows)
             self._queued_rows += rows
             self._backlog.update(named)
         enqueued = time.perf_counter()
-        left = [True]  # cleared once the rows leave the queue, by whichever side does it first
 
-        def dequeue() -> None:
+        def leave_queue() -> dict[str, int]:
+            """Take the rows out of the queue; the backlog they were part of."""
             with self._lock:
-                if left[0]:
-                    left[0] = False
-                    self._queued_rows -= rows
-                    self._backlog.subtract(named)
-                    self._backlog += Counter()  # drop the zeros
+                backlog = dict(self._backlog)
+                self._queued_rows -= rows
+                self._backlog -= Counter(named)
+                return backlog
 
         def run() -> Result:
             start = time.perf_counter()
-            with self._lock:
-                backlog = dict(self._backlog)
-            dequeue()
-            merge_all(self.predictor, self.predictor.merges_due(backlog, self.merge_rows))
+            backlog = leave_queue()
+            self.predictor.merge_each(self.predictor.merges_due(backlog, self.merge_rows))
             model_start = time.perf_counter()
             outputs, used = self.predictor.predict(x, names, mode, param)
             model_ms = (time.perf_counter() - model_start) * 1000
             self.on_batch(rows, used)
             return Result(outputs, used, (start - enqueued) * 1000, model_ms)
 
+        future = self.compute.submit(run)
         try:
-            return await self.compute.run(run)
+            return await asyncio.wrap_future(future)
         finally:
-            dequeue()  # a request cancelled before it ran leaves the queue too
+            if future.cancelled():  # the client left before it ran: run() never took it out
+                leave_queue()

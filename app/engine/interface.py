@@ -9,6 +9,7 @@ from typing import Protocol
 from torch import Tensor
 
 from app.engine.predictor import Mode, UsedMode
+from app.errors import QueueFull
 from app.model import Rows
 
 OnBatch = Callable[[int, UsedMode], None]  # (rows, mode) of every forward, for the metrics
@@ -20,6 +21,11 @@ class Result:
     mode: UsedMode
     queue_ms: float
     model_ms: float
+
+
+def queue_full(waiting: int) -> QueueFull:
+    """The 503 both engines give a request that would overflow MAX_QUEUE_ROWS."""
+    return QueueFull(f"the prediction queue is full ({waiting} rows waiting); retry shortly")
 
 
 class Engine(Protocol):

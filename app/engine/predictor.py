@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import replace
@@ -87,6 +88,13 @@ class Predictor:
             if not self.is_merged(name, version) and (name, version) not in self._too_big:
                 due.append(name)
         return due
+
+    def merge_each(self, names: Iterable[str]) -> None:
+        """Merge the adapters `merges_due` named, before the batch that made them due runs, so
+        that batch can use them; one deleted meanwhile is skipped (its requests fail alone)."""
+        for name in names:
+            with contextlib.suppress(ServiceError):
+                self.merge(name)
 
     def merge(self, name: str, param: str = "adapter") -> bool:
         """Make (or refresh) the merged copy of one adapter; False if the cache cannot keep it."""

@@ -45,6 +45,19 @@ def setup(tmp_path: Path):
     return folder, Predictor(base, registry, 1 << 30), specs
 
 
+def make_batcher(
+    predictor: Predictor,
+    on_batch=NO_METRICS,
+    *,
+    max_batch_rows: int,
+    batch_wait_ms: float,
+    max_queue_rows: int = 1000,
+) -> Batcher:
+    return Batcher(
+        predictor, ComputeThread(), on_batch, max_batch_rows, batch_wait_ms, max_queue_rows
+    )
+
+
 def direct(predictor: Predictor, on_batch=NO_METRICS, merge_rows: int = 64) -> DirectRunner:
     return DirectRunner(predictor, ComputeThread(), on_batch, merge_rows, max_queue_rows=1000)
 
@@ -52,9 +65,8 @@ def direct(predictor: Predictor, on_batch=NO_METRICS, merge_rows: int = 64) -> D
 def test_concurrent_requests_each_get_their_own_rows(setup) -> None:
     folder, predictor, specs = setup
     batch_sizes: list[int] = []
-    batcher = Batcher(
+    batcher = make_batcher(
         predictor,
-        ComputeThread(),
         lambda rows, mode: batch_sizes.append(rows),
         max_batch_rows=64,
         batch_wait_ms=20,
@@ -92,14 +104,7 @@ def test_concurrent_requests_each_get_their_own_rows(setup) -> None:
 
 def test_an_unknown_adapter_fails_only_its_own_request(setup) -> None:
     _, predictor, _ = setup
-    batcher = Batcher(
-        predictor,
-        ComputeThread(),
-        NO_METRICS,
-        max_batch_rows=64,
-        batch_wait_ms=50,
-        max_queue_rows=100,
-    )
+    batcher = make_batcher(predictor, max_batch_rows=64, batch_wait_ms=50, max_queue_rows=100)
     batcher.start()
 
     async def main():
@@ -125,9 +130,7 @@ def test_a_full_queue_is_refused_at_once(setup) -> None:
         return forward(*args, **kwargs)
 
     predictor.forward = slow_forward  # type: ignore[method-assign]
-    batcher = Batcher(
-        predictor, ComputeThread(), NO_METRICS, max_batch_rows=4, batch_wait_ms=0, max_queue_rows=8
-    )
+    batcher = make_batcher(predictor, max_batch_rows=4, batch_wait_ms=0, max_queue_rows=8)
     batcher.start()
 
     async def main():
@@ -151,14 +154,7 @@ def test_a_full_queue_is_refused_at_once(setup) -> None:
 
 def test_an_adapter_with_a_full_batch_waiting_gets_a_merged_copy(setup) -> None:
     _, predictor, _ = setup
-    batcher = Batcher(
-        predictor,
-        ComputeThread(),
-        NO_METRICS,
-        max_batch_rows=8,
-        batch_wait_ms=30,
-        max_queue_rows=1000,
-    )
+    batcher = make_batcher(predictor, max_batch_rows=8, batch_wait_ms=30)
     batcher.start()
 
     async def burst():
@@ -210,13 +206,8 @@ def test_batches_never_pass_max_batch_rows_but_an_oversize_request_runs_alone(se
 
     predictor.forward = held_forward  # type: ignore[method-assign]
     batch_sizes: list[int] = []
-    batcher = Batcher(
-        predictor,
-        ComputeThread(),
-        lambda rows, mode: batch_sizes.append(rows),
-        max_batch_rows=8,
-        batch_wait_ms=0,
-        max_queue_rows=1000,
+    batcher = make_batcher(
+        predictor, lambda rows, mode: batch_sizes.append(rows), max_batch_rows=8, batch_wait_ms=0
     )
     batcher.start()
     sizes = [3, 3, 3, 5, 2, 1, 10, 3]
@@ -262,14 +253,7 @@ def test_direct_runner_honours_the_mode_and_the_field_name(setup) -> None:
 
 def test_a_replaced_adapter_gets_a_new_merged_copy_when_hot_again(setup) -> None:
     _, predictor, specs = setup
-    batcher = Batcher(
-        predictor,
-        ComputeThread(),
-        NO_METRICS,
-        max_batch_rows=8,
-        batch_wait_ms=30,
-        max_queue_rows=1000,
-    )
+    batcher = make_batcher(predictor, max_batch_rows=8, batch_wait_ms=30)
     batcher.start()
 
     async def burst():
@@ -307,14 +291,7 @@ def test_an_adapter_is_merged_once_a_full_batch_of_its_rows_is_waiting(setup) ->
         merge(name, param)
 
     predictor.merge = recorded_merge  # type: ignore[method-assign]
-    batcher = Batcher(
-        predictor,
-        ComputeThread(),
-        NO_METRICS,
-        max_batch_rows=4,
-        batch_wait_ms=0,
-        max_queue_rows=1000,
-    )
+    batcher = make_batcher(predictor, max_batch_rows=4, batch_wait_ms=0)
     batcher.start()
     try:
         asyncio.run(batcher.submit(torch.randn(3, 16), ["a0"] * 3, "auto", "a"))
@@ -330,8 +307,9 @@ def test_an_adapter_is_merged_once_a_full_batch_of_its_rows_is_waiting(setup) ->
         batcher.stop()
 
 
-def test_a_hot_adapter_is_merged_once(setup) -> None:
-    _, predictor, _ = setup
+def run_behind_a_held_batch(predictor: Predictor, hot: list[tuple[int, str]]):
+    """Hold the compute thread in a first one-row batch, queue `auto` requests of (rows,
+    adapter) behind it, let them run (batches of 4), and give every result and every merge."""
     entered, forwarding = threading.Event(), threading.Event()
     merges: list[str] = []
     merge, forward = predictor.merge, predictor.forward
@@ -347,31 +325,35 @@ def test_a_hot_adapter_is_merged_once(setup) -> None:
 
     predictor.merge = recorded_merge  # type: ignore[method-assign]
     predictor.forward = held_forward  # type: ignore[method-assign]
-    batcher = Batcher(
-        predictor, ComputeThread(), NO_METRICS, max_batch_rows=4, batch_wait_ms=0,
-        max_queue_rows=1000,
-    )  # fmt: skip
-    batcher.start()
+    engine = make_batcher(predictor, max_batch_rows=4, batch_wait_ms=0)
+    engine.start()
 
     async def main():
-        first = asyncio.ensure_future(batcher.submit(torch.randn(1, 16), [None], "auto", "a"))
+        first = asyncio.ensure_future(engine.submit(torch.randn(1, 16), [None], "auto", "a"))
         await asyncio.to_thread(entered.wait, 30)
-        hot = [
-            asyncio.ensure_future(batcher.submit(torch.randn(1, 16), ["a0"], "auto", "a"))
-            for _ in range(12)
+        queued = [
+            asyncio.ensure_future(engine.submit(torch.randn(n, 16), [name] * n, "auto", "a"))
+            for n, name in hot
         ]
         for _ in range(1000):
-            if batcher.queued_rows >= 12:
+            if engine.queued_rows >= sum(n for n, _ in hot):
                 break
             await asyncio.sleep(0)
-        forwarding.set()  # three batches of 4, each with a backlog of a0 of at least 4
-        return await asyncio.gather(first, *hot)
+        forwarding.set()
+        return await asyncio.gather(first, *queued)
 
     try:
         done = asyncio.run(main())
     finally:
         forwarding.set()
-        batcher.stop()
+        engine.stop()
+    return done, merges
+
+
+def test_a_hot_adapter_is_merged_once(setup) -> None:
+    _, predictor, _ = setup
+    # Three batches of 4, each with a backlog of a0 of at least 4.
+    done, merges = run_behind_a_held_batch(predictor, [(1, "a0")] * 12)
     assert merges == ["a0"]  # later batches found the merged copy
     assert [r.mode for r in done[1:]] == ["merged"] * 12
 
@@ -379,13 +361,8 @@ def test_a_hot_adapter_is_merged_once(setup) -> None:
 def test_merged_requests_use_and_keep_the_merged_copy(setup) -> None:
     folder, predictor, specs = setup
     modes: list[str] = []
-    batcher = Batcher(
-        predictor,
-        ComputeThread(),
-        lambda rows, mode: modes.append(mode),
-        max_batch_rows=64,
-        batch_wait_ms=0,
-        max_queue_rows=1000,
+    batcher = make_batcher(
+        predictor, lambda rows, mode: modes.append(mode), max_batch_rows=64, batch_wait_ms=0
     )
     batcher.start()
     x = torch.randn(2, 16)
@@ -417,46 +394,8 @@ def test_direct_runner_reports_the_time_in_the_model(setup) -> None:
 
 def test_every_adapter_due_is_merged_before_the_batch_runs(setup) -> None:
     _, predictor, _ = setup
-    entered, forwarding = threading.Event(), threading.Event()
-    merges: list[str] = []
-    merge, forward = predictor.merge, predictor.forward
-
-    def recorded_merge(name: str, param: str = "adapter") -> bool:
-        merges.append(name)
-        return merge(name, param)
-
-    def held_forward(*args, **kwargs):
-        entered.set()
-        forwarding.wait(30)
-        return forward(*args, **kwargs)
-
-    predictor.merge = recorded_merge  # type: ignore[method-assign]
-    predictor.forward = held_forward  # type: ignore[method-assign]
-    batcher = Batcher(
-        predictor, ComputeThread(), NO_METRICS, max_batch_rows=4, batch_wait_ms=0,
-        max_queue_rows=1000,
-    )  # fmt: skip
-    batcher.start()
-
-    async def main():
-        first = asyncio.ensure_future(batcher.submit(torch.randn(1, 16), [None], "auto", "a"))
-        await asyncio.to_thread(entered.wait, 30)
-        hot = [
-            asyncio.ensure_future(batcher.submit(torch.randn(4, 16), [name] * 4, "auto", "a"))
-            for name in ("a0", "a1")
-        ]
-        for _ in range(1000):
-            if batcher.queued_rows >= 8:
-                break
-            await asyncio.sleep(0)
-        forwarding.set()  # the next batch sees 4 rows of each waiting: both are due
-        return await asyncio.gather(first, *hot)
-
-    try:
-        done = asyncio.run(main())
-    finally:
-        forwarding.set()
-        batcher.stop()
+    # The next batch sees 4 rows of each waiting: both are due.
+    done, merges = run_behind_a_held_batch(predictor, [(4, "a0"), (4, "a1")])
     assert merges == ["a0", "a1"]
     assert [r.mode for r in done] == ["unmerged", "merged", "merged"]
 
@@ -466,13 +405,8 @@ def test_a_request_arriving_inside_the_batch_window_joins_the_batch(setup) -> No
     # A window under a second, and a third request that fills the batch: the batch leaves as
     # soon as it is full, so the test does not sit out the window.
     batch_sizes: list[int] = []
-    batcher = Batcher(
-        predictor,
-        ComputeThread(),
-        lambda rows, mode: batch_sizes.append(rows),
-        max_batch_rows=3,
-        batch_wait_ms=900,
-        max_queue_rows=1000,
+    batcher = make_batcher(
+        predictor, lambda rows, mode: batch_sizes.append(rows), max_batch_rows=3, batch_wait_ms=900
     )
 
     async def main():

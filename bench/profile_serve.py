@@ -3,7 +3,8 @@
 Run: .venv/bin/python bench/profile_serve.py [--case base] [--seconds 15] [--root DIR]
 Starts `uvicorn app.main:app` (from --root, default this checkout: point it at another checkout
 to profile an older commit the same way), drives it with wrk (64 connections unless --connections) with one-row JSON
-predicts (`base`: no adapter; `mixed`: one of 64 rank-16 adapters each), and samples every
+predicts (`base`: no adapter; `mixed`: one of 64 rank-16 adapters each; `wide`: the [4096] x 5
+base of bench/serve.py, one of 64 adapters each), and samples every
 thread with py-spy meanwhile. Prints, per thread, the share of samples whose stack passes through
 each of the busiest functions (inclusive), and the top functions by self time.
 """
@@ -24,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import harness  # noqa: E402
-from bench.serve import N_ADAPTERS, RANK, bodies, write_adapters  # noqa: E402
+from bench.serve import N_ADAPTERS, RANK, bodies, write_adapters, write_wide_base  # noqa: E402
 
 
 def summarize(raw: Path, top: int) -> None:
@@ -58,7 +59,7 @@ def summarize(raw: Path, top: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--case", choices=("base", "mixed"), default="base")
+    parser.add_argument("--case", choices=("base", "mixed", "wide"), default="base")
     parser.add_argument("--seconds", type=int, default=15)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument(
@@ -70,15 +71,18 @@ def main() -> None:
     spy = shutil.which("py-spy") or harness.bin_path("py-spy")
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
-        names = write_adapters(tmp_path / "adapters", [1001, 1000, 1000], N_ADAPTERS, RANK)
+        sizes = [4096] * 5 if args.case == "wide" else [1001, 1000, 1000]
+        names = write_adapters(tmp_path / "adapters", sizes, N_ADAPTERS, RANK)
         env = {
             "LORASERVE_ADAPTERS_DIR": str(tmp_path / "adapters"),
             "LORASERVE_DATA_DIR": str(tmp_path / "data"),
         }
+        if args.case == "wide":
+            env["LORASERVE_BASE_MODEL"] = str(write_wide_base(tmp_path / "wide", sizes))
         argv = [harness.bin_path("uvicorn"), "app.main:app", "--log-level", "warning",
                 "--app-dir", str(args.root)]  # fmt: skip
         script = harness.wrk_script(
-            "/v1/predict", bodies(1001, names if args.case == "mixed" else None, False)
+            "/v1/predict", bodies(sizes[0], None if args.case == "base" else names, False, 64)
         )
         with harness.server(argv, env) as url:
             harness.wrk(url, script, 8, 2)  # warm-up

@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from app.settings import Settings
 from tests.helpers import write_base_model
+from tests.services import BUCKET, new_database, postgres_server, s3_server
 
 
 @pytest.fixture
@@ -36,3 +37,36 @@ def settings(tmp_path: Path, base_folder: Path) -> Settings:
 def client(settings: Settings) -> Iterator[TestClient]:
     with TestClient(create_app(settings)) as c:
         yield c
+
+
+# --- shared state: each test that takes `database_url` or `store_url` runs on both kinds --------
+@pytest.fixture(scope="session")
+def postgres_server_url() -> Iterator[str]:
+    with postgres_server() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    # moto takes any credentials; obstore reads them from the environment, as users' would be.
+    for name, value in (("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test"),
+                        ("AWS_REGION", "us-east-1")):  # fmt: skip
+        os.environ.setdefault(name, value)
+    with s3_server() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'state' / 'loraserve.db'}"
+    return new_database(request.getfixturevalue("postgres_server_url"))
+
+
+@pytest.fixture(params=["file", "s3"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str | None]:
+    """(STORE_URL, S3_ENDPOINT_URL): a fresh folder, or a fresh prefix in the test bucket."""
+    if request.param == "file":
+        return f"file://{tmp_path / 'store'}", None
+    endpoint = request.getfixturevalue("s3_endpoint")
+    return f"s3://{BUCKET}/{tmp_path.name}", endpoint

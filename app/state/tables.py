@@ -1,0 +1,82 @@
+"""The schema, as SQLAlchemy Core tables; migrations/ creates and changes it, never create_all."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+DEFAULT_PROJECT = "default"  # the project of the ADMIN_KEYS / API_KEYS settings
+
+projects = Table(
+    "projects",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("name", String(200), nullable=False, unique=True),
+    Column("created_at", BigInteger, nullable=False),
+    # Quotas; NULL: the service-wide setting applies.
+    Column("max_adapters", Integer),
+    Column("max_queued_jobs", Integer),
+    Column("max_stored_bytes", BigInteger),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("project_id", String(64), ForeignKey("projects.id"), nullable=False),
+    Column("role", String(16), nullable=False),  # admin | user
+    Column("key_hash", String(64), nullable=False, unique=True),  # sha256 of the key
+    Column("label", String(200)),
+    Column("created_at", BigInteger, nullable=False),
+    Column("revoked_at", BigInteger),
+)
+
+# One immutable adapter version of a project: its id is the sha256 of its two files, and its
+# objects live under "<project>/<id>/" in the store.
+versions = Table(
+    "versions",
+    metadata,
+    Column("project_id", String(64), ForeignKey("projects.id"), primary_key=True),
+    Column("id", String(64), primary_key=True),
+    Column("size_bytes", BigInteger, nullable=False),  # both files together
+    Column("weights_sha256", String(64), nullable=False),
+    Column("config", Text, nullable=False),  # adapter_config.json as stored
+    Column("metadata", Text, nullable=False),  # JSON: the weights header's metadata
+    Column("source", String(16), nullable=False),  # upload | training | import
+    Column("created_at", BigInteger, nullable=False),
+    Column("problem", Text),  # JSON {code, message} once its objects failed to load
+)
+
+# Which version each name serves now.
+adapters = Table(
+    "adapters",
+    metadata,
+    Column("project_id", String(64), ForeignKey("projects.id"), primary_key=True),
+    Column("name", String(200), primary_key=True),
+    Column("version_id", String(64), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+)
+
+# Every version a name has served, oldest first; deleting the name deletes its history.
+adapter_history = Table(
+    "adapter_history",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("project_id", String(64), ForeignKey("projects.id"), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("version_id", String(64), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Index("adapter_history_by_name", "project_id", "name", "seq"),
+    Index("adapter_history_by_version", "project_id", "version_id"),
+)

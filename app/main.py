@@ -10,7 +10,8 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 from fastapi_offline import FastAPIOffline
 
-from app.adapters import AdapterRegistry, AdapterStore, BaseInfo
+from app.adapters import AdapterRegistry, BaseInfo
+from app.adapters.legacy import import_folder
 from app.api.auth import Authenticate
 from app.api.deps import Services
 from app.api.errors import install_error_handlers
@@ -22,24 +23,29 @@ from app.api.routes import api_router
 from app.engine import Batcher, ComputeThread, DirectRunner, Engine, OnBatch, Predictor
 from app.model import load_base_model, resolve_device
 from app.settings import Settings
+from app.state import Database, ObjectStore
 from app.training import DatasetStore, JobStore, PairDatasetStore, TrainingService
 
 log = logging.getLogger("app")
 
 
 def build_services(settings: Settings, compute: ComputeThread, on_batch: OnBatch) -> Services:
-    """Load the base model (on the compute thread), scan the adapter store, wire the engine."""
+    """Load the base model (on the compute thread), open the shared state, wire the engine."""
     base = compute.call(load_base_model, settings.base_model, resolve_device(settings.device))
     linears = {n: (i.in_features, i.out_features) for n, i in base.linears().items()}
     info = BaseInfo(linears, base.name, base.fingerprint, base.device, base.dtype)
+    db = Database(settings.database)
+    db.migrate()
     registry = AdapterRegistry(
-        AdapterStore(settings.adapters_dir),
+        db,
+        ObjectStore(settings.store, settings.s3_endpoint_url),
         info,
         settings.max_rank,
         settings.adapter_cache_bytes,
         settings.max_adapters,
+        settings.registry_ttl_ms,
     )
-    registry.scan()
+    import_folder(registry, settings.adapters_dir)
     predictor = Predictor(base, registry, settings.merged_cache_bytes)
     engine: Engine
     if settings.batching:
@@ -100,7 +106,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         time.perf_counter() - start,
         app.state.services.base.name,
         app.state.services.base.device,
-        len(app.state.services.registry),
+        app.state.services.registry.count(),
     )
     try:
         yield
@@ -110,6 +116,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services.compute.close()
         services.training.stop()
         services.training.jobs.close()
+        services.registry.db.close()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

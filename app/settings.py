@@ -54,6 +54,16 @@ class Settings(BaseSettings):
     max_connections: int = Field(default=1024, ge=1)
     # Requests being handled at once; beyond it 503 with Retry-After (connections stay open).
     max_concurrent_requests: int = Field(default=512, ge=1)
+    # Shared state (docs/design.md, "More than one process"). None: SQLite at
+    # DATA_DIR/loraserve.db and the folder ADAPTERS_DIR/.store.
+    database_url: str | None = None
+    store_url: str | None = None
+    s3_endpoint_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("LORASERVE_S3_ENDPOINT_URL", "S3_ENDPOINT_URL")
+    )
+    # How long a replica may keep answering with a name's old version after another replica
+    # replaced or deleted it.
+    registry_ttl_ms: float = Field(default=1000.0, ge=0)
 
     @field_validator("admin_keys", "api_keys", mode="before")
     @classmethod
@@ -61,6 +71,14 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [key.strip() for key in value.split(",") if key.strip()]
         return value
+
+    @property
+    def database(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir.resolve() / 'loraserve.db'}"
+
+    @property
+    def store(self) -> str:
+        return self.store_url or f"file://{self.adapters_dir.resolve() / '.store'}"
 
     @property
     def auth_enabled(self) -> bool:

@@ -28,7 +28,7 @@ from safetensors.torch import save
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app.adapters import AdapterRegistry, AdapterStore, BaseInfo  # noqa: E402
+from app.adapters import AdapterRegistry, BaseInfo  # noqa: E402
 from app.adapters.peft_format import tensor_key  # noqa: E402
 from app.engine import Predictor  # noqa: E402
 from app.model import load_base_model, resolve_device  # noqa: E402
@@ -112,8 +112,7 @@ def main() -> None:
     linears = {n: (i.in_features, i.out_features) for n, i in base.linears().items()}
     info = BaseInfo(linears, base.name, base.fingerprint, base.device, base.dtype)
     store = Path(tempfile.mkdtemp())
-    registry = AdapterRegistry(AdapterStore(store), info, 64, 1 << 30)
-    registry.scan()
+    registry = AdapterRegistry.local(store, info, 64, 1 << 30)
     for folder in write_adapters(Path(tempfile.mkdtemp()), linears):
         files = [
             (folder / f).read_bytes() for f in ("adapter_config.json", "adapter_model.safetensors")

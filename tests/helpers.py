@@ -13,7 +13,9 @@ import torch
 from safetensors.torch import save, save_file
 from torch import Tensor, nn
 
-from app.lora import LinearFn, plan_scope, wrap_layers
+from app.adapters import AdapterRecord, AdapterRegistry
+from app.errors import AdapterNotFound
+from app.lora import LinearFn, LoraAdapter, plan_scope, wrap_layers
 
 TINY_SIZES = [16, 8, 4]
 
@@ -151,3 +153,17 @@ def write_tiny_text_model(folder: Path, seed: int = 0) -> Path:
     pooling["word_embedding_dimension"] = 32
     (folder / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
     return folder
+
+
+class RegistryByName(AdapterRegistry):
+    """For engine tests: rows name adapters by name, where the service passes version ids.
+
+    The engine only needs a key per immutable adapter; the HTTP tests cover the real path
+    (names resolved to version ids before a request is queued).
+    """
+
+    def load(self, key: str, param: str = "adapter") -> tuple[AdapterRecord, LoraAdapter]:
+        try:
+            return super().load(key, param)  # a version id
+        except AdapterNotFound:
+            return super().load(self.resolve(key, param).version, param)

@@ -13,11 +13,12 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from sentence_transformers import SentenceTransformer
 from transformers import AutoModel, BertForSequenceClassification
 
-from app.adapters import AdapterRegistry, AdapterStore, BaseInfo
+from app.adapters import BaseInfo
 from app.engine import Predictor
 from app.errors import InvalidAdapter
 from app.model import BaseModel, load_base_model
 from app.model.hf import known_model_folder
+from tests.helpers import RegistryByName
 
 TEXTS = [
     "A man is eating food.",
@@ -76,8 +77,7 @@ def peft_models(folder: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
 def predictor(base: BaseModel, peft_models: dict[str, Path], tmp_path_factory) -> Predictor:
     linears = {n: (i.in_features, i.out_features) for n, i in base.linears().items()}
     info = BaseInfo(linears, base.name, base.fingerprint, base.device, base.dtype)
-    registry = AdapterRegistry(AdapterStore(tmp_path_factory.mktemp("store")), info, 64, 1 << 30)
-    registry.scan()
+    registry = RegistryByName.local(tmp_path_factory.mktemp("store"), info, 64, 1 << 30)
     for name, path in peft_models.items():
         registry.upload(
             name,

@@ -1,7 +1,6 @@
-"""The adapter store (PEFT layout on disk) and the registry that indexes and loads it."""
+"""Adapters: the PEFT format, versions in the shared state, the registry that resolves and loads them."""
 
 from app.adapters.records import AdapterProblem, AdapterRecord, BaseInfo
 from app.adapters.registry import AdapterRegistry
-from app.adapters.store import AdapterStore
 
-__all__ = ["AdapterProblem", "AdapterRecord", "AdapterRegistry", "AdapterStore", "BaseInfo"]
+__all__ = ["AdapterProblem", "AdapterRecord", "AdapterRegistry", "BaseInfo"]

@@ -1,18 +1,19 @@
-"""What the registry knows of an adapter folder without loading its weights: ready or broken."""
+"""What the registry knows of an adapter version without loading its weights: ready or broken."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import torch
-from safetensors import SafetensorError, safe_open
 
 from app.adapters import peft_format as fmt
-from app.errors import AdapterBroken, InvalidAdapter, ServiceError, shorten
+from app.adapters.catalog import VersionRow
+from app.errors import AdapterBroken, ServiceError, shorten
 from app.lora import LoraConfig
 
 Source = Literal["upload", "training"]
@@ -35,25 +36,27 @@ class BaseInfo:
 
 @dataclass(frozen=True)
 class AdapterProblem:
-    """Why an adapter folder cannot be served: a stable code and a message for people."""
+    """Why an adapter version cannot be served: a stable code and a message for people."""
 
     code: str
     message: str
 
 
-@dataclass
+@dataclass(frozen=True)
 class AdapterRecord:
-    """What is known about an adapter without reading its weights."""
+    """One immutable version of a named adapter of a project, without its weights."""
 
+    project: str
     name: str
-    config: LoraConfig | None  # None when the config itself is what is broken
-    size_bytes: int | None  # of the weights file; None when it is missing
+    version: str  # the version id: sha256 of its files, so caches keyed by it never go stale
+    config: LoraConfig | None  # None when the stored config does not fit this base
+    size_bytes: int  # of adapter_model.safetensors
+    stored_bytes: int  # of both files
+    sha256: str  # of adapter_model.safetensors as stored (and downloaded)
     created_at: int
     source: Source
     metadata: dict[str, str]
-    version: int  # changes on every write, so caches keyed by it never serve stale weights
-    sha256: str | None = field(default=None, repr=False)  # of the weights file; computed lazily
-    error: AdapterProblem | None = None  # set when the folder failed validation
+    error: AdapterProblem | None = None
 
     @property
     def status(self) -> Status:
@@ -80,30 +83,32 @@ class AdapterRecord:
         )
 
 
-def read_record(
-    folder: Path, name: str, base: BaseInfo, max_rank: int, version: int
-) -> AdapterRecord:
-    """Check a folder's config and weights header; a folder that fails is a broken record."""
+def record_of(row: VersionRow, base: BaseInfo, max_rank: int) -> AdapterRecord:
+    """The record of a database row; a config that does not fit this base makes it broken."""
+    error = None
+    config = None
+    if row.problem:
+        problem = json.loads(row.problem)
+        error = AdapterProblem(problem["code"], problem["message"])
     try:
-        return _read_ready(folder, name, base, max_rank, version)
-    except (ServiceError, OSError, SafetensorError, ValueError) as exc:
-        return broken_record(folder, name, problem_of(exc), version)
-
-
-def broken_record(
-    folder: Path, name: str, problem: AdapterProblem, version: int, config: LoraConfig | None = None
-) -> AdapterRecord:
-    """A record that lists the folder as broken, with what could be read without trusting it."""
-    weights = folder / fmt.WEIGHTS_FILE
-    try:
-        size: int | None = weights.stat().st_size
-    except OSError:
-        size = None
-    try:
-        created = int(folder.stat().st_mtime)
-    except OSError:
-        created = 0
-    return AdapterRecord(name, config, size, created, "upload", {}, version, error=problem)
+        config = fmt.parse_config(row.config.encode(), base.linears, max_rank)
+    except ServiceError as exc:
+        error = error or AdapterProblem(exc.code, exc.message)
+    metadata = json.loads(row.metadata)
+    source = metadata.get("source")
+    return AdapterRecord(
+        project=row.project,
+        name=row.name,
+        version=row.id,
+        config=config,
+        size_bytes=row.size_bytes,
+        stored_bytes=row.stored_bytes,
+        sha256=row.weights_sha256,
+        created_at=row.created_at,
+        source=source if source in ("upload", "training") else "upload",
+        metadata=metadata,
+        error=error,
+    )
 
 
 # An absolute path inside a library's message (safetensors puts them in its OSErrors' text).
@@ -120,39 +125,8 @@ def problem_of(exc: BaseException) -> AdapterProblem:
     if isinstance(exc, ServiceError):
         return AdapterProblem(exc.code, exc.message)
     if isinstance(exc, OSError):
-        where = Path(exc.filename).name if exc.filename else "the adapter folder"
+        where = Path(exc.filename).name if exc.filename else "the adapter's files"
         reason = exc.strerror or _without_paths(str(exc))
-        return AdapterProblem("unreadable", f"cannot read {where}: {reason}")
+        return AdapterProblem("unreadable", f"cannot read {where}: {shorten(reason, 256)}")
     reason = shorten(_without_paths(str(exc)), 256)
     return AdapterProblem("invalid_adapter", f"{fmt.WEIGHTS_FILE}: {reason}")
-
-
-def _read_ready(
-    folder: Path, name: str, base: BaseInfo, max_rank: int, version: int
-) -> AdapterRecord:
-    weights = folder / fmt.WEIGHTS_FILE
-    if not weights.is_file():
-        if (folder / "adapter_model.bin").exists():
-            raise InvalidAdapter(
-                "adapter_model.bin is a pickle; only safetensors is read", "weights"
-            )
-        raise InvalidAdapter(f"{fmt.WEIGHTS_FILE} is missing", "weights")
-    config = fmt.parse_config((folder / fmt.CONFIG_FILE).read_bytes(), base.linears, max_rank)
-    # Only the header is read here: the weights stay on disk until first used.
-    with safe_open(weights, framework="pt") as f:
-        slices = {k: f.get_slice(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
-        header = {k: (tuple(s.get_shape()), s.get_dtype()) for k, s in slices.items()}
-        metadata = dict(f.metadata() or {})
-    fmt.check_header(header, config, base.linears)
-    stat = weights.stat()
-    created = metadata.get("created_at", "")
-    source = metadata.get("source")
-    return AdapterRecord(
-        name=name,
-        config=config,
-        size_bytes=stat.st_size,
-        created_at=int(created) if created.isdigit() and len(created) < 19 else int(stat.st_mtime),
-        source=source if source in ("upload", "training") else "upload",  # type: ignore[arg-type]
-        metadata=metadata,
-        version=version,
-    )

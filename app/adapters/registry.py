@@ -1,112 +1,189 @@
-"""The adapters this service knows: an index over the store, a lock per name, a weight cache."""
+"""The adapters of every project: names -> immutable versions in the database, files in the
+object store, and a cache of loaded weights keyed by version id.
+
+Replicas share the database and the store. A name is resolved when a request arrives, from a
+cache that may be at most `ttl_ms` old (a local write clears it at once), so after another
+replica replaces or deletes a name, this one stops serving the old version within `ttl_ms`.
+Versions never change, so weights cached by version id are never stale.
+"""
 
 from __future__ import annotations
 
-import hashlib
+import builtins
+import json
 import logging
 import threading
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
-from safetensors.torch import load_file, save
 
+from app.adapters import catalog
 from app.adapters import peft_format as fmt
-from app.adapters.records import (
-    UPLOADED_SHA256,
-    AdapterProblem,
-    AdapterRecord,
-    BaseInfo,
-    Source,
-    broken_record,
-    problem_of,
-    read_record,
-)
-from app.adapters.store import AdapterStore
-from app.errors import (
-    AdapterExists,
-    AdapterNotFound,
-    InvalidAdapter,
-    InvalidName,
-    TooManyAdapters,
-    shorten,
-)
+from app.adapters.records import AdapterRecord, BaseInfo, problem_of, record_of
+from app.adapters.versions import VersionFiles, split_ref
+from app.adapters.writes import RegistryWrites
+from app.errors import AdapterNotFound, InvalidAdapter
 from app.lora import LoraAdapter
+from app.state import Database, ObjectStore
+from app.state.tables import DEFAULT_PROJECT
 
-__all__ = ["AdapterProblem", "AdapterRecord", "AdapterRegistry", "BaseInfo", "Source"]
+__all__ = ["AdapterRecord", "AdapterRegistry", "BaseInfo"]
 
 log = logging.getLogger(__name__)
+_MAX_CACHED_NAMES = 100_000  # resolved names kept; past it the cache starts over
 
-_PICKLE_MAGIC = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
 
-
-class AdapterRegistry:
-    """Validates, writes, indexes, deletes and lazily loads adapters; safe across threads."""
+class AdapterRegistry(RegistryWrites):
+    """Resolves, lists, loads (and, through RegistryWrites, writes) adapters; thread-safe."""
 
     def __init__(
         self,
-        store: AdapterStore,
+        db: Database,
+        objects: ObjectStore,
         base: BaseInfo,
         max_rank: int,
         cache_bytes: int,
         max_adapters: int = 100_000,
+        ttl_ms: float = 1000.0,
     ) -> None:
-        self.max_adapters = max_adapters
-        self.store = store
+        self.db = db
+        self.objects = objects
         self.base = base
         self.max_rank = max_rank
         self.cache_bytes = cache_bytes
+        self.max_adapters = max_adapters
+        self.ttl_s = ttl_ms / 1000
         self._lock = threading.Lock()  # guards the dicts below; never held during I/O
-        self._records: dict[str, AdapterRecord] = {}
-        self._cache: OrderedDict[str, tuple[int, LoraAdapter]] = OrderedDict()
+        self._names: dict[tuple[str, str], tuple[float, AdapterRecord | None]] = {}
+        self._by_version: dict[str, AdapterRecord] = {}
+        self._cache: OrderedDict[str, LoraAdapter] = OrderedDict()
         self._cached_bytes = 0
-        self._name_locks: weakref.WeakValueDictionary[str, threading.Lock] = (
+        self._load_locks: weakref.WeakValueDictionary[str, threading.Lock] = (
             weakref.WeakValueDictionary()
         )
-        self._versions = 0
         self.cache_hits = 0  # load() answered from memory
-        self.cache_misses = 0  # load() read the weights from disk
+        self.cache_misses = 0  # load() read the weights from the store
         self._listeners: list[Callable[[str], None]] = []
 
-    # --- start-up -------------------------------------------------------------------------
-    def scan(self) -> dict[str, str]:
-        """Index every adapter folder, a broken one as broken. Returns {name: why} of those."""
-        self.store.recover()
-        broken: dict[str, str] = {}
-        for name in self.store.names():
-            try:
-                fmt.check_name(name)
-            except InvalidName:
-                log.warning("ignoring adapter folder %s: not a valid adapter name", shorten(name))
-                continue
-            folder = self.store.path(name)
-            record = read_record(folder, name, self.base, self.max_rank, self._next_version())
-            if record.error is not None:
-                log.warning("adapter %r is broken: %s", name, record.error.message)
-                broken[name] = record.error.message
-            with self._lock:
-                self._records[name] = record
-        log.info("registered %d adapters, %d of them broken", len(self._records), len(broken))
-        return broken
+    @classmethod
+    def local(
+        cls, root: Path, base: BaseInfo, max_rank: int = 64, cache_bytes: int = 1 << 30
+    ) -> AdapterRegistry:
+        """A registry of its own: SQLite and a store folder under `root` (benchmarks, tests)."""
+        db = Database(f"sqlite:///{root / 'loraserve.db'}")
+        db.migrate()
+        return cls(db, ObjectStore(f"file://{root / 'store'}"), base, max_rank, cache_bytes)
 
     # --- reads ----------------------------------------------------------------------------
-    def list(self) -> list[AdapterRecord]:
+    def resolve(
+        self, ref: str, param: str = "adapter", project: str = DEFAULT_PROJECT
+    ) -> AdapterRecord:
+        """The version `ref` (`name` or `name@version`) means now: 404 if there is none."""
+        name, pin = split_ref(ref, param)
+        key = (project, ref)
+        now = time.monotonic()
         with self._lock:
-            return sorted(self._records.values(), key=lambda r: r.name)
-
-    def get(self, name: str, param: str = "name") -> AdapterRecord:
-        fmt.check_name(name, param)
-        with self._lock:
-            record = self._records.get(name)
+            hit = self._names.get(key)
+        if hit is not None and hit[0] > now:
+            record = hit[1]
+        else:
+            record = self._lookup(project, name, pin)
+            with self._lock:
+                if len(self._names) >= _MAX_CACHED_NAMES:
+                    self._names.clear()
+                self._names[key] = (now + self.ttl_s, record)
+                if record is not None:
+                    self._by_version[record.version] = record
         if record is None:
-            raise AdapterNotFound(f"adapter {name!r} not found", param)
+            what = f"adapter {name!r}" if pin is None else f"version {pin!r} of adapter {name!r}"
+            raise AdapterNotFound(f"{what} not found", param)
         return record
 
-    def __len__(self) -> int:
-        return len(self._records)
+    def versions_for(
+        self, refs: Sequence[str | None], param: str, project: str = DEFAULT_PROJECT
+    ) -> builtins.list[str | None]:
+        """Each row's version id (None for none): 404 for an unknown one, 409 for a broken one."""
+        records = {r: self.resolve(r, param, project) for r in dict.fromkeys(refs) if r is not None}
+        for record in records.values():
+            record.ready_config(param)
+        return [None if r is None else records[r].version for r in refs]
+
+    def get(self, name: str, param: str = "name", project: str = DEFAULT_PROJECT) -> AdapterRecord:
+        """The name's current version, read from the database now (not from the cache)."""
+        fmt.check_name(name, param)
+        with self._lock:
+            self._names.pop((project, name), None)
+        return self.resolve(name, param, project)
+
+    def list(self, project: str = DEFAULT_PROJECT) -> builtins.list[AdapterRecord]:
+        with self.db.read() as conn:
+            rows = catalog.all_current(conn, project)
+        return [record_of(r, self.base, self.max_rank) for r in rows]
+
+    def history(
+        self, name: str, project: str = DEFAULT_PROJECT
+    ) -> builtins.list[tuple[AdapterRecord, int]]:
+        """Every version the name has served, newest first, with when it started serving it."""
+        fmt.check_name(name)
+        with self.db.read() as conn:
+            rows = catalog.history(conn, project, name)
+        if not rows:
+            raise AdapterNotFound(f"adapter {name!r} not found", "name")
+        return [(record_of(r, self.base, self.max_rank), at) for r, at in rows]
+
+    def count(self, project: str | None = None) -> int:
+        """Names in the project (in all projects for None)."""
+        with self.db.read() as conn:
+            return catalog.count(conn, project)
+
+    def files(self, ref: str, project: str = DEFAULT_PROJECT) -> dict[str, bytes]:
+        """The two PEFT files of a version, exactly as stored."""
+        record = self.resolve(ref, "name", project)
+        record.ready_config("name")
+        try:
+            return VersionFiles.read(self.objects, record.project, record.version)
+        except FileNotFoundError as exc:
+            if not self._still_stored(record.version):
+                raise AdapterNotFound(f"adapter {record.name!r} not found", "name") from exc
+            raise self._mark_broken(record, exc).broken_error("name") from exc
+
+    def load(self, version: str, param: str = "adapter") -> tuple[AdapterRecord, LoraAdapter]:
+        """A version's record and weights on the serving device, from the cache or the store.
+
+        409 `adapter_broken` when its files cannot be read or no longer pass the checks.
+        """
+        record = self._record_of_version(version, param)
+        config = record.ready_config(param)
+        cached = self._cached(version)
+        if cached is not None:
+            self.cache_hits += 1
+            return record, cached
+        self.cache_misses += 1
+        with self._load_lock(version):
+            cached = self._cached(version)
+            if cached is not None:
+                return record, cached
+            try:
+                data = self.objects.read(
+                    VersionFiles.key(record.project, version, fmt.WEIGHTS_FILE)
+                )
+                tensors = load_safetensors(data)
+                fmt.check_header(fmt.header_of(tensors), config, self.base.linears)
+                adapter = fmt.build_adapter(tensors, config, self.base.dtype)
+            except FileNotFoundError as exc:
+                if not self._still_stored(version):  # deleted since the request resolved it
+                    raise AdapterNotFound(f"adapter {record.name!r} not found", param) from exc
+                raise self._mark_broken(record, exc).broken_error(param) from exc
+            except (InvalidAdapter, SafetensorError) as exc:
+                raise self._mark_broken(record, exc).broken_error(param) from exc
+            adapter = adapter.to(self.base.device, self.base.dtype)
+            self._remember(version, adapter)
+        return record, adapter
 
     @property
     def resident_count(self) -> int:
@@ -118,229 +195,89 @@ class AdapterRegistry:
 
     def is_resident(self, record: AdapterRecord) -> bool:
         with self._lock:
-            cached = self._cache.get(record.name)
-        return cached is not None and cached[0] == record.version
-
-    def sha256(self, record: AdapterRecord) -> str | None:
-        """Of adapter_model.safetensors as stored (and downloaded); None if it is missing."""
-        if record.sha256 is None:
-            try:
-                with (
-                    self._name_lock(record.name),
-                    (self.store.path(record.name) / fmt.WEIGHTS_FILE).open("rb") as f,
-                ):
-                    record.sha256 = hashlib.file_digest(f, "sha256").hexdigest()
-            except OSError:
-                return None
-        return record.sha256
-
-    def files(self, name: str) -> dict[str, bytes]:
-        """The two PEFT files, read together so a concurrent overwrite cannot mix them."""
-        self.get(name).ready_config("name")
-        with self._name_lock(name):
-            record = self.get(name)
-            record.ready_config("name")
-            folder = self.store.path(record.name)
-            return {f: (folder / f).read_bytes() for f in (fmt.CONFIG_FILE, fmt.WEIGHTS_FILE)}
-
-    def load(self, name: str, param: str = "adapter") -> tuple[AdapterRecord, LoraAdapter]:
-        """The record and its weights on the serving device, from the LRU cache or from disk.
-
-        404 for an unknown name, 409 `adapter_broken` for one that failed validation, at the
-        scan or now, when its weights are first read.
-        """
-        record = self.get(name, param)
-        record.ready_config(param)
-        cached = self._cached(record)
-        if cached is not None:
-            self.cache_hits += 1
-            return record, cached
-        self.cache_misses += 1
-        with self._name_lock(name):
-            record = self.get(name, param)  # it may have been replaced or deleted meanwhile
-            config = record.ready_config(param)
-            cached = self._cached(record)
-            if cached is not None:
-                return record, cached
-            try:
-                tensors = load_file(self.store.path(name) / fmt.WEIGHTS_FILE)
-                fmt.check_header(fmt.header_of(tensors), config, self.base.linears)
-                adapter = fmt.build_adapter(tensors, config, self.base.dtype)
-            except (InvalidAdapter, SafetensorError, FileNotFoundError) as exc:
-                # Changed on disk since the scan: list it as broken from now on.
-                raise self._mark_broken(record, exc).broken_error(param) from exc
-            adapter = adapter.to(self.base.device, self.base.dtype)
-            self._remember(record, adapter)
-        return record, adapter
-
-    # --- writes ---------------------------------------------------------------------------
-    def upload(
-        self, name: str, config_data: bytes, weights_data: bytes, *, overwrite: bool = False
-    ) -> AdapterRecord:
-        """Validate PEFT files strictly, then write and register them; nothing changes on error."""
-        fmt.check_name(name)
-        self._check_free(name, overwrite)
-        self.check_room(name)
-        config = fmt.parse_config(config_data, self.base.linears, self.max_rank)
-        if weights_data.startswith(_PICKLE_MAGIC):
-            raise InvalidAdapter(
-                "weights look like a pickled .bin file; only safetensors is accepted", "weights"
-            )
-        try:
-            tensors = load_safetensors(weights_data)
-        except (SafetensorError, ValueError, RuntimeError) as exc:
-            raise InvalidAdapter(
-                f"weights are not a valid safetensors file: {exc}", "weights"
-            ) from exc
-        fmt.check_header(fmt.header_of(tensors), config, self.base.linears)
-        adapter = fmt.build_adapter(tensors, config, self.base.dtype)
-        # We store a rewritten file (fp32, our header), so keep the digest of what was sent.
-        uploaded = {UPLOADED_SHA256: hashlib.sha256(weights_data).hexdigest()}
-        return self.add(name, adapter, source="upload", overwrite=overwrite, metadata=uploaded)
-
-    def add(
-        self,
-        name: str,
-        adapter: LoraAdapter,
-        *,
-        source: Source,
-        overwrite: bool = False,
-        metadata: Mapping[str, str] | None = None,
-    ) -> AdapterRecord:
-        """Write a checked adapter atomically (fp32, our metadata in the header) and register it."""
-        fmt.check_name(name)
-        created_at = int(time.time())
-        header = {
-            "format": "pt",
-            "created_at": str(created_at),
-            "source": source,
-            "base_model": self.base.name,
-            "base_fingerprint": self.base.fingerprint,
-            **(metadata or {}),
-        }
-        tensors = {}
-        for module, m in adapter.modules.items():
-            tensors[fmt.tensor_key(module, "lora_A")] = m.lora_A.detach().float().cpu().contiguous()
-            tensors[fmt.tensor_key(module, "lora_B")] = m.lora_B.detach().float().cpu().contiguous()
-        weights = save(tensors, metadata=header)
-        staged = self.store.stage(
-            {
-                fmt.CONFIG_FILE: fmt.config_json(adapter.config, self.base.name),
-                fmt.WEIGHTS_FILE: weights,
-            }
-        )
-        try:
-            with self._name_lock(name):
-                self._check_free(name, overwrite)
-                self.check_room(name)
-                self.store.commit(staged, name)
-                record = AdapterRecord(
-                    name=name,
-                    config=adapter.config,
-                    size_bytes=len(weights),
-                    created_at=created_at,
-                    source=source,
-                    metadata=header,
-                    version=self._next_version(),
-                    sha256=hashlib.sha256(weights).hexdigest(),
-                )
-                with self._lock:
-                    self._records[name] = record
-                    self._forget(name)
-        finally:
-            self.store.discard(staged)
-        self._notify(name)
-        return record
-
-    def delete(self, name: str) -> None:
-        """Remove an adapter, a broken one too; 404 for a name the store does not manage."""
-        self.get(name)
-        with self._name_lock(name):
-            self.get(name)
-            try:
-                self.store.delete(name)
-            except AdapterNotFound:  # gone, or no longer ours, since the scan: unlist it
-                self._unlist(name)
-                raise
-            self._unlist(name)
-        self._notify(name)
-
-    def check_room(self, name: str) -> None:
-        """A new name must not be a foreign entry's (409) and needs room under MAX_ADAPTERS."""
-        self.store.check_ours(name)
-        with self._lock:
-            full = name not in self._records and len(self._records) >= self.max_adapters
-        if full:
-            raise TooManyAdapters(
-                f"the store holds the maximum of {self.max_adapters} adapters; delete some first",
-                "name",
-            )
+            return record.version in self._cache
 
     def on_change(self, listener: Callable[[str], None]) -> None:
-        """Call `listener(name)` after an adapter is replaced or deleted (to drop merged copies)."""
+        """Call `listener(version)` when no name uses a version any more (to drop copies)."""
         self._listeners.append(listener)
 
     # --- internals ------------------------------------------------------------------------
-    def _check_free(self, name: str, overwrite: bool) -> None:
-        """409: `name_taken` for a foreign entry; `adapter_exists` unless overwriting."""
-        if self.store.check_ours(name) == "adapter" and not overwrite:
-            raise AdapterExists(f"adapter {name!r} already exists; pass overwrite=true", "name")
+    def _lookup(self, project: str, name: str, pin: str | None) -> AdapterRecord | None:
+        with self.db.read() as conn:
+            if pin is None:
+                row = catalog.current(conn, project, name)
+            else:
+                matches = [
+                    r for r, _ in catalog.history(conn, project, name) if r.id.startswith(pin)
+                ]
+                row = matches[0] if len({r.id for r in matches}) == 1 else None
+        return None if row is None else record_of(row, self.base, self.max_rank)
 
-    def _unlist(self, name: str) -> None:
+    def _record_of_version(self, version: str, param: str) -> AdapterRecord:
         with self._lock:
-            self._records.pop(name, None)
-            self._forget(name)
+            record = self._by_version.get(version)
+        if record is None:
+            with self.db.read() as conn:
+                row = catalog.by_id(conn, version)
+            if row is None:
+                raise AdapterNotFound(f"adapter version {version!r} not found", param)
+            record = record_of(row, self.base, self.max_rank)
+            with self._lock:
+                self._by_version[version] = record
+        return record
+
+    def _still_stored(self, version: str) -> bool:
+        with self.db.read() as conn:
+            found = catalog.by_id(conn, version) is not None
+        if not found:
+            self._forget_version(version)
+        return found
 
     def _mark_broken(self, record: AdapterRecord, exc: BaseException) -> AdapterRecord:
-        folder = self.store.path(record.name)
-        broken = broken_record(
-            folder, record.name, problem_of(exc), self._next_version(), record.config
-        )
-        log.warning("adapter %r is broken: %s", record.name, broken.error)
-        with self._lock:
-            if self._records.get(record.name) is record:
-                self._records[record.name] = broken
-                self._forget(record.name)
-        return broken
+        problem = problem_of(exc)
+        log.warning("adapter %r version %s is broken: %s", record.name, record.version, problem)
+        with self.db.write() as conn:
+            catalog.set_problem(conn, record.version, json.dumps(problem.__dict__))
+        self._forget_version(record.version)
+        return AdapterRecord(**{**record.__dict__, "error": problem})
 
-    def _name_lock(self, name: str) -> threading.Lock:
+    def _forget_name(self, project: str, name: str) -> None:
         with self._lock:
-            lock = self._name_locks.get(name)
+            for key in [k for k in self._names if k[0] == project and k[1].split("@")[0] == name]:
+                del self._names[key]
+
+    def _forget_version(self, version: str) -> None:
+        with self._lock:
+            self._by_version.pop(version, None)
+            adapter = self._cache.pop(version, None)
+            if adapter is not None:
+                self._cached_bytes -= adapter.nbytes
+            for key in [k for k, (_, r) in self._names.items() if r and r.version == version]:
+                del self._names[key]
+        for listener in self._listeners:
+            listener(version)
+
+    def _load_lock(self, version: str) -> threading.Lock:
+        with self._lock:
+            lock = self._load_locks.get(version)
             if lock is None:
                 lock = threading.Lock()
-                self._name_locks[name] = lock
+                self._load_locks[version] = lock
             return lock
 
-    def _next_version(self) -> int:
+    def _cached(self, version: str) -> LoraAdapter | None:
         with self._lock:
-            self._versions += 1
-            return self._versions
+            adapter = self._cache.get(version)
+            if adapter is not None:
+                self._cache.move_to_end(version)
+            return adapter
 
-    def _cached(self, record: AdapterRecord) -> LoraAdapter | None:
+    def _remember(self, version: str, adapter: LoraAdapter) -> None:
         with self._lock:
-            cached = self._cache.get(record.name)
-            if cached is None or cached[0] != record.version:
-                return None
-            self._cache.move_to_end(record.name)
-            return cached[1]
-
-    def _remember(self, record: AdapterRecord, adapter: LoraAdapter) -> None:
-        with self._lock:
-            if self._records.get(record.name) is not record or adapter.nbytes > self.cache_bytes:
+            if adapter.nbytes > self.cache_bytes or version in self._cache:
                 return
-            self._forget(record.name)
-            self._cache[record.name] = (record.version, adapter)
+            self._cache[version] = adapter
             self._cached_bytes += adapter.nbytes
             while self._cached_bytes > self.cache_bytes:
-                _, (_, evicted) = self._cache.popitem(last=False)
+                _, evicted = self._cache.popitem(last=False)
                 self._cached_bytes -= evicted.nbytes
-
-    def _forget(self, name: str) -> None:
-        """Drop a cached copy; the caller holds self._lock."""
-        cached = self._cache.pop(name, None)
-        if cached is not None:
-            self._cached_bytes -= cached[1].nbytes
-
-    def _notify(self, name: str) -> None:
-        for listener in self._listeners:
-            listener(name)

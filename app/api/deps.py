@@ -18,6 +18,7 @@ from app.engine import ComputeThread, Engine, Predictor
 from app.errors import NotReady
 from app.model import BaseModel
 from app.settings import Settings
+from app.state.tables import DEFAULT_PROJECT
 from app.training import DatasetStore, TrainingService
 
 
@@ -72,6 +73,12 @@ async def get_training(services: Annotated[Services, Depends(get_services)]) -> 
     return services.training
 
 
+async def get_project(request: Request) -> str:
+    """The project of the request's key (Authenticate puts it in the scope); else the default."""
+    project: str = request.scope.get("state", {}).get("project", DEFAULT_PROJECT)
+    return project
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 Base = Annotated[BaseModel, Depends(get_base)]
 Registry = Annotated[AdapterRegistry, Depends(get_registry)]
@@ -79,3 +86,4 @@ PredictorDep = Annotated[Predictor, Depends(get_predictor)]
 Datasets = Annotated[DatasetStore, Depends(get_datasets)]
 Training = Annotated[TrainingService, Depends(get_training)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
+ProjectDep = Annotated[str, Depends(get_project)]

@@ -118,7 +118,7 @@ def live_metrics(services_of: Callable[[], Any]) -> Callable[[], Iterator[Metric
         yield GaugeMetricFamily(
             "loraserve_queue_rows", "rows waiting for the model", engine.queued_rows
         )
-        yield GaugeMetricFamily("loraserve_adapters", "adapters registered", len(registry))
+        yield GaugeMetricFamily("loraserve_adapters", "adapters registered", registry.count())
         yield GaugeMetricFamily(
             "loraserve_adapters_resident",
             "adapters with weights in memory",

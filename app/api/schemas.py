@@ -66,9 +66,13 @@ class AdapterLayerPublic(BaseModel):
 
 class AdapterPublic(BaseModel):
     name: str
+    version: str = Field(
+        description="the version the name serves now: the hex SHA-256 of its two files. "
+        "`name@version` (or 12 or more of its first digits) pins it in a prediction"
+    )
     status: Literal["ready", "broken"] = Field(
-        description="broken: the folder failed validation; it cannot serve predictions until "
-        "an admin replaces it (overwrite=true) or deletes it"
+        description="broken: its stored files can no longer be read or checked; it cannot "
+        "serve predictions until an admin replaces it (overwrite=true) or deletes it"
     )
     error: AdapterProblemPublic | None = Field(description="why it is broken; null when ready")
     rank: int | None = Field(description="the config's r; null if the config is unreadable")
@@ -94,7 +98,7 @@ class AdapterPublic(BaseModel):
     )
     uploaded_sha256: str | None = Field(
         description="hex SHA-256 of the weights file exactly as it was uploaded; null for "
-        "trained adapters and folders placed in the store by hand"
+        "trained adapters and imported folders"
     )
     created_at: int = Field(description="Unix time, seconds")
     source: Literal["upload", "training"]
@@ -105,6 +109,21 @@ class AdapterPublic(BaseModel):
 class AdapterList(BaseModel):
     object: Literal["list"] = "list"
     data: list[AdapterPublic]
+
+
+class AdapterVersionPublic(BaseModel):
+    version: str = Field(description="hex SHA-256 of the version's two files")
+    current: bool = Field(description="whether the name serves this version now")
+    served_from: int = Field(description="Unix time the name started to serve this version")
+    created_at: int = Field(description="Unix time the version was first stored")
+    size_bytes: int = Field(description="bytes of adapter_model.safetensors")
+    sha256: str = Field(description="hex SHA-256 of adapter_model.safetensors")
+    source: Literal["upload", "training"]
+
+
+class AdapterVersionList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[AdapterVersionPublic] = Field(description="newest first")
 
 
 class PredictRequest(BaseModel):

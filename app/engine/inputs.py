@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 from torch import Tensor
 
-from app.adapters.peft_format import check_name
+from app.adapters.versions import split_ref
 from app.errors import InvalidInput
 
 
@@ -42,12 +42,12 @@ def first_non_finite_rows(outputs: Tensor) -> list[int]:
 def row_adapters(
     adapter: str | None, adapters: Sequence[str | None] | None, n_rows: int
 ) -> tuple[list[str | None], str]:
-    """One adapter name (or None) per row, and the request field they came from."""
+    """One adapter (`name` or `name@version`, or None) per row, and the field they came from."""
     if adapter is not None and adapters is not None:
         raise InvalidInput("give either `adapter` or `adapters`, not both", "adapters")
     if adapters is None:
         if adapter is not None:
-            check_name(adapter, "adapter")
+            split_ref(adapter, "adapter")
         return [adapter] * n_rows, "adapter"
     if len(adapters) != n_rows:
         raise InvalidInput(
@@ -55,5 +55,5 @@ def row_adapters(
         )
     for name in adapters:
         if name is not None:
-            check_name(name, "adapters")
+            split_ref(name, "adapters")
     return list(adapters), "adapters"

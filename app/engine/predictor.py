@@ -29,6 +29,8 @@ from app.model import BaseModel, Rows, TokenBatch
 
 Mode = Literal["auto", "unmerged", "merged"]
 UsedMode = Literal["unmerged", "merged"]
+# Rows name adapters by version id (the API resolved names first), so two projects' adapters of
+# one name, or two versions of one name, are never confused in a batch.
 Loaded = dict[str, tuple[AdapterRecord, LoraAdapter]]
 _MAX_STACK = 128  # adapters kept stacked for the mixed path
 # Padded tokens per text forward on the CPU. Past a few thousand, a forward gets slower per
@@ -47,19 +49,19 @@ class Predictor:
         registry.on_change(self.merged.forget)
         self._stack_lock = threading.Lock()
         self._stack: AdapterStack | None = None
-        self._too_big: set[tuple[str, int]] = set()  # merged copies the cache budget cannot hold
+        self._too_big: set[str] = set()  # versions whose merged copy the budget cannot hold
 
-    def is_merged(self, name: str, version: int) -> bool:
-        return (name, version) in self.merged
+    def is_merged(self, version: str) -> bool:
+        return version in self.merged
 
-    def resolve(self, names: Iterable[str | None], param: str) -> Loaded:
-        """The record and weights of every named adapter (404 for an unknown one)."""
-        return {n: self.registry.load(n, param) for n in dict.fromkeys(names) if n is not None}
+    def resolve(self, versions: Iterable[str | None], param: str) -> Loaded:
+        """The record and weights of every version named (404 for an unknown one)."""
+        return {v: self.registry.load(v, param) for v in dict.fromkeys(versions) if v is not None}
 
     def predict(
         self, x: Rows, row_adapters: Sequence[str | None], mode: Mode, param: str = "adapters"
     ) -> tuple[Tensor, UsedMode]:
-        """(N, in) -> (N, out) for one request alone; `row_adapters[i]` names row i's adapter."""
+        """(N, in) -> (N, out) for one request alone; `row_adapters[i]` is row i's version."""
         loaded = self.resolve(row_adapters, param)
         used = self.choose(mode, loaded, row_adapters)
         return self.forward(x, row_adapters, loaded, used), used
@@ -68,42 +70,34 @@ class Predictor:
         """`auto`: merged when every row uses one adapter whose merged copy exists."""
         if mode != "auto":
             return mode
-        if len(loaded) == 1 and None not in row_adapters:
-            name, (record, _) = next(iter(loaded.items()))
-            if self.is_merged(name, record.version):
-                return "merged"
+        if len(loaded) == 1 and None not in row_adapters and self.is_merged(next(iter(loaded))):
+            return "merged"
         return "unmerged"
 
     def merges_due(self, backlog: Mapping[str, int], batch_rows: int) -> list[str]:
         """dLoRA's rule for `auto`: an adapter with a full batch of rows waiting (`backlog`:
-        rows per adapter, queued or about to run) is worth a merged copy, made once."""
-        due = []
-        for name, rows in backlog.items():
-            if rows < batch_rows:
-                continue
-            try:
-                version = self.registry.get(name).version
-            except ServiceError:
-                continue  # unknown or deleted: its requests fail on their own
-            if not self.is_merged(name, version) and (name, version) not in self._too_big:
-                due.append(name)
-        return due
+        rows per version, queued or about to run) is worth a merged copy, made once."""
+        return [
+            version
+            for version, rows in backlog.items()
+            if rows >= batch_rows and not self.is_merged(version) and version not in self._too_big
+        ]
 
-    def merge_each(self, names: Iterable[str]) -> None:
-        """Merge the adapters `merges_due` named, before the batch that made them due runs, so
-        that batch can use them; one deleted meanwhile is skipped (its requests fail alone)."""
-        for name in names:
+    def merge_each(self, versions: Iterable[str]) -> None:
+        """Merge the versions `merges_due` named, before the batch that made them due runs, so
+        that batch can use them; one that cannot load is skipped (its requests fail alone)."""
+        for version in versions:
             with contextlib.suppress(ServiceError):
-                self.merge(name)
+                self.merge(version)
 
-    def merge(self, name: str, param: str = "adapter") -> bool:
-        """Make (or refresh) the merged copy of one adapter; False if the cache cannot keep it."""
-        record, adapter = self.registry.load(name, param)
+    def merge(self, version: str, param: str = "adapter") -> bool:
+        """Make the merged copy of one version; False if the cache cannot keep it."""
+        _, adapter = self.registry.load(version, param)
         with torch.inference_mode():
-            self.merged.get_or_merge(name, record.version, adapter)
-        kept = self.is_merged(name, record.version)
+            self.merged.get_or_merge(version, adapter)
+        kept = self.is_merged(version)
         if not kept:
-            self._too_big.add((name, record.version))
+            self._too_big.add(version)
         return kept
 
     def forward(
@@ -154,8 +148,7 @@ class Predictor:
     def _stacked(self, x: Rows, row_adapters: Sequence[str | None], loaded: Loaded) -> Tensor:
         if isinstance(x, TokenBatch):
             return self._segmented(x, row_adapters, loaded)
-        keys = [None if n is None else (n, loaded[n][0].version) for n in row_adapters]
-        stack = self._stack_for({(n, rec.version): a for n, (rec, a) in loaded.items()})
+        stack = self._stack_for({v: a for v, (_, a) in loaded.items()})
         if 2 * len(loaded) < len(stack.keys):
             # Few of the stack's adapters: its padded blocks would be mostly empty slots, so sort
             # the rows by adapter once and give each its plain products on a contiguous view
@@ -163,7 +156,7 @@ class Predictor:
             # against 1.8x).
             batch = MixedBatch.build(row_adapters, {n: a for n, (_, a) in loaded.items()}, x.device)
             return batch.unsort(self._run(batch.sort(x), batch.linear()))
-        return self._run(x, StackedBatch.build(keys, stack, x.device).linear())
+        return self._run(x, StackedBatch.build(row_adapters, stack, x.device).linear())
 
     def _segmented(
         self, x: TokenBatch, row_adapters: Sequence[str | None], loaded: Loaded
@@ -182,7 +175,7 @@ class Predictor:
         plan = by_row_count({len(xs) * width: per_token.linear, len(xs): per_text.linear})
         return batch.unsort(self._run(xs, plan))
 
-    def _stack_for(self, adapters: dict[tuple[str, int], LoraAdapter]) -> AdapterStack:
+    def _stack_for(self, adapters: dict[str, LoraAdapter]) -> AdapterStack:
         """A stack holding this batch's adapters: the last one if it does, else a new one.
 
         A new stack keeps the last one's adapters too (up to _MAX_STACK), so that traffic over
@@ -194,9 +187,8 @@ class Predictor:
                 return stack
             keep: dict[Hashable, LoraAdapter] = {}
             if stack is not None and len(stack.keys | set(adapters)) <= _MAX_STACK:
-                names = {name for name, _ in adapters}  # older versions of these are stale
-                keep = {k: a for k, a in stack.modules.items() if k[0] not in names}  # type: ignore[index]
-            keep.update({k: a for k, a in adapters.items()})
+                keep = dict(stack.modules)
+            keep.update(adapters)
             self._stack = AdapterStack.build(keep)
             return self._stack
 
@@ -210,7 +202,7 @@ class Predictor:
             if seg.key is None or seg.adapter is None:
                 parts.append(self._run(rows, None))
                 continue
-            weights = self.merged.get_or_merge(seg.key, loaded[seg.key][0].version, seg.adapter)
+            weights = self.merged.get_or_merge(seg.key, seg.adapter)
             parts.append(self._run(rows, merged_linear(weights)))
         return batch.unsort(torch.cat(parts))
 

@@ -48,7 +48,8 @@ versions = Table(
     metadata,
     Column("project_id", String(64), ForeignKey("projects.id"), primary_key=True),
     Column("id", String(64), primary_key=True),
-    Column("size_bytes", BigInteger, nullable=False),  # both files together
+    Column("size_bytes", BigInteger, nullable=False),  # of adapter_model.safetensors
+    Column("stored_bytes", BigInteger, nullable=False),  # both files: what quotas count
     Column("weights_sha256", String(64), nullable=False),
     Column("config", Text, nullable=False),  # adapter_config.json as stored
     Column("metadata", Text, nullable=False),  # JSON: the weights header's metadata

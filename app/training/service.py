@@ -6,9 +6,16 @@ import logging
 import threading
 from typing import Any
 
-from app.adapters import AdapterRegistry
+from app.adapters import AdapterRecord, AdapterRegistry
 from app.adapters.peft_format import check_name
-from app.errors import AdapterExists, Conflict, InvalidInput, TooManyRequests, shorten
+from app.errors import (
+    AdapterExists,
+    AdapterNotFound,
+    Conflict,
+    InvalidInput,
+    TooManyRequests,
+    shorten,
+)
 from app.model import BaseModel
 from app.training.datasets import DatasetStore
 from app.training.jobs import ACTIVE, Job, JobStore
@@ -103,7 +110,10 @@ class TrainingService:
     def recover(self) -> None:
         """Jobs the last process left running: done if their adapter exists, else interrupted."""
         for job in self.jobs.with_status("running", "cancelling"):
-            record = next((r for r in self.registry.list() if r.name == job.adapter_name), None)
+            try:
+                record: AdapterRecord | None = self.registry.get(job.adapter_name)
+            except AdapterNotFound:
+                record = None
             if record is not None and record.metadata.get("job_id") == job.id:
                 self.jobs.set_status(job.id, "succeeded")
                 self.jobs.add_event(job.id, "message", "job succeeded (found after a restart)")
@@ -138,9 +148,12 @@ class TrainingService:
             train = self.datasets.get(training_dataset, "training_dataset")
             if validation_dataset is not None:
                 self.datasets.get(validation_dataset, "validation_dataset")
-            if adapter_name in {r.name for r in self.registry.list()}:
-                raise AdapterExists(f"adapter {adapter_name!r} already exists", "adapter_name")
-            self.registry.check_room(adapter_name)
+            try:
+                self.registry.check_room(adapter_name, overwrite=False)
+            except AdapterExists as exc:
+                raise AdapterExists(
+                    f"adapter {adapter_name!r} already exists", "adapter_name"
+                ) from exc
             active = self.jobs.with_status(*ACTIVE)
             if sum(j.status == "queued" for j in active) >= self.max_queued_jobs:
                 raise TooManyRequests(

@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 import torch
 
-from app.adapters import AdapterRegistry, AdapterStore, BaseInfo
+from app.adapters import BaseInfo
 from app.engine import Batcher, ComputeThread, Predictor
 from app.model import load_base_model
-from tests.helpers import write_base_model
+from tests.helpers import RegistryByName, write_base_model
 
 WAIT_MS = 600_000
 
@@ -30,7 +30,7 @@ def predictor(tmp_path: Path) -> Predictor:
     base = load_base_model(write_base_model(tmp_path / "base"), torch.device("cpu"))
     linears = {n: (i.in_features, i.out_features) for n, i in base.linears().items()}
     info = BaseInfo(linears, base.name, base.fingerprint, base.device, base.dtype)
-    registry = AdapterRegistry(AdapterStore(tmp_path / "adapters"), info, 64, 1 << 20)
+    registry = RegistryByName.local(tmp_path / "adapters", info, 64, 1 << 20)
     return Predictor(base, registry, 1 << 20)
 
 

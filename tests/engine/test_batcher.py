@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from app.adapters import AdapterRegistry, AdapterStore, BaseInfo
+from app.adapters import BaseInfo
 from app.engine import Batcher, ComputeThread, DirectRunner, Predictor
 from app.errors import AdapterNotFound, QueueFull
 from app.model import load_base_model
 from tests.helpers import (
+    RegistryByName,
     adapter_files,
     lora_tensors,
     peft_config,
@@ -33,8 +34,7 @@ def setup(tmp_path: Path):
     base = load_base_model(folder, torch.device("cpu"))
     linears = {n: (i.in_features, i.out_features) for n, i in base.linears().items()}
     info = BaseInfo(linears, base.name, base.fingerprint, base.device, base.dtype)
-    registry = AdapterRegistry(AdapterStore(tmp_path / "adapters"), info, 64, 1 << 30)
-    registry.scan()
+    registry = RegistryByName.local(tmp_path / "adapters", info, 64, 1 << 30)
     specs = {}
     for i in range(6):
         targets = [("layer1", "layer2"), ("layer1",), ("layer2",)][i % 3]
@@ -164,12 +164,11 @@ def test_an_adapter_with_a_full_batch_waiting_gets_a_merged_copy(setup) -> None:
 
     try:
         asyncio.run(burst())
-        record = predictor.registry.get("a0")
         for _ in range(100):
-            if predictor.is_merged("a0", record.version):
+            if predictor.is_merged("a0"):
                 break
             threading.Event().wait(0.02)
-        assert predictor.is_merged("a0", record.version)
+        assert predictor.is_merged("a0")
         later = asyncio.run(batcher.submit(torch.randn(2, 16), ["a0", "a0"], "auto", "adapter"))
         assert later.mode == "merged"
         mixed = asyncio.run(batcher.submit(torch.randn(2, 16), ["a0", None], "auto", "adapters"))
@@ -252,31 +251,33 @@ def test_direct_runner_honours_the_mode_and_the_field_name(setup) -> None:
 
 
 def test_a_replaced_adapter_gets_a_new_merged_copy_when_hot_again(setup) -> None:
+    """Rows name versions: the new version of a name is a new key, with its own merged copy."""
     _, predictor, specs = setup
     batcher = make_batcher(predictor, max_batch_rows=8, batch_wait_ms=30)
     batcher.start()
 
-    async def burst():
+    async def burst(version: str):
         return await asyncio.gather(
-            *(batcher.submit(torch.randn(1, 16), ["a0"], "auto", "adapter") for _ in range(24))
+            *(batcher.submit(torch.randn(1, 16), [version], "auto", "adapter") for _ in range(24))
         )
 
-    def wait_merged(version: int) -> bool:
+    def wait_merged(version: str) -> bool:
         for _ in range(200):
-            if predictor.is_merged("a0", version):
+            if predictor.is_merged(version):
                 return True
             threading.Event().wait(0.02)
         return False
 
     try:
-        asyncio.run(burst())
-        assert wait_merged(predictor.registry.get("a0").version)
+        old = predictor.registry.get("a0").version
+        asyncio.run(burst(old))
+        assert wait_merged(old)
         config, tensors = specs["a1"]
         predictor.registry.upload("a0", *adapter_files(config, tensors), overwrite=True)
-        version = predictor.registry.get("a0").version
-        assert not predictor.is_merged("a0", version)
-        asyncio.run(burst())
-        assert wait_merged(version)
+        new = predictor.registry.get("a0").version
+        assert new != old and not predictor.is_merged(new)
+        asyncio.run(burst(new))
+        assert wait_merged(new)
     finally:
         batcher.stop()
 
@@ -296,10 +297,10 @@ def test_an_adapter_is_merged_once_a_full_batch_of_its_rows_is_waiting(setup) ->
     try:
         asyncio.run(batcher.submit(torch.randn(3, 16), ["a0"] * 3, "auto", "a"))
         asyncio.run(batcher.submit(torch.randn(4, 16), ["a1"] * 4, "unmerged", "a"))
-        assert not predictor.is_merged("a0", predictor.registry.get("a0").version)
-        assert not predictor.is_merged("a1", predictor.registry.get("a1").version)  # not auto
+        assert not predictor.is_merged("a0")
+        assert not predictor.is_merged("a1")  # not auto
         hot = asyncio.run(batcher.submit(torch.randn(4, 16), ["a0"] * 4, "auto", "a"))
-        assert predictor.is_merged("a0", predictor.registry.get("a0").version)
+        assert predictor.is_merged("a0")
         assert hot.mode == "merged"  # merged before the batch that made it hot, which used it
         # On the compute thread, where all model work runs (app/engine/compute.py).
         assert [name.split("_")[0] for name in merge_threads] == ["inference"]
@@ -371,7 +372,7 @@ def test_merged_requests_use_and_keep_the_merged_copy(setup) -> None:
     finally:
         batcher.stop()
     assert result.mode == "merged" and modes == ["merged"]
-    assert predictor.is_merged("a2", predictor.registry.get("a2").version)
+    assert predictor.is_merged("a2")
     config, tensors = specs["a2"]
     ref = reference_forward(folder, x, config, tensors)
     torch.testing.assert_close(result.outputs.double(), ref, rtol=1e-4, atol=1e-5)
@@ -453,8 +454,8 @@ def test_direct_runner_merges_an_adapter_with_a_full_batch_waiting(setup) -> Non
 
     # Two requests of 3 rows waiting together: 6 >= 4, so BATCHING=false merges a0 as well.
     assert [r.mode for r in asyncio.run(burst())] == ["merged", "merged"]
-    assert predictor.is_merged("a0", predictor.registry.get("a0").version)
-    assert not predictor.is_merged("a1", predictor.registry.get("a1").version)  # not auto
+    assert predictor.is_merged("a0")
+    assert not predictor.is_merged("a1")  # not auto
     assert runner.queued_rows == 0
 
 

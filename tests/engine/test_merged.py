@@ -1,4 +1,4 @@
-"""The merged-weight cache: right weights, LRU eviction within its byte budget."""
+"""The merged-weight cache by version id: right weights, LRU eviction within its byte budget."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def make_adapter(
 def test_merged_weights_are_w_plus_s_b_a() -> None:
     model = make_model()
     adapter = make_adapter()
-    weights = MergedCache(model, 10 * BOTH).get_or_merge("a", 1, adapter)
+    weights = MergedCache(model, 10 * BOTH).get_or_merge("a", adapter)
     assert set(weights) == {"layer1", "layer2"}
     for name, w in weights.items():
         m = adapter.modules[name]
@@ -49,106 +49,85 @@ def test_merged_weights_are_w_plus_s_b_a() -> None:
 
 def test_a_cached_copy_is_returned_again_without_merging() -> None:
     cache = MergedCache(make_model(), 10 * BOTH)
-    first = cache.get_or_merge("a", 1, make_adapter())
-    assert cache.get("a", 1) is first
-    assert cache.get_or_merge("a", 1, make_adapter(seed=9)) is first
-    assert ("a", 1) in cache
+    first = cache.get_or_merge("a", make_adapter())
+    assert cache.get("a") is first
+    assert cache.get_or_merge("a", make_adapter(seed=9)) is first
+    assert "a" in cache
 
 
-def test_a_missing_or_stale_version_is_a_miss() -> None:
+def test_another_version_is_a_miss() -> None:
     cache = MergedCache(make_model(), 10 * BOTH)
-    cache.get_or_merge("a", 1, make_adapter())
-    assert cache.get("a", 2) is None
-    assert cache.get("b", 1) is None
-    assert ("a", 2) not in cache
-    assert ("b", 1) not in cache
+    cache.get_or_merge("a", make_adapter())
+    assert cache.get("b") is None
+    assert "b" not in cache
 
 
 def test_cache_evicts_the_least_recently_used_to_stay_within_budget() -> None:
     cache = MergedCache(make_model(), 2 * BOTH)
     for name in "abc":
-        cache.get_or_merge(name, 1, make_adapter(seed=ord(name)))
-    assert ("a", 1) not in cache
-    assert ("b", 1) in cache and ("c", 1) in cache
+        cache.get_or_merge(name, make_adapter(seed=ord(name)))
+    assert "a" not in cache
+    assert "b" in cache and "c" in cache
     assert cache._bytes == 2 * BOTH
 
 
 def test_a_read_makes_an_entry_recently_used() -> None:
     cache = MergedCache(make_model(), 2 * BOTH)
-    cache.get_or_merge("a", 1, make_adapter(seed=1))
-    cache.get_or_merge("b", 1, make_adapter(seed=2))
-    assert cache.get("a", 1) is not None  # now b is the oldest
-    cache.get_or_merge("c", 1, make_adapter(seed=3))
-    assert ("a", 1) in cache and ("c", 1) in cache
-    assert ("b", 1) not in cache
-
-
-def test_a_stale_read_does_not_refresh_an_entry() -> None:
-    cache = MergedCache(make_model(), 2 * BOTH)
-    cache.get_or_merge("a", 1, make_adapter(seed=1))
-    cache.get_or_merge("b", 1, make_adapter(seed=2))
-    assert cache.get("a", 2) is None
-    cache.get_or_merge("c", 1, make_adapter(seed=3))
-    assert ("a", 1) not in cache
+    cache.get_or_merge("a", make_adapter(seed=1))
+    cache.get_or_merge("b", make_adapter(seed=2))
+    assert cache.get("a") is not None  # now b is the oldest
+    cache.get_or_merge("c", make_adapter(seed=3))
+    assert "a" in cache and "c" in cache
+    assert "b" not in cache
 
 
 def test_evicting_frees_as_many_entries_as_the_new_one_needs() -> None:
     cache = MergedCache(make_model(), BOTH + 2 * LAYER2)
-    cache.get_or_merge("small1", 1, make_adapter(("layer2",), seed=1))
-    cache.get_or_merge("small2", 1, make_adapter(("layer2",), seed=2))
-    cache.get_or_merge("big", 1, make_adapter(seed=3))
+    cache.get_or_merge("small1", make_adapter(("layer2",), seed=1))
+    cache.get_or_merge("small2", make_adapter(("layer2",), seed=2))
+    cache.get_or_merge("big", make_adapter(seed=3))
     assert cache._bytes == BOTH + 2 * LAYER2
-    cache.get_or_merge("big2", 1, make_adapter(seed=4))  # only fits once all three are gone
-    assert ("big", 1) not in cache
-    assert ("small1", 1) not in cache and ("small2", 1) not in cache
-    assert ("big2", 1) in cache
+    cache.get_or_merge("big2", make_adapter(seed=4))  # only fits once all three are gone
+    assert "big" not in cache
+    assert "small1" not in cache and "small2" not in cache
+    assert "big2" in cache
     assert cache._bytes == BOTH
 
 
 def test_a_copy_larger_than_the_budget_is_returned_but_not_kept() -> None:
     cache = MergedCache(make_model(), BOTH - 1)
-    cache.get_or_merge("small", 1, make_adapter(("layer2",)))
-    weights = cache.get_or_merge("big", 1, make_adapter())
+    cache.get_or_merge("small", make_adapter(("layer2",)))
+    weights = cache.get_or_merge("big", make_adapter())
     assert set(weights) == {"layer1", "layer2"}
-    assert ("big", 1) not in cache
-    assert ("small", 1) in cache  # a copy that can never fit evicts nothing
+    assert "big" not in cache
+    assert "small" in cache  # a copy that can never fit evicts nothing
     assert cache._bytes == LAYER2
 
 
 def test_a_copy_exactly_the_budget_is_kept() -> None:
     cache = MergedCache(make_model(), BOTH)
-    cache.get_or_merge("a", 1, make_adapter())
-    assert ("a", 1) in cache
+    cache.get_or_merge("a", make_adapter())
+    assert "a" in cache
     assert cache._bytes == BOTH
-
-
-def test_a_new_version_replaces_the_old_without_counting_it_twice() -> None:
-    cache = MergedCache(make_model(), 2 * BOTH)
-    cache.get_or_merge("a", 1, make_adapter(seed=1))
-    cache.get_or_merge("b", 1, make_adapter(seed=2))
-    cache.get_or_merge("a", 2, make_adapter(seed=3))
-    assert ("a", 2) in cache and ("a", 1) not in cache
-    assert ("b", 1) in cache  # the old copy of a made room, not b
-    assert cache._bytes == 2 * BOTH
 
 
 def test_forget_frees_the_bytes() -> None:
     cache = MergedCache(make_model(), 2 * BOTH)
-    cache.get_or_merge("a", 1, make_adapter(seed=1))
-    cache.get_or_merge("b", 1, make_adapter(seed=2))
+    cache.get_or_merge("a", make_adapter(seed=1))
+    cache.get_or_merge("b", make_adapter(seed=2))
     cache.forget("a")
-    assert ("a", 1) not in cache
+    assert "a" not in cache
     assert cache._bytes == BOTH
-    cache.get_or_merge("c", 1, make_adapter(seed=3))
-    assert ("b", 1) in cache and ("c", 1) in cache
+    cache.get_or_merge("c", make_adapter(seed=3))
+    assert "b" in cache and "c" in cache
     cache.forget("missing")  # a no-op
     assert cache._bytes == 2 * BOTH
 
 
 def test_forget_frees_exactly_that_entrys_bytes() -> None:
     cache = MergedCache(make_model(), 2 * BOTH)
-    cache.get_or_merge("big", 1, make_adapter(seed=1))
-    cache.get_or_merge("small", 1, make_adapter(("layer2",), seed=2))
+    cache.get_or_merge("big", make_adapter(seed=1))
+    cache.get_or_merge("small", make_adapter(("layer2",), seed=2))
     cache.forget("small")
     assert cache._bytes == BOTH
     cache.forget("big")

@@ -8,11 +8,12 @@ import pytest
 import torch
 
 import app.engine.predictor as predictor_module
-from app.adapters import AdapterRegistry, AdapterStore, BaseInfo
+from app.adapters import AdapterRegistry, BaseInfo
 from app.engine import Predictor
 from app.errors import AdapterNotFound
 from app.model import load_base_model
 from tests.helpers import (
+    RegistryByName,
     adapter_files,
     lora_tensors,
     peft_config,
@@ -30,8 +31,7 @@ def setup(tmp_path: Path):
     base = load_base_model(folder, torch.device("cpu"))
     linears = {n: (i.in_features, i.out_features) for n, i in base.linears().items()}
     info = BaseInfo(linears, base.name, base.fingerprint, base.device, base.dtype)
-    registry = AdapterRegistry(AdapterStore(tmp_path / "adapters"), info, 64, 1 << 30)
-    registry.scan()
+    registry = RegistryByName.local(tmp_path / "adapters", info, 64, 1 << 30)
     specs = {}
     for i in range(4):
         specs[f"a{i}"] = upload(registry, f"a{i}", rank=1 + i, targets=TARGETS[i % 3], seed=i)
@@ -73,10 +73,9 @@ def test_every_path_matches_the_longhand_reference(setup, names, mode) -> None:
 
 def test_auto_uses_a_merged_copy_only_for_one_adapter_on_every_row(setup) -> None:
     folder, predictor, specs = setup
-    version = predictor.registry.get("a0").version
-    assert not predictor.is_merged("a0", version)
+    assert not predictor.is_merged("a0")
     predictor.merge("a0")
-    assert predictor.is_merged("a0", version)
+    assert predictor.is_merged("a0")
     x = torch.randn(3, SIZES[0])
     out, used = predictor.predict(x, ["a0"] * 3, "auto")
     assert used == "merged"
@@ -90,9 +89,9 @@ def test_auto_uses_a_merged_copy_only_for_one_adapter_on_every_row(setup) -> Non
 def test_a_merged_prediction_keeps_its_merged_copy(setup) -> None:
     _, predictor, _ = setup
     predictor.predict(torch.randn(3, SIZES[0]), ["a1", None, "a2"], "merged")
-    assert predictor.is_merged("a1", predictor.registry.get("a1").version)
-    assert predictor.is_merged("a2", predictor.registry.get("a2").version)
-    assert not predictor.is_merged("a0", predictor.registry.get("a0").version)
+    assert predictor.is_merged("a1")
+    assert predictor.is_merged("a2")
+    assert not predictor.is_merged("a0")
 
 
 def test_inputs_are_cast_to_the_base_dtype(setup) -> None:
@@ -103,18 +102,27 @@ def test_inputs_are_cast_to_the_base_dtype(setup) -> None:
         assert_rows_match_reference(folder, x, out, names, specs)
 
 
-def test_a_changed_adapter_loses_its_merged_copy(setup) -> None:
+def test_a_new_version_is_a_new_key_served_from_its_own_weights(setup) -> None:
     folder, predictor, specs = setup
-    predictor.merge("a0")
     old = predictor.registry.get("a0").version
-    assert ("a0", old) in predictor.merged
+    predictor.merge(old)
+    assert predictor.is_merged(old)
     specs["a0"] = upload(predictor.registry, "a0", rank=3, targets=("layer1",), seed=42)
-    assert ("a0", old) not in predictor.merged  # the registry told the cache at once
-    assert predictor.choose("auto", predictor.resolve(["a0"], "adapter"), ["a0"]) == "unmerged"
+    new = predictor.registry.get("a0").version
+    assert new != old and not predictor.is_merged(new)
+    assert predictor.choose("auto", predictor.resolve([new], "adapter"), [new]) == "unmerged"
     x = torch.randn(2, SIZES[0])
     for mode in ("auto", "merged"):
-        out, _ = predictor.predict(x, ["a0", "a0"], mode)
+        out, _ = predictor.predict(x, [new, new], mode)
         assert_rows_match_reference(folder, x, out, ["a0", "a0"], specs)
+
+
+def test_a_deleted_adapter_loses_its_merged_copy(setup) -> None:
+    _, predictor, _ = setup
+    version = predictor.registry.get("a0").version
+    predictor.merge(version)
+    predictor.registry.delete("a0")
+    assert not predictor.is_merged(version)  # the registry told the cache at once
 
 
 def test_an_unknown_adapter_is_not_found_on_the_named_field(setup) -> None:
@@ -158,20 +166,20 @@ def test_a_new_stack_keeps_the_last_ones_adapters(setup) -> None:
     x = torch.randn(2, SIZES[0])
     predictor.predict(x, ["a0", "a1"], "unmerged")
     predictor.predict(x, ["a2", None], "unmerged")
-    assert {name for name, _ in predictor._stack.keys} == {"a0", "a1", "a2"}
+    assert predictor._stack.keys == {"a0", "a1", "a2"}
 
 
-def test_a_new_stack_drops_stale_versions(setup) -> None:
+def test_two_versions_of_one_name_in_a_batch_each_get_their_own_weights(setup) -> None:
     folder, predictor, specs = setup
-    x = torch.randn(2, SIZES[0])
-    predictor.predict(x, ["a0", "a1"], "unmerged")
+    first = predictor.registry.get("a0").version
+    old_spec = specs["a0"]
     specs["a0"] = upload(predictor.registry, "a0", rank=2, targets=("layer2",), seed=7)
-    out, _ = predictor.predict(x, ["a0", "a1"], "unmerged")
-    version = predictor.registry.get("a0").version
-    assert sorted(predictor._stack.keys) == sorted(
-        [("a0", version), ("a1", predictor.registry.get("a1").version)]
-    )
-    assert_rows_match_reference(folder, x, out, ["a0", "a1"], specs)
+    specs[f"a0@{first}"] = old_spec
+    rows = ["a0", f"a0@{first}", "a1", f"a0@{first[:12]}"]
+    x = torch.randn(4, SIZES[0])
+    out, _ = predictor.predict(x, rows, "unmerged")
+    specs[f"a0@{first[:12]}"] = old_spec
+    assert_rows_match_reference(folder, x, out, rows, specs)
 
 
 def test_a_new_stack_past_the_cap_starts_afresh(setup, monkeypatch) -> None:
@@ -180,9 +188,9 @@ def test_a_new_stack_past_the_cap_starts_afresh(setup, monkeypatch) -> None:
     x = torch.randn(2, SIZES[0])
     predictor.predict(x, ["a0", "a1"], "unmerged")
     predictor.predict(x, ["a2", None], "unmerged")  # 3 adapters: kept
-    assert {name for name, _ in predictor._stack.keys} == {"a0", "a1", "a2"}
+    assert predictor._stack.keys == {"a0", "a1", "a2"}
     predictor.predict(x, ["a3", None], "unmerged")  # 4 would pass the cap
-    assert {name for name, _ in predictor._stack.keys} == {"a3"}
+    assert predictor._stack.keys == {"a3"}
 
 
 def test_a_few_of_a_big_stacks_adapters_take_the_sorted_path_and_match(setup, monkeypatch) -> None:

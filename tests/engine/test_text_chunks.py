@@ -9,11 +9,11 @@ import pytest
 import torch
 
 import app.engine.predictor as predictor_module
-from app.adapters import AdapterRegistry, AdapterStore, BaseInfo
+from app.adapters import BaseInfo
 from app.adapters.peft_format import tensor_key
 from app.engine import Predictor
 from app.model import load_base_model
-from tests.helpers import adapter_files, peft_config, write_tiny_text_model
+from tests.helpers import RegistryByName, adapter_files, peft_config, write_tiny_text_model
 
 TARGETS = ("query", "value", "output.dense")
 
@@ -24,8 +24,7 @@ def predictor(tmp_path_factory: pytest.TempPathFactory) -> Predictor:
     base = load_base_model(write_tiny_text_model(tmp / "base"), torch.device("cpu"))
     linears = {n: (i.in_features, i.out_features) for n, i in base.linears().items()}
     info = BaseInfo(linears, base.name, base.fingerprint, base.device, base.dtype)
-    registry = AdapterRegistry(AdapterStore(tmp / "adapters"), info, 64, 1 << 30)
-    registry.scan()
+    registry = RegistryByName.local(tmp / "adapters", info, 64, 1 << 30)
     gen = torch.Generator().manual_seed(0)
     for i in range(3):
         tensors = {}

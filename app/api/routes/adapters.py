@@ -13,14 +13,17 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 
 from app.adapters import AdapterRecord, AdapterRegistry
+from app.adapters import peft_format as fmt
 from app.adapters.peft_format import NAME_RE
 from app.api.auth import ADMIN, READ
-from app.api.deps import PredictorDep, Registry
+from app.api.deps import PredictorDep, ProjectDep, Registry
 from app.api.schemas import (
     AdapterLayerPublic,
     AdapterList,
     AdapterProblemPublic,
     AdapterPublic,
+    AdapterVersionList,
+    AdapterVersionPublic,
     ErrorBody,
 )
 from app.engine import Predictor
@@ -110,18 +113,19 @@ def _public(
     error = record.error
     return AdapterPublic(
         name=record.name,
+        version=record.version,
         status=record.status,
         error=None
         if error is None
         else AdapterProblemPublic(code=error.code, message=error.message),
         **_config_fields(record.config),
         size_bytes=record.size_bytes,
-        sha256=registry.sha256(record),
+        sha256=record.sha256,
         uploaded_sha256=record.uploaded_sha256,
         created_at=record.created_at,
         source=record.source,
         residency="device" if registry.is_resident(record) else "disk",
-        merged=predictor.is_merged(record.name, record.version),
+        merged=predictor.is_merged(record.version),
     )
 
 
@@ -178,6 +182,7 @@ async def create_adapter(
     request: Request,
     registry: Registry,
     predictor: PredictorDep,
+    project: ProjectDep,
     overwrite: Annotated[
         StrictQueryBool, Query(description="true replaces an adapter of that name")
     ] = False,
@@ -199,22 +204,47 @@ async def create_adapter(
     finally:
         await form.close()  # the spooled temporary files
     record = await run_in_threadpool(
-        registry.upload, name, config_data, weights_data, overwrite=overwrite
+        registry.upload, name, config_data, weights_data, overwrite=overwrite, project=project
     )
     return await run_in_threadpool(_public, record, registry, predictor)
 
 
 @router.get("", dependencies=READ)
-async def list_adapters(registry: Registry, predictor: PredictorDep) -> AdapterList:
-    records = registry.list()
-    data = await run_in_threadpool(lambda: [_public(r, registry, predictor) for r in records])
-    return AdapterList(data=data)
+async def list_adapters(
+    registry: Registry, predictor: PredictorDep, project: ProjectDep
+) -> AdapterList:
+    records = await run_in_threadpool(registry.list, project)
+    return AdapterList(data=[_public(r, registry, predictor) for r in records])
 
 
 @router.get("/{name}", responses=_ERRORS, dependencies=READ)
-async def read_adapter(name: str, registry: Registry, predictor: PredictorDep) -> AdapterPublic:
-    record = registry.get(name)
-    return await run_in_threadpool(_public, record, registry, predictor)
+async def read_adapter(
+    name: str, registry: Registry, predictor: PredictorDep, project: ProjectDep
+) -> AdapterPublic:
+    record = await run_in_threadpool(registry.get, name, "name", project)
+    return _public(record, registry, predictor)
+
+
+@router.get("/{name}/versions", responses=_ERRORS, dependencies=READ)
+async def list_adapter_versions(
+    name: str, registry: Registry, project: ProjectDep
+) -> AdapterVersionList:
+    """Every version the name has served, newest first; the first is the current one."""
+    history = await run_in_threadpool(registry.history, name, project)
+    return AdapterVersionList(
+        data=[
+            AdapterVersionPublic(
+                version=record.version,
+                current=i == 0,
+                served_from=served_from,
+                created_at=record.created_at,
+                size_bytes=record.size_bytes,
+                sha256=record.sha256,
+                source=record.source,
+            )
+            for i, (record, served_from) in enumerate(history)
+        ]
+    )
 
 
 @router.get(
@@ -223,9 +253,10 @@ async def read_adapter(name: str, registry: Registry, predictor: PredictorDep) -
     response_class=Response,
     dependencies=READ,
 )
-async def download_adapter(name: str, registry: Registry) -> Response:
+async def download_adapter(name: str, registry: Registry, project: ProjectDep) -> Response:
     """A zip of adapter_config.json and adapter_model.safetensors, loadable by PEFT."""
-    files = await run_in_threadpool(registry.files, name)
+    fmt.check_name(name)
+    files = await run_in_threadpool(registry.files, name, project)
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
         for filename, data in files.items():
@@ -240,6 +271,6 @@ async def download_adapter(name: str, registry: Registry) -> Response:
 @router.delete(
     "/{name}", status_code=204, responses=_ERRORS, response_class=Response, dependencies=ADMIN
 )
-async def delete_adapter(name: str, registry: Registry) -> Response:
-    await run_in_threadpool(registry.delete, name)
+async def delete_adapter(name: str, registry: Registry, project: ProjectDep) -> Response:
+    await run_in_threadpool(registry.delete, name, project)
     return Response(status_code=204)

@@ -10,10 +10,10 @@ import orjson
 from fastapi import APIRouter, Response
 from fastapi.concurrency import run_in_threadpool
 
+from app.adapters.versions import split_ref
 from app.api.auth import READ
-from app.api.deps import Base, EngineDep, SettingsDep
+from app.api.deps import Base, EngineDep, ProjectDep, Registry, SettingsDep
 from app.api.schemas import EmbeddingsRequest, EmbeddingsResponse, ErrorBody
-from app.engine.inputs import check_name
 from app.errors import InvalidInput
 
 router = APIRouter(tags=["embeddings"])
@@ -28,7 +28,12 @@ _TOKENIZE_INLINE = 64
     response_model=EmbeddingsResponse,
 )
 async def create_embeddings(
-    body: EmbeddingsRequest, base: Base, engine: EngineDep, settings: SettingsDep
+    body: EmbeddingsRequest,
+    base: Base,
+    engine: EngineDep,
+    settings: SettingsDep,
+    registry: Registry,
+    project: ProjectDep,
 ) -> Response:
     """One embedding per input text; `model` is an adapter's name or the base's."""
     start = time.perf_counter()
@@ -56,7 +61,8 @@ async def create_embeddings(
         tokens = encoder.tokenize(texts)
     else:
         tokens = await run_in_threadpool(encoder.tokenize, texts)
-    result = await engine.submit(tokens, names, "auto", param)
+    versions = registry.versions_for(names, param, project)
+    result = await engine.submit(tokens, versions, "auto", param)
     outputs = result.outputs.numpy()
     if body.encoding_format == "base64":
         # As OpenAI sends it: each embedding's float32 bytes, little-endian, base64-encoded.
@@ -96,9 +102,9 @@ def _row_adapters(body: EmbeddingsRequest, base_name: str, n: int) -> tuple[list
             )
         for name in body.adapters:
             if name is not None:
-                check_name(name, "adapters")
+                split_ref(name, "adapters")
         return list(body.adapters), "adapters"
     if body.model is None or body.model == base_name:
         return [None] * n, "model"
-    check_name(body.model, "model")
+    split_ref(body.model, "model")
     return [body.model] * n, "model"

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 from app.api.auth import READ
-from app.api.deps import Base, EngineDep, SettingsDep
+from app.api.deps import Base, EngineDep, ProjectDep, Registry, SettingsDep
 from app.api.params import UnknownParameter
 from app.api.predict_io import OCTET, encode, parse_json, parse_safetensors
 from app.api.schemas import ErrorBody, PredictRequest, PredictResponse
@@ -60,6 +60,8 @@ async def predict(
     base: Base,
     engine: EngineDep,
     settings: SettingsDep,
+    registry: Registry,
+    project: ProjectDep,
     adapter: Annotated[str | None, Query(description="binary bodies: one adapter")] = None,
     mode: Annotated[Mode, Query(description="binary bodies: the mode")] = "auto",
 ) -> Response:
@@ -89,7 +91,8 @@ async def predict(
     call = parse(raw) if len(raw) <= _PARSE_INLINE_BYTES else await run_in_threadpool(parse, raw)
     x = check_rows(call.x, input_dim, settings.max_request_rows)
     names, param = row_adapters(call.adapter, call.adapters, len(x))
-    result = await engine.submit(x, names, call.mode, param)
+    versions = registry.versions_for(names, param, project)
+    result = await engine.submit(x, versions, call.mode, param)
     _check_finite(result.outputs)
     total_ms = (time.perf_counter() - start) * 1000
     timing = (

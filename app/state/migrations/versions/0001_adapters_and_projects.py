@@ -40,6 +40,7 @@ def upgrade() -> None:
         sa.Column("project_id", sa.String(64), sa.ForeignKey("projects.id"), primary_key=True),
         sa.Column("id", sa.String(64), primary_key=True),
         sa.Column("size_bytes", sa.BigInteger, nullable=False),
+        sa.Column("stored_bytes", sa.BigInteger, nullable=False),
         sa.Column("weights_sha256", sa.String(64), nullable=False),
         sa.Column("config", sa.Text, nullable=False),
         sa.Column("metadata", sa.Text, nullable=False),

@@ -29,6 +29,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -128,7 +129,12 @@ def main() -> None:
         folders = itertools.count()
 
         def start(app: str, env: dict[str, str]) -> str:
-            data = {"LORASERVE_DATA_DIR": str(tmp_path / f"data-{next(folders)}")}
+            n = next(folders)
+            data = {"LORASERVE_DATA_DIR": str(tmp_path / f"data-{n}")}
+            if "LORASERVE_ADAPTERS_DIR" in env:  # each server imports (and moves) its own copy
+                own = tmp_path / f"adapters-{n}"
+                shutil.copytree(env["LORASERVE_ADAPTERS_DIR"], own)
+                env = {**env, "LORASERVE_ADAPTERS_DIR": str(own)}
             return servers.enter_context(harness.server([*uvicorn, app], {**data, **env}))
 
         seed_env = {"LORASERVE_ADAPTERS_DIR": str(seed_adapters)}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -45,8 +46,10 @@ def main() -> None:
             env = {
                 "GOMP_SPINCOUNT": spin,
                 "LORASERVE_DATA_DIR": str(tmp_path / f"data-{spin}"),
-                "LORASERVE_ADAPTERS_DIR": str(tmp_path / "adapters"),
+                "LORASERVE_ADAPTERS_DIR": str(tmp_path / f"adapters-{spin}"),
             }
+            # Each server imports its folder into its own state (and moves the folders aside).
+            shutil.copytree(tmp_path / "adapters", tmp_path / f"adapters-{spin}")
             argv = [harness.bin_path("uvicorn"), "app.main:app", "--log-level", "warning"]
             urls[label] = servers.enter_context(harness.server(argv, env))
             harness.wrk(urls[label], mixed, 8, 2)  # warm-up

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import signal
 import time
+import zipfile
 from pathlib import Path
 
 import httpx
 import torch
 from safetensors.torch import save
 
+from app.adapters import catalog
+from app.adapters.versions import version_id
+from app.state import Database
 from tests.helpers import adapter_files, lora_tensors, peft_config, write_base_model
 from tests.server import running_server
 
@@ -70,8 +75,7 @@ def test_sigkill_during_training_leaves_the_job_interrupted_and_adapters_intact(
             "earlier0",
             "earlier1",
         ]
-    assert not (store / "victim").exists()
-    assert digests(store) == before
+    assert digests(store) == before  # nothing written for the job that never finished
 
 
 def _upload(client: httpx.Client, name: str, rank: int, seed: int, sizes=(16, 8, 4)):
@@ -97,8 +101,10 @@ def test_sigkill_during_uploads_and_merges_never_leaves_a_partial_adapter(tmp_pa
         running_server(tmp_path, base_model=str(base), max_rank="512") as server,
         httpx.Client(base_url=server.url, timeout=30) as client,
     ):
-        assert _upload(client, "keep", 8, 0, sizes).status_code == 201
-    kept = digests(store)
+        keep = _upload(client, "keep", 8, 0, sizes)
+        assert keep.status_code == 201
+    objects = store / ".store" / "default"
+    kept = digests(objects / keep.json()["version"])
     for delay in (0.0, 0.02, 0.05, 0.1, 0.2):
         with running_server(tmp_path, base_model=str(base), max_rank="512") as server:
             client = httpx.Client(base_url=server.url, timeout=30)
@@ -122,18 +128,19 @@ def test_sigkill_during_uploads_and_merges_never_leaves_a_partial_adapter(tmp_pa
             server.process.wait(timeout=10)
             worker.join(timeout=30)
         with running_server(tmp_path, base_model=str(base), max_rank="512") as server:
-            listed = httpx.get(f"{server.url}/v1/adapters").json()["data"]
-            assert {a["name"] for a in listed} <= {"keep", "victim"}
-            assert "keep" in {a["name"] for a in listed}
-        # Whatever "victim" is now, it is whole: its files load and match the index.
-        victim = store / "victim"
-        if victim.exists():
-            from safetensors.torch import load_file
-
-            tensors = load_file(victim / "adapter_model.safetensors")
-            assert tensors["base_model.model.layer1.lora_A.weight"].shape == (256, 512)
-        assert {k: v for k, v in digests(store).items() if k.startswith("keep/")} == kept
-        assert not list((store / ".staging").iterdir()) and not list((store / ".trash").iterdir())
+            listed = {a["name"]: a for a in httpx.get(f"{server.url}/v1/adapters").json()["data"]}
+            assert set(listed) <= {"keep", "victim"} and "keep" in listed
+            # Whatever "victim" is now, it is whole: its files are the version it names, and
+            # it serves.
+            if "victim" in listed:
+                archive = httpx.get(f"{server.url}/v1/adapters/victim/download").content
+                files = zipfile.ZipFile(io.BytesIO(archive))
+                pair = [files.read(n) for n in ("adapter_config.json", "adapter_model.safetensors")]
+                assert version_id(*pair) == listed["victim"]["version"]
+                x = torch.randn(2, sizes[0]).tolist()
+                body = {"inputs": x, "adapter": "victim"}
+                assert httpx.post(f"{server.url}/v1/predict", json=body).status_code == 200
+        assert digests(objects / keep.json()["version"]) == kept
 
 
 def test_sigterm_finishes_requests_in_flight_and_marks_the_running_job(tmp_path: Path) -> None:
@@ -195,7 +202,10 @@ def test_sigterm_finishes_requests_in_flight_and_marks_the_running_job(tmp_path:
         uploader.join(timeout=30)
         assert server.process.wait(timeout=30) in (0, -signal.SIGTERM)
     assert answers == [201]
-    assert (tmp_path / "adapters" / "late" / "adapter_model.safetensors").is_file()
+    state = Database(f"sqlite:///{tmp_path / 'data' / 'loraserve.db'}")
+    with state.read() as conn:
+        assert catalog.current(conn, "default", "late") is not None
+    state.close()
     jobs = JobStore(tmp_path / "data" / "jobs.db")
     stopped = jobs.get(job["id"])
     assert stopped.status == "failed" and stopped.error and stopped.error["code"] == "interrupted"

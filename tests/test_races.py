@@ -88,8 +88,20 @@ def test_racing_writes_and_reads_on_the_same_names(tmp_path: Path) -> None:
 
         asyncio.run(main())
         listed = httpx.get(f"{server.url}/v1/adapters").json()["data"]
+        kept = {
+            v["version"]
+            for a in listed
+            for v in httpx.get(f"{server.url}/v1/adapters/{a['name']}/versions").json()["data"]
+        }
     assert wrong == []
     assert set(statuses) <= {200, 201, 204, 404}, sorted(set(statuses))
     assert {a["name"] for a in listed} <= set(NAMES)
-    store = tmp_path / "adapters"
-    assert not list((store / ".staging").iterdir()) and not list((store / ".trash").iterdir())
+    # The store holds both files of every version a name still has, and nothing else.
+    objects = tmp_path / "adapters" / ".store" / "default"
+    stored = {p.name for p in objects.iterdir() if any(p.iterdir())} if objects.exists() else set()
+    assert stored == kept
+    for version in kept:
+        assert sorted(f.name for f in (objects / version).iterdir()) == [
+            "adapter_config.json",
+            "adapter_model.safetensors",
+        ]

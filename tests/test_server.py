@@ -16,14 +16,14 @@ SEED_SIZES = [1001, 1000, 1000]
 
 def test_container_command_serves_the_embedded_model(tmp_path: Path) -> None:
     store = tmp_path / "adapters"
-    (store / "broken").mkdir(parents=True)  # a bad folder is listed as broken, not fatal
+    (store / "broken").mkdir(parents=True)  # a bad folder is reported and left, not fatal
     (store / "broken" / "adapter_config.json").write_text("{")
     with running_server(tmp_path) as server:
         url = server.url
         model = httpx.get(f"{url}/v1/model").json()
         assert model["input_dim"] == 1001 and model["output_dim"] == 1000
         listed = httpx.get(f"{url}/v1/adapters").json()["data"]
-        assert [(a["name"], a["status"]) for a in listed] == [("broken", "broken")]
+        assert listed == []
 
         targets = ["layer1", "layer2"]
         config = peft_config(8, 16, targets)
@@ -38,7 +38,8 @@ def test_container_command_serves_the_embedded_model(tmp_path: Path) -> None:
             },
         )
         assert response.status_code == 201, response.text
-        assert (store / "shifted" / "adapter_model.safetensors").is_file()
+        version = response.json()["version"]
+        assert (store / ".store" / "default" / version / "adapter_model.safetensors").is_file()
 
         x = torch.randn(3, 1001)
         for mode in ("unmerged", "merged"):

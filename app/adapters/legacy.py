@@ -72,6 +72,7 @@ def import_folder(
     _restore_interrupted(root)
     for path in sorted(p for p in root.iterdir() if not p.name.startswith(".")):
         if not is_adapter_folder(path):
+            log.debug("leaving %s in the adapters folder: not an adapter", shorten(path.name))
             continue
         name = path.name
         try:

@@ -250,19 +250,16 @@ FOREIGN = ["readme", "notes", "symlink", "empty dir", "other dir"]
 
 
 @pytest.mark.parametrize("kind", FOREIGN)
-@pytest.mark.parametrize("overwrite", [False, True])
-def test_upload_under_a_foreign_name_is_409_and_changes_nothing(
-    client: TestClient, store: Path, kind: str, overwrite: bool
+def test_an_upload_under_the_name_of_a_foreign_entry_leaves_the_entry_alone(
+    client: TestClient, store: Path, kind: str
 ) -> None:
+    """Versions live in the object store under their ids: a name is never a path."""
     name = _foreign(store, kind)
-    before = snapshot(store)
-    response = upload(client, name, *make_files()[2], overwrite=overwrite)
-    assert response.status_code == 409, response.text
-    assert response.json()["error"]["code"] == "name_taken"
-    assert response.json()["error"]["param"] == "name"
-    assert snapshot(store) == before
+    before = [entry for entry in snapshot(store) if not entry[0].startswith(".store")]
+    response = upload(client, name, *make_files()[2])
+    assert response.status_code == 201, response.text
+    assert [e for e in snapshot(store) if not e[0].startswith(".store")] == before
     assert (store / name).exists() or (store / name).is_symlink()
-    assert client.get("/v1/adapters").json()["data"] == []
 
 
 @pytest.mark.parametrize("kind", FOREIGN)
@@ -277,7 +274,7 @@ def test_delete_or_read_of_a_foreign_name_is_404(
     assert snapshot(store) == before
 
 
-def test_foreign_entries_are_not_listed_nor_warned_about_at_start(
+def test_foreign_entries_are_not_imported_nor_warned_about_at_start(
     settings, caplog: pytest.LogCaptureFixture
 ) -> None:
     from app.main import create_app
@@ -289,94 +286,86 @@ def test_foreign_entries_are_not_listed_nor_warned_about_at_start(
     adapters_log = logging.getLogger("app.adapters")
     adapters_log.addHandler(caplog.handler)
     try:
-        with TestClient(app) as client:
+        with caplog.at_level(logging.DEBUG, "app.adapters"), TestClient(app) as client:
             assert client.get("/v1/adapters").json()["data"] == []
     finally:
         adapters_log.removeHandler(caplog.handler)
     messages = [r.getMessage() for r in caplog.records]
-    assert any("registered 0 adapters" in m for m in messages)  # the handler did listen
+    assert any("README" in m for m in messages)  # the handler did listen (at debug level)
     noisy = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert not [m for m in noisy if any(n in m for n in ("README", "notes", "link", "other"))]
 
 
-# --- broken adapters are listed, refused at predict time, deletable and replaceable ----------
-def _broken_store(store: Path) -> None:
+# --- broken adapters: folders that fail are not imported; a version whose stored files go
+# bad is listed as broken, refused at predict time, deletable and replaceable ------------------
+def test_broken_folders_are_not_imported_and_stay_where_they_are(settings) -> None:
+    from app.main import create_app
+
     config, _, (config_bytes, weights) = make_files()
+    store = settings.adapters_dir
     for name, files in {
         "truncated": {"adapter_config.json": config_bytes, "adapter_model.safetensors": b"xx"},
         "bad-config": {
             "adapter_config.json": json.dumps({**config, "use_rslora": "false"}).encode(),
             "adapter_model.safetensors": weights,
         },
+        "good": {"adapter_config.json": config_bytes, "adapter_model.safetensors": weights},
     }.items():
         (store / name).mkdir(parents=True)
         for filename, data in files.items():
             (store / name / filename).write_bytes(data)
+    with TestClient(create_app(settings)) as client:
+        listed = [a["name"] for a in client.get("/v1/adapters").json()["data"]]
+    assert listed == ["good"]
+    assert (store / "truncated").is_dir() and (store / "bad-config").is_dir()
+    assert (store / ".imported" / "good" / "adapter_model.safetensors").read_bytes() == weights
 
 
 @pytest.fixture
-def broken_client(settings) -> Iterator[TestClient]:
-    from app.main import create_app
-
-    _broken_store(settings.adapters_dir)
-    with TestClient(create_app(settings)) as client:
-        yield client
-
-
-def test_broken_adapters_are_listed_as_broken(broken_client: TestClient) -> None:
-    upload(broken_client, "good", *make_files()[2])
-    listed = {a["name"]: a for a in broken_client.get("/v1/adapters").json()["data"]}
-    assert sorted(listed) == ["bad-config", "good", "truncated"]
-    assert listed["good"]["status"] == "ready" and listed["good"]["error"] is None
-    for name in ("bad-config", "truncated"):
-        one = broken_client.get(f"/v1/adapters/{name}")
-        assert one.status_code == 200
-        body = one.json()
-        assert body == listed[name]
-        assert body["status"] == "broken" and body["error"]["code"] == "invalid_adapter"
-        assert body["rank"] is None and body["layers"] is None
-    assert "use_rslora" in listed["bad-config"]["error"]["message"]
-    assert listed["truncated"]["size_bytes"] == 2
+def broken_client(client: TestClient, store: Path) -> TestClient:
+    """`bad` is uploaded, then its weights object is overwritten with garbage behind our back."""
+    version = upload(client, "bad", *make_files()[2]).json()["version"]
+    weights = store / ".store" / "default" / version / "adapter_model.safetensors"
+    weights.write_bytes(b"xx")
+    return client
 
 
-def test_predicting_with_a_broken_adapter_is_409(broken_client: TestClient) -> None:
+def test_a_version_with_broken_files_is_refused_at_predict_and_listed_as_broken(
+    broken_client: TestClient,
+) -> None:
     rows = [[0.0] * TINY_SIZES[0]]
-    for body in (
-        {"inputs": rows, "adapter": "truncated"},
-        {"inputs": rows, "adapters": ["bad-config"]},
-    ):
+    for body in ({"inputs": rows, "adapter": "bad"}, {"inputs": rows, "adapters": ["bad"]}):
         response = broken_client.post("/v1/predict", json=body)
         assert response.status_code == 409, response.text
         assert response.json()["error"]["code"] == "adapter_broken"
         assert response.json()["error"]["param"] in ("adapter", "adapters")
-    response = broken_client.get("/v1/adapters/truncated/download")
-    assert response.status_code == 409
-    assert response.json()["error"]["code"] == "adapter_broken"
+    body = broken_client.get("/v1/adapters/bad").json()
+    assert body["status"] == "broken" and body["error"]["code"] == "invalid_adapter"
+    assert [a["status"] for a in broken_client.get("/v1/adapters").json()["data"]] == ["broken"]
 
 
 def test_a_broken_adapter_is_replaced_only_with_overwrite(
-    broken_client: TestClient, store: Path
+    broken_client: TestClient,
 ) -> None:
-    before = snapshot(store)
-    response = upload(broken_client, "truncated", *make_files()[2])
+    rows = [[0.0] * TINY_SIZES[0]]
+    broken_client.post("/v1/predict", json={"inputs": rows, "adapter": "bad"})
+    response = upload(broken_client, "bad", *make_files(seed=3)[2])
     assert response.status_code == 409
     assert response.json()["error"]["code"] == "adapter_exists"
-    assert snapshot(store) == before
-    response = upload(broken_client, "truncated", *make_files()[2], overwrite=True)
+    response = upload(broken_client, "bad", *make_files(seed=3)[2], overwrite=True)
     assert response.status_code == 201
     assert response.json()["status"] == "ready"
-    rows = [[0.0] * TINY_SIZES[0]]
-    assert (
-        broken_client.post("/v1/predict", json={"inputs": rows, "adapter": "truncated"}).status_code
-        == 200
+    response = broken_client.post("/v1/predict", json={"inputs": rows, "adapter": "bad"})
+    assert response.status_code == 200
+
+
+def test_a_broken_adapter_can_be_deleted(broken_client: TestClient, store: Path) -> None:
+    version = broken_client.get("/v1/adapters/bad").json()["version"]
+    assert broken_client.delete("/v1/adapters/bad").status_code == 204
+    assert not (store / ".store" / "default" / version).exists() or not any(
+        (store / ".store" / "default" / version).iterdir()
     )
-
-
-@pytest.mark.parametrize("name", ["bad-config", "truncated"])
-def test_a_broken_adapter_can_be_deleted(broken_client: TestClient, store: Path, name: str) -> None:
-    assert broken_client.delete(f"/v1/adapters/{name}").status_code == 204
-    assert not (store / name).exists()
-    response = broken_client.get(f"/v1/adapters/{name}")
+    response = broken_client.get("/v1/adapters/bad")
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "adapter_not_found"
 

@@ -31,6 +31,7 @@ READ = {
     ("GET", "/v1/adapters"),
     ("GET", "/v1/adapters/{name}"),
     ("GET", "/v1/adapters/{name}/download"),
+    ("GET", "/v1/adapters/{name}/versions"),
     ("POST", "/v1/predict"),
     ("POST", "/v1/embeddings"),
     ("GET", "/metrics"),

@@ -11,7 +11,6 @@ import zipfile
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from safetensors import safe_open
 from safetensors.torch import load, save
 
 from app.main import create_app
@@ -67,8 +66,9 @@ def test_job_trains_and_registers_the_adapter(client: TestClient, settings, base
 
     adapter = client.get("/v1/adapters/tuned").json()
     assert adapter["source"] == "training" and adapter["rank"] == 8
-    with safe_open(settings.adapters_dir / "tuned" / "adapter_model.safetensors", "pt") as f:
-        assert f.metadata()["job_id"] == job["id"]
+    assert (
+        adapter["version"] == client.get("/v1/adapters/tuned/versions").json()["data"][0]["version"]
+    )
 
     events = client.get(f"/v1/fine-tuning/jobs/{job['id']}/events").json()["data"]
     metrics = [e["data"] for e in events if e["type"] == "metrics"]
@@ -78,7 +78,12 @@ def test_job_trains_and_registers_the_adapter(client: TestClient, settings, base
 
     # Usable at once, and it computes what its files say.
     files = zipfile.ZipFile(io.BytesIO(client.get("/v1/adapters/tuned/download").content))
-    tensors = load(files.read("adapter_model.safetensors"))
+    weights = files.read("adapter_model.safetensors")
+    tensors = load(weights)
+    assert (
+        json.loads(weights[8 : 8 + int.from_bytes(weights[:8], "little")])["__metadata__"]["job_id"]
+        == job["id"]
+    )
     x = torch.randn(3, 16)
     out = client.post("/v1/predict", json={"inputs": x.tolist(), "adapter": "tuned"}).json()
     ref = reference_forward(base_folder, x, {"lora_alpha": 8.0}, tensors)
@@ -380,7 +385,12 @@ def test_a_job_with_use_rslora_trains_an_rslora_adapter(client: TestClient, base
     assert adapter["scaling"] == pytest.approx(8 / 4**0.5)  # alpha / sqrt(r), not alpha / r
     files = zipfile.ZipFile(io.BytesIO(client.get("/v1/adapters/rs/download").content))
     assert json.loads(files.read("adapter_config.json"))["use_rslora"] is True
-    tensors = load(files.read("adapter_model.safetensors"))
+    weights = files.read("adapter_model.safetensors")
+    tensors = load(weights)
+    assert (
+        json.loads(weights[8 : 8 + int.from_bytes(weights[:8], "little")])["__metadata__"]["job_id"]
+        == job["id"]
+    )
     x = torch.randn(3, 16)
     out = client.post("/v1/predict", json={"inputs": x.tolist(), "adapter": "rs"}).json()
     ref = reference_forward(base_folder, x, {"lora_alpha": 8.0, "use_rslora": True}, tensors)

@@ -47,6 +47,29 @@ def _serve(args: argparse.Namespace) -> None:
     run(settings.model_copy(update=overrides))
 
 
+def _settings() -> Any:
+    from app.settings import Settings
+
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise InputError(f"invalid settings: {_first_error(exc)}") from None
+
+
+def _worker(args: argparse.Namespace) -> None:
+    """A training worker on the shared state of the settings (DATABASE_URL, STORE_URL)."""
+    from app.training.process import run_worker
+
+    run_worker(_settings())
+
+
+def _migrate(args: argparse.Namespace) -> None:
+    """Migrate the database and import an older layout; prints what was imported."""
+    from app.training.process import print_migration
+
+    print_migration(_settings())
+
+
 def _first_error(exc: ValidationError) -> str:
     error = exc.errors()[0]
     where = ".".join(str(part) for part in error["loc"])
@@ -232,6 +255,9 @@ def parser(settings: CliSettings | None = None) -> argparse.ArgumentParser:
         "embedded seed model",
     )
 
+    sub.add_parser("worker", help="run a training worker on the shared state (DATABASE_URL)")
+    sub.add_parser("migrate", help="migrate the database, import an older ADAPTERS_DIR and jobs.db")
+
     adapters = sub.add_parser("adapters", help="list, upload, download, delete adapters")
     actions = adapters.add_subparsers(dest="action", required=True)
     actions.add_parser("list")
@@ -354,8 +380,9 @@ def main(argv: list[str] | None = None) -> None:
         "text-demo": _text_demo,
     }
     with failures_reported(args.url):
-        if args.command == "serve":
-            _serve(args)
+        local = {"serve": _serve, "worker": _worker, "migrate": _migrate}
+        if args.command in local:
+            local[args.command](args)
             return
         with Client(args.url, api_key=args.api_key) as client:
             handlers[args.command](args, client)

@@ -10,8 +10,6 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 from fastapi_offline import FastAPIOffline
 
-from app.adapters import AdapterRegistry, BaseInfo
-from app.adapters.legacy import import_folder
 from app.api.auth import Authenticate
 from app.api.deps import Services
 from app.api.errors import install_error_handlers
@@ -23,8 +21,8 @@ from app.api.routes import api_router
 from app.engine import Batcher, ComputeThread, DirectRunner, Engine, OnBatch, Predictor
 from app.model import load_base_model, resolve_device
 from app.settings import Settings
-from app.state import Database, ObjectStore
-from app.training import DatasetStore, JobStore, PairDatasetStore, TrainingService
+from app.state.open import base_info, open_state
+from app.training import TrainingService
 
 log = logging.getLogger("app")
 
@@ -33,19 +31,8 @@ def build_services(settings: Settings, compute: ComputeThread, on_batch: OnBatch
     """Load the base model (on the compute thread), open the shared state, wire the engine."""
     base = compute.call(load_base_model, settings.base_model, resolve_device(settings.device))
     linears = {n: (i.in_features, i.out_features) for n, i in base.linears().items()}
-    info = BaseInfo(linears, base.name, base.fingerprint, base.device, base.dtype)
-    db = Database(settings.database)
-    db.migrate()
-    registry = AdapterRegistry(
-        db,
-        ObjectStore(settings.store, settings.s3_endpoint_url),
-        info,
-        settings.max_rank,
-        settings.adapter_cache_bytes,
-        settings.max_adapters,
-        settings.registry_ttl_ms,
-    )
-    import_folder(registry, settings.adapters_dir)
+    state = open_state(settings, base, base_info(base))
+    registry, datasets, jobs = state.registry, state.datasets, state.jobs
     predictor = Predictor(base, registry, settings.merged_cache_bytes)
     engine: Engine
     if settings.batching:
@@ -57,21 +44,10 @@ def build_services(settings: Settings, compute: ComputeThread, on_batch: OnBatch
         engine = DirectRunner(
             predictor, compute, on_batch, settings.max_batch_rows, settings.max_queue_rows
         )
-    datasets = (
-        PairDatasetStore(settings.data_dir / "datasets", settings.max_dataset_rows)
-        if base.text is not None
-        else DatasetStore(
-            settings.data_dir / "datasets",
-            base.input_dim or 0,
-            base.output_dim,
-            settings.max_dataset_rows,
-        )
-    )
-    datasets.scan()
-    jobs = JobStore(settings.data_dir / "jobs.db")
     training = TrainingService(
-        base, registry, datasets, jobs, settings.max_rank, settings.max_queued_jobs
-    )
+        base, registry, datasets, jobs, settings.max_rank, settings.max_queued_jobs,
+        settings.job_lease_ms,
+    )  # fmt: skip
     body_limit = route_body_limits(
         settings.max_upload_bytes,
         settings.max_request_rows,
@@ -98,7 +74,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     except BaseException:
         compute.close()
         raise
-    services.training.start()  # marks jobs a crash interrupted, then runs the queue
+    services.training.start(settings.embedded_worker)
     services.engine.start()
     app.state.services = services
     log.info(
@@ -116,7 +92,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services.compute.close()
         services.training.stop()
         services.training.jobs.close()
-        services.registry.db.close()
+        services.registry.db.close()  # the one database of the registry, datasets and jobs
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

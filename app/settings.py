@@ -64,6 +64,10 @@ class Settings(BaseSettings):
     # How long a replica may keep answering with a name's old version after another replica
     # replaced or deleted it.
     registry_ttl_ms: float = Field(default=1000.0, ge=0)
+    # Training: whether this process runs a worker of its own, and the lease a worker holds on
+    # a running job (renewed every third of it; a job whose lease lapses is interrupted).
+    embedded_worker: bool = True
+    job_lease_ms: int = Field(default=15_000, ge=100)
 
     @field_validator("admin_keys", "api_keys", mode="before")
     @classmethod

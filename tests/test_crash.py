@@ -33,7 +33,7 @@ def test_sigkill_during_training_leaves_the_job_interrupted_and_adapters_intact(
 ) -> None:
     base = write_base_model(tmp_path / "base")
     store = tmp_path / "adapters"
-    with running_server(tmp_path, base_model=str(base)) as server:
+    with running_server(tmp_path, base_model=str(base), job_lease_ms="1000") as server:
         client = httpx.Client(base_url=server.url)
         for i in range(2):
             targets = ["layer1", "layer2"]
@@ -46,9 +46,9 @@ def test_sigkill_during_training_leaves_the_job_interrupted_and_adapters_intact(
                 files={"config": ("c", files[0]), "weights": ("w", files[1])},
             )
             assert response.status_code == 201
-        before = digests(store)
         data = save({"inputs": torch.randn(256, 16), "targets": torch.randn(256, 4)})
         train = client.post("/v1/datasets", files={"file": ("d", data)}).json()["id"]
+        before = digests(store)
         job = client.post(
             "/v1/fine-tuning/jobs",
             json={
@@ -64,9 +64,14 @@ def test_sigkill_during_training_leaves_the_job_interrupted_and_adapters_intact(
         server.process.send_signal(signal.SIGKILL)
         server.process.wait(timeout=10)
 
-    with running_server(tmp_path, base_model=str(base)) as server:
+    with running_server(tmp_path, base_model=str(base), job_lease_ms="1000") as server:
         client = httpx.Client(base_url=server.url)
-        after = client.get(f"/v1/fine-tuning/jobs/{job['id']}").json()
+        deadline = time.monotonic() + 20  # the dead process's lease lapses within a second
+        while (after := client.get(f"/v1/fine-tuning/jobs/{job['id']}").json())["status"] == (
+            "running"
+        ):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
         assert after["status"] == "failed" and after["error"]["code"] == "interrupted"
         response = client.get("/v1/adapters/victim")
         assert response.status_code == 404
@@ -205,7 +210,6 @@ def test_sigterm_finishes_requests_in_flight_and_marks_the_running_job(tmp_path:
     state = Database(f"sqlite:///{tmp_path / 'data' / 'loraserve.db'}")
     with state.read() as conn:
         assert catalog.current(conn, "default", "late") is not None
+    stopped = JobStore(state).get(job["id"])
     state.close()
-    jobs = JobStore(tmp_path / "data" / "jobs.db")
-    stopped = jobs.get(job["id"])
     assert stopped.status == "failed" and stopped.error and stopped.error["code"] == "interrupted"

@@ -12,7 +12,7 @@ import hashlib
 import json
 import struct
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import sqlalchemy as sa
@@ -89,11 +89,13 @@ class RegistryWrites:
         overwrite: bool = False,
         metadata: Mapping[str, str] | None = None,
         project: str = DEFAULT_PROJECT,
+        within: Callable[[Connection], None] | None = None,
     ) -> AdapterRecord:
         """Store a checked adapter (fp32, our metadata in the header) as a version of `name`.
 
         The header holds nothing that changes between two writes of the same weights, so the
-        same adapter always makes the same version.
+        same adapter always makes the same version. `within(conn)` runs in the registering
+        transaction, before its commit: if it raises, nothing is registered.
         """
         fmt.check_name(name)
         header = {
@@ -111,7 +113,7 @@ class RegistryWrites:
             fmt.CONFIG_FILE: fmt.config_json(adapter.config, self.base.name),
             fmt.WEIGHTS_FILE: canonical_safetensors(save(tensors, metadata=header)),
         }
-        return self._publish(project, name, files, header, source, overwrite)
+        return self._publish(project, name, files, header, source, overwrite, within)
 
     def import_files(
         self,
@@ -188,6 +190,7 @@ class RegistryWrites:
         metadata: Mapping[str, str],
         source: str,
         overwrite: bool,
+        within: Callable[[Connection], None] | None = None,
     ) -> AdapterRecord:
         config, weights = files[fmt.CONFIG_FILE], files[fmt.WEIGHTS_FILE]
         version = version_id(config, weights)
@@ -216,6 +219,8 @@ class RegistryWrites:
                         created = VersionFiles.write(self.objects, project, version, files)
                         catalog.add_version(conn, row)
                     catalog.point(conn, project, name, version, now)
+                if within is not None:
+                    within(conn)
         except BaseException:
             if created:  # ours alone: the project's lock kept any other writer of it waiting
                 VersionFiles.delete(self.objects, project, version)

@@ -15,6 +15,8 @@ from sqlalchemy import (
 )
 
 metadata = MetaData()
+# 64-bit row numbers; SQLite only auto-numbers a column declared exactly INTEGER PRIMARY KEY.
+SEQ = BigInteger().with_variant(Integer(), "sqlite")
 DEFAULT_PROJECT = "default"  # the project of the ADMIN_KEYS / API_KEYS settings
 
 projects = Table(
@@ -73,11 +75,63 @@ adapters = Table(
 adapter_history = Table(
     "adapter_history",
     metadata,
-    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("seq", SEQ, primary_key=True, autoincrement=True),
     Column("project_id", String(64), ForeignKey("projects.id"), nullable=False),
     Column("name", String(200), nullable=False),
     Column("version_id", String(64), nullable=False),
     Column("created_at", BigInteger, nullable=False),
     Index("adapter_history_by_name", "project_id", "name", "seq"),
     Index("adapter_history_by_version", "project_id", "version_id"),
+)
+
+# Training datasets' records; the data is one object, "<project>/datasets/<id>".
+datasets = Table(
+    "datasets",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("project_id", String(64), ForeignKey("projects.id"), nullable=False),
+    Column("format", String(16), nullable=False),  # tensors | text_pairs
+    Column("rows", Integer, nullable=False),
+    Column("input_dim", Integer),
+    Column("output_dim", Integer),
+    Column("bytes", BigInteger, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("filename", String(200)),
+    Index("datasets_by_project", "project_id", "created_at"),
+)
+
+# Fine-tuning jobs: a worker holds a running job under a lease it renews (unix ms).
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("seq", SEQ, primary_key=True, autoincrement=True),
+    Column("id", String(64), nullable=False, unique=True),
+    Column("project_id", String(64), ForeignKey("projects.id"), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("adapter_name", String(200), nullable=False),
+    Column("training_dataset", String(64), nullable=False),
+    Column("validation_dataset", String(64)),
+    Column("hyperparameters", Text, nullable=False),
+    Column("progress", Text, nullable=False),
+    Column("error", Text),
+    Column("created_at", BigInteger, nullable=False),
+    Column("started_at", BigInteger),
+    Column("finished_at", BigInteger),
+    Column("worker_id", String(64)),
+    Column("lease_expires_ms", BigInteger),
+    Index("jobs_by_status", "status", "seq"),
+    Index("jobs_by_project", "project_id", "seq"),
+)
+
+job_events = Table(
+    "job_events",
+    metadata,
+    Column("seq", SEQ, primary_key=True, autoincrement=True),
+    Column("job_id", String(64), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("level", String(16), nullable=False),
+    Column("type", String(16), nullable=False),
+    Column("message", Text, nullable=False),
+    Column("data", Text),
+    Index("job_events_by_job", "job_id", "seq"),
 )

@@ -1,47 +1,30 @@
-"""Fine-tuning jobs and their events, in SQLite under DATA_DIR, so they outlive the process."""
+"""Fine-tuning jobs and their events in the shared database, with the leases workers hold.
+
+A job's life: `queued` -> `running` (a worker claimed it under a lease) -> `succeeded`, `failed`
+or `cancelled`; a cancel of a running job goes through `cancelling`, which the worker sees when it
+renews its lease. A running job whose lease lapses (its worker died) is failed as `interrupted`
+(or `cancelled`, if it was being cancelled) by whichever worker notices first.
+"""
 
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
+import sqlalchemy as sa
+from sqlalchemy import Connection
+
 from app.errors import InvalidInput, NotFound
+from app.state import Database
+from app.state.tables import DEFAULT_PROJECT, job_events, jobs
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelling", "cancelled"]
 ACTIVE: tuple[JobStatus, ...] = ("queued", "running", "cancelling")
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT UNIQUE NOT NULL,
-    status TEXT NOT NULL,
-    adapter_name TEXT NOT NULL,
-    training_dataset TEXT NOT NULL,
-    validation_dataset TEXT,
-    hyperparameters TEXT NOT NULL,
-    created_at INTEGER NOT NULL,
-    started_at INTEGER,
-    finished_at INTEGER,
-    progress TEXT NOT NULL,
-    error TEXT
-);
-CREATE TABLE IF NOT EXISTS events (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    job_id TEXT NOT NULL,
-    created_at INTEGER NOT NULL,
-    level TEXT NOT NULL,
-    type TEXT NOT NULL,
-    message TEXT NOT NULL,
-    data TEXT
-);
-CREATE INDEX IF NOT EXISTS events_by_job ON events (job_id, seq);
-"""
+HELD: tuple[JobStatus, ...] = ("running", "cancelling")  # a worker holds a lease on these
+INTERRUPTED = {"code": "interrupted", "message": "the worker stopped during training"}
 
 
 class JobNotFound(NotFound):
@@ -67,6 +50,8 @@ class Job:
     finished_at: int | None = None
     progress: dict[str, Any] = field(default_factory=dict)
     error: dict[str, str] | None = None
+    project: str = DEFAULT_PROJECT
+    worker_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -79,27 +64,29 @@ class Event:
     data: dict[str, Any] | None
 
 
-def _job(row: sqlite3.Row) -> Job:
+def _job(row: sa.Row) -> Job:
     return Job(
-        id=row["id"],
-        status=row["status"],
-        adapter_name=row["adapter_name"],
-        training_dataset=row["training_dataset"],
-        validation_dataset=row["validation_dataset"],
-        hyperparameters=json.loads(row["hyperparameters"]),
-        created_at=row["created_at"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-        progress=json.loads(row["progress"]),
-        error=json.loads(row["error"]) if row["error"] else None,
+        id=row.id,
+        status=row.status,
+        adapter_name=row.adapter_name,
+        training_dataset=row.training_dataset,
+        validation_dataset=row.validation_dataset,
+        hyperparameters=json.loads(row.hyperparameters),
+        created_at=row.created_at,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        progress=json.loads(row.progress),
+        error=json.loads(row.error) if row.error else None,
+        project=row.project_id,
+        worker_id=row.worker_id,
     )
 
 
-_MAX_SEQ = 2**63 - 1  # SQLite's largest integer
+_MAX_SEQ = 2**63 - 1  # the largest row number either database holds
 
 
 def _event_seq(event_id: str) -> int:
-    """`event-N` -> N; anything else, or an N SQLite cannot hold, is an invalid cursor."""
+    """`event-N` -> N; anything else, or an N no database can hold, is an invalid cursor."""
     prefix, _, number = event_id.partition("-")
     # isascii: str.isdigit() is also true of digits int() refuses ("²") or reads ("٣").
     digits = prefix == "event" and number.isascii() and number.isdigit() and len(number) <= 19
@@ -113,26 +100,27 @@ def _shorten(value: str, limit: int = 64) -> str:
     return repr(value if len(value) <= limit else value[:limit] + "...")
 
 
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _finishing(status: JobStatus, error: dict[str, str] | None) -> dict[str, Any]:
+    """The columns a move to `status` sets."""
+    values: dict[str, Any] = {"status": status}
+    if status == "running":
+        values["started_at"] = int(time.time())
+    if status in ("succeeded", "failed", "cancelled"):
+        values.update(finished_at=int(time.time()), worker_id=None, lease_expires_ms=None)
+    if error is not None:
+        values["error"] = json.dumps(error)
+    return values
+
+
 class JobStore:
-    """One SQLite file; one connection guarded by a lock (writes are tiny and rare)."""
+    """Jobs and events in the database that every API process and worker shares."""
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        self._lock = threading.Lock()
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    def _write(self, sql: str, args: tuple[Any, ...]) -> None:
-        with self._lock:
-            self._db.execute(sql, args)
+    def __init__(self, db: Database) -> None:
+        self.db = db
 
     def create(
         self,
@@ -141,6 +129,7 @@ class JobStore:
         validation_dataset: str | None,
         hyperparameters: dict[str, Any],
         progress: dict[str, Any],
+        project: str = DEFAULT_PROJECT,
     ) -> Job:
         job = Job(
             id="ftjob-" + uuid.uuid4().hex[:24],
@@ -151,52 +140,66 @@ class JobStore:
             hyperparameters=hyperparameters,
             created_at=int(time.time()),
             progress=progress,
+            project=project,
         )
-        self._write(
-            "INSERT INTO jobs (id, status, adapter_name, training_dataset, validation_dataset,"
-            " hyperparameters, created_at, progress) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (job.id, job.status, adapter_name, training_dataset, validation_dataset,
-             json.dumps(hyperparameters), job.created_at, json.dumps(progress)),
-        )  # fmt: skip
-        self.add_event(job.id, "message", f"job created for adapter {adapter_name!r}")
+        with self.db.write() as conn:
+            conn.execute(
+                jobs.insert().values(
+                    id=job.id,
+                    project_id=project,
+                    status=job.status,
+                    adapter_name=adapter_name,
+                    training_dataset=training_dataset,
+                    validation_dataset=validation_dataset,
+                    hyperparameters=json.dumps(hyperparameters),
+                    progress=json.dumps(progress),
+                    created_at=job.created_at,
+                )
+            )
+            self._event(conn, job.id, "message", f"job created for adapter {adapter_name!r}")
         return job
 
-    def get(self, job_id: str) -> Job:
-        with self._lock:
-            row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    def get(self, job_id: str, project: str | None = DEFAULT_PROJECT) -> Job:
+        """The job; 404 for an unknown one or another project's (None: any project's)."""
+        query = sa.select(jobs).where(jobs.c.id == job_id)
+        if project is not None:
+            query = query.where(jobs.c.project_id == project)
+        with self.db.read() as conn:
+            row = conn.execute(query).first()
         if row is None:
             raise JobNotFound(f"job {_shorten(job_id)} not found", "job_id")
         return _job(row)
 
-    def page(self, after: str | None, limit: int) -> tuple[list[Job], bool]:
+    def page(
+        self, after: str | None, limit: int, project: str = DEFAULT_PROJECT
+    ) -> tuple[list[Job], bool]:
         """Newest first; `after` is the last job id of the previous page."""
-        with self._lock:
-            if after is None:
-                rows = self._db.execute(
-                    "SELECT * FROM jobs ORDER BY seq DESC LIMIT ?", (limit + 1,)
-                ).fetchall()
-            else:
-                cursor = self._db.execute("SELECT seq FROM jobs WHERE id = ?", (after,)).fetchone()
-                if cursor is None:
+        query = sa.select(jobs).where(jobs.c.project_id == project)
+        with self.db.read() as conn:
+            if after is not None:
+                seq = conn.execute(
+                    sa.select(jobs.c.seq).where(jobs.c.id == after, jobs.c.project_id == project)
+                ).scalar()
+                if seq is None:
                     raise InvalidCursor(f"{_shorten(after)} is not a job id", "after")
-                rows = self._db.execute(
-                    "SELECT * FROM jobs WHERE seq < ? ORDER BY seq DESC LIMIT ?",
-                    (cursor["seq"], limit + 1),
-                ).fetchall()
+                query = query.where(jobs.c.seq < seq)
+            rows = conn.execute(query.order_by(jobs.c.seq.desc()).limit(limit + 1)).all()
         return [_job(r) for r in rows[:limit]], len(rows) > limit
 
-    def with_status(self, *statuses: JobStatus) -> list[Job]:
-        """Jobs in these states, oldest first."""
-        marks = ",".join("?" * len(statuses))
-        with self._lock:
-            rows = self._db.execute(
-                f"SELECT * FROM jobs WHERE status IN ({marks}) ORDER BY seq", statuses
-            ).fetchall()
+    def with_status(self, *statuses: JobStatus, project: str | None = None) -> list[Job]:
+        """Jobs in these states, oldest first (in one project, or in all for None)."""
+        query = sa.select(jobs).where(jobs.c.status.in_(statuses))
+        if project is not None:
+            query = query.where(jobs.c.project_id == project)
+        with self.db.read() as conn:
+            rows = conn.execute(query.order_by(jobs.c.seq)).all()
         return [_job(r) for r in rows]
 
     def count_by_status(self) -> dict[str, int]:
-        with self._lock:
-            rows = self._db.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall()
+        with self.db.read() as conn:
+            rows = conn.execute(
+                sa.select(jobs.c.status, sa.func.count()).group_by(jobs.c.status)
+            ).all()
         return {status: count for status, count in rows}
 
     def set_status(
@@ -206,30 +209,39 @@ class JobStore:
         *,
         error: dict[str, str] | None = None,
         only_from: tuple[JobStatus, ...] | None = None,
+        event: str | None = None,
     ) -> bool:
-        """Move a job to `status` (only from `only_from` states when given); True if it moved."""
-        now = int(time.time())
-        sets = ["status = ?"]
-        args: list[Any] = [status]
-        if status == "running":
-            sets.append("started_at = ?")
-            args.append(now)
-        if status in ("succeeded", "failed", "cancelled"):
-            sets.append("finished_at = ?")
-            args.append(now)
-        if error is not None:
-            sets.append("error = ?")
-            args.append(json.dumps(error))
-        sql = f"UPDATE jobs SET {', '.join(sets)} WHERE id = ?"
-        args.append(job_id)
+        """Move a job to `status` (only from `only_from` states); True if it moved. `event`, if
+        given, is recorded in the same transaction."""
+        with self.db.write() as conn:
+            moved = self.move(conn, job_id, status, error=error, only_from=only_from)
+            if moved and event:
+                self._event(conn, job_id, "message", event, level="error" if error else "info")
+        return moved
+
+    def move(
+        self,
+        conn: Connection,
+        job_id: str,
+        status: JobStatus,
+        *,
+        error: dict[str, str] | None = None,
+        only_from: tuple[JobStatus, ...] | None = None,
+        worker_id: str | None = None,
+    ) -> bool:
+        """set_status inside the caller's transaction; with `worker_id`, only while it holds it."""
+        query = jobs.update().where(jobs.c.id == job_id)
         if only_from:
-            sql += f" AND status IN ({','.join('?' * len(only_from))})"
-            args += list(only_from)
-        with self._lock:
-            return self._db.execute(sql, tuple(args)).rowcount == 1
+            query = query.where(jobs.c.status.in_(only_from))
+        if worker_id is not None:
+            query = query.where(jobs.c.worker_id == worker_id)
+        return bool(conn.execute(query.values(**_finishing(status, error))).rowcount == 1)
 
     def set_progress(self, job_id: str, progress: dict[str, Any]) -> None:
-        self._write("UPDATE jobs SET progress = ? WHERE id = ?", (json.dumps(progress), job_id))
+        with self.db.write() as conn:
+            conn.execute(
+                jobs.update().where(jobs.c.id == job_id).values(progress=json.dumps(progress))
+            )
 
     def add_event(
         self,
@@ -239,38 +251,125 @@ class JobStore:
         data: dict[str, Any] | None = None,
         level: str = "info",
     ) -> None:
-        self._write(
-            "INSERT INTO events (job_id, created_at, level, type, message, data)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (job_id, int(time.time()), level, kind, message, json.dumps(data) if data else None),
-        )
+        with self.db.write() as conn:
+            self._event(conn, job_id, kind, message, data, level)
 
-    def events(self, job_id: str, after: str | None, limit: int) -> tuple[list[Event], bool]:
+    def events(
+        self, job_id: str, after: str | None, limit: int, project: str = DEFAULT_PROJECT
+    ) -> tuple[list[Event], bool]:
         """Oldest first, after the event id `after`: a client follows a job by passing the last id."""
-        self.get(job_id)
+        self.get(job_id, project)
         seq = 0
-        if after is not None:
-            seq = _event_seq(after)
-            with self._lock:
-                known = self._db.execute(
-                    "SELECT 1 FROM events WHERE seq = ? AND job_id = ?", (seq, job_id)
-                ).fetchone()
-            if known is None:
-                raise InvalidCursor(f"{_shorten(after)} is not an event id of this job", "after")
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT * FROM events WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT ?",
-                (job_id, seq, limit + 1),
-            ).fetchall()
+        with self.db.read() as conn:
+            if after is not None:
+                seq = _event_seq(after)
+                known = conn.execute(
+                    sa.select(job_events.c.seq).where(
+                        job_events.c.seq == seq, job_events.c.job_id == job_id
+                    )
+                ).first()
+                if known is None:
+                    raise InvalidCursor(
+                        f"{_shorten(after)} is not an event id of this job", "after"
+                    )
+            rows = conn.execute(
+                sa.select(job_events)
+                .where(job_events.c.job_id == job_id, job_events.c.seq > seq)
+                .order_by(job_events.c.seq)
+                .limit(limit + 1)
+            ).all()
         events = [
             Event(
-                id=f"event-{r['seq']}",
-                created_at=r["created_at"],
-                level=r["level"],
-                type=r["type"],
-                message=r["message"],
-                data=json.loads(r["data"]) if r["data"] else None,
+                id=f"event-{r.seq}",
+                created_at=r.created_at,
+                level=r.level,
+                type=r.type,
+                message=r.message,
+                data=json.loads(r.data) if r.data else None,
             )
             for r in rows[:limit]
         ]
         return events, len(rows) > limit
+
+    # --- leases -----------------------------------------------------------------------------
+    def claim(self, worker_id: str, lease_ms: int) -> Job | None:
+        """Take the oldest queued job under a lease; None when there is none.
+
+        On PostgreSQL `FOR UPDATE SKIP LOCKED` lets workers claim at once without taking the
+        same job or waiting on each other; SQLite has one writer at a time anyway.
+        """
+        with self.db.write() as conn:
+            row = conn.execute(
+                sa.select(jobs.c.id)
+                .where(jobs.c.status == "queued")
+                .order_by(jobs.c.seq)
+                .limit(1)
+                .with_for_update(skip_locked=True)
+            ).first()
+            if row is None:
+                return None
+            conn.execute(
+                jobs.update()
+                .where(jobs.c.id == row.id)
+                .values(
+                    **_finishing("running", None),
+                    worker_id=worker_id,
+                    lease_expires_ms=_now_ms() + lease_ms,
+                )
+            )
+            self._event(conn, row.id, "message", f"training started on worker {worker_id}")
+            return _job(conn.execute(sa.select(jobs).where(jobs.c.id == row.id)).one())
+
+    def renew(self, job_id: str, worker_id: str, lease_ms: int) -> JobStatus | None:
+        """Extend the lease; the job's status now, or None if this worker no longer holds it."""
+        with self.db.write() as conn:
+            held = conn.execute(
+                jobs.update()
+                .where(jobs.c.id == job_id, jobs.c.worker_id == worker_id, jobs.c.status.in_(HELD))
+                .values(lease_expires_ms=_now_ms() + lease_ms)
+            ).rowcount
+            if not held:
+                return None
+            return conn.execute(sa.select(jobs.c.status).where(jobs.c.id == job_id)).scalar_one()
+
+    def reap(self) -> list[str]:
+        """End the jobs whose lease lapsed: their worker is gone. Returns their ids."""
+        ended = []
+        with self.db.write() as conn:
+            rows = conn.execute(
+                sa.select(jobs.c.id, jobs.c.status)
+                .where(jobs.c.status.in_(HELD), jobs.c.lease_expires_ms < _now_ms())
+                .with_for_update(skip_locked=True)
+            ).all()
+            for row in rows:
+                if row.status == "cancelling":
+                    self.move(conn, row.id, "cancelled")
+                    self._event(conn, row.id, "message", "job cancelled")
+                else:
+                    self.move(conn, row.id, "failed", error=INTERRUPTED)
+                    self._event(conn, row.id, "message", "job failed: interrupted", level="error")
+                ended.append(row.id)
+        return ended
+
+    def close(self) -> None:
+        """The database is the caller's; nothing of its own to close."""
+
+    @staticmethod
+    def _event(
+        conn: Connection,
+        job_id: str,
+        kind: str,
+        message: str,
+        data: dict[str, Any] | None = None,
+        level: str = "info",
+    ) -> None:
+        conn.execute(
+            job_events.insert().values(
+                job_id=job_id,
+                created_at=int(time.time()),
+                level=level,
+                type=kind,
+                message=message,
+                data=json.dumps(data) if data else None,
+            )
+        )

@@ -1,7 +1,7 @@
 """Text-pair datasets for text bases: rows `{"anchor": str, "positive": str}`, JSONL or JSON.
 
-Stored as JSONL under DATA_DIR/datasets/ with a first line that holds the record, so a file is
-its own index after a restart and is written in one atomic replace.
+Stored as JSONL in the object store, with a first line that describes the file (the format
+older DATA_DIR/datasets/ folders hold, so those import byte for byte).
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from typing import Any
 import orjson
 
 from app.errors import InvalidInput, MalformedBody, shorten
+from app.state import Database, ObjectStore
+from app.state.tables import DEFAULT_PROJECT
 from app.training.datasets import DatasetRecord, DatasetStore, DatasetTooLarge, new_dataset_id
 
 log = logging.getLogger(__name__)
@@ -79,37 +81,27 @@ def parse_pairs(data: bytes, max_rows: int) -> list[Pair]:
 
 
 class PairDatasetStore(DatasetStore):
-    """The dataset store of a text base: same index and deletes, JSONL files of pairs."""
+    """The dataset store of a text base: the same records and deletes, JSONL files of pairs."""
 
+    format = "text_pairs"
     suffix = ".jsonl"
 
-    def __init__(self, root: Path, max_rows: int) -> None:
-        super().__init__(root, 0, 0, max_rows)
+    def __init__(self, db: Database, objects: ObjectStore, max_rows: int) -> None:
+        super().__init__(db, objects, 0, 0, max_rows)
 
-    def scan(self) -> None:
-        for path in sorted(self.root.glob(f"*{self.suffix}")):
-            try:
-                with path.open("rb") as f:
-                    header = orjson.loads(f.readline()).get(_HEADER)
-                record = DatasetRecord(
-                    path.stem, int(header["rows"]), None, None, path.stat().st_size,
-                    int(header["created_at"]), header.get("filename"), "text_pairs",
-                )  # fmt: skip
-            except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
-                log.warning("skipping dataset file %s: %s", path.name, exc)
-                continue
-            self._records[record.id] = record
-        self._remove_temporaries()
+    def create_from_bytes(
+        self, data: bytes, filename: str | None, project: str = DEFAULT_PROJECT
+    ) -> DatasetRecord:
+        return self._write(parse_pairs(data, self.max_rows), filename, project)
 
-    def create_from_bytes(self, data: bytes, filename: str | None) -> DatasetRecord:
-        return self._write(parse_pairs(data, self.max_rows), filename)
-
-    def create_pairs(self, pairs: list[Pair], filename: str | None = None) -> DatasetRecord:
+    def create_pairs(
+        self, pairs: list[Pair], filename: str | None = None, project: str = DEFAULT_PROJECT
+    ) -> DatasetRecord:
         rows = [{"anchor": a, "positive": p} for a, p in pairs]
-        return self._write(check_pairs(rows, self.max_rows), filename)
+        return self._write(check_pairs(rows, self.max_rows), filename, project)
 
-    def _write(self, pairs: list[Pair], filename: str | None) -> DatasetRecord:
-        """Checked pairs to disk, atomically, and into the index."""
+    def _write(self, pairs: list[Pair], filename: str | None, project: str) -> DatasetRecord:
+        """Checked pairs as JSONL, its first line a header that describes the file."""
         record_id, created = new_dataset_id(), int(time.time())
         header: dict[str, Any] = {"rows": len(pairs), "created_at": created}
         if filename:
@@ -117,23 +109,24 @@ class PairDatasetStore(DatasetStore):
         lines = [orjson.dumps({_HEADER: header})]
         lines += [orjson.dumps({"anchor": a, "positive": p}) for a, p in pairs]
         data = b"\n".join(lines) + b"\n"
-        self._write_atomically(record_id, data)
         record = DatasetRecord(
-            record_id,
-            len(pairs),
-            None,
-            None,
-            len(data),
-            created,
-            header.get("filename"),
+            record_id, len(pairs), None, None, len(data), created, header.get("filename"),
             "text_pairs",
-        )
-        with self._lock:
-            self._records[record_id] = record
-        return record
+        )  # fmt: skip
+        return self._store(record, data, project)
+
+    def _read_old(self, path: Path) -> DatasetRecord | None:
+        try:
+            with path.open("rb") as f:
+                header = orjson.loads(f.readline()).get(_HEADER)
+            return DatasetRecord(
+                path.stem, int(header["rows"]), None, None, path.stat().st_size,
+                int(header["created_at"]), header.get("filename"), "text_pairs",
+            )  # fmt: skip
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            log.warning("not importing dataset file %s: %s", path.name, exc)
+            return None
 
     def load_pairs(self, dataset_id: str) -> list[Pair]:
-        self.get(dataset_id)
-        with (self.root / f"{dataset_id}{self.suffix}").open("rb") as f:
-            f.readline()  # the header
-            return [(row["anchor"], row["positive"]) for row in map(orjson.loads, f) if row]
+        lines = self.read(dataset_id).splitlines()[1:]  # after the header
+        return [(row["anchor"], row["positive"]) for row in map(orjson.loads, lines) if row]

@@ -1,4 +1,4 @@
-"""The rules of fine-tuning jobs: what may be queued, cancel, recovery after a restart."""
+"""The rules of fine-tuning jobs: what may be queued, and cancel; workers run them."""
 
 from __future__ import annotations
 
@@ -6,11 +6,10 @@ import logging
 import threading
 from typing import Any
 
-from app.adapters import AdapterRecord, AdapterRegistry
+from app.adapters import AdapterRegistry
 from app.adapters.peft_format import check_name
 from app.errors import (
     AdapterExists,
-    AdapterNotFound,
     Conflict,
     InvalidInput,
     TooManyRequests,
@@ -80,7 +79,7 @@ def check_loss(base: BaseModel, loss: str | None) -> str:
 
 
 class TrainingService:
-    """Creates, cancels and recovers jobs; the worker runs them."""
+    """Creates and cancels jobs; workers (this process's own, or others) run them."""
 
     def __init__(
         self,
@@ -90,41 +89,24 @@ class TrainingService:
         jobs: JobStore,
         max_rank: int,
         max_queued_jobs: int = 100,
+        lease_ms: int = 15_000,
     ) -> None:
         self.base, self.registry, self.datasets, self.jobs = base, registry, datasets, jobs
         self.max_rank = max_rank
         self.max_queued_jobs = max_queued_jobs
-        self.worker = TrainingWorker(base, registry, datasets, jobs)
+        self.worker = TrainingWorker(base, registry, datasets, jobs, lease_ms)
         # Makes create_job's checks and insert one step, and delete_dataset's check and delete
         # another: otherwise a job can be queued on a dataset deleted in between (both answering
         # success), or two concurrent jobs queued for one adapter name.
         self._lock = threading.Lock()
 
-    def start(self) -> None:
-        self.recover()
-        self.worker.start()
+    def start(self, embedded_worker: bool = True) -> None:
+        """Run this process's own worker (unless others do the training)."""
+        if embedded_worker:
+            self.worker.start()
 
     def stop(self) -> None:
         self.worker.stop()
-
-    def recover(self) -> None:
-        """Jobs the last process left running: done if their adapter exists, else interrupted."""
-        for job in self.jobs.with_status("running", "cancelling"):
-            try:
-                record: AdapterRecord | None = self.registry.get(job.adapter_name)
-            except AdapterNotFound:
-                record = None
-            if record is not None and record.metadata.get("job_id") == job.id:
-                self.jobs.set_status(job.id, "succeeded")
-                self.jobs.add_event(job.id, "message", "job succeeded (found after a restart)")
-            elif job.status == "cancelling":
-                self.jobs.set_status(job.id, "cancelled")
-                self.jobs.add_event(job.id, "message", "job cancelled")
-            else:
-                error = {"code": "interrupted", "message": "the service stopped during training"}
-                self.jobs.set_status(job.id, "failed", error=error)
-                self.jobs.add_event(job.id, "message", "job failed: interrupted", level="error")
-            log.warning("recovered job %s", job.id)
 
     def create_job(
         self,
@@ -177,21 +159,23 @@ class TrainingService:
         return job
 
     def cancel(self, job_id: str) -> Job:
-        """Queued jobs are cancelled at once; running ones go through `cancelling`."""
-        with self.worker.finish_lock:
-            job = self.jobs.get(job_id)
-            if job.status == "queued" and self.jobs.set_status(
-                job_id, "cancelled", only_from=("queued",)
-            ):
-                self.jobs.add_event(job_id, "message", "job cancelled before it started")
-            elif job.status == "running" and self.jobs.set_status(
-                job_id, "cancelling", only_from=("running",)
-            ):
-                self.jobs.add_event(job_id, "message", "cancellation requested")
-                self.worker.request_cancel(job_id)
-            elif job.status != "cancelling":
-                raise JobNotCancellable(f"job {job_id!r} is already {job.status}", "job_id")
-            return self.jobs.get(job_id)
+        """Queued jobs are cancelled at once; running ones go through `cancelling`, which their
+        worker sees when it next renews its lease (at once, if it runs in this process)."""
+        job = self.jobs.get(job_id)
+        if job.status == "queued" and self.jobs.set_status(
+            job_id, "cancelled", only_from=("queued",), event="job cancelled before it started"
+        ):
+            pass
+        elif job.status == "running" and self.jobs.set_status(
+            job_id, "cancelling", only_from=("running",), event="cancellation requested"
+        ):
+            self.worker.request_cancel(job_id)
+        elif job.status not in ("cancelling", "queued", "running"):
+            raise JobNotCancellable(f"job {job_id!r} is already {job.status}", "job_id")
+        job = self.jobs.get(job_id)
+        if job.status not in ("cancelled", "cancelling"):  # it moved on meanwhile
+            raise JobNotCancellable(f"job {job_id!r} is already {job.status}", "job_id")
+        return job
 
     def delete_dataset(self, dataset_id: str) -> None:
         """Refused while a queued or running job still needs the dataset."""

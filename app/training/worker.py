@@ -1,22 +1,33 @@
-"""The training worker: one thread that runs queued jobs, one at a time, oldest first."""
+"""Training workers: each claims queued jobs from the database, one at a time, oldest first.
+
+A worker holds a job under a lease it renews every third of `lease_ms`; renewing is also how it
+hears of a cancel. The adapter a job makes is registered in the same transaction that marks the
+job `succeeded`, and only while this worker still holds it, so it is registered exactly once.
+`uvicorn app.main:app` runs one worker in its own process; `loraserve worker` runs one alone.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import asdict
 from functools import partial
 from typing import Any
 
+from sqlalchemy import Connection
+
 from app.adapters import AdapterRegistry
-from app.errors import AdapterExists, ServiceError, TooManyAdapters
+from app.errors import AdapterExists, Conflict, ServiceError, TooManyAdapters
 from app.lora import LoraAdapter
 from app.model import BaseModel
 from app.training.contrastive import train_text_lora
 from app.training.datasets import DatasetStore
-from app.training.jobs import Job, JobStore
+from app.training.jobs import HELD, INTERRUPTED, Job, JobStore
 from app.training.pairs import PairDatasetStore
 from app.training.trainer import Cancelled, Diverged, StepReport, TrainConfig, train_lora
 
@@ -24,20 +35,35 @@ log = logging.getLogger(__name__)
 _PROGRESS_EVERY_S = 0.5  # how often step progress is written to the database
 
 
+class LeaseLost(Conflict):
+    """The job is no longer this worker's (its lease lapsed, or it was cancelled)."""
+
+    code = "lease_lost"
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()[:32]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
 class TrainingWorker:
     """Trains on the shared frozen base (read-only, no copy) and registers each adapter it makes."""
 
     def __init__(
-        self, base: BaseModel, registry: AdapterRegistry, datasets: DatasetStore, jobs: JobStore
+        self,
+        base: BaseModel,
+        registry: AdapterRegistry,
+        datasets: DatasetStore,
+        jobs: JobStore,
+        lease_ms: int = 15_000,
+        poll_s: float = 1.0,
     ) -> None:
         self.base, self.registry, self.datasets, self.jobs = base, registry, datasets, jobs
+        self.worker_id = new_worker_id()
+        self.lease_ms, self.poll_s = lease_ms, poll_s
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._cancel: dict[str, threading.Event] = {}
-        # Held from the last cancellation check to the job's final state, so that a cancel either
-        # stops the job before its adapter is registered or finds it already finished.
-        self.finish_lock = threading.Lock()
-        self._thread = threading.Thread(target=self._loop, name="training-worker", daemon=True)
+        self._thread = threading.Thread(target=self.run, name="training-worker", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
@@ -46,27 +72,34 @@ class TrainingWorker:
         """Stop after the current step; a job cut short is failed as `interrupted`."""
         self._stopping.set()
         self._wake.set()
-        self._thread.join(timeout)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
 
     def notify(self) -> None:
-        """A job was queued."""
+        """A job was queued (by this process: others' are found by polling)."""
         self._wake.set()
 
     def request_cancel(self, job_id: str) -> None:
+        """Stop a job this process runs at once, without waiting for the next renewal."""
         event = self._cancel.get(job_id)
         if event is not None:
             event.set()
 
-    def _loop(self) -> None:
+    def run(self) -> None:
+        """Claim and run jobs until stop(); ends jobs whose worker died on the way."""
+        log.info("training worker %s started", self.worker_id)
         while not self._stopping.is_set():
             self._wake.clear()
-            queued = self.jobs.with_status("queued")
-            if not queued:
-                self._wake.wait(timeout=1.0)
+            try:
+                for job_id in self.jobs.reap():
+                    log.warning("job %s: its worker's lease lapsed", job_id)
+                job = self.jobs.claim(self.worker_id, self.lease_ms)
+            except Exception:  # the database away for a moment must not end the worker
+                log.exception("training worker could not reach the database")
+                job = None
+            if job is None:
+                self._wake.wait(timeout=self.poll_s)
                 continue
-            job = queued[0]
-            if not self.jobs.set_status(job.id, "running", only_from=("queued",)):
-                continue  # cancelled in the meantime
             # Each job on a thread of its own that ends with it: the OpenMP team torch starts for
             # a thread lives as long as the thread, and an idle extra team slows the compute
             # thread's small ops (app/engine/compute.py).
@@ -83,6 +116,30 @@ class TrainingWorker:
 
     def _run(self, job: Job) -> None:
         stop = self._cancel.setdefault(job.id, threading.Event())
+        renewing = threading.Thread(
+            target=self._renew, args=(job, stop), name="training-lease", daemon=True
+        )
+        renewing.start()
+        try:
+            self._train(job, stop)
+        finally:
+            self._cancel.pop(job.id, None)
+            stop.set()  # ends the renewing thread too
+            renewing.join()
+
+    def _renew(self, job: Job, stop: threading.Event) -> None:
+        """Renew the lease until the job ends; a cancel, or a lost lease, stops training."""
+        while not stop.wait(self.lease_ms / 3000):
+            try:
+                status = self.jobs.renew(job.id, self.worker_id, self.lease_ms)
+            except Exception:
+                log.exception("job %s: could not renew its lease", job.id)
+                continue
+            if status != "running":
+                log.info("job %s: %s, stopping", job.id, status or "lease lost")
+                stop.set()
+
+    def _train(self, job: Job, stop: threading.Event) -> None:
         hp = job.hyperparameters
         config = TrainConfig(
             rank=hp["rank"],
@@ -95,7 +152,6 @@ class TrainingWorker:
             loss=hp["loss"],
             seed=hp["seed"],
         )
-        self.jobs.add_event(job.id, "message", "training started")
         try:
             train = self._trainer(job, config)
         except ServiceError as exc:
@@ -127,9 +183,8 @@ class TrainingWorker:
             adapter = train(on_step, should_stop)
         except Cancelled:
             self.jobs.set_progress(job.id, progress)
-            if self._stopping.is_set() and not stop.is_set():
-                error = {"code": "interrupted", "message": "the service shut down during training"}
-                self._finish(job, "failed", error)
+            if self._stopping.is_set() and self.jobs.get(job.id, None).status == "running":
+                self._finish(job, "failed", INTERRUPTED)
             else:
                 self._finish(job, "cancelled", None)
             return
@@ -137,19 +192,31 @@ class TrainingWorker:
             self._finish(job, "failed", {"code": "diverged", "message": str(exc)})
             return
         self.jobs.set_progress(job.id, progress)
-        with self.finish_lock:
-            if stop.is_set():
-                self._finish(job, "cancelled", None)
-                return
-            try:
-                self.registry.add(
-                    job.adapter_name, adapter, source="training", metadata={"job_id": job.id}
-                )
-            except (AdapterExists, TooManyAdapters) as exc:
-                self._finish(job, "failed", {"code": exc.code, "message": exc.message})
-                return
-            self.jobs.add_event(job.id, "message", f"adapter {job.adapter_name!r} registered")
-            self._finish(job, "succeeded", None)
+        try:
+            self.registry.add(
+                job.adapter_name,
+                adapter,
+                source="training",
+                metadata={"job_id": job.id},
+                project=job.project,
+                within=partial(self._succeed, job),
+            )
+        except LeaseLost:
+            # Cancelled at the last moment, or this worker's lease lapsed: nothing registered.
+            self._finish(job, "cancelled", None)
+            return
+        except (AdapterExists, TooManyAdapters) as exc:
+            self._finish(job, "failed", {"code": exc.code, "message": exc.message})
+            return
+        log.info("training job %s succeeded", job.id)
+
+    def _succeed(self, job: Job, conn: Connection) -> None:
+        """Inside the registering transaction: the job is still ours and running, or nothing."""
+        if not self.jobs.move(conn, job.id, "succeeded", only_from=("running",),
+                              worker_id=self.worker_id):  # fmt: skip
+            raise LeaseLost(f"job {job.id} is no longer running on this worker")
+        self.jobs._event(conn, job.id, "message", f"adapter {job.adapter_name!r} registered")
+        self.jobs._event(conn, job.id, "message", "job succeeded")
 
     def _trainer(self, job: Job, config: TrainConfig) -> Callable[..., LoraAdapter]:
         """The job's data, loaded, bound to the training loop of the base's family."""
@@ -169,8 +236,11 @@ class TrainingWorker:
         return partial(train_lora, model, config, x, y, validation)
 
     def _finish(self, job: Job, status: Any, error: dict[str, str] | None) -> None:
-        self.jobs.set_status(job.id, status, error=error)
+        """End a job this worker holds (a job it no longer holds is left as it is)."""
         message = f"job {status}" + (f": {error['message']}" if error else "")
-        self.jobs.add_event(job.id, "message", message, level="error" if error else "info")
-        self._cancel.pop(job.id, None)
+        with self.jobs.db.write() as conn:
+            if self.jobs.move(conn, job.id, status, error=error, only_from=HELD,
+                              worker_id=self.worker_id):  # fmt: skip
+                level = "error" if error else "info"
+                self.jobs._event(conn, job.id, "message", message, level=level)
         log.info("training job %s %s", job.id, status)

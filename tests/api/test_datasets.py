@@ -20,7 +20,8 @@ def test_create_dataset_from_a_safetensors_file(client: TestClient, settings) ->
     body = response.json()
     assert body["rows"] == 10 and body["input_dim"] == 16 and body["output_dim"] == 4
     assert body["filename"] == "d.safetensors"
-    assert (settings.data_dir / "datasets" / f"{body['id']}.safetensors").is_file()
+    stored = settings.adapters_dir / ".store" / "default" / "datasets" / body["id"]
+    assert stored.is_file()
     assert client.get(f"/v1/datasets/{body['id']}").json() == body
     assert [d["id"] for d in client.get("/v1/datasets").json()["data"]] == [body["id"]]
 

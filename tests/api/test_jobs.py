@@ -7,6 +7,7 @@ import json
 import threading
 import time
 import zipfile
+from functools import partial
 
 import pytest
 import torch
@@ -14,7 +15,10 @@ from fastapi.testclient import TestClient
 from safetensors.torch import load, save
 
 from app.main import create_app
+from app.state import Database
 from app.training import JobStore
+from app.training.worker import LeaseLost
+from tests.api.conftest import make_files, upload
 from tests.helpers import reference_forward
 
 
@@ -276,23 +280,30 @@ def test_a_dataset_in_use_cannot_be_deleted(client: TestClient) -> None:
     assert client.delete(f"/v1/datasets/{train}").status_code == 204
 
 
-def test_after_a_restart_running_jobs_are_interrupted_and_queued_ones_run(settings) -> None:
+def test_after_a_restart_lapsed_leases_are_interrupted_live_ones_kept_queued_ones_run(
+    settings,
+) -> None:
     with TestClient(create_app(settings)) as client:
         train = dataset(client)
-    # What a killed process leaves: one job marked running, one still queued.
-    store = JobStore(settings.data_dir / "jobs.db")
+    # What a killed process leaves: a job under a lapsed lease, and one still queued; another
+    # process, alive, holds a third job under a lease it keeps renewing.
+    db = Database(settings.database)
+    store = JobStore(db)
     hp = {"rank": 2, "alpha": 2.0, "target_modules": ["layer1"], "epochs": 1, "batch_size": 8,
           "learning_rate": 1e-3, "use_rslora": False, "loss": "mse", "seed": 0}  # fmt: skip
     progress = {"epoch": 0, "epochs": 1, "step": 0, "total_steps": 8,
                 "train_loss": None, "validation_loss": None}  # fmt: skip
-    dead = store.create("dead", train, None, hp, progress)
-    store.set_status(dead.id, "running")
+    store.create("dead", train, None, hp, progress)
+    store.create("elsewhere", train, None, hp, progress)
+    dead, elsewhere = store.claim("w-dead", 1), store.claim("w-alive", 3_600_000)
+    assert dead and elsewhere
     waiting = store.create("waiting", train, None, hp, progress)
-    store.close()
+    db.close()
     with TestClient(create_app(settings)) as client:
-        failed = client.get(f"/v1/fine-tuning/jobs/{dead.id}").json()
-        assert failed["status"] == "failed" and failed["error"]["code"] == "interrupted"
+        assert wait_for(client, dead.id, "failed")["error"]["code"] == "interrupted"
         assert wait_for(client, waiting.id, "succeeded")["status"] == "succeeded"
+        kept = client.get(f"/v1/fine-tuning/jobs/{elsewhere.id}").json()
+        assert kept["status"] == "running"  # another live process's work is never touched
         response = client.get("/v1/adapters/dead")
         assert response.status_code == 404
         assert response.json()["error"]["code"] == "adapter_not_found"
@@ -399,30 +410,22 @@ def test_a_job_with_use_rslora_trains_an_rslora_adapter(client: TestClient, base
     )
 
 
-def test_a_job_whose_adapter_was_registered_before_a_crash_succeeds_after_restart(
-    settings,
-) -> None:
+def test_an_adapter_is_registered_only_together_with_its_job_s_success(settings) -> None:
+    """A job cancelled (or whose lease lapsed) at the last moment registers nothing."""
     with TestClient(create_app(settings)) as client:
         train = dataset(client)
-        done = create(client, "done", train, hyperparameters={"epochs": 1}).json()
-        assert wait_for(client, done["id"], "succeeded")["status"] == "succeeded"
-    # A crash after the adapter was written but before the job was marked done: still running.
-    # A second job for the same name, and a job being cancelled, also crashed mid-way.
-    store = JobStore(settings.data_dir / "jobs.db")
-    store.set_status(done["id"], "running")
-    hp, progress = done["hyperparameters"], done["progress"]
-    rival = store.create("done", train, None, hp, progress)  # its adapter is not this job's
-    store.set_status(rival.id, "running")
-    stopping = store.create("stopping", train, None, hp, progress)
-    store.set_status(stopping.id, "cancelling")
-    store.close()
-    with TestClient(create_app(settings)) as client:
-        job = client.get(f"/v1/fine-tuning/jobs/{done['id']}").json()
-        assert job["status"] == "succeeded" and job["error"] is None, job
-        events = client.get(f"/v1/fine-tuning/jobs/{done['id']}/events").json()["data"]
-        assert events[-1]["message"] == "job succeeded (found after a restart)"
-        assert client.get("/v1/adapters/done").json()["source"] == "training"
-        job = client.get(f"/v1/fine-tuning/jobs/{rival.id}").json()
-        assert job["status"] == "failed" and job["error"]["code"] == "interrupted"
-        job = client.get(f"/v1/fine-tuning/jobs/{stopping.id}").json()
-        assert job["status"] == "cancelled" and job["error"] is None
+        services = client.app.state.services  # type: ignore[attr-defined]
+        services.training.stop()  # no worker but the one this test plays
+        worker = services.training.worker
+        job = create(client, "late", train, hyperparameters={"epochs": 1}).json()
+        claimed = services.training.jobs.claim(worker.worker_id, 60_000)
+        assert claimed is not None and claimed.id == job["id"]
+        donor = upload(client, "donor", *make_files()[2]).json()["version"]
+        adapter = services.registry.load(donor, "adapter")[1]
+        client.post(f"/v1/fine-tuning/jobs/{job['id']}/cancel")
+        with pytest.raises(LeaseLost):
+            services.registry.add(
+                "late", adapter, source="training", within=partial(worker._succeed, claimed)
+            )
+        assert client.get("/v1/adapters/late").status_code == 404
+        assert client.get(f"/v1/fine-tuning/jobs/{job['id']}").json()["status"] == "cancelling"

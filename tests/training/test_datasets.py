@@ -1,4 +1,4 @@
-"""The dataset store: checked on the way in, and on the way back in after a restart."""
+"""The dataset store on both databases and both stores: checked on the way in, shared."""
 
 from __future__ import annotations
 
@@ -9,70 +9,78 @@ import torch
 from safetensors.torch import save, save_file
 
 from app.errors import InvalidInput
+from app.state import Database, ObjectStore
 from app.training.datasets import DatasetNotFound, DatasetStore, DatasetTooLarge
 
 
-def store(root: Path, input_dim: int = 16, output_dim: int = 4, max_rows: int = 100):
-    return DatasetStore(root, input_dim, output_dim, max_rows)
+@pytest.fixture
+def state(database_url: str, store_url: tuple[str, str | None]):
+    db = Database(database_url)
+    db.migrate()
+    yield db, ObjectStore(*store_url)
+    db.close()
+
+
+def make(state, input_dim: int = 16, output_dim: int = 4, max_rows: int = 100) -> DatasetStore:
+    return DatasetStore(*state, input_dim, output_dim, max_rows)
 
 
 def tensors(rows: int = 3, input_dim: int = 16, output_dim: int = 4) -> dict[str, torch.Tensor]:
     return {"inputs": torch.randn(rows, input_dim), "targets": torch.randn(rows, output_dim)}
 
 
-def test_a_restart_finds_the_datasets_again(tmp_path: Path) -> None:
-    first = store(tmp_path)
-    record = first.create(tensors(), "d.safetensors")
-    again = store(tmp_path)
-    again.scan()
-    assert again.list() == [record]
-    x, y = again.load(record.id)
+def test_another_process_finds_the_datasets(state) -> None:
+    record = make(state).create(tensors(), "d.safetensors")
+    other = DatasetStore(Database(state[0].url), state[1], 16, 4, 100)
+    assert other.list() == [record]
+    x, y = other.load(record.id)
     assert x.shape == (3, 16) and y.shape == (3, 4)
+    assert state[1].keys() == [f"default/datasets/{record.id}"]
 
 
-@pytest.mark.parametrize(("input_dim", "output_dim"), [(15, 4), (16, 5), (17, 3)])
-def test_scan_skips_files_of_the_wrong_width(
-    tmp_path: Path, input_dim: int, output_dim: int
-) -> None:
-    """After the base model changes, datasets made for the old widths are not offered."""
-    store(tmp_path, input_dim, output_dim).create(tensors(3, input_dim, output_dim))
-    kept = store(tmp_path).create(tensors())
-    again = store(tmp_path)
-    again.scan()
-    assert [r.id for r in again.list()] == [kept.id]
+def test_another_projects_dataset_is_not_found(state) -> None:
+    record = make(state).create(tensors())
+    with pytest.raises(DatasetNotFound):
+        make(state).get(record.id, project="other")
+    assert make(state).list("other") == []
 
 
-def test_scan_skips_unreadable_files_and_removes_leftover_temp_files(tmp_path: Path) -> None:
-    (tmp_path / "ds-broken.safetensors").write_bytes(b"not a safetensors file")
-    save_file({"inputs": torch.randn(2, 16)}, tmp_path / "ds-half.safetensors")  # no targets
-    flat = {"inputs": torch.randn(16), "targets": torch.randn(4)}  # 1-D: no rows
-    save_file(flat, tmp_path / "ds-flat.safetensors")
-    uneven = {"inputs": torch.randn(3, 16), "targets": torch.randn(2, 4)}
-    save_file(uneven, tmp_path / "ds-uneven.safetensors", metadata={"created_at": "x"})
-    (tmp_path / ".ds-crashed.tmp").write_bytes(b"half written")
-    kept = store(tmp_path).create(tensors())
-    again = store(tmp_path)
-    again.scan()
-    assert [r.id for r in again.list()] == [kept.id]
-    assert not (tmp_path / ".ds-crashed.tmp").exists()
+def test_older_dataset_files_are_imported_byte_for_byte_once(tmp_path: Path, state) -> None:
+    old = tmp_path / "datasets"
+    old.mkdir()
+    good = save(tensors(), metadata={"created_at": "1700000000", "filename": "d.safetensors"})
+    (old / "ds-good.safetensors").write_bytes(good)
+    (old / "ds-broken.safetensors").write_bytes(b"not a safetensors file")
+    save_file({"inputs": torch.randn(2, 16)}, old / "ds-half.safetensors")  # no targets
+    save_file(tensors(3, 15, 4), old / "ds-narrow.safetensors")  # another base's widths
+    datasets = make(state)
+    assert datasets.import_folder(old) == ["ds-good"]
+    record = datasets.get("ds-good")
+    assert (record.rows, record.created_at, record.filename) == (3, 1700000000, "d.safetensors")
+    assert datasets.read("ds-good") == good
+    assert (old / ".imported" / "ds-good.safetensors").read_bytes() == good
+    assert sorted(p.name for p in old.glob("*.safetensors")) == [
+        "ds-broken.safetensors", "ds-half.safetensors", "ds-narrow.safetensors",
+    ]  # fmt: skip
+    assert datasets.import_folder(old) == []
 
 
-def test_checks_on_the_way_in(tmp_path: Path) -> None:
-    datasets = store(tmp_path, max_rows=5)
+def test_checks_on_the_way_in(state) -> None:
+    datasets = make(state, max_rows=5)
     with pytest.raises(DatasetTooLarge):
         datasets.create(tensors(rows=6))
     with pytest.raises(InvalidInput):
         datasets.create(tensors(input_dim=15))
     with pytest.raises(InvalidInput):
         datasets.create_from_bytes(save(tensors())[:40], None)
-    assert datasets.list() == [] and list(tmp_path.iterdir()) == []
+    assert datasets.list() == [] and state[1].keys() == []
 
 
-def test_delete_and_not_found(tmp_path: Path) -> None:
-    datasets = store(tmp_path)
+def test_delete_and_not_found(state) -> None:
+    datasets = make(state)
     record = datasets.create(tensors())
     datasets.delete(record.id)
-    assert not (tmp_path / f"{record.id}.safetensors").exists()
+    assert state[1].keys() == []
     for call in (datasets.get, datasets.load, datasets.delete):
         with pytest.raises(DatasetNotFound):
             call(record.id)

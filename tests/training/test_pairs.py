@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from app.errors import InvalidInput, MalformedBody
+from app.state import Database, ObjectStore
 from app.training.datasets import DatasetNotFound, DatasetTooLarge
 from app.training.pairs import MAX_TEXT_CHARS, PairDatasetStore, parse_pairs
 
@@ -59,42 +60,51 @@ def test_a_text_of_exactly_the_limit_is_kept() -> None:
     assert parse_pairs(jsonl(rows([(long, "b"), ("c", "d")])), 10)[0] == (long, "b")
 
 
-def test_a_restart_finds_the_pairs_again(tmp_path: Path) -> None:
-    store = PairDatasetStore(tmp_path, 10)
+@pytest.fixture
+def store(tmp_path: Path) -> PairDatasetStore:
+    db = Database(f"sqlite:///{tmp_path / 'state.db'}")
+    db.migrate()
+    return PairDatasetStore(db, ObjectStore(f"file://{tmp_path / 'store'}"), 10)
+
+
+def test_pairs_are_stored_and_read_back(store: PairDatasetStore) -> None:
     record = store.create_from_bytes(jsonl(rows()), "jargon.jsonl")
     assert (record.rows, record.format, record.input_dim, record.filename) == (
         3, "text_pairs", None, "jargon.jsonl",
     )  # fmt: skip
-    assert record.bytes == (tmp_path / f"{record.id}.jsonl").stat().st_size
-    again = PairDatasetStore(tmp_path, 10)
-    again.scan()
-    assert again.list() == [record]
-    assert again.load_pairs(record.id) == PAIRS
+    assert record.bytes == len(store.read(record.id))
+    assert store.list() == [record]
+    assert store.load_pairs(record.id) == PAIRS
 
 
-def test_a_bad_file_leaves_nothing_behind(tmp_path: Path) -> None:
-    store = PairDatasetStore(tmp_path, 10)
+def test_a_bad_file_leaves_nothing_behind(store: PairDatasetStore) -> None:
     with pytest.raises(InvalidInput):
         store.create_from_bytes(jsonl(rows()[:1]), "one.jsonl")
-    assert list(tmp_path.iterdir()) == [] and store.list() == []
+    assert store.objects.keys() == [] and store.list() == []
 
 
-def test_scan_skips_files_it_cannot_read_and_removes_temporaries(tmp_path: Path) -> None:
-    store = PairDatasetStore(tmp_path, 10)
-    kept = store.create_pairs(PAIRS)
-    (tmp_path / "ds-broken.jsonl").write_text("not json\n")
-    (tmp_path / "ds-noheader.jsonl").write_bytes(jsonl(rows()))
-    (tmp_path / ".ds-half.tmp").write_text("half")
-    again = PairDatasetStore(tmp_path, 10)
-    again.scan()
-    assert again.list() == [kept]
-    assert not (tmp_path / ".ds-half.tmp").exists()
+def test_older_pair_files_are_imported_and_unreadable_ones_left(
+    store: PairDatasetStore, tmp_path: Path
+) -> None:
+    old = tmp_path / "datasets"
+    old.mkdir()
+    first = PairDatasetStore(store.db, ObjectStore(f"file://{tmp_path / 'elsewhere'}"), 10)
+    data = first.read(first.create_pairs(PAIRS).id)
+    (old / "ds-old.jsonl").write_bytes(data)
+    (old / "ds-broken.jsonl").write_text("not json\n")
+    (old / "ds-noheader.jsonl").write_bytes(jsonl(rows()))
+    store.db.close()
+    fresh = tmp_path / "fresh.db"
+    again = PairDatasetStore(Database(f"sqlite:///{fresh}"), store.objects, 10)
+    again.db.migrate()
+    assert again.import_folder(old) == ["ds-old"]
+    assert again.load_pairs("ds-old") == PAIRS and again.read("ds-old") == data
+    assert (old / "ds-broken.jsonl").exists() and (old / "ds-noheader.jsonl").exists()
 
 
-def test_delete_removes_the_file(tmp_path: Path) -> None:
-    store = PairDatasetStore(tmp_path, 10)
+def test_delete_removes_the_file(store: PairDatasetStore) -> None:
     record = store.create_pairs(PAIRS)
     store.delete(record.id)
-    assert list(tmp_path.iterdir()) == []
+    assert store.objects.keys() == []
     with pytest.raises(DatasetNotFound):
         store.load_pairs(record.id)

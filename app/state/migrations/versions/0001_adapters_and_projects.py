@@ -13,6 +13,7 @@ revision = "0001"
 down_revision = None
 branch_labels = None
 depends_on = None
+SEQ = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 
 def upgrade() -> None:
@@ -58,7 +59,7 @@ def upgrade() -> None:
     )
     op.create_table(
         "adapter_history",
-        sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("seq", SEQ, primary_key=True, autoincrement=True),
         sa.Column("project_id", sa.String(64), sa.ForeignKey("projects.id"), nullable=False),
         sa.Column("name", sa.String(200), nullable=False),
         sa.Column("version_id", sa.String(64), nullable=False),

@@ -128,7 +128,11 @@ class RegistryWrites:
         header = _safetensors_metadata(weights_data)
         source = "training" if header.get("source") == "training" else "upload"
         files = {fmt.CONFIG_FILE: config_data, fmt.WEIGHTS_FILE: weights_data}
-        return self._publish(project, name, files, header, source, overwrite=False)
+        created = header.get("created_at", "")
+        when = (
+            int(created) if created.isascii() and created.isdigit() and len(created) < 12 else None
+        )
+        return self._publish(project, name, files, header, source, False, created_at=when)
 
     def delete(self, name: str, project: str = DEFAULT_PROJECT) -> None:
         """Remove a name, its history, and the versions nothing else in the project uses."""
@@ -191,6 +195,7 @@ class RegistryWrites:
         source: str,
         overwrite: bool,
         within: Callable[[Connection], None] | None = None,
+        created_at: int | None = None,
     ) -> AdapterRecord:
         config, weights = files[fmt.CONFIG_FILE], files[fmt.WEIGHTS_FILE]
         version = version_id(config, weights)
@@ -205,7 +210,7 @@ class RegistryWrites:
             config=config.decode(),
             metadata=json.dumps(dict(metadata)),
             source=source,
-            created_at=now,
+            created_at=created_at or now,
             problem=None,
         )
         created = False

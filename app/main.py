@@ -20,6 +20,7 @@ from app.api.params import reject_unknown_query
 from app.api.routes import api_router
 from app.engine import Batcher, ComputeThread, DirectRunner, Engine, OnBatch, Predictor
 from app.model import load_base_model, resolve_device
+from app.projects import Projects
 from app.settings import Settings
 from app.state.open import base_info, open_state
 from app.training import TrainingService
@@ -58,9 +59,11 @@ def build_services(settings: Settings, compute: ComputeThread, on_batch: OnBatch
         settings.max_dataset_rows,
         base.text.max_seq_length if base.text is not None else 0,
     )
+    projects = Projects(state.db, settings.registry_ttl_ms)
     return Services(
-        settings, base, registry, predictor, compute, engine, datasets, training, body_limit
-    )
+        settings, base, registry, predictor, compute, engine, datasets, training, body_limit,
+        projects,
+    )  # fmt: skip
 
 
 @asynccontextmanager

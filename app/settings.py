@@ -24,6 +24,9 @@ class Settings(BaseSettings):
     # Comma-separated; when either list is set, every route but /healthz and /readyz needs a key.
     admin_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    # Keys that create projects and their keys (/v1/projects); they act as admin keys of the
+    # default project elsewhere.
+    super_admin_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     max_rank: int = Field(default=64, ge=1)
     max_upload_bytes: int = Field(default=128 * MiB, ge=1024)
     max_request_rows: int = Field(default=1024, ge=1)
@@ -69,7 +72,7 @@ class Settings(BaseSettings):
     embedded_worker: bool = True
     job_lease_ms: int = Field(default=15_000, ge=100)
 
-    @field_validator("admin_keys", "api_keys", mode="before")
+    @field_validator("admin_keys", "api_keys", "super_admin_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):
@@ -86,4 +89,4 @@ class Settings(BaseSettings):
 
     @property
     def auth_enabled(self) -> bool:
-        return bool(self.admin_keys or self.api_keys)
+        return bool(self.admin_keys or self.api_keys or self.super_admin_keys)

@@ -26,7 +26,7 @@ from app.adapters import catalog
 from app.adapters import peft_format as fmt
 from app.adapters.records import AdapterRecord, BaseInfo, problem_of, record_of
 from app.adapters.versions import VersionFiles, split_ref
-from app.adapters.writes import RegistryWrites
+from app.adapters.writes import RegistryWrites, quota_of
 from app.errors import AdapterNotFound, InvalidAdapter
 from app.lora import LoraAdapter
 from app.state import Database, ObjectStore
@@ -140,6 +140,11 @@ class AdapterRegistry(RegistryWrites):
         """Names in the project (in all projects for None)."""
         with self.db.read() as conn:
             return catalog.count(conn, project)
+
+    def quota(self, project: str, column: str) -> int | None:
+        """A project's own limit (`max_adapters`, `max_queued_jobs`, `max_stored_bytes`)."""
+        with self.db.read() as conn:
+            return quota_of(conn, project, column)  # type: ignore[no-any-return]
 
     def files(self, ref: str, project: str = DEFAULT_PROJECT) -> dict[str, bytes]:
         """The two PEFT files of a version, exactly as stored."""

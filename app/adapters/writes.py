@@ -179,7 +179,7 @@ class RegistryWrites:
             if not overwrite:
                 raise AdapterExists(f"adapter {name!r} already exists; pass overwrite=true", "name")
             return current
-        limit = _quota(conn, project, "max_adapters") or self.max_adapters
+        limit = quota_of(conn, project, "max_adapters") or self.max_adapters
         if catalog.count(conn, project) >= limit:
             raise TooManyAdapters(
                 f"the project holds the maximum of {limit} adapters; delete some first", "name"
@@ -234,7 +234,7 @@ class RegistryWrites:
         return self.resolve(name, "name", project)
 
     def _check_bytes(self, conn: Connection, project: str, adding: int) -> None:
-        limit = _quota(conn, project, "max_stored_bytes")
+        limit = quota_of(conn, project, "max_stored_bytes")
         if limit is not None and catalog.stored_bytes(conn, project) + adding > limit:
             raise StoredBytesQuota(
                 f"the project may store {limit} bytes of adapters; this one needs {adding} more "
@@ -243,7 +243,7 @@ class RegistryWrites:
             )
 
 
-def _quota(conn: Connection, project: str, column: str) -> Any:
+def quota_of(conn: Connection, project: str, column: str) -> Any:
     return conn.execute(sa.select(projects.c[column]).where(projects.c.id == project)).scalar()
 
 

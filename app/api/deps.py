@@ -17,6 +17,7 @@ from app.adapters import AdapterRegistry
 from app.engine import ComputeThread, Engine, Predictor
 from app.errors import NotReady
 from app.model import BaseModel
+from app.projects import Projects
 from app.settings import Settings
 from app.state.tables import DEFAULT_PROJECT
 from app.training import DatasetStore, TrainingService
@@ -35,6 +36,7 @@ class Services:
     datasets: DatasetStore
     training: TrainingService
     body_limit: Callable[[str, str, str], int]  # (method, path, content type) -> most bytes
+    projects: Projects
 
 
 async def get_services(request: Request) -> Services:
@@ -73,6 +75,10 @@ async def get_training(services: Annotated[Services, Depends(get_services)]) -> 
     return services.training
 
 
+async def get_projects(services: Annotated[Services, Depends(get_services)]) -> Projects:
+    return services.projects
+
+
 async def get_project(request: Request) -> str:
     """The project of the request's key (Authenticate puts it in the scope); else the default."""
     project: str = request.scope.get("state", {}).get("project", DEFAULT_PROJECT)
@@ -87,3 +93,4 @@ Datasets = Annotated[DatasetStore, Depends(get_datasets)]
 Training = Annotated[TrainingService, Depends(get_training)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
 ProjectDep = Annotated[str, Depends(get_project)]
+ProjectsDep = Annotated[Projects, Depends(get_projects)]

@@ -10,7 +10,7 @@ from fastapi.openapi.utils import get_openapi
 _ERROR = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
 _DESCRIPTIONS = {
     "401": "no API key, or an unknown one",
-    "403": "the key may only read and predict; this needs an admin key",
+    "403": "the key's role is not enough: this needs an admin key (or a super-admin key)",
     "408": "the body did not arrive in time",
     "413": "the body is over this route's limit",
     "422": "invalid input, or a query parameter the route does not take",
@@ -23,7 +23,7 @@ def _answers(op: dict[str, Any], method: str) -> list[str]:
     if not roles:  # /healthz, /readyz: open, and answered whatever the load
         return ["422"]
     codes = ["401", "422", "503"]
-    if "admin" in roles:
+    if roles & {"admin", "super"}:
         codes.append("403")
     if method in ("post", "put", "patch"):
         codes += ["408", "413"]

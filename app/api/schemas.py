@@ -309,3 +309,53 @@ class EventList(BaseModel):
     object: Literal["list"] = "list"
     data: list[EventPublic]
     has_more: bool
+
+
+class ProjectCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._ -]*$")
+    max_adapters: int | None = Field(default=None, ge=1, description="null: MAX_ADAPTERS")
+    max_queued_jobs: int | None = Field(default=None, ge=1, description="null: MAX_QUEUED_JOBS")
+    max_stored_bytes: int | None = Field(default=None, ge=1, description="null: no limit")
+
+
+class ProjectPublic(BaseModel):
+    id: str
+    name: str
+    created_at: int
+    max_adapters: int | None
+    max_queued_jobs: int | None
+    max_stored_bytes: int | None
+
+
+class ProjectList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ProjectPublic]
+
+
+class KeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["admin", "api"] = Field(
+        description="admin: everything in the project; api: read and predict"
+    )
+    label: str | None = Field(default=None, max_length=200)
+
+
+class KeyPublic(BaseModel):
+    id: str
+    project_id: str
+    role: Literal["admin", "api"]
+    label: str | None
+    created_at: int
+    revoked_at: int | None
+
+
+class KeyCreated(KeyPublic):
+    key: str = Field(description="the key itself: shown this once, stored only as a hash")
+
+
+class KeyList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[KeyPublic]

@@ -16,6 +16,7 @@ from app.errors import (
     shorten,
 )
 from app.model import BaseModel
+from app.state.tables import DEFAULT_PROJECT
 from app.training.datasets import DatasetStore
 from app.training.jobs import ACTIVE, Job, JobStore
 from app.training.trainer import total_steps
@@ -114,6 +115,7 @@ class TrainingService:
         training_dataset: str,
         validation_dataset: str | None,
         hyperparameters: dict[str, Any],
+        project: str = DEFAULT_PROJECT,
     ) -> Job:
         """Check everything that can be checked now, resolve defaults, queue the job."""
         check_name(adapter_name, "adapter_name")
@@ -127,20 +129,19 @@ class TrainingService:
         hp["target_modules"] = resolve_targets(self.base, hp.get("target_modules"))
         hp["alpha"] = float(hp["alpha"] if hp.get("alpha") is not None else hp["rank"])
         with self._lock:
-            train = self.datasets.get(training_dataset, "training_dataset")
+            train = self.datasets.get(training_dataset, "training_dataset", project)
             if validation_dataset is not None:
-                self.datasets.get(validation_dataset, "validation_dataset")
+                self.datasets.get(validation_dataset, "validation_dataset", project)
             try:
-                self.registry.check_room(adapter_name, overwrite=False)
+                self.registry.check_room(adapter_name, project, overwrite=False)
             except AdapterExists as exc:
                 raise AdapterExists(
                     f"adapter {adapter_name!r} already exists", "adapter_name"
                 ) from exc
-            active = self.jobs.with_status(*ACTIVE)
-            if sum(j.status == "queued" for j in active) >= self.max_queued_jobs:
-                raise TooManyRequests(
-                    f"{self.max_queued_jobs} jobs are already queued; retry when some have run"
-                )
+            active = self.jobs.with_status(*ACTIVE, project=project)
+            limit = self.registry.quota(project, "max_queued_jobs") or self.max_queued_jobs
+            if sum(j.status == "queued" for j in active) >= limit:
+                raise TooManyRequests(f"{limit} jobs are already queued; retry when some have run")
             if any(j.adapter_name == adapter_name for j in active):
                 raise AdapterExists(
                     f"another job is already training adapter {adapter_name!r}", "adapter_name"
@@ -154,14 +155,16 @@ class TrainingService:
                 "validation_loss": None,
                 "validation_recall_at_1": None,
             }
-            job = self.jobs.create(adapter_name, training_dataset, validation_dataset, hp, progress)
+            job = self.jobs.create(
+                adapter_name, training_dataset, validation_dataset, hp, progress, project
+            )
         self.worker.notify()
         return job
 
-    def cancel(self, job_id: str) -> Job:
+    def cancel(self, job_id: str, project: str = DEFAULT_PROJECT) -> Job:
         """Queued jobs are cancelled at once; running ones go through `cancelling`, which their
         worker sees when it next renews its lease (at once, if it runs in this process)."""
-        job = self.jobs.get(job_id)
+        job = self.jobs.get(job_id, project)
         if job.status == "queued" and self.jobs.set_status(
             job_id, "cancelled", only_from=("queued",), event="job cancelled before it started"
         ):
@@ -172,16 +175,16 @@ class TrainingService:
             self.worker.request_cancel(job_id)
         elif job.status not in ("cancelling", "queued", "running"):
             raise JobNotCancellable(f"job {job_id!r} is already {job.status}", "job_id")
-        job = self.jobs.get(job_id)
+        job = self.jobs.get(job_id, project)
         if job.status not in ("cancelled", "cancelling"):  # it moved on meanwhile
             raise JobNotCancellable(f"job {job_id!r} is already {job.status}", "job_id")
         return job
 
-    def delete_dataset(self, dataset_id: str) -> None:
+    def delete_dataset(self, dataset_id: str, project: str = DEFAULT_PROJECT) -> None:
         """Refused while a queued or running job still needs the dataset."""
         with self._lock:
-            self.datasets.get(dataset_id)
-            for job in self.jobs.with_status(*ACTIVE):
+            self.datasets.get(dataset_id, project=project)
+            for job in self.jobs.with_status(*ACTIVE, project=project):
                 if dataset_id in (job.training_dataset, job.validation_dataset):
                     raise DatasetInUse(f"job {job.id} still uses dataset {dataset_id!r}", "id")
-            self.datasets.delete(dataset_id)
+            self.datasets.delete(dataset_id, project)

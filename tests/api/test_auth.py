@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 
-ADMIN, API = "admin-secret", "api-secret"
+ADMIN, API, SUPER = "admin-secret", "api-secret", "super-secret"
 OPEN = {"/healthz", "/readyz"}
 # Which role each route needs; a route missing here fails the test, so none goes unguarded.
 ADMIN_ONLY = {
@@ -26,6 +26,14 @@ ADMIN_ONLY = {
     ("POST", "/v1/fine-tuning/jobs/{job_id}/cancel"),
     ("GET", "/v1/fine-tuning/jobs/{job_id}/events"),
 }
+SUPER_ONLY = {
+    ("POST", "/v1/projects"),
+    ("GET", "/v1/projects"),
+    ("GET", "/v1/projects/{project_id}"),
+    ("POST", "/v1/projects/{project_id}/keys"),
+    ("GET", "/v1/projects/{project_id}/keys"),
+    ("DELETE", "/v1/projects/{project_id}/keys/{key_id}"),
+}
 READ = {
     ("GET", "/v1/model"),
     ("GET", "/v1/adapters"),
@@ -40,7 +48,8 @@ READ = {
 
 @pytest.fixture
 def secured(settings) -> Iterator[TestClient]:
-    keyed = type(settings)(**{**settings.model_dump(), "admin_keys": ADMIN, "api_keys": API})
+    keys = {"admin_keys": ADMIN, "api_keys": API, "super_admin_keys": SUPER}
+    keyed = type(settings)(**{**settings.model_dump(), **keys})
     with TestClient(create_app(keyed)) as client:
         yield client
 
@@ -59,7 +68,7 @@ def call(client: TestClient, method: str, path: str, key: str | None):
 
 
 def test_every_route_has_a_declared_role(secured: TestClient) -> None:
-    declared = ADMIN_ONLY | READ | {("GET", p) for p in OPEN}
+    declared = SUPER_ONLY | ADMIN_ONLY | READ | {("GET", p) for p in OPEN}
     assert set(routes(secured)) == declared
 
 
@@ -69,6 +78,7 @@ def test_the_role_matrix(secured: TestClient) -> None:
         wrong = call(secured, method, path, "not-a-key")
         as_api = call(secured, method, path, API)
         as_admin = call(secured, method, path, ADMIN)
+        as_super = call(secured, method, path, SUPER)
         where = f"{method} {path}"
         if path in OPEN:
             assert without.status_code == 200, where
@@ -77,6 +87,12 @@ def test_the_role_matrix(secured: TestClient) -> None:
         assert without.json()["error"]["code"] == "invalid_api_key", where
         assert without.headers["www-authenticate"] == "Bearer", where
         assert wrong.status_code == 401, where
+        assert as_super.status_code not in (401, 403), where
+        if (method, path) in SUPER_ONLY:
+            for answer in (as_api, as_admin):
+                assert answer.status_code == 403, where
+                assert answer.json()["error"]["type"] == "permission_error", where
+            continue
         assert as_admin.status_code not in (401, 403), where
         if (method, path) in ADMIN_ONLY:
             assert as_api.status_code == 403, where
@@ -102,10 +118,11 @@ def test_the_schema_declares_the_bearer_scheme_and_the_auth_answers(secured: Tes
             if path in OPEN:
                 assert "security" not in op, where
                 continue
-            role = "admin" if (method.upper(), path) in ADMIN_ONLY else "api"
+            key = (method.upper(), path)
+            role = "super" if key in SUPER_ONLY else "admin" if key in ADMIN_ONLY else "api"
             assert op["security"] == [{"HTTPBearer": [role]}], where
             assert "401" in op["responses"], where
-            if (method.upper(), path) in ADMIN_ONLY:
+            if key in ADMIN_ONLY | SUPER_ONLY:
                 assert "403" in op["responses"], where
             if method == "post":
                 assert {"408", "413"} <= set(op["responses"]), where

@@ -375,9 +375,9 @@ def test_creating_a_job_while_deleting_its_dataset_never_both_succeed(
     training.worker.stop()  # queued jobs stay queued, so their dataset stays in use
     with_status = training.jobs.with_status
 
-    def slow_with_status(*statuses: str):
+    def slow_with_status(*statuses: str, **kw):
         time.sleep(0.002)  # widens the window between each side's check and its write
-        return with_status(*statuses)
+        return with_status(*statuses, **kw)
 
     monkeypatch.setattr(training.jobs, "with_status", slow_with_status)
     outcomes = [

@@ -2,10 +2,19 @@
 
 from fastapi import APIRouter
 
-from app.api.routes import adapters, datasets, embeddings, health, jobs, model, predict
+from app.api.routes import (
+    adapters,
+    datasets,
+    embeddings,
+    health,
+    jobs,
+    model,
+    predict,
+    projects,
+)
 
 api_router = APIRouter()
-for module in (health, model, adapters, predict, embeddings, datasets, jobs):
+for module in (health, model, adapters, predict, embeddings, datasets, jobs, projects):
     api_router.include_router(module.router)
 
 __all__ = ["api_router"]

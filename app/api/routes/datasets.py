@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from app.api.auth import ADMIN
-from app.api.deps import Datasets, Training
+from app.api.deps import Datasets, ProjectDep, Training
 from app.api.predict_io import loads_strict
 from app.api.schemas import DatasetCreate, DatasetList, DatasetPublic, ErrorBody
 from app.errors import InvalidInput, UnsupportedMediaType, shorten
@@ -86,8 +86,8 @@ def _json_tensors(raw: bytes) -> dict[str, torch.Tensor]:
     return {key: _rows(body[key], key) for key in _TENSORS}
 
 
-def _create_from_json(datasets: DatasetStore, raw: bytes) -> DatasetRecord:
-    return datasets.create(_json_tensors(raw), None)
+def _create_from_json(datasets: DatasetStore, raw: bytes, project: str) -> DatasetRecord:
+    return datasets.create(_json_tensors(raw), None, project)
 
 
 async def _uploaded_file(request: Request) -> UploadFile:
@@ -111,7 +111,9 @@ async def _uploaded_file(request: Request) -> UploadFile:
     responses=_ERRORS,
     openapi_extra=_UPLOAD_BODY,
 )
-async def create_dataset(request: Request, datasets: Datasets) -> DatasetPublic:
+async def create_dataset(
+    request: Request, datasets: Datasets, project: ProjectDep
+) -> DatasetPublic:
     """A multipart `file`, or the rows in the body.
 
     Vector bases: a safetensors file (`inputs`, `targets`), or JSON `{inputs, targets}`.
@@ -122,11 +124,13 @@ async def create_dataset(request: Request, datasets: Datasets) -> DatasetPublic:
     if content_type.startswith("multipart/form-data"):
         file = await _uploaded_file(request)
         data = await file.read()
-        record = await run_in_threadpool(datasets.create_from_bytes, data, file.filename)
+        record = await run_in_threadpool(datasets.create_from_bytes, data, file.filename, project)
     elif text and content_type.startswith(_PAIR_TYPES):
-        record = await run_in_threadpool(datasets.create_from_bytes, await request.body(), None)
+        body = await request.body()
+        record = await run_in_threadpool(datasets.create_from_bytes, body, None, project)
     elif content_type.startswith("application/json") and not text:
-        record = await run_in_threadpool(_create_from_json, datasets, await request.body())
+        body = await request.body()
+        record = await run_in_threadpool(_create_from_json, datasets, body, project)
     elif text:
         raise UnsupportedMediaType(
             "a text base takes text pairs: multipart/form-data with a JSONL or JSON `file`, "
@@ -140,17 +144,17 @@ async def create_dataset(request: Request, datasets: Datasets) -> DatasetPublic:
 
 
 @router.get("")
-def list_datasets(datasets: Datasets) -> DatasetList:
-    return DatasetList(data=[_public(r) for r in datasets.list()])
+def list_datasets(datasets: Datasets, project: ProjectDep) -> DatasetList:
+    return DatasetList(data=[_public(r) for r in datasets.list(project)])
 
 
 @router.get("/{dataset_id}", responses=_ERRORS)
-def read_dataset(dataset_id: str, datasets: Datasets) -> DatasetPublic:
-    return _public(datasets.get(dataset_id))
+def read_dataset(dataset_id: str, datasets: Datasets, project: ProjectDep) -> DatasetPublic:
+    return _public(datasets.get(dataset_id, project=project))
 
 
 @router.delete("/{dataset_id}", status_code=204, responses=_ERRORS, response_class=Response)
-def delete_dataset(dataset_id: str, training: Training) -> Response:
+def delete_dataset(dataset_id: str, training: Training, project: ProjectDep) -> Response:
     """409 while a queued or running job still uses it."""
-    training.delete_dataset(dataset_id)
+    training.delete_dataset(dataset_id, project)
     return Response(status_code=204)

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 from fastapi.concurrency import run_in_threadpool
 
 from app.api.auth import ADMIN
-from app.api.deps import Training
+from app.api.deps import ProjectDep, Training
 from app.api.schemas import (
     ErrorBody,
     EventList,
@@ -51,7 +51,7 @@ def _public(job: Job) -> JobPublic:
     status_code=201,
     responses={**_ERRORS, 413: {"model": ErrorBody}, 429: {"model": ErrorBody}},
 )
-async def create_job(body: JobCreate, training: Training) -> JobPublic:
+async def create_job(body: JobCreate, training: Training, project: ProjectDep) -> JobPublic:
     """Queue a job; everything checkable is checked first (422, 404, 409), nothing queued then."""
     job = await run_in_threadpool(
         training.create_job,
@@ -59,34 +59,41 @@ async def create_job(body: JobCreate, training: Training) -> JobPublic:
         body.training_dataset,
         body.validation_dataset,
         body.hyperparameters.model_dump(),
+        project,
     )
     return _public(job)
 
 
 @router.get("", responses=_ERRORS)
-def list_jobs(training: Training, after: str | None = None, limit: Limit = 20) -> JobList:
+def list_jobs(
+    training: Training, project: ProjectDep, after: str | None = None, limit: Limit = 20
+) -> JobList:
     """Newest first; pass the last id as `after` for the next page (422 `invalid_cursor` for an
     `after` that names no job)."""
-    jobs, has_more = training.jobs.page(after, limit)
+    jobs, has_more = training.jobs.page(after, limit, project)
     return JobList(data=[_public(j) for j in jobs], has_more=has_more)
 
 
 @router.get("/{job_id}", responses=_ERRORS)
-def read_job(job_id: str, training: Training) -> JobPublic:
-    return _public(training.jobs.get(job_id))
+def read_job(job_id: str, training: Training, project: ProjectDep) -> JobPublic:
+    return _public(training.jobs.get(job_id, project))
 
 
 @router.post("/{job_id}/cancel", responses=_ERRORS)
-def cancel_job(job_id: str, training: Training) -> JobPublic:
+def cancel_job(job_id: str, training: Training, project: ProjectDep) -> JobPublic:
     """Queued: cancelled at once. Running: `cancelling`, then `cancelled` after the current step."""
-    return _public(training.cancel(job_id))
+    return _public(training.cancel(job_id, project))
 
 
 @router.get("/{job_id}/events", responses=_ERRORS)
 def list_job_events(
-    job_id: str, training: Training, after: str | None = None, limit: Limit = 100
+    job_id: str,
+    training: Training,
+    project: ProjectDep,
+    after: str | None = None,
+    limit: Limit = 100,
 ) -> EventList:
     """Oldest first; pass the last event id as `after` to follow a job (422 `invalid_cursor` for
     an `after` that names no event of this job)."""
-    events, has_more = training.jobs.events(job_id, after, limit)
+    events, has_more = training.jobs.events(job_id, after, limit, project)
     return EventList(data=[EventPublic(**asdict(e)) for e in events], has_more=has_more)

@@ -9,6 +9,7 @@ a thread. Where either cannot start, its tests are skipped on a developer machin
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import shutil
 import socket
@@ -98,6 +99,7 @@ def s3_server() -> Iterator[str]:
         from moto.server import ThreadedMotoServer
     except ImportError as exc:
         unavailable("An S3 API server", f"moto is not installed ({exc})")
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=_free_port(), verbose=False)
     server.start()
     host, port = server.get_host_and_port()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import sqlalchemy as sa
 from sqlalchemy import Connection
@@ -99,19 +99,10 @@ def has_version(conn: Connection, project: str, version_id: str) -> bool:
 
 
 def add_version(conn: Connection, row: VersionRow) -> None:
-    conn.execute(
-        versions.insert().values(
-            project_id=row.project,
-            id=row.id,
-            size_bytes=row.size_bytes,
-            stored_bytes=row.stored_bytes,
-            weights_sha256=row.weights_sha256,
-            config=row.config,
-            metadata=row.metadata,
-            source=row.source,
-            created_at=row.created_at,
-        )
-    )
+    values = asdict(row)
+    del values["name"], values["problem"]  # a version has no name of its own, and no problem yet
+    values["project_id"] = values.pop("project")
+    conn.execute(versions.insert().values(**values))
 
 
 def point(conn: Connection, project: str, name: str, version_id: str, now: int) -> None:
@@ -181,5 +172,9 @@ def stored_bytes(conn: Connection, project: str) -> int:
     return int(conn.execute(query).scalar_one())
 
 
-def set_problem(conn: Connection, version_id: str, problem: str) -> None:
-    conn.execute(versions.update().where(versions.c.id == version_id).values(problem=problem))
+def set_problem(conn: Connection, project: str, version_id: str, problem: str) -> None:
+    conn.execute(
+        versions.update()
+        .where(versions.c.project_id == project, versions.c.id == version_id)
+        .values(problem=problem)
+    )

@@ -153,7 +153,9 @@ class AdapterRegistry(RegistryWrites):
         try:
             return VersionFiles.read(self.objects, record.project, record.version)
         except FileNotFoundError as exc:
-            if not self._still_stored(record.version):
+            with self.db.read() as conn:
+                still = catalog.has_version(conn, record.project, record.version)
+            if not still:  # deleted since this request resolved it
                 raise AdapterNotFound(f"adapter {record.name!r} not found", "name") from exc
             raise self._mark_broken(record, exc).broken_error("name") from exc
 
@@ -174,16 +176,12 @@ class AdapterRegistry(RegistryWrites):
             if cached is not None:
                 return record, cached
             try:
-                data = self.objects.read(
-                    VersionFiles.key(record.project, version, fmt.WEIGHTS_FILE)
-                )
+                data = self._read_weights(record, param)
                 tensors = load_safetensors(data)
                 fmt.check_header(fmt.header_of(tensors), config, self.base.linears)
                 adapter = fmt.build_adapter(tensors, config, self.base.dtype)
-            except FileNotFoundError as exc:
-                if not self._still_stored(version):  # deleted since the request resolved it
-                    raise AdapterNotFound(f"adapter {record.name!r} not found", param) from exc
-                raise self._mark_broken(record, exc).broken_error(param) from exc
+            except FileNotFoundError as exc:  # deleted since the request resolved it
+                raise AdapterNotFound(f"adapter {record.name!r} not found", param) from exc
             except (InvalidAdapter, SafetensorError) as exc:
                 raise self._mark_broken(record, exc).broken_error(param) from exc
             adapter = adapter.to(self.base.device, self.base.dtype)
@@ -231,18 +229,31 @@ class AdapterRegistry(RegistryWrites):
                 self._by_version[version] = record
         return record
 
-    def _still_stored(self, version: str) -> bool:
-        with self.db.read() as conn:
-            found = catalog.by_id(conn, version) is not None
-        if not found:
-            self._forget_version(version)
-        return found
+    def _read_weights(self, record: AdapterRecord, param: str) -> bytes:
+        """The weights of a version, from the project the record came from, or, if that
+        project deleted it since, from any project that still has the same version: the
+        bytes are the same. FileNotFoundError when none has it; a version whose row is still
+        there but whose file is gone is marked broken first."""
+        key = VersionFiles.key(record.project, record.version, fmt.WEIGHTS_FILE)
+        try:
+            return self.objects.read(key)
+        except FileNotFoundError as exc:
+            with self.db.read() as conn:
+                mine = catalog.has_version(conn, record.project, record.version)
+                other = catalog.by_id(conn, record.version)
+            if mine:
+                raise self._mark_broken(record, exc).broken_error(param) from exc
+            self._forget_version(record.version)
+            if other is None:
+                raise
+            key = VersionFiles.key(other.project, record.version, fmt.WEIGHTS_FILE)
+            return self.objects.read(key)
 
     def _mark_broken(self, record: AdapterRecord, exc: BaseException) -> AdapterRecord:
         problem = problem_of(exc)
         log.warning("adapter %r version %s is broken: %s", record.name, record.version, problem)
         with self.db.write() as conn:
-            catalog.set_problem(conn, record.version, json.dumps(problem.__dict__))
+            catalog.set_problem(conn, record.project, record.version, json.dumps(problem.__dict__))
         self._forget_version(record.version)
         return AdapterRecord(**{**record.__dict__, "error": problem})
 

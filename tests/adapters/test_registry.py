@@ -281,3 +281,21 @@ def test_concurrent_uploads_deletes_and_loads_of_one_name_stay_consistent(regist
     for t in threads:
         t.join()
     assert errors == []
+
+
+def test_a_version_shared_by_two_projects_survives_one_of_them_deleting_it(state) -> None:
+    db, _ = state
+    with db.write() as conn:
+        conn.execute(projects.insert().values(id="b", name="b", created_at=0))
+    writer, reader = replica(state), replica(state, ttl_ms=60_000)
+    content = files(seed=9)
+    mine = writer.upload("a", *content)
+    theirs = writer.upload("a", *content, project="b")
+    assert mine.version == theirs.version
+    assert reader.resolve("a").project == DEFAULT_PROJECT  # the reader's records say "default"
+    writer.delete("a")  # the default project's copy of the files is gone
+    _, adapter = reader.load(mine.version)  # read from project b's copy instead
+    assert adapter.modules["layer1"].lora_A.shape == (4, 16)
+    assert writer.get("a", project="b").status == "ready"
+    with pytest.raises(AdapterNotFound):
+        writer.get("a")

@@ -61,6 +61,7 @@ class AdapterRegistry(RegistryWrites):
         self._lock = threading.Lock()  # guards the dicts below; never held during I/O
         self._names: dict[tuple[str, str], tuple[float, AdapterRecord | None]] = {}
         self._by_version: dict[str, AdapterRecord] = {}
+        self._parsed: dict[tuple[str, str, str, str | None], AdapterRecord] = {}
         self._cache: OrderedDict[str, LoraAdapter] = OrderedDict()
         self._cached_bytes = 0
         self._load_locks: weakref.WeakValueDictionary[str, threading.Lock] = (
@@ -113,6 +114,18 @@ class AdapterRegistry(RegistryWrites):
             record.ready_config(param)
         return [None if r is None else records[r].version for r in refs]
 
+    def needs_lookup(self, refs: Sequence[str | None], project: str = DEFAULT_PROJECT) -> bool:
+        """Whether resolving `refs` would read the database (some are not cached, or stale):
+        the HTTP layer then resolves them off the event loop."""
+        now = time.monotonic()
+        with self._lock:
+            for ref in refs:
+                if ref is not None:
+                    hit = self._names.get((project, ref))
+                    if hit is None or hit[0] <= now:
+                        return True
+        return False
+
     def get(self, name: str, param: str = "name", project: str = DEFAULT_PROJECT) -> AdapterRecord:
         """The name's current version, read from the database now (not from the cache)."""
         fmt.check_name(name, param)
@@ -123,7 +136,7 @@ class AdapterRegistry(RegistryWrites):
     def list(self, project: str = DEFAULT_PROJECT) -> builtins.list[AdapterRecord]:
         with self.db.read() as conn:
             rows = catalog.all_current(conn, project)
-        return [record_of(r, self.base, self.max_rank) for r in rows]
+        return [self._record(r) for r in rows]
 
     def history(
         self, name: str, project: str = DEFAULT_PROJECT
@@ -134,7 +147,7 @@ class AdapterRegistry(RegistryWrites):
             rows = catalog.history(conn, project, name)
         if not rows:
             raise AdapterNotFound(f"adapter {name!r} not found", "name")
-        return [(record_of(r, self.base, self.max_rank), at) for r, at in rows]
+        return [(self._record(r), at) for r, at in rows]
 
     def count(self, project: str | None = None) -> int:
         """Names in the project (in all projects for None)."""
@@ -214,7 +227,21 @@ class AdapterRegistry(RegistryWrites):
                     r for r, _ in catalog.history(conn, project, name) if r.id.startswith(pin)
                 ]
                 row = matches[0] if len({r.id for r in matches}) == 1 else None
-        return None if row is None else record_of(row, self.base, self.max_rank)
+        return None if row is None else self._record(row)
+
+    def _record(self, row: catalog.VersionRow) -> AdapterRecord:
+        """The record of a row; parsed once per (project, name, version, problem), since a
+        refresh of a name usually finds the version it found before."""
+        key = (row.project, row.name, row.id, row.problem)
+        with self._lock:
+            record = self._parsed.get(key)
+        if record is None:
+            record = record_of(row, self.base, self.max_rank)
+            with self._lock:
+                if len(self._parsed) >= _MAX_CACHED_NAMES:
+                    self._parsed.clear()
+                self._parsed[key] = record
+        return record
 
     def _record_of_version(self, version: str, param: str) -> AdapterRecord:
         with self._lock:
@@ -224,7 +251,7 @@ class AdapterRegistry(RegistryWrites):
                 row = catalog.by_id(conn, version)
             if row is None:
                 raise AdapterNotFound(f"adapter version {version!r} not found", param)
-            record = record_of(row, self.base, self.max_rank)
+            record = self._record(row)
             with self._lock:
                 self._by_version[version] = record
         return record

@@ -61,7 +61,10 @@ async def create_embeddings(
         tokens = encoder.tokenize(texts)
     else:
         tokens = await run_in_threadpool(encoder.tokenize, texts)
-    versions = registry.versions_for(names, param, project)
+    if registry.needs_lookup(names, project):  # a database read: not on the event loop
+        versions = await run_in_threadpool(registry.versions_for, names, param, project)
+    else:
+        versions = registry.versions_for(names, param, project)
     result = await engine.submit(tokens, versions, "auto", param)
     outputs = result.outputs.numpy()
     if body.encoding_format == "base64":

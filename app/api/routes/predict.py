@@ -91,7 +91,10 @@ async def predict(
     call = parse(raw) if len(raw) <= _PARSE_INLINE_BYTES else await run_in_threadpool(parse, raw)
     x = check_rows(call.x, input_dim, settings.max_request_rows)
     names, param = row_adapters(call.adapter, call.adapters, len(x))
-    versions = registry.versions_for(names, param, project)
+    if registry.needs_lookup(names, project):  # a database read: not on the event loop
+        versions = await run_in_threadpool(registry.versions_for, names, param, project)
+    else:
+        versions = registry.versions_for(names, param, project)
     result = await engine.submit(x, versions, call.mode, param)
     _check_finite(result.outputs)
     total_ms = (time.perf_counter() - start) * 1000

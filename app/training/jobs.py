@@ -156,7 +156,7 @@ class JobStore:
                     created_at=job.created_at,
                 )
             )
-            self._event(conn, job.id, "message", f"job created for adapter {adapter_name!r}")
+            self.record_event(conn, job.id, "message", f"job created for adapter {adapter_name!r}")
         return job
 
     def get(self, job_id: str, project: str | None = DEFAULT_PROJECT) -> Job:
@@ -216,7 +216,9 @@ class JobStore:
         with self.db.write() as conn:
             moved = self.move(conn, job_id, status, error=error, only_from=only_from)
             if moved and event:
-                self._event(conn, job_id, "message", event, level="error" if error else "info")
+                self.record_event(
+                    conn, job_id, "message", event, level="error" if error else "info"
+                )
         return moved
 
     def move(
@@ -252,7 +254,7 @@ class JobStore:
         level: str = "info",
     ) -> None:
         with self.db.write() as conn:
-            self._event(conn, job_id, kind, message, data, level)
+            self.record_event(conn, job_id, kind, message, data, level)
 
     def events(
         self, job_id: str, after: str | None, limit: int, project: str = DEFAULT_PROJECT
@@ -317,7 +319,7 @@ class JobStore:
                     lease_expires_ms=_now_ms() + lease_ms,
                 )
             )
-            self._event(conn, row.id, "message", f"training started on worker {worker_id}")
+            self.record_event(conn, row.id, "message", f"training started on worker {worker_id}")
             return _job(conn.execute(sa.select(jobs).where(jobs.c.id == row.id)).one())
 
     def renew(self, job_id: str, worker_id: str, lease_ms: int) -> JobStatus | None:
@@ -344,10 +346,12 @@ class JobStore:
             for row in rows:
                 if row.status == "cancelling":
                     self.move(conn, row.id, "cancelled")
-                    self._event(conn, row.id, "message", "job cancelled")
+                    self.record_event(conn, row.id, "message", "job cancelled")
                 else:
                     self.move(conn, row.id, "failed", error=INTERRUPTED)
-                    self._event(conn, row.id, "message", "job failed: interrupted", level="error")
+                    self.record_event(
+                        conn, row.id, "message", "job failed: interrupted", level="error"
+                    )
                 ended.append(row.id)
         return ended
 
@@ -355,7 +359,7 @@ class JobStore:
         """The database is the caller's; nothing of its own to close."""
 
     @staticmethod
-    def _event(
+    def record_event(
         conn: Connection,
         job_id: str,
         kind: str,
@@ -363,6 +367,7 @@ class JobStore:
         data: dict[str, Any] | None = None,
         level: str = "info",
     ) -> None:
+        """Add an event inside the caller's transaction (with the change it reports)."""
         conn.execute(
             job_events.insert().values(
                 job_id=job_id,

@@ -215,8 +215,8 @@ class TrainingWorker:
         if not self.jobs.move(conn, job.id, "succeeded", only_from=("running",),
                               worker_id=self.worker_id):  # fmt: skip
             raise LeaseLost(f"job {job.id} is no longer running on this worker")
-        self.jobs._event(conn, job.id, "message", f"adapter {job.adapter_name!r} registered")
-        self.jobs._event(conn, job.id, "message", "job succeeded")
+        self.jobs.record_event(conn, job.id, "message", f"adapter {job.adapter_name!r} registered")
+        self.jobs.record_event(conn, job.id, "message", "job succeeded")
 
     def _trainer(self, job: Job, config: TrainConfig) -> Callable[..., LoraAdapter]:
         """The job's data, loaded, bound to the training loop of the base's family."""
@@ -242,5 +242,5 @@ class TrainingWorker:
             if self.jobs.move(conn, job.id, status, error=error, only_from=HELD,
                               worker_id=self.worker_id):  # fmt: skip
                 level = "error" if error else "info"
-                self.jobs._event(conn, job.id, "message", message, level=level)
+                self.jobs.record_event(conn, job.id, "message", message, level=level)
         log.info("training job %s %s", job.id, status)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
+from sqlalchemy import Connection
 
 from app.adapters import catalog
 from app.adapters import peft_format as fmt
@@ -154,9 +155,9 @@ class AdapterRegistry(RegistryWrites):
         with self.db.read() as conn:
             return catalog.count(conn, project)
 
-    def quota(self, project: str, column: str) -> int | None:
+    def quota(self, project: str, column: str, within: Connection | None = None) -> int | None:
         """A project's own limit (`max_adapters`, `max_queued_jobs`, `max_stored_bytes`)."""
-        with self.db.read() as conn:
+        with self.db.read(within) as conn:
             return quota_of(conn, project, column)  # type: ignore[no-any-return]
 
     def files(self, ref: str, project: str = DEFAULT_PROJECT) -> dict[str, bytes]:

@@ -150,9 +150,15 @@ class RegistryWrites:
         for version in orphans:
             self._forget_version(version)
 
-    def check_room(self, name: str, project: str = DEFAULT_PROJECT, overwrite: bool = True) -> None:
+    def check_room(
+        self,
+        name: str,
+        project: str = DEFAULT_PROJECT,
+        overwrite: bool = True,
+        within: Connection | None = None,
+    ) -> None:
         """409 if the name is taken (unless overwriting); 413 past the project's adapter quota."""
-        with self.db.read() as conn:
+        with self.db.read(within) as conn:
             self._check_room(conn, project, name, overwrite)
 
     # --- internals ------------------------------------------------------------------------

@@ -55,12 +55,20 @@ class Database:
             command.upgrade(config, "head")
 
     @contextmanager
-    def read(self) -> Iterator[Connection]:
+    def read(self, within: Connection | None = None) -> Iterator[Connection]:
+        """A connection in a transaction; `within`, a caller's own, is used as it is."""
+        if within is not None:
+            yield within
+            return
         with self.engine.connect() as conn, conn.begin():
             yield conn
 
     @contextmanager
-    def write(self) -> Iterator[Connection]:
+    def write(self, within: Connection | None = None) -> Iterator[Connection]:
+        """A connection in a transaction that will write; `within` as for read()."""
+        if within is not None:
+            yield within
+            return
         with self.engine.connect() as conn:
             conn.info["write"] = True
             with conn.begin():

@@ -19,6 +19,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save
+from sqlalchemy import Connection
 from torch import Tensor
 
 from app.errors import InvalidInput, NotFound, ServiceError, shorten
@@ -141,7 +142,11 @@ class DatasetStore:
             return [_record(r) for r in conn.execute(query).all()]
 
     def get(
-        self, dataset_id: str, param: str = "id", project: str | None = DEFAULT_PROJECT
+        self,
+        dataset_id: str,
+        param: str = "id",
+        project: str | None = DEFAULT_PROJECT,
+        within: Connection | None = None,
     ) -> DatasetRecord:
         """The record; 404 for an unknown id or another project's (None: any project's)."""
         query = sa.select(datasets).where(
@@ -149,7 +154,7 @@ class DatasetStore:
         )
         if project is not None:
             query = query.where(datasets.c.project_id == project)
-        with self.db.read() as conn:
+        with self.db.read(within) as conn:
             row = conn.execute(query).first()
         if row is None:
             raise DatasetNotFound(f"dataset {shorten(dataset_id)!r} not found", param)
@@ -169,8 +174,10 @@ class DatasetStore:
         tensors = load_safetensors(self.read(dataset_id))
         return tensors["inputs"], tensors["targets"]
 
-    def delete(self, dataset_id: str, project: str = DEFAULT_PROJECT) -> None:
-        with self.db.write() as conn:
+    def delete(
+        self, dataset_id: str, project: str = DEFAULT_PROJECT, within: Connection | None = None
+    ) -> None:
+        with self.db.write(within) as conn:
             gone = conn.execute(
                 datasets.delete().where(
                     datasets.c.id == dataset_id, datasets.c.project_id == project

@@ -130,6 +130,7 @@ class JobStore:
         hyperparameters: dict[str, Any],
         progress: dict[str, Any],
         project: str = DEFAULT_PROJECT,
+        within: Connection | None = None,
     ) -> Job:
         job = Job(
             id="ftjob-" + uuid.uuid4().hex[:24],
@@ -142,7 +143,7 @@ class JobStore:
             progress=progress,
             project=project,
         )
-        with self.db.write() as conn:
+        with self.db.write(within) as conn:
             conn.execute(
                 jobs.insert().values(
                     id=job.id,
@@ -186,12 +187,14 @@ class JobStore:
             rows = conn.execute(query.order_by(jobs.c.seq.desc()).limit(limit + 1)).all()
         return [_job(r) for r in rows[:limit]], len(rows) > limit
 
-    def with_status(self, *statuses: JobStatus, project: str | None = None) -> list[Job]:
+    def with_status(
+        self, *statuses: JobStatus, project: str | None = None, within: Connection | None = None
+    ) -> list[Job]:
         """Jobs in these states, oldest first (in one project, or in all for None)."""
         query = sa.select(jobs).where(jobs.c.status.in_(statuses))
         if project is not None:
             query = query.where(jobs.c.project_id == project)
-        with self.db.read() as conn:
+        with self.db.read(within) as conn:
             rows = conn.execute(query.order_by(jobs.c.seq)).all()
         return [_job(r) for r in rows]
 

@@ -7,6 +7,7 @@ import threading
 from typing import Any
 
 from app.adapters import AdapterRegistry
+from app.adapters.catalog import lock_project
 from app.adapters.peft_format import check_name
 from app.errors import (
     AdapterExists,
@@ -96,8 +97,9 @@ class TrainingService:
         self.max_rank = max_rank
         self.max_queued_jobs = max_queued_jobs
         self.worker = TrainingWorker(base, registry, datasets, jobs, lease_ms)
-        # Makes create_job's checks and insert one step, and delete_dataset's check and delete
-        # another: otherwise a job can be queued on a dataset deleted in between (both answering
+        # Within this process, as the project's row lock does across processes: create_job's
+        # checks and insert are one step, and delete_dataset's check and delete another;
+        # otherwise a job can be queued on a dataset deleted in between (both answering
         # success), or two concurrent jobs queued for one adapter name.
         self._lock = threading.Lock()
 
@@ -128,18 +130,21 @@ class TrainingService:
         hp["loss"] = check_loss(self.base, hp.get("loss"))
         hp["target_modules"] = resolve_targets(self.base, hp.get("target_modules"))
         hp["alpha"] = float(hp["alpha"] if hp.get("alpha") is not None else hp["rank"])
-        with self._lock:
-            train = self.datasets.get(training_dataset, "training_dataset", project)
+        # One transaction holding the project's lock, from the first check to the insert: no
+        # other process can delete the dataset, or queue a job for the name, in between.
+        with self._lock, self.jobs.db.write() as conn:
+            lock_project(conn, project)
+            train = self.datasets.get(training_dataset, "training_dataset", project, conn)
             if validation_dataset is not None:
-                self.datasets.get(validation_dataset, "validation_dataset", project)
+                self.datasets.get(validation_dataset, "validation_dataset", project, conn)
             try:
-                self.registry.check_room(adapter_name, project, overwrite=False)
+                self.registry.check_room(adapter_name, project, overwrite=False, within=conn)
             except AdapterExists as exc:
                 raise AdapterExists(
                     f"adapter {adapter_name!r} already exists", "adapter_name"
                 ) from exc
-            active = self.jobs.with_status(*ACTIVE, project=project)
-            limit = self.registry.quota(project, "max_queued_jobs") or self.max_queued_jobs
+            active = self.jobs.with_status(*ACTIVE, project=project, within=conn)
+            limit = self.registry.quota(project, "max_queued_jobs", conn) or self.max_queued_jobs
             if sum(j.status == "queued" for j in active) >= limit:
                 raise TooManyRequests(f"{limit} jobs are already queued; retry when some have run")
             if any(j.adapter_name == adapter_name for j in active):
@@ -156,7 +161,7 @@ class TrainingService:
                 "validation_recall_at_1": None,
             }
             job = self.jobs.create(
-                adapter_name, training_dataset, validation_dataset, hp, progress, project
+                adapter_name, training_dataset, validation_dataset, hp, progress, project, conn
             )
         self.worker.notify()
         return job
@@ -182,9 +187,10 @@ class TrainingService:
 
     def delete_dataset(self, dataset_id: str, project: str = DEFAULT_PROJECT) -> None:
         """Refused while a queued or running job still needs the dataset."""
-        with self._lock:
-            self.datasets.get(dataset_id, project=project)
-            for job in self.jobs.with_status(*ACTIVE, project=project):
+        with self._lock, self.jobs.db.write() as conn:
+            lock_project(conn, project)
+            self.datasets.get(dataset_id, project=project, within=conn)
+            for job in self.jobs.with_status(*ACTIVE, project=project, within=conn):
                 if dataset_id in (job.training_dataset, job.validation_dataset):
                     raise DatasetInUse(f"job {job.id} still uses dataset {dataset_id!r}", "id")
-            self.datasets.delete(dataset_id, project)
+            self.datasets.delete(dataset_id, project, conn)

@@ -346,8 +346,11 @@ def test_a_cursor_that_names_nothing_in_the_list_is_422_on_both_routes(
     wait_for(client, job["id"], "succeeded")
 
 
-def create_and_delete_at_once(client: TestClient, name: str, train: str) -> tuple[int, int]:
-    """(create's status, delete's status), the two requests released together."""
+def create_and_delete_at_once(
+    client: TestClient, name: str, train: str, other: TestClient | None = None
+) -> tuple[int, int]:
+    """(create's status, delete's status), the two requests released together (the delete
+    through `other`, another replica, when given)."""
     barrier = threading.Barrier(2)
     answers: dict[str, int] = {}
 
@@ -357,7 +360,7 @@ def create_and_delete_at_once(client: TestClient, name: str, train: str) -> tupl
 
     def delete_dataset() -> None:
         barrier.wait()
-        answers["delete"] = client.delete(f"/v1/datasets/{train}").status_code
+        answers["delete"] = (other or client).delete(f"/v1/datasets/{train}").status_code
 
     threads = [threading.Thread(target=f) for f in (create_job, delete_dataset)]
     for t in threads:
@@ -429,3 +432,26 @@ def test_an_adapter_is_registered_only_together_with_its_job_s_success(settings)
             )
         assert client.get("/v1/adapters/late").status_code == 404
         assert client.get(f"/v1/fine-tuning/jobs/{job['id']}").json()["status"] == "cancelling"
+
+
+def test_two_replicas_creating_a_job_and_deleting_its_dataset_never_both_succeed(
+    settings, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two apps on one database share no lock but the project's row: it must be enough."""
+    shared = type(settings)(**{**settings.model_dump(), "database_url": database_url})
+    with TestClient(create_app(shared)) as a, TestClient(create_app(shared)) as b:
+        for client in (a, b):
+            training = client.app.state.services.training  # type: ignore[attr-defined]
+            training.worker.stop()
+            with_status = training.jobs.with_status
+
+            def slow(*statuses: str, _with_status=with_status, **kw):
+                time.sleep(0.002)  # widens the window between each side's check and its write
+                return _with_status(*statuses, **kw)
+
+            monkeypatch.setattr(training.jobs, "with_status", slow)
+        outcomes = [
+            create_and_delete_at_once(a, f"race{i}", dataset(a, 8, seed=i), other=b)
+            for i in range(8)
+        ]
+    assert set(outcomes) <= {(201, 409), (404, 204)}, outcomes

@@ -94,7 +94,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services.engine.stop()
         services.compute.close()
         services.training.stop()
-        services.training.jobs.close()
         services.registry.db.close()  # the one database of the registry, datasets and jobs
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from app.adapters import peft_format as fmt
 from app.adapters.registry import AdapterRegistry
-from app.errors import AdapterExists, InvalidName, ServiceError, shorten
+from app.errors import AdapterExists, ServiceError, shorten
 from app.state.tables import DEFAULT_PROJECT
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ def import_folder(
                 }:
                     raise
                 report.unchanged.append(name)
-        except (ServiceError, OSError, InvalidName) as exc:
+        except (ServiceError, OSError) as exc:
             reason = exc.message if isinstance(exc, ServiceError) else str(exc)
             report.refused[name] = shorten(reason, 300)
             log.warning("not importing adapter folder %s: %s", shorten(name), reason)

@@ -18,6 +18,7 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import cast
 
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
@@ -37,6 +38,7 @@ __all__ = ["AdapterRecord", "AdapterRegistry", "BaseInfo"]
 
 log = logging.getLogger(__name__)
 _MAX_CACHED_NAMES = 100_000  # resolved names kept; past it the cache starts over
+_MISS = object()  # not in the name cache, or too old
 
 
 class AdapterRegistry(RegistryWrites):
@@ -86,25 +88,21 @@ class AdapterRegistry(RegistryWrites):
         self, ref: str, param: str = "adapter", project: str = DEFAULT_PROJECT
     ) -> AdapterRecord:
         """The version `ref` (`name` or `name@version`) means now: 404 if there is none."""
-        name, pin = split_ref(ref, param)
-        key = (project, ref)
-        now = time.monotonic()
-        with self._lock:
-            hit = self._names.get(key)
-        if hit is not None and hit[0] > now:
-            record = hit[1]
-        else:
+        record = self._cached_name(project, ref)
+        if record is _MISS:  # parsed only here: a cached ref was checked when it was cached
+            name, pin = split_ref(ref, param)
             record = self._lookup(project, name, pin)
             with self._lock:
                 if len(self._names) >= _MAX_CACHED_NAMES:
                     self._names.clear()
-                self._names[key] = (now + self.ttl_s, record)
+                self._names[(project, ref)] = (time.monotonic() + self.ttl_s, record)
                 if record is not None:
                     self._by_version[record.version] = record
         if record is None:
+            name, pin = split_ref(ref, param)
             what = f"adapter {name!r}" if pin is None else f"version {pin!r} of adapter {name!r}"
             raise AdapterNotFound(f"{what} not found", param)
-        return record
+        return cast(AdapterRecord, record)
 
     def versions_for(
         self, refs: Sequence[str | None], param: str, project: str = DEFAULT_PROJECT
@@ -118,14 +116,14 @@ class AdapterRegistry(RegistryWrites):
     def needs_lookup(self, refs: Sequence[str | None], project: str = DEFAULT_PROJECT) -> bool:
         """Whether resolving `refs` would read the database (some are not cached, or stale):
         the HTTP layer then resolves them off the event loop."""
+        return any(r is not None and self._cached_name(project, r) is _MISS for r in refs)
+
+    def _cached_name(self, project: str, ref: str) -> AdapterRecord | object | None:
+        """The cached answer for a ref (a record, or None for a known miss), or _MISS."""
         now = time.monotonic()
         with self._lock:
-            for ref in refs:
-                if ref is not None:
-                    hit = self._names.get((project, ref))
-                    if hit is None or hit[0] <= now:
-                        return True
-        return False
+            hit = self._names.get((project, ref))
+        return hit[1] if hit is not None and hit[0] > now else _MISS
 
     def get(self, name: str, param: str = "name", project: str = DEFAULT_PROJECT) -> AdapterRecord:
         """The name's current version, read from the database now (not from the cache)."""

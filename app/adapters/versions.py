@@ -26,6 +26,12 @@ def version_id(config: bytes, weights: bytes) -> str:
     return hashlib.sha256(pair).hexdigest()
 
 
+def safetensors_header(data: bytes) -> tuple[int, dict]:
+    """(length, parsed JSON) of a safetensors file's header, which its first 8 bytes size."""
+    (length,) = struct.unpack("<Q", data[:8])
+    return length, json.loads(data[8 : 8 + length])
+
+
 def canonical_safetensors(data: bytes) -> bytes:
     """The same file with its header metadata in sorted order.
 
@@ -33,8 +39,7 @@ def canonical_safetensors(data: bytes) -> bytes:
     call, so the same weights would otherwise make different bytes, and different versions.
     The header keeps its length (padded with spaces, as the format allows), so no offset moves.
     """
-    (length,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8 : 8 + length])
+    length, header = safetensors_header(data)
     metadata = header.pop("__metadata__", None)
     ordered = {"__metadata__": dict(sorted(metadata.items()))} if metadata else {}
     text = json.dumps({**ordered, **header}, separators=(",", ":"), ensure_ascii=False).encode()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import struct
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -25,7 +24,12 @@ from app.adapters import catalog
 from app.adapters import peft_format as fmt
 from app.adapters.catalog import VersionRow
 from app.adapters.records import UPLOADED_SHA256, AdapterRecord, BaseInfo, Source
-from app.adapters.versions import VersionFiles, canonical_safetensors, version_id
+from app.adapters.versions import (
+    VersionFiles,
+    canonical_safetensors,
+    safetensors_header,
+    version_id,
+)
 from app.errors import AdapterExists, AdapterNotFound, InvalidAdapter, TooManyAdapters
 from app.lora import LoraAdapter
 from app.state import Database, ObjectStore
@@ -255,6 +259,5 @@ def quota_of(conn: Connection, project: str, column: str) -> Any:
 
 def _safetensors_metadata(data: bytes) -> dict[str, str]:
     """The `__metadata__` of a safetensors file's JSON header (already checked as valid)."""
-    (length,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8 : 8 + length])
-    return {str(k): str(v) for k, v in (header.get("__metadata__") or {}).items()}
+    metadata = safetensors_header(data)[1].get("__metadata__") or {}
+    return {str(k): str(v) for k, v in metadata.items()}

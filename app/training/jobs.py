@@ -358,9 +358,6 @@ class JobStore:
                 ended.append(row.id)
         return ended
 
-    def close(self) -> None:
-        """The database is the caller's; nothing of its own to close."""
-
     @staticmethod
     def record_event(
         conn: Connection,

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 from fastapi_offline import FastAPIOffline
+from prometheus_client.core import Metric
 
 from app.api.auth import Authenticate
 from app.api.deps import Services
@@ -28,15 +29,23 @@ from app.training import TrainingService
 log = logging.getLogger("app")
 
 
-def build_services(settings: Settings, compute: ComputeThread, on_batch: OnBatch) -> Services:
-    """Load the base model (on the compute thread), open the shared state, wire the engine."""
+def build_services(
+    settings: Settings,
+    compute: ComputeThread,
+    on_batch: OnBatch,
+    remote: Callable[[], Engine] | None = None,
+) -> Services:
+    """Load the base model (on the compute thread), open the shared state, wire the engine
+    (`remote`: one that sends predictions elsewhere, as the Ray ingress does)."""
     base = compute.call(load_base_model, settings.base_model, resolve_device(settings.device))
     linears = {n: (i.in_features, i.out_features) for n, i in base.linears().items()}
     state = open_state(settings, base, base_info(base))
     registry, datasets, jobs = state.registry, state.datasets, state.jobs
     predictor = Predictor(base, registry, settings.merged_cache_bytes)
     engine: Engine
-    if settings.batching:
+    if remote is not None:
+        engine = remote()
+    elif settings.batching:
         engine = Batcher(
             predictor, compute, on_batch,
             settings.max_batch_rows, settings.batch_wait_ms, settings.max_queue_rows,
@@ -73,7 +82,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # Built before the server listens: a bad BASE_MODEL stops start-up with the reason.
     compute = ComputeThread()
     try:
-        services = build_services(settings, compute, app.state.metrics.record_batch)
+        services = build_services(
+            settings, compute, app.state.metrics.record_batch, app.state.remote_engine
+        )
     except BaseException:
         compute.close()
         raise
@@ -97,7 +108,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services.registry.db.close()  # the one database of the registry, datasets and jobs
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    remote_engine: Callable[[], Engine] | None = None,
+    replica_metrics: Callable[[], Iterator[Metric]] | None = None,
+) -> FastAPI:
+    """The service; the Ray ingress passes an engine that calls its predictor replicas, and
+    their metrics, to be served beside its own."""
     settings = settings or Settings()
     configure_logging()
     app = FastAPIOffline(
@@ -110,6 +127,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.services = None
     app.state.metrics = Metrics()
     app.state.metrics.watch(live_metrics(lambda: app.state.services))
+    if replica_metrics is not None:
+        app.state.metrics.watch(replica_metrics)
+    app.state.remote_engine = remote_engine
     install_error_handlers(app)
     install_openapi(app)
 

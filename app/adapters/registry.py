@@ -70,6 +70,9 @@ class AdapterRegistry(RegistryWrites):
         self._load_locks: weakref.WeakValueDictionary[str, threading.Lock] = (
             weakref.WeakValueDictionary()
         )
+        # At most this many versions in memory (None: only cache_bytes bounds them); a Ray
+        # replica sets it to its multiplexer's capacity.
+        self.max_resident: int | None = None
         self.cache_hits = 0  # load() answered from memory
         self.cache_misses = 0  # load() read the weights from the store
         self._listeners: list[Callable[[str], None]] = []
@@ -212,6 +215,19 @@ class AdapterRegistry(RegistryWrites):
         with self._lock:
             return record.version in self._cache
 
+    def evict(self, version: str) -> None:
+        """Drop a version's weights from memory (a Ray replica's multiplexer let it go); the
+        next request for it reads them again."""
+        with self._lock:
+            adapter = self._cache.pop(version, None)
+            if adapter is not None:
+                self._cached_bytes -= adapter.nbytes
+
+    def resident_versions(self) -> builtins.list[str]:
+        """Versions with weights in memory, least recently used first."""
+        with self._lock:
+            return builtins.list(self._cache)
+
     def on_change(self, listener: Callable[[str], None]) -> None:
         """Call `listener(version)` when no name uses a version any more (to drop copies)."""
         self._listeners.append(listener)
@@ -320,6 +336,8 @@ class AdapterRegistry(RegistryWrites):
                 return
             self._cache[version] = adapter
             self._cached_bytes += adapter.nbytes
-            while self._cached_bytes > self.cache_bytes:
+            while self._cached_bytes > self.cache_bytes or len(self._cache) > (
+                self.max_resident or len(self._cache)
+            ):
                 _, evicted = self._cache.popitem(last=False)
                 self._cached_bytes -= evicted.nbytes

@@ -15,11 +15,12 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, create_engine, event
+from sqlalchemy import Connection, create_engine, event, text
 from sqlalchemy.engine import make_url
 
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+_MIGRATE_LOCK = 0x6C6F7261  # any fixed key: "lora"
 
 
 def engine_url(url: str) -> str:
@@ -50,7 +51,11 @@ class Database:
         """Bring the schema to the newest migration (a no-op when it is there)."""
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS))
-        with self.engine.begin() as conn:
+        # Replicas start together: one migrates while the others wait for its lock, then find
+        # the schema at head (SQLite: BEGIN IMMEDIATE; PostgreSQL: an advisory lock).
+        with self.write() as conn:
+            if not self.is_sqlite:
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATE_LOCK})
             config.attributes["connection"] = conn
             command.upgrade(config, "head")
 

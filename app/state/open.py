@@ -28,13 +28,8 @@ class SharedState:
 
 def open_state(settings: Settings, base: BaseModel, info: BaseInfo) -> SharedState:
     """Migrate the database, then import what an older single-process layout left on disk."""
-    db = Database(settings.database)
-    db.migrate()
-    objects = ObjectStore(settings.store, settings.s3_endpoint_url)
-    registry = AdapterRegistry(
-        db, objects, info, settings.max_rank, settings.adapter_cache_bytes,
-        settings.max_adapters, settings.registry_ttl_ms,
-    )  # fmt: skip
+    registry = open_registry(settings, info)
+    db, objects = registry.db, registry.objects
     datasets: DatasetStore
     if base.text is not None:
         datasets = PairDatasetStore(db, objects, settings.max_dataset_rows)
@@ -53,6 +48,17 @@ def open_state(settings: Settings, base: BaseModel, info: BaseInfo) -> SharedSta
         "jobs": import_jobs_db(jobs, settings.data_dir / "jobs.db"),
     }
     return SharedState(db, registry, datasets, jobs, imported)
+
+
+def open_registry(settings: Settings, info: BaseInfo) -> AdapterRegistry:
+    """The registry alone, on a migrated database: what a predictor replica needs."""
+    db = Database(settings.database)
+    db.migrate()
+    objects = ObjectStore(settings.store, settings.s3_endpoint_url)
+    return AdapterRegistry(
+        db, objects, info, settings.max_rank, settings.adapter_cache_bytes,
+        settings.max_adapters, settings.registry_ttl_ms,
+    )  # fmt: skip
 
 
 def load_base(settings: Settings) -> tuple[BaseModel, BaseInfo]:

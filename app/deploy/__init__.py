@@ -1,0 +1,1 @@
+"""Running the service past one machine: the Ray Serve application (app/deploy/ray.py)."""

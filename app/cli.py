@@ -44,7 +44,19 @@ def _serve(args: argparse.Namespace) -> None:
         raise InputError(f"invalid settings: {_first_error(exc)}") from None
     given = (("host", args.host), ("port", args.port), ("base_model", args.base_model))
     overrides = {k: v for k, v in given if v is not None}
-    run(settings.model_copy(update=overrides))
+    settings = settings.model_copy(update=overrides)
+    if not args.ray:
+        run(settings)
+        return
+    try:
+        from app.deploy import local
+    except ImportError:
+        raise InputError("--ray needs Ray Serve: pip install 'loraserve[ray]'") from None
+    app_args: dict[str, Any] = {"predictors": args.replicas, "trainers": args.trainers}
+    app_args["adapters_per_replica"] = args.adapters_per_replica
+    if args.base_model is not None:
+        app_args["settings"] = {"base_model": str(args.base_model.resolve())}
+    local.run(settings, args.ray_address, app_args)
 
 
 def _settings() -> Any:
@@ -253,6 +265,21 @@ def parser(settings: CliSettings | None = None) -> argparse.ArgumentParser:
         type=Path,
         help="a base model folder, or all-MiniLM-L6-v2; default LORASERVE_BASE_MODEL, else the "
         "embedded seed model",
+    )
+
+    on_ray = serve.add_argument_group("Ray Serve (pip install 'loraserve[ray]')")
+    on_ray.add_argument(
+        "--ray", action="store_true", help="serve on Ray: predictor replicas behind this port"
+    )
+    on_ray.add_argument(
+        "--ray-address", help="a running Ray cluster (ray://... or host:port); default: start one"
+    )
+    on_ray.add_argument("--replicas", type=int, default=2, help="predictor replicas (2)")
+    on_ray.add_argument(
+        "--adapters-per-replica", type=int, default=48, help="adapters each replica holds (48)"
+    )
+    on_ray.add_argument(
+        "--trainers", type=int, default=1, help="training workers on Ray (1; 0: none)"
     )
 
     sub.add_parser("worker", help="run a training worker on the shared state (DATABASE_URL)")

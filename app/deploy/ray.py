@@ -25,7 +25,7 @@ from typing import Any
 import ray
 from prometheus_client.core import Metric
 from ray import serve
-from ray.serve import Application
+from ray.serve import Application, Deployment
 from ray.serve.handle import DeploymentHandle
 
 from app.deploy.board import PUBLISH_S, ReplicaBoard, replica_families
@@ -93,7 +93,7 @@ class _Held:
     graceful_shutdown_timeout_s=10,
 )
 class Predictor:
-    async def __init__(
+    async def __init__(  # type: ignore[misc]  # Serve awaits an async constructor
         self, overrides: dict[str, Any], max_adapters: int, board: DeploymentHandle
     ) -> None:
         keep_grpc_on_node_address()
@@ -213,6 +213,12 @@ class Ingress:
         return replica_families(snapshots)
 
 
+def _deployment(decorated: object) -> Deployment:
+    """A class under @serve.deployment, as what the decorator made of it (mypy sees a class)."""
+    assert isinstance(decorated, Deployment)
+    return decorated
+
+
 def build(args: dict[str, Any]) -> Application:
     """The application `serve run` and `loraserve serve --ray` deploy.
 
@@ -224,28 +230,34 @@ def build(args: dict[str, Any]) -> Application:
     """
     overrides = dict(args.get("settings") or {})
     predictors = int(args.get("predictors", 2))
-    board = Board.options(ray_actor_options={"num_cpus": 0}).bind()
-    predictor = Predictor.options(
-        autoscaling_config={
-            "min_replicas": predictors,
-            "max_replicas": max(predictors, int(args.get("max_predictors", 8))),
-            # About a batch's worth of requests each before another replica is worth its load.
-            "target_ongoing_requests": 32,
-        },
-        ray_actor_options={
-            "num_cpus": float(args.get("predictor_cpus", 1)),
-            "num_gpus": float(args.get("predictor_gpus", 0)),
-        },
-    ).bind(overrides, int(args.get("adapters_per_replica", 48)), board)
+    board = _deployment(Board).options(ray_actor_options={"num_cpus": 0}).bind()
+    predictor = (
+        _deployment(Predictor)
+        .options(
+            autoscaling_config={
+                "min_replicas": predictors,
+                "max_replicas": max(predictors, int(args.get("max_predictors", 8))),
+                # About a batch's worth of requests each before another replica is worth its load.
+                "target_ongoing_requests": 32,
+            },
+            ray_actor_options={
+                "num_cpus": float(args.get("predictor_cpus", 1)),
+                "num_gpus": float(args.get("predictor_gpus", 0)),
+            },
+        )
+        .bind(overrides, int(args.get("adapters_per_replica", 48)), board)
+    )
     trainers = int(args.get("trainers", 1))
     ingress_cpus = float(args.get("ingress_cpus", 0.5))
-    ingress = Ingress.options(
+    ingress = _deployment(Ingress).options(
         autoscaling_config={"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 256},
         ray_actor_options={"num_cpus": ingress_cpus},
     )
     trainer = None
     if trainers:
-        trainer = Trainer.options(num_replicas=trainers, ray_actor_options={"num_cpus": 0}).bind(
-            overrides
+        trainer = (
+            _deployment(Trainer)
+            .options(num_replicas=trainers, ray_actor_options={"num_cpus": 0})
+            .bind(overrides)
         )
     return ingress.bind(predictor, board, overrides, trainer)

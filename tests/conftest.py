@@ -7,6 +7,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+# Read when ray is first imported (tests/deploy): no usage reports, and no node address taken
+# from the machine's network interfaces: every Ray port stays on 127.0.0.1.
+os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+
 from fastapi.testclient import TestClient
 
 from app.main import create_app

@@ -98,7 +98,7 @@ class Predictor:
     ) -> None:
         keep_grpc_on_node_address()
         replica_id = serve.get_replica_context().replica_id.unique_id
-        node = ray.util.get_node_ip_address()
+        node = ray.get_runtime_context().get_node_id()
         settings = Settings(**overrides)
         self._replica = PredictorReplica(settings, max_adapters, replica_id, node)
         self._board = board
@@ -225,39 +225,40 @@ def build(args: dict[str, Any]) -> Application:
     args: `settings` (overrides of the nodes' LORASERVE_* environment; keep secrets in the
     environment), `adapters_per_replica` (48), `predictors` (replicas, 2), `max_predictors`
     (autoscaling ceiling, 8), `trainers` (1; 0 when `loraserve worker`s run elsewhere),
-    `predictor_cpus` (1), `predictor_gpus` (0), `ingress_cpus` (0.5). A config file's
-    `deployments:` section overrides any of the sizes.
+    `predictor_cpus` (1), `predictor_gpus` (0), `ingress_cpus` (0.5),
+    `max_predictors_per_node` (no limit; 1 spreads them, so losing a node loses one),
+    `ingress_resources` (custom Ray resources the ingress needs, to keep it on the nodes
+    clients reach). A config file's `deployments:` section overrides any of the sizes.
     """
     overrides = dict(args.get("settings") or {})
     predictors = int(args.get("predictors", 2))
+    predictor_options: dict[str, Any] = {
+        "autoscaling_config": {
+            "min_replicas": predictors,
+            "max_replicas": max(predictors, int(args.get("max_predictors", 8))),
+            # About a batch's worth of requests each before another replica pays its load.
+            "target_ongoing_requests": 32,
+        },
+        "ray_actor_options": {
+            "num_cpus": float(args.get("predictor_cpus", 1)),
+            "num_gpus": float(args.get("predictor_gpus", 0)),
+        },
+    }
+    if args.get("max_predictors_per_node"):
+        predictor_options["max_replicas_per_node"] = int(args["max_predictors_per_node"])
     board = _deployment(Board).options(ray_actor_options={"num_cpus": 0}).bind()
-    predictor = (
-        _deployment(Predictor)
-        .options(
-            autoscaling_config={
-                "min_replicas": predictors,
-                "max_replicas": max(predictors, int(args.get("max_predictors", 8))),
-                # About a batch's worth of requests each before another replica is worth its load.
-                "target_ongoing_requests": 32,
-            },
-            ray_actor_options={
-                "num_cpus": float(args.get("predictor_cpus", 1)),
-                "num_gpus": float(args.get("predictor_gpus", 0)),
-            },
+    adapters = int(args.get("adapters_per_replica", 48))
+    predictor = _deployment(Predictor).options(**predictor_options).bind(overrides, adapters, board)
+    trainer = None
+    if int(args.get("trainers", 1)):
+        trainer = _deployment(Trainer).options(
+            num_replicas=int(args.get("trainers", 1)), ray_actor_options={"num_cpus": 0}
         )
-        .bind(overrides, int(args.get("adapters_per_replica", 48)), board)
-    )
-    trainers = int(args.get("trainers", 1))
-    ingress_cpus = float(args.get("ingress_cpus", 0.5))
     ingress = _deployment(Ingress).options(
         autoscaling_config={"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 256},
-        ray_actor_options={"num_cpus": ingress_cpus},
+        ray_actor_options={
+            "num_cpus": float(args.get("ingress_cpus", 0.5)),
+            "resources": dict(args.get("ingress_resources") or {}),
+        },
     )
-    trainer = None
-    if trainers:
-        trainer = (
-            _deployment(Trainer)
-            .options(num_replicas=trainers, ray_actor_options={"num_cpus": 0})
-            .bind(overrides)
-        )
-    return ingress.bind(predictor, board, overrides, trainer)
+    return ingress.bind(predictor, board, overrides, trainer and trainer.bind(overrides))

@@ -1,7 +1,7 @@
 # loraserve: one frozen base model, many LoRA adapters, one HTTP endpoint.
 # CPU torch by default; for CUDA: docker build --build-arg TORCH_VARIANT=cu128 .
 # The `hf` extra (transformers, all-MiniLM-L6-v2 for offline use) is in by default; a smaller
-# image for vector bases only: --build-arg EXTRAS=
+# image for vector bases only: --build-arg EXTRAS=; for Ray Serve (deploy/ray): EXTRAS=hf,ray
 FROM python:3.11-slim
 
 ARG TORCH_VARIANT=cpu
@@ -22,6 +22,7 @@ RUN pip install --no-cache-dir --index-url "https://download.pytorch.org/whl/${T
 COPY pyproject.toml README.md ./
 COPY app ./app
 COPY models ./models
+COPY deploy ./deploy
 # The project itself, from the copied source (hadolint takes `.[extras]` for an unpinned package).
 # hadolint ignore=DL3013
 RUN pip install --no-cache-dir ".[${EXTRAS}]" \

@@ -290,6 +290,32 @@ def test_changes_reach_every_replica_within_the_ttl(
         )
 
 
+def test_the_trainer_replica_trains_and_the_predictors_serve_the_result(
+    http: httpx.Client,
+) -> None:
+    data = save(
+        {"inputs": torch.randn(32, TINY_SIZES[0]), "targets": torch.randn(32, TINY_SIZES[-1])}
+    )
+    dataset = http.post("/v1/datasets", files={"file": ("d.safetensors", data)})
+    assert dataset.status_code == 201, dataset.text
+    body = {
+        "adapter_name": "trained",
+        "training_dataset": dataset.json()["id"],
+        "hyperparameters": {"rank": 1, "epochs": 2, "batch_size": 16},
+    }
+    job = http.post("/v1/fine-tuning/jobs", json=body)
+    assert job.status_code == 201, job.text
+    deadline = time.monotonic() + 120
+    while (state := http.get(f"/v1/fine-tuning/jobs/{job.json()['id']}").json())["status"] not in (
+        "succeeded", "failed", "cancelled",
+    ):  # fmt: skip
+        assert time.monotonic() < deadline, state
+        time.sleep(0.2)
+    assert state["status"] == "succeeded", state
+    x = torch.randn(2, TINY_SIZES[0])
+    assert predict(http, x, adapter="trained").shape == (2, TINY_SIZES[-1])
+
+
 def test_only_the_ingress_speaks_http_and_it_checks_keys(ray_app: RayApp) -> None:
     x = torch.zeros(1, TINY_SIZES[0]).tolist()
     with httpx.Client(base_url=ray_app.url, timeout=30) as anonymous:

@@ -1,0 +1,76 @@
+"""`loraserve serve --ray` as a user runs it: a local Ray cluster on 127.0.0.1, gone on SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import torch
+
+from tests.helpers import TINY_SIZES, adapter_files, lora_tensors, peft_config, reference_forward
+from tests.server import ROOT, free_port
+
+
+def test_serve_ray_starts_a_local_cluster_and_stops_it(tmp_path: Path, base_folder: Path) -> None:
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("RAY_")},
+        "LORASERVE_ADAPTERS_DIR": str(tmp_path / "adapters"),
+        "LORASERVE_DATA_DIR": str(tmp_path / "data"),
+        "LORASERVE_DEVICE": "cpu",
+    }
+    command = [
+        str(Path(sys.executable).parent / "loraserve"), "serve", "--ray", "--host", "127.0.0.1",
+        "--port", str(port), "--base-model", str(base_folder), "--replicas", "1", "--trainers", "0",
+    ]  # fmt: skip
+    log = (tmp_path / "serve.log").open("wb")
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert process.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "not ready in 180 s"
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        ours = [process.pid, *(c.pid for c in psutil.Process(process.pid).children(recursive=True))]
+        config = peft_config(2, 4.0, ["layer1", "layer2"])
+        tensors = lora_tensors(TINY_SIZES, ["layer1", "layer2"], 2, seed=7)
+        files = adapter_files(config, tensors)
+        with httpx.Client(base_url=url, timeout=60) as client:
+            r = client.post(
+                "/v1/adapters", data={"name": "cli"},
+                files={"config": ("c.json", files[0]), "weights": ("w.safetensors", files[1])},
+            )  # fmt: skip
+            assert r.status_code == 201, r.text
+            x = torch.randn(2, TINY_SIZES[0])
+            r = client.post("/v1/predict", json={"inputs": x.tolist(), "adapter": "cli"})
+            assert r.status_code == 200, r.text
+        expected = reference_forward(base_folder, x, config, tensors).float()
+        torch.testing.assert_close(
+            torch.tensor(r.json()["outputs"]), expected, atol=1e-5, rtol=1e-4
+        )
+        listening = [
+            c.laddr
+            for c in psutil.net_connections(kind="tcp")
+            if c.pid in ours and c.status == psutil.CONN_LISTEN
+        ]
+        assert listening and all(a.ip in ("127.0.0.1", "::ffff:127.0.0.1") for a in listening)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+    assert process.returncode == 0, (tmp_path / "serve.log").read_text()[-3000:]
+    deadline = time.monotonic() + 30
+    while [p for p in ours if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]:
+        assert time.monotonic() < deadline, "the local Ray cluster outlived its command"
+        time.sleep(0.5)

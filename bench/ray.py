@@ -8,6 +8,7 @@ folder), one after the other, never together. It measures:
   process (targets: at most 5 ms added at p50);
 - adapter loads per 1,000 requests after warm-up, at Zipf popularity (s=1.1) over 64 adapters,
   counted from the replicas' metrics (target: fewer than 1);
+- Serve's own floor on this machine: empty deployments behind its proxy, one hop and two;
 - recovery: a predictor replica SIGKILLed under that traffic; seconds until a new replica
   reports, and the requests that failed meanwhile (targets: under 30 s, none).
 Writes bench/results/ray-cpu.json.
@@ -27,6 +28,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -35,9 +37,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from safetensors.torch import save
 
 ROOT = Path(__file__).resolve().parent.parent
+# Run as a script, this file's folder comes first on the path, and this file would shadow the
+# `ray` package it measures.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 sys.path.insert(0, str(ROOT))
 
-from bench.harness import _DONE, bin_path, server, wrk, wrk_script  # noqa: E402
+from bench.harness import _DONE, bin_path, server, wrk, wrk_get_script, wrk_script  # noqa: E402
 
 ADAPTERS = 64
 CAPACITY = 48
@@ -130,6 +135,44 @@ def predictor_pids() -> list[int]:
     ]  # fmt: skip
 
 
+def serve_floor(url: str, seconds: float) -> dict:
+    """What Ray Serve alone costs here: an empty deployment behind its proxy (one hop), and one
+    that awaits another through a handle (two hops, as ingress -> predictor), at c=1."""
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    import ray
+    from ray import serve
+
+    @serve.deployment(
+        logging_config={"enable_access_log": False}, ray_actor_options={"num_cpus": 0}
+    )
+    class Back:
+        async def __call__(self) -> str:
+            return "ok"
+
+    @serve.deployment(
+        logging_config={"enable_access_log": False}, ray_actor_options={"num_cpus": 0}
+    )
+    class Front:
+        def __init__(self, back: Any = None) -> None:
+            self.back = back
+
+        async def __call__(self, request: Any) -> str:
+            return "ok" if self.back is None else await self.back.remote()
+
+    ray.init(address="auto", _node_ip_address="127.0.0.1", log_to_driver=False)
+    try:
+        serve.run(Front.bind(), name="floor-one", route_prefix="/floor-one")
+        serve.run(Front.bind(Back.bind()), name="floor-two", route_prefix="/floor-two")
+        return {
+            hops: wrk(f"{url}/floor-{hops}", wrk_get_script(), 1, seconds)
+            for hops in ("one", "two")
+        }
+    finally:
+        serve.delete("floor-one")
+        serve.delete("floor-two")
+        ray.shutdown()
+
+
 def kill_and_recover(url: str, seconds: float) -> dict:
     before = set(replica_loads(url))
     result: dict = {}
@@ -166,6 +209,7 @@ def main() -> None:
             upload(url, ADAPTERS)
             wrk(url, wrk_script("/v1/predict", [body("z0")]), 1, 2)  # warm
             results["runs"]["ray"] = latency(url, args.seconds)
+            results["runs"]["serve_floor"] = serve_floor(url, args.seconds)
             # Warm-up: every adapter asked for (Zipf's tail would otherwise first show up in the
             # measured run), then Zipf traffic while Serve learns where each one is.
             touch_all(url)

@@ -76,6 +76,12 @@ def run(settings: Settings, address: str | None, args: dict[str, Any]) -> None:
     except KeyboardInterrupt:  # while the application was still starting
         pass
     log.info("stopping: Serve, then Ray")
-    serve.shutdown()
+    # Bounded: with a node already gone, Serve's shutdown can wait for ever, and a signal
+    # must still stop the process (ray.shutdown ends the local cluster's processes).
+    stopping = threading.Thread(target=serve.shutdown, daemon=True)
+    stopping.start()
+    stopping.join(timeout=30)
+    if stopping.is_alive():
+        log.warning("Serve did not shut down within 30 s; stopping Ray anyway")
     if address is None:
         ray.shutdown()

@@ -336,8 +336,7 @@ class AdapterRegistry(RegistryWrites):
                 return
             self._cache[version] = adapter
             self._cached_bytes += adapter.nbytes
-            while self._cached_bytes > self.cache_bytes or len(self._cache) > (
-                self.max_resident or len(self._cache)
-            ):
+            most = self.max_resident if self.max_resident is not None else len(self._cache)
+            while self._cached_bytes > self.cache_bytes or len(self._cache) > most:
                 _, evicted = self._cache.popitem(last=False)
                 self._cached_bytes -= evicted.nbytes

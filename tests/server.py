@@ -33,6 +33,25 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_ready(
+    proc: subprocess.Popen[bytes], url: str, ready_s: float, log: Path | None = None
+) -> None:
+    """Until `url`/readyz answers 200; fails if the process exits first (with its log's end)."""
+    start = time.perf_counter()
+    while True:
+        exited, late = proc.poll() is not None, time.perf_counter() - start >= ready_s
+        if exited or late:
+            why = "exited during start-up" if exited else f"not ready within {ready_s} s"
+            tail = log.read_text(errors="replace")[-3000:] if log is not None else ""
+            raise AssertionError(f"the server {why}\n{tail}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+
+
 @dataclass
 class Server:
     url: str
@@ -64,15 +83,7 @@ def running_server(
     proc = subprocess.Popen(container_command(), cwd=ROOT, env=env, stdout=out, stderr=out)
     url = f"http://127.0.0.1:{port}"
     try:
-        while True:
-            assert proc.poll() is None, "the server exited during start-up"
-            assert time.perf_counter() - start < ready_s, f"not ready within {ready_s} s"
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
+        wait_ready(proc, url, ready_s)
         yield Server(url, proc, time.perf_counter() - start)
     finally:
         if proc.poll() is None:

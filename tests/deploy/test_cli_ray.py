@@ -14,7 +14,7 @@ import psutil
 import torch
 
 from tests.helpers import TINY_SIZES, adapter_files, lora_tensors, peft_config, reference_forward
-from tests.server import ROOT, free_port
+from tests.server import ROOT, free_port, wait_ready
 
 
 def test_serve_ray_starts_a_local_cluster_and_stops_it(tmp_path: Path, base_folder: Path) -> None:
@@ -33,16 +33,7 @@ def test_serve_ray_starts_a_local_cluster_and_stops_it(tmp_path: Path, base_fold
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert process.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "not ready in 180 s"
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
+        wait_ready(process, url, 180, tmp_path / "serve.log")
         ours = [process.pid, *(c.pid for c in psutil.Process(process.pid).children(recursive=True))]
         config = peft_config(2, 4.0, ["layer1", "layer2"])
         tensors = lora_tensors(TINY_SIZES, ["layer1", "layer2"], 2, seed=7)

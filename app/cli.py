@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 import time
@@ -48,10 +49,10 @@ def _serve(args: argparse.Namespace) -> None:
     if not args.ray:
         run(settings)
         return
-    try:
-        from app.deploy import local
-    except ImportError:
-        raise InputError("--ray needs Ray Serve: pip install 'loraserve[ray]'") from None
+    if importlib.util.find_spec("ray") is None:
+        raise InputError("--ray needs Ray Serve: pip install 'loraserve[ray]'")
+    from app.deploy import local
+
     app_args: dict[str, Any] = {"predictors": args.replicas, "trainers": args.trainers}
     app_args["adapters_per_replica"] = args.adapters_per_replica
     if args.base_model is not None:

@@ -86,6 +86,22 @@ def test_serve_with_a_malformed_setting_is_a_usage_error(served, monkeypatch, ca
     assert_one_error_line(err, "invalid settings", "PORT")
 
 
+def test_serve_ray_without_ray_installed_says_what_to_install(served, monkeypatch, capsys) -> None:
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
+    code, err = fails(["serve", "--ray"], capsys)
+    assert code == EXIT_USAGE and not served
+    assert_one_error_line(err, "pip install 'loraserve[ray]'")
+
+
+def test_serve_ray_hands_its_options_to_the_application(served, monkeypatch) -> None:
+    calls: list[tuple] = []
+    monkeypatch.setattr("app.deploy.local.run", lambda *a: calls.append(a))
+    main(["serve", "--ray", "--port", "9002", "--replicas", "3", "--adapters-per-replica", "8"])
+    ((settings, address, args),) = calls
+    assert (settings.port, address, not served) == (9002, None, True)
+    assert args == {"predictors": 3, "trainers": 1, "adapters_per_replica": 8}
+
+
 @pytest.mark.parametrize(
     "argv",
     [

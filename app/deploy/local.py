@@ -65,15 +65,27 @@ def run(settings: Settings, address: str | None, args: dict[str, Any]) -> None:
 
     if address is not None:
         ray.init(address=address, log_to_driver=False)
+    stop = threading.Event()
+    serving = False
+
+    def on_signal(_signum: int, _frame: object) -> None:
+        stop.set()
+        if not serving:  # still deploying: break out of serve.run's wait
+            raise KeyboardInterrupt
+
+    def catch_signals() -> None:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, on_signal)
+
+    catch_signals()  # after ray.init, which sets its own
     try:
         serve.start(http_options={"host": settings.host, "port": settings.port})
+        catch_signals()  # again: Ray's core installs its own handlers as Serve starts
         serve.run(build(args), name=APP_NAME, route_prefix="/", blocking=False)
-        stop = threading.Event()
-        for signum in (signal.SIGINT, signal.SIGTERM):  # after ray.init, which sets its own
-            signal.signal(signum, lambda *_: stop.set())
+        serving = True
         log.info("serving on Ray at http://%s:%d", settings.host, settings.port)
         stop.wait()
-    except KeyboardInterrupt:  # while the application was still starting
+    except KeyboardInterrupt:  # a signal while the application was still starting
         pass
     log.info("stopping: Serve, then Ray")
     # Bounded: with a node already gone, Serve's shutdown can wait for ever, and a signal

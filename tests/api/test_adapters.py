@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import math
+import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -79,6 +80,19 @@ def test_download_is_a_zip_of_the_two_peft_files(client: TestClient) -> None:
     for key, value in tensors.items():
         assert torch.equal(got[key], value)
     assert json.loads(archive.read("adapter_config.json"))["r"] == 2
+
+
+def test_a_version_downloads_as_the_same_bytes_at_any_time(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Zip entries carry a time; a download must not: replicas answer at different seconds."""
+    upload(client, "a", *make_files(r=2)[2])
+    first = client.get("/v1/adapters/a/download").content
+    later = time.localtime(time.time() + 3600)
+    monkeypatch.setattr(time, "localtime", lambda *_: later)
+    assert client.get("/v1/adapters/a/download").content == first
+    entries = zipfile.ZipFile(io.BytesIO(first)).infolist()
+    assert {e.date_time for e in entries} == {(1980, 1, 1, 0, 0, 0)}
 
 
 def test_download_not_found(client: TestClient) -> None:

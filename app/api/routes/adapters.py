@@ -260,7 +260,11 @@ async def download_adapter(name: str, registry: Registry, project: ProjectDep) -
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
         for filename, data in files.items():
-            archive.writestr(filename, data)
+            # A fixed timestamp (zip's epoch): one version downloads as the same bytes from
+            # every replica at any time, as its id promises (writestr would stamp "now").
+            entry = zipfile.ZipInfo(filename, date_time=(1980, 1, 1, 0, 0, 0))
+            entry.external_attr = 0o644 << 16
+            archive.writestr(entry, data)
     return Response(
         buffer.getvalue(),
         media_type="application/zip",

@@ -12,6 +12,7 @@ from fastapi_offline import FastAPIOffline
 from prometheus_client.core import Metric
 
 from app.api.auth import Authenticate
+from app.api.console import install_console
 from app.api.deps import Services
 from app.api.errors import install_error_handlers
 from app.api.limits import SMALL_BODY, BodyGuard, InFlightLimit, route_body_limits
@@ -145,6 +146,7 @@ def create_app(
     # Added last, so outermost: every answer, a 401 or a 500 too, gets an id and a log line.
     app.add_middleware(RequestContext, metrics=app.state.metrics)
     app.include_router(api_router)
+    install_console(app)
     return app
 
 

@@ -17,6 +17,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from app.api.console import is_console_path
 from app.api.errors import error_response
 from app.errors import Forbidden, Unauthorized
 from app.settings import Settings
@@ -24,7 +25,8 @@ from app.state.tables import DEFAULT_PROJECT
 
 Role = Literal["super", "admin", "api"]
 _RANK = {"api": 0, "admin": 1, "super": 2}
-# Everything else needs a key when auth is on: the API, /metrics, and the OpenAPI docs too.
+# Everything else needs a key when auth is on: the API, /metrics, and the OpenAPI docs too. The
+# console's files are public too (app.api.routes.console): they hold no data.
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
 _bearer = HTTPBearer(auto_error=False, description="a super-admin key, an admin key or an API key")
 
@@ -84,6 +86,7 @@ class Authenticate:
             scope["type"] != "http"
             or not self.settings.auth_enabled
             or scope["path"] in PUBLIC_PATHS
+            or is_console_path(scope["path"])
         ):
             await self.app(scope, receive, send)
             return

@@ -30,6 +30,15 @@ class LinearPublic(BaseModel):
     out_features: int
 
 
+class Identity(BaseModel):
+    role: Literal["super", "admin", "api"] = Field(
+        description="super: also projects and keys; admin: everything in its project; "
+        "api: read and predict"
+    )
+    project: str = Field(description="the project the key belongs to")
+    auth_enabled: bool
+
+
 class ModelPublic(BaseModel):
     name: str
     architecture: str = Field(description="`mlp`, or the Hugging Face `model_type` (e.g. bert)")
@@ -165,6 +174,11 @@ class EmbeddingsRequest(BaseModel):
         default=None,
         description="our extension: one adapter (or null) per input; `model` is then the base",
     )
+    mode: Literal["auto", "unmerged", "merged"] = Field(
+        default="auto",
+        description="our extension, as in /v1/predict: the service chooses (auto), or the "
+        "adapter is applied beside the base (unmerged) or merged into a copy (merged)",
+    )
 
 
 class EmbeddingData(BaseModel):
@@ -183,6 +197,7 @@ class EmbeddingsResponse(BaseModel):
     data: list[EmbeddingData]
     model: str
     usage: EmbeddingUsage
+    mode: Literal["unmerged", "merged"] = Field(description="our extension: the mode used")
 
 
 class DatasetCreate(BaseModel):

@@ -7,6 +7,7 @@ from app.api.routes import (
     datasets,
     embeddings,
     health,
+    identity,
     jobs,
     model,
     predict,
@@ -14,7 +15,7 @@ from app.api.routes import (
 )
 
 api_router = APIRouter()
-for module in (health, model, adapters, predict, embeddings, datasets, jobs, projects):
+for module in (health, identity, model, adapters, predict, embeddings, datasets, jobs, projects):
     api_router.include_router(module.router)
 
 __all__ = ["api_router"]

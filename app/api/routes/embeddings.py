@@ -65,7 +65,7 @@ async def create_embeddings(
         versions = await run_in_threadpool(registry.versions_for, names, param, project)
     else:
         versions = registry.versions_for(names, param, project)
-    result = await engine.submit(tokens, versions, "auto", param)
+    result = await engine.submit(tokens, versions, body.mode, param)
     outputs = result.outputs.numpy()
     if body.encoding_format == "base64":
         # As OpenAI sends it: each embedding's float32 bytes, little-endian, base64-encoded.
@@ -80,6 +80,7 @@ async def create_embeddings(
         "data": [{"object": "embedding", "index": i, "embedding": r} for i, r in enumerate(rows)],
         "model": body.model or base.name,
         "usage": {"prompt_tokens": used, "total_tokens": used},
+        "mode": result.mode,
     }
     total_ms = (time.perf_counter() - start) * 1000
     timing = (

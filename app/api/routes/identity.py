@@ -1,0 +1,20 @@
+"""Who the caller is: what its key may do, so a client (the console) can offer only that."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from app.api.auth import READ
+from app.api.deps import ProjectDep
+from app.api.schemas import Identity
+
+router = APIRouter(tags=["auth"])
+
+
+@router.get("/v1/me", dependencies=READ)
+async def read_identity(request: Request, project: ProjectDep) -> Identity:
+    """The role of the key sent and its project. With auth off every caller may do everything,
+    so the role is `super`."""
+    enabled = request.app.state.settings.auth_enabled
+    role = getattr(request.state, "role", None) if enabled else "super"
+    return Identity(role=role, project=project, auth_enabled=enabled)

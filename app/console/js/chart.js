@@ -1,0 +1,35 @@
+// Training curves on uPlot (app/console/vendor): loss per epoch on a log scale, and recall@1 on
+// its own axis for text bases.
+
+const COLORS = { train: "#2563eb", validation: "#dc2626", recall: "#16a34a" };
+
+export function lossChart(target, withRecall) {
+  const series = [
+    { label: "epoch" },
+    { label: "train loss", stroke: COLORS.train, width: 2, points: { show: true } },
+    { label: "validation loss", stroke: COLORS.validation, width: 2, points: { show: true } },
+  ];
+  const axes = [{ label: "epoch" }, { label: "loss" }];
+  const scales = { x: { time: false }, y: { distr: 3 } };
+  if (withRecall) {
+    series.push({ label: "recall@1", stroke: COLORS.recall, width: 2, scale: "recall", points: { show: true } });
+    axes.push({ label: "recall@1", scale: "recall", side: 1, grid: { show: false } });
+    scales.recall = { range: [0, 1] };
+  }
+  const width = Math.max(320, target.clientWidth || 640);
+  const plot = new window.uPlot({ width, height: 260, series, axes, scales }, series.map(() => []), target);
+  const points = []; // [epoch, train, validation, recall]
+  return {
+    points,
+    add(data) {
+      const at = points.findIndex((p) => p[0] === data.epoch);
+      const point = [data.epoch, data.train_loss, data.validation_loss ?? null];
+      if (withRecall) point.push(data.validation_recall_at_1 ?? null);
+      if (at >= 0) points[at] = point;
+      else points.push(point);
+      points.sort((a, b) => a[0] - b[0]);
+      plot.setData(series.map((_, i) => points.map((p) => p[i])));
+    },
+    destroy() { plot.destroy(); },
+  };
+}

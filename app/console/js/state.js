@@ -1,0 +1,8 @@
+// What the whole console knows once a key is accepted: who the caller is and which base it talks to.
+export const session = {
+  role: null, // "super", "admin" or "api"
+  canAdmin: false, // api keys may only read and predict
+  authEnabled: false,
+  model: null, // GET /v1/model
+  get textBase() { return this.model !== null && this.model.inputs === "texts"; },
+};

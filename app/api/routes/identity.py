@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from app.api.auth import READ
+from app.api.auth import READ, Role
 from app.api.deps import ProjectDep
 from app.api.schemas import Identity
 
@@ -15,6 +15,7 @@ router = APIRouter(tags=["auth"])
 async def read_identity(request: Request, project: ProjectDep) -> Identity:
     """The role of the key sent and its project. With auth off every caller may do everything,
     so the role is `super`."""
-    enabled = request.app.state.settings.auth_enabled
-    role = getattr(request.state, "role", None) if enabled else "super"
+    enabled: bool = request.app.state.settings.auth_enabled
+    # With auth on, Authenticate has set the role before any route runs (this path is not public).
+    role: Role = request.state.role if enabled else "super"
     return Identity(role=role, project=project, auth_enabled=enabled)

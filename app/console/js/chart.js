@@ -29,7 +29,11 @@ export function lossChart(target, withRecall) {
       else points.push(point);
       points.sort((a, b) => a[0] - b[0]);
       plot.setData(series.map((_, i) => points.map((p) => p[i])));
+      target.dataset.points = String(points.length); // how many epochs are drawn, for tests
     },
-    destroy() { plot.destroy(); },
+    destroy() {
+      plot.destroy();
+      delete target.dataset.points;
+    },
   };
 }

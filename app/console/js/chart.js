@@ -1,6 +1,8 @@
 // Training curves on uPlot (app/console/vendor): loss per epoch on a log scale, and recall@1 on
 // its own axis for text bases.
 
+import { formatNumber } from "./dom.js";
+
 const COLORS = { train: "#2563eb", validation: "#dc2626", recall: "#16a34a" };
 
 export function lossChart(target, withRecall) {
@@ -9,15 +11,16 @@ export function lossChart(target, withRecall) {
     { label: "train loss", stroke: COLORS.train, width: 2, points: { show: true } },
     { label: "validation loss", stroke: COLORS.validation, width: 2, points: { show: true } },
   ];
-  const axes = [{ label: "epoch" }, { label: "loss" }];
+  const values = (u, ticks) => ticks.map((v) => formatNumber(v, 3));
+  const axes = [{ label: "epoch" }, { label: "loss", size: 70, values }];
   const scales = { x: { time: false }, y: { distr: 3 } };
   if (withRecall) {
     series.push({ label: "recall@1", stroke: COLORS.recall, width: 2, scale: "recall", points: { show: true } });
-    axes.push({ label: "recall@1", scale: "recall", side: 1, grid: { show: false } });
+    axes.push({ label: "recall@1", scale: "recall", side: 1, size: 60, values, grid: { show: false } });
     scales.recall = { range: [0, 1] };
   }
   const width = Math.max(320, target.clientWidth || 640);
-  const plot = new window.uPlot({ width, height: 260, series, axes, scales }, series.map(() => []), target);
+  const plot = new window.uPlot({ width, height: 260, series, axes, scales, legend: { live: false } }, series.map(() => []), target);
   const points = []; // [epoch, train, validation, recall]
   return {
     points,

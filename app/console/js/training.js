@@ -188,11 +188,13 @@ async function poll() {
       const query = new URLSearchParams({ limit: "100" });
       if (mine.after) query.set("after", mine.after);
       const events = await api(`${path("/v1/fine-tuning/jobs/{}/events", mine.id)}?${query}`);
+      const list = $("#watch-events");
       for (const event of events.data) {
         mine.after = event.id;
-        $("#watch-events").append(el("li", { class: event.level, text: `${formatTime(event.created_at)} ${event.message}` }));
+        list.append(el("li", { class: event.level, text: `${formatTime(event.created_at)} ${event.message}` }));
         if (event.type === "metrics" && event.data) mine.chart.add(event.data);
       }
+      if (events.data.length) list.scrollTop = list.scrollHeight; // the newest in view
       if (!events.has_more) break;
     }
   } catch (error) {

@@ -10,8 +10,11 @@ import * as tryit from "./tryit.js";
 const tabs = { overview, adapters, training, try: tryit };
 let current = null;
 
+// Datasets and jobs are admin routes: a read-only key has no training tab.
+const ADMIN_TABS = new Set(["training"]);
+
 function showTab(name) {
-  if (!(name in tabs)) name = "overview";
+  if (!(name in tabs) || (ADMIN_TABS.has(name) && !session.canAdmin)) name = "overview";
   for (const panel of $$("[data-panel]")) panel.hidden = panel.dataset.panel !== name;
   for (const button of $$("#tabs button")) {
     button.setAttribute("aria-current", button.dataset.tab === name ? "page" : "false");
@@ -40,7 +43,7 @@ async function boot() {
     session.model = await api("/v1/model");
   } catch (error) {
     if (error.status === 401) {
-      showLogin(key.get() ? explain(error) : "");
+      showLogin(key.get() ? `That key was refused: ${error.message}.` : "");
       return;
     }
     showLogin(`The service could not be reached: ${explain(error)}`);
@@ -64,7 +67,7 @@ async function boot() {
   showTab(location.hash.slice(1));
 }
 
-whenUnauthorized((error) => showLogin(explain(error)));
+whenUnauthorized((error) => showLogin(`The key was refused: ${error.message}.`));
 
 $("#login-form").addEventListener("submit", (event) => {
   event.preventDefault();

@@ -1,0 +1,135 @@
+"""Names and messages from the server are text, never HTML: a hostile adapter name, dataset file
+name or job message cannot run script in the console."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import torch
+from playwright.sync_api import Browser, Page, Route, expect
+from safetensors.torch import save
+
+from tests.console.conftest import open_tab, screenshot
+from tests.helpers import TINY_SIZES
+from tests.server import Server
+
+# Each would set window.pwned if it ever reached the page as markup.
+HOSTILE = '<img src=x onerror="window.pwned=1"><script>window.pwned=1</script>'
+# Without quotes: browsers escape `"` in a multipart file name (as %22).
+HOSTILE_FILE = "<img src=x onerror=window.pwned=1>.safetensors"
+
+
+def assert_inert(page: Page, where: str) -> None:
+    assert page.evaluate("window.pwned") is None
+    assert page.locator(f"{where} img, {where} script").count() == 0
+
+
+def fake_json(page: Page, pattern: str, answer: dict) -> None:
+    def fulfil(route: Route) -> None:
+        route.fulfill(status=200, content_type="application/json", body=json.dumps(answer))
+
+    page.route(re.compile(pattern), fulfil)
+
+
+def adapter(name: str) -> dict:
+    return {
+        "name": name, "version": "ab" * 32, "status": "broken",
+        "error": {"code": "invalid_adapter", "message": HOSTILE},
+        "rank": 4, "alpha": 8.0, "scaling": 2.0, "use_rslora": False,
+        "target_modules": [HOSTILE], "rank_pattern": {}, "alpha_pattern": {}, "layers": [],
+        "size_bytes": 10, "sha256": "cd" * 32, "created_at": 0, "source": "upload",
+        "residency": "disk", "merged": False,
+    }  # fmt: skip
+
+
+def test_a_hostile_adapter_name_is_shown_as_text(page: Page, server: Server) -> None:
+    """As if the server's records held markup (they cannot: names are checked on the way in)."""
+    fake_json(page, r"/v1/adapters$", {"object": "list", "data": [adapter(HOSTILE)]})
+    fake_json(page, r"/v1/adapters/[^/]+/versions$", {"object": "list", "data": []})
+    open_tab(page, server.url, "adapters")
+    name = page.locator("#adapters-table td.name")
+    expect(name).to_have_text(HOSTILE)
+    page.get_by_role("button", name="Details").click()
+    expect(page.locator(".details")).to_contain_text(f"Broken: {HOSTILE}")
+    page.get_by_role("button", name="Delete").click()
+    expect(page.locator("#confirm-text")).to_contain_text(HOSTILE)
+    page.click("#confirm-cancel")
+    page.click("#tabs button[data-tab=try]")
+    expect(page.locator("#try-targets")).to_contain_text("base model")
+    assert_inert(page, "body")
+    screenshot(page, "hostile-adapter-name")
+
+
+def test_a_hostile_job_message_is_shown_as_text(page: Page, server: Server) -> None:
+    progress = {"epoch": 1, "epochs": 2, "step": 1, "total_steps": 2, "train_loss": 1.0,
+                "validation_loss": None, "validation_recall_at_1": None}  # fmt: skip
+    hp = {"rank": 1, "alpha": 2.0, "target_modules": ["layer1"], "epochs": 2, "batch_size": 1,
+          "learning_rate": 0.1, "use_rslora": False, "loss": "mse", "seed": 0}  # fmt: skip
+    job = {
+        "id": "ftjob-hostile", "object": "fine_tuning.job", "status": "failed",
+        "adapter_name": HOSTILE, "training_dataset": "ds-1", "validation_dataset": None,
+        "created_at": 0, "started_at": 0, "finished_at": 0, "hyperparameters": hp,
+        "progress": progress, "error": {"code": "training_failed", "message": HOSTILE},
+    }  # fmt: skip
+    event = {"id": "ev-1", "object": "fine_tuning.job.event", "created_at": 0, "level": HOSTILE,
+             "type": "message", "message": HOSTILE, "data": None}  # fmt: skip
+    fake_json(page, r"/v1/fine-tuning/jobs\?", {"object": "list", "data": [job], "has_more": False})
+    fake_json(page, r"/v1/fine-tuning/jobs/ftjob-hostile$", job)
+    fake_json(page, r"/events\?", {"object": "list", "data": [event], "has_more": False})
+    open_tab(page, server.url, "training")
+    page.locator("#jobs-table tr", has_text="ftjob-hostile").get_by_role(
+        "button", name="Watch"
+    ).click()
+    expect(page.locator("#watch-events")).to_contain_text(HOSTILE)
+    expect(page.locator("#watch-result")).to_have_text(f"training_failed: {HOSTILE}")
+    expect(page.locator("#jobs-table")).to_contain_text(HOSTILE)
+    assert_inert(page, "body")
+    screenshot(page, "hostile-job-message")
+
+
+def test_real_hostile_inputs_come_back_as_text(page: Page, server: Server) -> None:
+    """Through the real server: a dataset named like markup, and a job for a name like markup
+    (refused, and its refusal shown)."""
+    x = torch.randn(8, TINY_SIZES[0])
+    data = save({"inputs": x, "targets": torch.randn(8, TINY_SIZES[-1])})
+    open_tab(page, server.url, "training")
+    page.set_input_files(
+        "#dataset-file",
+        files=[{"name": HOSTILE_FILE, "mimeType": "application/octet-stream", "buffer": data}],
+    )
+    page.click("#dataset-form button[type=submit]")
+    expect(page.locator("#datasets-table")).to_contain_text(HOSTILE_FILE)
+    expect(page.locator("#job-train option", has_text=HOSTILE_FILE)).to_have_count(1)
+    dataset = page.locator("#job-train").input_value()
+    start_job_refused(page, HOSTILE, dataset)
+    expect(page.locator("#notice.error")).to_contain_text("The job was not started")
+    assert_inert(page, "body")
+    screenshot(page, "hostile-real-inputs")
+
+
+def start_job_refused(page: Page, name: str, dataset: str) -> None:
+    page.fill("#job-name", name)
+    page.select_option("#job-train", dataset)
+    page.click("#job-form button[type=submit]")
+
+
+def test_the_page_cannot_make_html_or_script_from_a_string(
+    browser: Browser, server: Server
+) -> None:
+    """The console's CSP turns Trusted Types on: even a bug that assigned innerHTML, or pointed
+    a script at a string, would throw. (Its own tab: the refusals are logged as errors.)"""
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(server.url)
+    page.locator("#tabs").wait_for()
+    refusals = page.evaluate(
+        """() => [
+            () => { document.body.innerHTML = "<img src=x onerror=window.pwned=1>"; },
+            () => { document.createElement("script").src = "data:text/javascript,window.pwned=1"; },
+            () => { document.body.insertAdjacentHTML("beforeend", "<b>x</b>"); },
+        ].map((attempt) => { try { attempt(); return null; } catch (e) { return e.name; } })"""
+    )
+    assert refusals == ["TypeError", "TypeError", "TypeError"]
+    assert page.evaluate("window.pwned") is None
+    context.close()

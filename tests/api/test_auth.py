@@ -35,6 +35,7 @@ SUPER_ONLY = {
     ("DELETE", "/v1/projects/{project_id}/keys/{key_id}"),
 }
 READ = {
+    ("GET", "/v1/me"),
     ("GET", "/v1/model"),
     ("GET", "/v1/adapters"),
     ("GET", "/v1/adapters/{name}"),

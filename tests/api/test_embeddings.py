@@ -109,6 +109,21 @@ def test_per_input_adapters_equal_each_input_alone(client: TestClient) -> None:
     assert np.abs(mixed[0] - embed(client, model=BASE, input=[texts[0]])[0]).max() > 1e-3
 
 
+def test_merged_and_unmerged_give_the_same_embeddings(client: TestClient) -> None:
+    """Our `mode` extension, as /v1/predict has it; the answer says which mode ran."""
+    answers = {}
+    for mode in ("unmerged", "merged", "auto"):
+        response = client.post("/v1/embeddings", json={"model": "qv", "input": PAIR, "mode": mode})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        if mode != "auto":
+            assert body["mode"] == mode
+        answers[mode] = np.array([d["embedding"] for d in body["data"]])
+    assert np.abs(answers["merged"] - answers["unmerged"]).max() <= 1e-5
+    assert np.abs(answers["auto"] - answers["unmerged"]).max() <= 1e-5
+    assert np.abs(answers["merged"] - embed(client, model=BASE, input=PAIR)).max() > 1e-3
+
+
 def test_the_openai_client_works_unchanged(client: TestClient) -> None:
     oa = openai.OpenAI(base_url=f"{client.base_url}/v1", api_key=KEY, http_client=client)
     result = oa.embeddings.create(model="qv", input=PAIR)  # the client asks for base64
@@ -155,6 +170,7 @@ def test_the_openai_client_works_without_keys_too(tmp_path: Path) -> None:
         ({"model": BASE, "input": "x", "dimensions": 128}, 422, "invalid_input", "dimensions"),
         ({"model": BASE, "input": "x", "encoding_format": "int8"}, 422, "invalid_input", None),
         ({"model": BASE, "input": "x", "extra": 1}, 422, "invalid_input", None),
+        ({"model": BASE, "input": "x", "mode": "fused"}, 422, "invalid_input", None),
     ],
 )
 def test_bad_input_is_a_clear_4xx(client: TestClient, body, status, code, param) -> None:

@@ -12,7 +12,9 @@ export function lossChart(target, withRecall) {
     { label: "validation loss", stroke: COLORS.validation, width: 2, points: { show: true } },
   ];
   const values = (u, ticks) => ticks.map((v) => formatNumber(v, 3));
-  const axes = [{ label: "epoch" }, { label: "loss", size: 70, values }];
+  // Epochs are whole numbers: ticks only at integer steps.
+  const epochTicks = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000];
+  const axes = [{ label: "epoch", incrs: epochTicks }, { label: "loss", size: 70, values }];
   const scales = { x: { time: false }, y: { distr: 3 } };
   if (withRecall) {
     series.push({ label: "recall@1", stroke: COLORS.recall, width: 2, scale: "recall", points: { show: true } });

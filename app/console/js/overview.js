@@ -55,7 +55,7 @@ async function refresh() {
     rate = `${(n / dt).toFixed(1)} /s`;
     const p50 = quantile(0.5, last.hist, hist);
     latency = n > 0
-      ? `p50 ${formatNumber(p50 * 1000, 3)} ms, mean ${formatNumber(((seconds - last.seconds) / n) * 1000, 3)} ms`
+      ? `p50 about ${formatNumber(p50 * 1000, 3)} ms, mean ${formatNumber(((seconds - last.seconds) / n) * 1000, 3)} ms`
       : "no predictions in the last interval";
   }
   last = { at: now, requests, hist, seconds };

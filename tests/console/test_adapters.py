@@ -58,9 +58,23 @@ def test_upload_by_picking_then_details_download_and_delete(
     listed = httpx.get(f"{server.url}/v1/adapters/picked").json()
     expect(row(page, "picked").locator("td").nth(1)).to_have_text(listed["version"][:12])
 
+    # The same name again is refused unless "replace" is ticked; then it is a new version.
+    _, _, _, other = make_adapter(seed=11)
+    pick_and_upload(page, tmp_path, "picked", config, other)
+    expect(page.locator("#notice.error")).to_contain_text("409")
+    page.check("#upload-overwrite")
+    pick_and_upload(page, tmp_path, "picked", config, other)
+    expect(page.locator("#notice")).to_contain_text("Uploaded picked")
+    replaced = httpx.get(f"{server.url}/v1/adapters/picked").json()["version"]
+    assert replaced != listed["version"]
+    expect(row(page, "picked").locator("td").nth(1)).to_have_text(replaced[:12])
+    weights = other
+
     row(page, "picked").get_by_role("button", name="Details").click()
-    expect(page.locator(".details")).to_contain_text(f"Version {listed['version']}")
-    expect(page.locator(".details")).to_contain_text("(current)")
+    expect(page.locator(".details")).to_contain_text(f"Version {replaced}")
+    versions = page.locator(".details li", has_text="serving since")
+    expect(versions).to_have_count(2)
+    expect(versions.first).to_contain_text(f"{replaced[:12]} (current)")
     screenshot(page, "adapters-details")
 
     with page.expect_download() as download:

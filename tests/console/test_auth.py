@@ -106,6 +106,7 @@ def test_an_admin_key_is_kept_for_the_tab_only(browser: Browser, page: Page, key
     other.goto(keyed.url)
     expect(other.locator("#login")).to_be_visible()
     other.close()
+    screenshot(page, "auth-admin")
     page.click("#forget-key")
     expect(page.locator("#login")).to_be_visible()
     assert page.evaluate("sessionStorage.getItem('loraserve.key')") is None

@@ -32,10 +32,10 @@ def fake_json(page: Page, pattern: str, answer: dict) -> None:
     page.route(re.compile(pattern), fulfil)
 
 
-def adapter(name: str) -> dict:
+def adapter(name: str, broken: bool) -> dict:
     return {
-        "name": name, "version": "ab" * 32, "status": "broken",
-        "error": {"code": "invalid_adapter", "message": HOSTILE},
+        "name": name, "version": "ab" * 32, "status": "broken" if broken else "ready",
+        "error": {"code": "invalid_adapter", "message": HOSTILE} if broken else None,
         "rank": 4, "alpha": 8.0, "scaling": 2.0, "use_rslora": False,
         "target_modules": [HOSTILE], "rank_pattern": {}, "alpha_pattern": {}, "layers": [],
         "size_bytes": 10, "sha256": "cd" * 32, "created_at": 0, "source": "upload",
@@ -45,20 +45,22 @@ def adapter(name: str) -> dict:
 
 def test_a_hostile_adapter_name_is_shown_as_text(page: Page, server: Server) -> None:
     """As if the server's records held markup (they cannot: names are checked on the way in)."""
-    fake_json(page, r"/v1/adapters$", {"object": "list", "data": [adapter(HOSTILE)]})
+    listed = [adapter(HOSTILE, broken=False), adapter(f"{HOSTILE}-broken", broken=True)]
+    fake_json(page, r"/v1/adapters$", {"object": "list", "data": listed})
     fake_json(page, r"/v1/adapters/[^/]+/versions$", {"object": "list", "data": []})
     open_tab(page, server.url, "adapters")
-    name = page.locator("#adapters-table td.name")
-    expect(name).to_have_text(HOSTILE)
-    page.get_by_role("button", name="Details").click()
+    names = page.locator("#adapters-table td.name")
+    expect(names).to_have_text([HOSTILE, f"{HOSTILE}-broken"])
+    page.get_by_role("button", name="Details").nth(1).click()
     expect(page.locator(".details")).to_contain_text(f"Broken: {HOSTILE}")
-    page.get_by_role("button", name="Delete").click()
+    page.get_by_role("button", name="Delete").first.click()
     expect(page.locator("#confirm-text")).to_contain_text(HOSTILE)
-    page.click("#confirm-cancel")
-    page.click("#tabs button[data-tab=try]")
-    expect(page.locator("#try-targets")).to_contain_text("base model")
-    assert_inert(page, "body")
     screenshot(page, "hostile-adapter-name")
+    page.click("#confirm-cancel")
+    assert_inert(page, "body")
+    page.click("#tabs button[data-tab=try]")
+    expect(page.locator("#try-targets")).to_contain_text(HOSTILE)
+    assert_inert(page, "body")
 
 
 def test_a_hostile_job_message_is_shown_as_text(page: Page, server: Server) -> None:
@@ -132,4 +134,5 @@ def test_the_page_cannot_make_html_or_script_from_a_string(
     )
     assert refusals == ["TypeError", "TypeError", "TypeError"]
     assert page.evaluate("window.pwned") is None
+    screenshot(page, "hostile-trusted-types")
     context.close()

@@ -26,7 +26,7 @@ from app.state.tables import DEFAULT_PROJECT
 Role = Literal["super", "admin", "api"]
 _RANK = {"api": 0, "admin": 1, "super": 2}
 # Everything else needs a key when auth is on: the API, /metrics, and the OpenAPI docs too. The
-# console's files are public too (app.api.routes.console): they hold no data.
+# console's files are public too (app.api.console): they hold no data.
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
 _bearer = HTTPBearer(auto_error=False, description="a super-admin key, an admin key or an API key")
 

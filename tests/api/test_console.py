@@ -107,7 +107,8 @@ def test_the_console_is_public_and_the_api_is_not(settings: Settings) -> None:
         # Public paths reach only the console's folder (httpx would resolve a plain `..`).
         for escape in ("/console/%2e%2e/api/console.py", "/console/..%2f..%2fapp/main.py"):
             assert client.get(escape).status_code == 404, escape
-        assert client.get("/console/nothing.js").status_code == 404
+        missing = client.get("/console/nothing.js")
+        assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
         assert client.get("/v1/me").status_code == 401
         me = client.get("/v1/me", headers={"Authorization": "Bearer rd"}).json()
         assert me == {"role": "api", "project": "default", "auth_enabled": True}

@@ -15,7 +15,8 @@ let watched = null; // {id, after, chart, timer}
 
 function progressBar(job) {
   const p = job.progress;
-  return el("progress", { max: Math.max(p.total_steps, 1), value: FINISHED.has(job.status) && job.status === "succeeded" ? Math.max(p.total_steps, 1) : p.step });
+  const max = Math.max(p.total_steps, 1);
+  return el("progress", { max, value: job.status === "succeeded" ? max : p.step });
 }
 
 function jobRow(job) {
@@ -198,6 +199,7 @@ async function poll() {
       if (!events.has_more) break;
     }
   } catch (error) {
+    if (error.status === 401) return; // the key was dropped or revoked: the page asks again
     notify(`Could not follow the job: ${explain(error)}`, "error");
   }
   if (watched !== mine) return;

@@ -8,7 +8,8 @@ folder), one after the other, never together. It measures:
   process (targets: at most 5 ms added at p50);
 - adapter loads per 1,000 requests after warm-up, at Zipf popularity (s=1.1) over 64 adapters,
   counted from the replicas' metrics (target: fewer than 1);
-- Serve's own floor on this machine: empty deployments behind its proxy, one hop and two;
+- Serve's own floor on this machine: empty deployments behind its proxy, one hop and two, and
+  a handle call alone (the ingress -> predictor hop without HTTP);
 - recovery: a predictor replica SIGKILLed under that traffic; seconds until a new replica
   reports, and the requests that failed meanwhile (targets: under 30 s, none).
 Writes bench/results/ray-cpu.json.
@@ -135,9 +136,26 @@ def predictor_pids() -> list[int]:
     ]  # fmt: skip
 
 
+def handle_latency(handle: Any, seconds: float) -> dict:
+    """One call at a time through a DeploymentHandle, as the ingress calls a predictor."""
+    times = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        start = time.perf_counter()
+        handle.remote().result()
+        times.append((time.perf_counter() - start) * 1000)
+    times.sort()
+    return {
+        "requests": len(times),
+        "p50_ms": round(times[len(times) // 2], 2),
+        "p99_ms": round(times[int(len(times) * 0.99)], 2),
+    }
+
+
 def serve_floor(url: str, seconds: float) -> dict:
-    """What Ray Serve alone costs here: an empty deployment behind its proxy (one hop), and one
-    that awaits another through a handle (two hops, as ingress -> predictor), at c=1."""
+    """What Ray Serve alone costs here, at c=1: an empty deployment behind its proxy (one hop),
+    one that awaits another through a handle (two hops, as ingress -> predictor), and a handle
+    call alone from this process (the hop from the ingress to a predictor, without HTTP)."""
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
     from ray import serve
@@ -163,13 +181,17 @@ def serve_floor(url: str, seconds: float) -> dict:
     try:
         serve.run(Front.bind(), name="floor-one", route_prefix="/floor-one")
         serve.run(Front.bind(Back.bind()), name="floor-two", route_prefix="/floor-two")
-        return {
+        back = serve.run(Back.bind(), name="floor-handle", route_prefix=None)
+        floor = {
             hops: wrk(f"{url}/floor-{hops}", wrk_get_script(), 1, seconds)
             for hops in ("one", "two")
         }
+        handle_latency(back, 1.0)  # warm-up
+        floor["handle"] = handle_latency(back, seconds)
+        return floor
     finally:
-        serve.delete("floor-one")
-        serve.delete("floor-two")
+        for name in ("floor-one", "floor-two", "floor-handle"):
+            serve.delete(name)
         ray.shutdown()
 
 

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from playwright.sync_api import Page, expect
 
+from tests.api.test_text_training import PAIRS
 from tests.console.conftest import open_tab, screenshot
 from tests.console.test_training import start_job, upload_dataset
 from tests.helpers import write_tiny_text_model
 from tests.server import Server, running_server
 
-WORDS = ["apple", "river", "stone", "cloud", "music", "paper", "glass", "tiger"]
 TEXTS = ["code apple", "the word apple", "code tiger"]
 
 
@@ -30,8 +30,7 @@ def text_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 def pairs_file(path: Path) -> Path:
-    rows = [{"anchor": f"code {w}", "positive": f"the word {w}"} for w in WORDS]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path.write_text("".join(json.dumps(r) + "\n" for r in PAIRS))
     return path
 
 

@@ -6,6 +6,7 @@ import { session } from "./state.js";
 let initialized = false;
 const open = new Set(); // names whose details are shown
 const picked = { config: null, weights: null };
+let byName = new Map(); // the listed adapters, in the order the server gives
 
 async function download(name) {
   try {
@@ -76,8 +77,6 @@ function row(adapter) {
   return tr;
 }
 
-let byName = new Map();
-
 function toggle(adapter) {
   if (open.has(adapter.name)) open.delete(adapter.name);
   else open.add(adapter.name);
@@ -99,7 +98,7 @@ function render() {
   $("#adapters-empty").hidden = byName.size > 0;
 }
 
-export async function load() {
+async function load() {
   try {
     const list = await api("/v1/adapters");
     byName = new Map(list.data.map((a) => [a.name, a]));

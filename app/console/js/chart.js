@@ -25,7 +25,6 @@ export function lossChart(target, withRecall) {
   const plot = new window.uPlot({ width, height: 260, series, axes, scales, legend: { live: false } }, series.map(() => []), target);
   const points = []; // [epoch, train, validation, recall]
   return {
-    points,
     add(data) {
       const at = points.findIndex((p) => p[0] === data.epoch);
       const point = [data.epoch, data.train_loss, data.validation_loss ?? null];

@@ -51,7 +51,6 @@ async function boot() {
   }
   session.role = me.role;
   session.canAdmin = me.role !== "api";
-  session.authEnabled = me.auth_enabled;
   document.body.dataset.role = me.role;
   // Admin controls are removed from view for read-only keys; the server refuses them anyway.
   for (const node of $$(".admin")) node.hidden = !session.canAdmin;

@@ -2,7 +2,6 @@
 export const session = {
   role: null, // "super", "admin" or "api"
   canAdmin: false, // api keys may only read and predict
-  authEnabled: false,
   model: null, // GET /v1/model
   get textBase() { return this.model !== null && this.model.inputs === "texts"; },
 };

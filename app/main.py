@@ -38,7 +38,13 @@ def build_services(
 ) -> Services:
     """Load the base model (on the compute thread), open the shared state, wire the engine
     (`remote`: one that sends predictions elsewhere, as the Ray ingress does)."""
-    base = compute.call(load_base_model, settings.base_model, resolve_device(settings.device))
+    base = compute.call(
+        load_base_model,
+        settings.base_model,
+        resolve_device(settings.device),
+        None,
+        settings.data_dir / "models",
+    )
     linears = {n: (i.in_features, i.out_features) for n, i in base.linears().items()}
     state = open_state(settings, base, base_info(base))
     registry, datasets, jobs = state.registry, state.datasets, state.jobs

@@ -43,7 +43,9 @@ class PredictorReplica:
         self.compute = ComputeThread()
         try:
             device = resolve_device(settings.device)
-            base = self.compute.call(load_base_model, settings.base_model, device)
+            base = self.compute.call(
+                load_base_model, settings.base_model, device, None, settings.data_dir / "models"
+            )
             self.registry = open_registry(settings, base_info(base))
         except BaseException:
             self.compute.close()

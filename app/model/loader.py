@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from app.lora.layers import wrap_layers
+from app.model.causal import CausalInfo, frozen_module, is_causal_lm
 from app.model.config import InvalidModelConfig, ModelConfig
 from app.model.mlp import MLP
 from app.model.text import TextEncoder, TokenBatch
@@ -53,10 +54,13 @@ class BaseModel:
     output_dim: int  # an output row's width, or the embedding size
     config: ModelConfig | None = None  # the mlp family's config
     text: TextEncoder | None = None  # a text base's tokenizer and pooling
+    causal: CausalInfo | None = None  # a decoder's tokenizer, template and limits
 
     @property
-    def family(self) -> Literal["mlp", "hf"]:
-        return "mlp" if self.config is not None else "hf"
+    def family(self) -> Literal["mlp", "hf", "causal_lm"]:
+        if self.config is not None:
+            return "mlp"
+        return "causal_lm" if self.causal is not None else "hf"
 
     @property
     def parameters(self) -> int:
@@ -120,18 +124,29 @@ def _is_hf(folder: Path) -> bool:
     return isinstance(raw, dict) and "model_type" in raw and "architecture" not in raw
 
 
-def load_base_model(folder: Path, device: torch.device, name: str | None = None) -> BaseModel:
-    """Load either family, frozen, on `device`, its linear layers wrapped (app.lora.layers).
+def load_base_model(
+    folder: Path, device: torch.device, name: str | None = None, cache_dir: Path | None = None
+) -> BaseModel:
+    """Load any family, frozen, on `device`, its linear layers wrapped (app.lora.layers).
 
-    `folder` may also be the name of a packaged model (app.model.hf.KNOWN_MODELS), which then
-    names the base unless `name` is given.
+    `folder` may also be the name of a packaged model (app.model.hf.KNOWN_MODELS,
+    app.model.gguf.KNOWN_GGUF), which then names the base unless `name` is given, or a `.gguf`
+    file, converted once into a folder under `cache_dir` (default: beside the file).
     """
     if not folder.exists():
+        from app.model.gguf import known_gguf
         from app.model.hf import known_model_folder
 
-        packaged = known_model_folder(str(folder))
+        packaged = known_model_folder(str(folder)) or known_gguf(str(folder))
         if packaged is not None:
             name, folder = name or str(folder), packaged
+    if folder.suffix == ".gguf" and folder.is_file():
+        from app.model.gguf import converted_folder
+
+        name = name or folder.stem
+        folder = converted_folder(folder, cache_dir or folder.parent / ".loraserve-models")
+    if _is_hf(folder) and is_causal_lm(folder):
+        return _load_causal(folder, device, name)
     if _is_hf(folder):
         return _load_hf(folder, device, name)
     config = ModelConfig.load(folder)
@@ -180,4 +195,31 @@ def _load_hf(folder: Path, device: torch.device, name: str | None) -> BaseModel:
         input_dim=None,
         output_dim=dim,
         text=encoder,
+    )
+
+
+def _load_causal(folder: Path, device: torch.device, name: str | None) -> BaseModel:
+    from app.model.causal import load_causal
+
+    weights_path = folder / "model.safetensors"
+    if not weights_path.is_file():
+        raise InvalidModelConfig(f"{weights_path} is missing (only safetensors weights are read)")
+    # fp32 on the CPU; the GPU's own half precision there (bf16 where it has it).
+    dtype = torch.float32
+    if device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    module, info = load_causal(folder, dtype)
+    module.to(device=device)
+    targets = {n: m for n, m in wrap_layers(module).items() if not frozen_module(n)}
+    return BaseModel(
+        name=name or folder.resolve().name,
+        architecture=str(module.config.model_type),
+        module=module,
+        device=device,
+        dtype=dtype,
+        fingerprint=_sha256(weights_path),
+        targets=targets,
+        input_dim=None,
+        output_dim=info.vocab_size,
+        causal=info,
     )

@@ -63,7 +63,9 @@ def open_registry(settings: Settings, info: BaseInfo) -> AdapterRegistry:
 
 def load_base(settings: Settings) -> tuple[BaseModel, BaseInfo]:
     """The base model, and what the registry needs to know of it."""
-    base = load_base_model(settings.base_model, resolve_device(settings.device))
+    base = load_base_model(
+        settings.base_model, resolve_device(settings.device), None, settings.data_dir / "models"
+    )
     return base, base_info(base)
 
 

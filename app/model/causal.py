@@ -1,0 +1,136 @@
+"""The causal-LM family: decoders that generate text (Llama, Qwen2, Mistral, GPT-2 layouts).
+
+A base is a `save_pretrained` folder of a causal LM, or a `.gguf` file that app.model.gguf
+converts once into such a folder. transformers (the `hf` extra) builds the module; the service
+runs it with its own forward (app.generate.forward) so that a step can hold many sequences,
+each with its own adapter and KV cache slot.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from app.model.config import InvalidModelConfig
+
+# model_type -> the forward layout app.generate.forward runs for it.
+Layout = Literal["llama", "gpt2"]
+LAYOUTS: dict[str, Layout] = {
+    "llama": "llama",
+    "mistral": "llama",
+    "qwen2": "llama",
+    "qwen3": "llama",
+    "gpt2": "gpt2",
+}
+# Layers an adapter may not touch: the embeddings and the output head (tied or not) change
+# the vocabulary's geometry, which the service shares between every adapter.
+FROZEN_MODULES = ("lm_head", "embed_tokens", "wte", "wpe")
+
+
+@dataclass(frozen=True)
+class CausalInfo:
+    """What generation needs besides the module: tokenizer, template, limits, stop tokens."""
+
+    tokenizer: Any  # a transformers tokenizer
+    layout: Layout
+    context_length: int
+    vocab_size: int
+    eos_token_ids: frozenset[int]
+    chat_template: str | None
+
+    @property
+    def has_chat_template(self) -> bool:
+        return self.chat_template is not None
+
+    def apply_chat_template(self, messages: list[dict[str, str]]) -> list[int]:
+        """The prompt's token ids for a chat, with the assistant's turn opened."""
+        text = self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True
+        )
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def encode(self, text: str) -> list[int]:
+        """A completion prompt's token ids, special tokens added as the tokenizer does."""
+        return list(self.tokenizer(text)["input_ids"])
+
+
+def is_causal_lm(folder: Path) -> bool:
+    """config.json names a *ForCausalLM / *LMHeadModel architecture."""
+    try:
+        raw = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError, RecursionError):
+        return False
+    archs = raw.get("architectures") if isinstance(raw, dict) else None
+    return isinstance(archs, list) and any(
+        isinstance(a, str) and (a.endswith("ForCausalLM") or a.endswith("LMHeadModel"))
+        for a in archs
+    )
+
+
+def _eos_ids(model: nn.Module, tokenizer: Any) -> frozenset[int]:
+    ids: set[int] = set()
+    for source in (getattr(model, "generation_config", None), getattr(model, "config", None)):
+        value = getattr(source, "eos_token_id", None)
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, list):
+            ids.update(v for v in value if isinstance(v, int))
+    if isinstance(getattr(tokenizer, "eos_token_id", None), int):
+        ids.add(tokenizer.eos_token_id)
+    return frozenset(ids)
+
+
+def load_causal(folder: Path, dtype: torch.dtype) -> tuple[nn.Module, CausalInfo]:
+    """The model (frozen, eval, Conv1D as Linear) and what generating with it needs."""
+    try:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+    except ImportError:
+        raise InvalidModelConfig(
+            f"{folder} is a causal LM; serving it needs transformers: pip install -e '.[gen]'"
+        ) from None
+    from transformers.utils import logging as hf_logging
+
+    from app.model.hf import convert_conv1d
+
+    hf_logging.disable_progress_bar()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise InvalidModelConfig(f"cannot load the causal LM in {folder}: {exc}") from exc
+    model_type = str(model.config.model_type)
+    if model_type not in LAYOUTS:
+        raise InvalidModelConfig(
+            f"causal LM type {model_type!r} is not supported; supported: {sorted(LAYOUTS)}"
+        )
+    convert_conv1d(model)
+    model.requires_grad_(False)
+    model.eval()
+    config = model.config
+    context = int(
+        getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", 1024)
+    )
+    # We attend over the whole context; a model trained with a sliding window is served within it.
+    window = getattr(config, "sliding_window", None)
+    if isinstance(window, int) and window > 0 and getattr(config, "use_sliding_window", True):
+        context = min(context, window)
+    template = getattr(tokenizer, "chat_template", None)
+    info = CausalInfo(
+        tokenizer=tokenizer,
+        layout=LAYOUTS[model_type],
+        context_length=context,
+        vocab_size=int(config.vocab_size),
+        eos_token_ids=_eos_ids(model, tokenizer),
+        chat_template=template if isinstance(template, str) and template else None,
+    )
+    return model, info
+
+
+def frozen_module(name: str) -> bool:
+    """Whether `name` is a layer adapters may not target (embeddings, output head)."""
+    return name.rsplit(".", 1)[-1] in FROZEN_MODULES

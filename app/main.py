@@ -21,6 +21,7 @@ from app.api.openapi import install_openapi
 from app.api.params import reject_unknown_query
 from app.api.routes import api_router
 from app.engine import Batcher, ComputeThread, DirectRunner, Engine, OnBatch, Predictor
+from app.generate.engine import GenerationEngine
 from app.model import load_base_model, resolve_device
 from app.projects import Projects
 from app.settings import Settings
@@ -76,9 +77,16 @@ def build_services(
         base.text.max_seq_length if base.text is not None else 0,
     )
     projects = Projects(state.db, settings.registry_ttl_ms)
+    generation = None
+    if base.causal is not None:
+        generation = GenerationEngine(
+            predictor, settings.kv_cache_bytes, settings.max_running_seqs,
+            settings.prefill_chunk_tokens, settings.max_waiting_seqs,
+            settings.generation_queue_timeout_s,
+        )  # fmt: skip
     return Services(
         settings, base, registry, predictor, compute, engine, datasets, training, body_limit,
-        projects,
+        projects, generation,
     )  # fmt: skip
 
 
@@ -97,6 +105,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         raise
     services.training.start(settings.embedded_worker)
     services.engine.start()
+    if services.generation is not None:
+        services.generation.start()
     app.state.services = services
     log.info(
         "ready in %.2fs: base %s on %s, %d adapters",
@@ -110,6 +120,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         app.state.services = None
         services.engine.stop()
+        if services.generation is not None:
+            services.generation.stop()
         services.compute.close()
         services.training.stop()
         services.registry.db.close()  # the one database of the registry, datasets and jobs

@@ -39,6 +39,14 @@ class Settings(BaseSettings):
     max_queue_rows: int = Field(default=8192, ge=1)
     adapter_cache_bytes: int = Field(default=1024 * MiB, ge=0)
     merged_cache_bytes: int = Field(default=256 * MiB, ge=0)
+    # Generation on a decoder base (docs/design.md, "Generation"): the KV cache's bytes, the
+    # sequences one step may hold, the prompt tokens one step prefills, and the bounded queue
+    # of requests waiting for room (how many, and for how long before a 503).
+    kv_cache_bytes: int = Field(default=2048 * MiB, ge=1 * MiB)
+    max_running_seqs: int = Field(default=32, ge=1)
+    prefill_chunk_tokens: int = Field(default=256, ge=16)
+    max_waiting_seqs: int = Field(default=256, ge=1)
+    generation_queue_timeout_s: float = Field(default=30.0, gt=0)
     # `loraserve serve` listens here; UVICORN_HOST/UVICORN_PORT are read too, as plain uvicorn does.
     host: str = Field(
         default="127.0.0.1", validation_alias=AliasChoices("LORASERVE_HOST", "UVICORN_HOST", "host")

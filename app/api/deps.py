@@ -15,7 +15,8 @@ from fastapi import Depends, Request
 
 from app.adapters import AdapterRegistry
 from app.engine import ComputeThread, Engine, Predictor
-from app.errors import NotReady
+from app.errors import InvalidInput, NotReady
+from app.generate.engine import GenerationEngine
 from app.model import BaseModel
 from app.projects import Projects
 from app.settings import Settings
@@ -37,6 +38,7 @@ class Services:
     training: TrainingService
     body_limit: Callable[[str, str, str], int]  # (method, path, content type) -> most bytes
     projects: Projects
+    generation: GenerationEngine | None = None  # decoder bases only
 
 
 async def get_services(request: Request) -> Services:
@@ -67,6 +69,18 @@ async def get_engine(services: Annotated[Services, Depends(get_services)]) -> En
     return services.engine
 
 
+async def get_generation(services: Annotated[Services, Depends(get_services)]) -> GenerationEngine:
+    """The generation engine; a 422 naming the right endpoint on a base that does not generate."""
+    if services.generation is None:
+        endpoint = "POST /v1/embeddings" if services.base.text is not None else "POST /v1/predict"
+        raise InvalidInput(
+            f"the base model {services.base.name!r} ({services.base.family}) does not generate "
+            f"text; use {endpoint}",
+            "model",
+        )
+    return services.generation
+
+
 async def get_datasets(services: Annotated[Services, Depends(get_services)]) -> DatasetStore:
     return services.datasets
 
@@ -92,5 +106,6 @@ PredictorDep = Annotated[Predictor, Depends(get_predictor)]
 Datasets = Annotated[DatasetStore, Depends(get_datasets)]
 Training = Annotated[TrainingService, Depends(get_training)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
+Generation = Annotated[GenerationEngine, Depends(get_generation)]
 ProjectDep = Annotated[str, Depends(get_project)]
 ProjectsDep = Annotated[Projects, Depends(get_projects)]

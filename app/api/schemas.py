@@ -42,10 +42,11 @@ class Identity(BaseModel):
 class ModelPublic(BaseModel):
     name: str
     architecture: str = Field(description="`mlp`, or the Hugging Face `model_type` (e.g. bert)")
-    family: Literal["mlp", "hf"]
-    task: Literal["regression", "embedding"]
+    family: Literal["mlp", "hf", "causal_lm"]
+    task: Literal["regression", "embedding", "generation"]
     inputs: Literal["vectors", "texts"] = Field(
-        description="vectors: POST /v1/predict; texts: POST /v1/embeddings"
+        description="vectors: POST /v1/predict; texts: POST /v1/embeddings, or "
+        "POST /v1/completions and /v1/chat/completions on a causal_lm base"
     )
     input_dim: int | None = Field(description="the width of an input vector; null for texts")
     output_dim: int = Field(description="the width of an output row or an embedding")
@@ -56,6 +57,13 @@ class ModelPublic(BaseModel):
     dtype: str
     parameters: int
     target_modules: list[LinearPublic]
+    context_length: int | None = Field(
+        default=None, description="causal_lm: the most tokens a prompt and its answer may hold"
+    )
+    vocab_size: int | None = Field(default=None, description="causal_lm: the vocabulary's size")
+    chat_template: bool | None = Field(
+        default=None, description="causal_lm: whether /v1/chat/completions can format messages"
+    )
 
 
 class AdapterProblemPublic(BaseModel):

@@ -148,7 +148,7 @@ class Predictor:
     def _stacked(self, x: Rows, row_adapters: Sequence[str | None], loaded: Loaded) -> Tensor:
         if isinstance(x, TokenBatch):
             return self._segmented(x, row_adapters, loaded)
-        stack = self._stack_for({v: a for v, (_, a) in loaded.items()})
+        stack = self.stack_for({v: a for v, (_, a) in loaded.items()})
         if 2 * len(loaded) < len(stack.keys):
             # Few of the stack's adapters: its padded blocks would be mostly empty slots, so sort
             # the rows by adapter once and give each its plain products on a contiguous view
@@ -175,7 +175,7 @@ class Predictor:
         plan = by_row_count({len(xs) * width: per_token.linear, len(xs): per_text.linear})
         return batch.unsort(self._run(xs, plan))
 
-    def _stack_for(self, adapters: dict[str, LoraAdapter]) -> AdapterStack:
+    def stack_for(self, adapters: dict[str, LoraAdapter]) -> AdapterStack:
         """A stack holding this batch's adapters: the last one if it does, else a new one.
 
         A new stack keeps the last one's adapters too (up to _MAX_STACK), so that traffic over

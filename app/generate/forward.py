@@ -14,6 +14,7 @@ transformers' own forward within float tolerance (tests/generate/test_forward.py
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -52,13 +53,17 @@ def rotate_half(x: Tensor) -> Tensor:
 class DecoderForward:
     """Runs steps on a frozen causal LM of a known layout; the caller sets the plan."""
 
-    def __init__(self, module: nn.Module, info: CausalInfo) -> None:
-        config = module.config  # type: ignore[union-attr]
+    def __init__(self, module: Any, info: CausalInfo) -> None:
+        config = module.config
         self.layout = info.layout
-        self.lm_head: nn.Module = module.lm_head  # type: ignore[assignment]
+        self.lm_head: nn.Module = module.lm_head
+        self.embed: Any
+        self.pos_embed: Any
+        self.norm: Any
+        self.rotary: Any
         if info.layout == "gpt2":
-            inner = module.transformer  # type: ignore[union-attr]
-            self.blocks = list(inner.h)
+            inner = module.transformer
+            self.blocks: list[Any] = list(inner.h)
             self.embed, self.pos_embed, self.norm = inner.wte, inner.wpe, inner.ln_f
             self.rotary = None
             self.heads = self.kv_heads = int(config.n_head)
@@ -67,7 +72,7 @@ class DecoderForward:
             by_layer = getattr(config, "scale_attn_by_inverse_layer_idx", False)
             self.scales = [scale / (i + 1) if by_layer else scale for i in range(len(self.blocks))]
         else:
-            inner = module.model  # type: ignore[union-attr]
+            inner = module.model
             self.blocks = list(inner.layers)
             self.embed, self.pos_embed, self.norm = inner.embed_tokens, None, inner.norm
             self.rotary = inner.rotary_emb
@@ -83,7 +88,9 @@ class DecoderForward:
     def new_cache(
         self, dtype: torch.dtype, device: torch.device, budget: int, slots: int, length: int
     ) -> KVCache:
-        return KVCache(self.layers, self.kv_heads, self.head_dim, dtype, device, budget, slots, length)
+        return KVCache(
+            self.layers, self.kv_heads, self.head_dim, dtype, device, budget, slots, length
+        )
 
     def hidden(self, step: Step, cache: KVCache) -> Tensor:
         """(N, hidden) final hidden states of the step's rows; writes their keys and values."""
@@ -112,7 +119,7 @@ class DecoderForward:
     def _llama_attention(
         self,
         i: int,
-        attn: nn.Module,
+        attn: Any,
         h: Tensor,
         rope: tuple[Tensor, Tensor] | None,
         step: Step,
@@ -133,7 +140,7 @@ class DecoderForward:
         return attn.o_proj(out.reshape(n, self.heads * self.head_dim))
 
     def _gpt2_attention(
-        self, i: int, block: nn.Module, h: Tensor, step: Step, cache: KVCache, masks: _Masks
+        self, i: int, block: Any, h: Tensor, step: Step, cache: KVCache, masks: _Masks
     ) -> Tensor:
         n = h.shape[0]
         qkv = block.attn.c_attn(h)  # (N, 3 * hidden)
@@ -159,7 +166,9 @@ class DecoderForward:
             values[step.decode_slots, :, step.positions[:b]] = v[:b]
         for s in step.spans:
             keys[s.slot, :, s.pos : s.pos + s.stop - s.start] = k[s.start : s.stop].transpose(0, 1)
-            values[s.slot, :, s.pos : s.pos + s.stop - s.start] = v[s.start : s.stop].transpose(0, 1)
+            values[s.slot, :, s.pos : s.pos + s.stop - s.start] = v[s.start : s.stop].transpose(
+                0, 1
+            )
         out = torch.empty_like(q)
         gqa = self.heads != self.kv_heads
         scale = self.scales[i]

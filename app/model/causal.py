@@ -113,7 +113,9 @@ def load_causal(folder: Path, dtype: torch.dtype) -> tuple[nn.Module, CausalInfo
     model.eval()
     config = model.config
     context = int(
-        getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", 1024)
+        getattr(config, "max_position_embeddings", None)
+        or getattr(config, "n_positions", 1024)
+        or 1024
     )
     # We attend over the whole context; a model trained with a sliding window is served within it.
     window = getattr(config, "sliding_window", None)

@@ -36,7 +36,7 @@ def known_gguf(name: str) -> Path | None:
             f"base model {name!r} needs the {module_name.replace('_', '-')} package: "
             "pip install -e '.[gen]'"
         ) from None
-    return Path(module.__file__).resolve().parent / file_name
+    return Path(str(module.__file__)).resolve().parent / file_name
 
 
 def _sha256(path: Path) -> str:

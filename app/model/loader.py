@@ -213,7 +213,7 @@ def _load_causal(folder: Path, device: torch.device, name: str | None) -> BaseMo
     targets = {n: m for n, m in wrap_layers(module).items() if not frozen_module(n)}
     return BaseModel(
         name=name or folder.resolve().name,
-        architecture=str(module.config.model_type),
+        architecture=str(getattr(module.config, "model_type", "causal_lm")),
         module=module,
         device=device,
         dtype=dtype,

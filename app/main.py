@@ -75,6 +75,7 @@ def build_services(
         list(linears.values()),
         settings.max_dataset_rows,
         base.text.max_seq_length if base.text is not None else 0,
+        base.causal.context_length if base.causal is not None else 0,
     )
     projects = Projects(state.db, settings.registry_ttl_ms)
     generation = None

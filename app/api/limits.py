@@ -117,6 +117,7 @@ def route_body_limits(
     linears: list[tuple[int, int]],
     max_dataset_rows: int,
     max_seq_length: int = 0,
+    context_length: int = 0,
 ) -> Callable[[str, str, str], int]:
     """The most bytes each route can use, from the base model's shape and the settings.
 
@@ -133,7 +134,12 @@ def route_body_limits(
     # Texts: generous room per token (long words, JSON escapes); longer texts are truncated anyway.
     embeddings_json = max_request_rows * (max_seq_length * 48 + per_row_extra) + SMALL_BODY
     dataset_json = min(max_dataset_rows * (input_dim + output_dim) * json_number, JSON_DATASET)
+    # Prompts: room per token as for embeddings, for a few prompts of the whole context (a
+    # batch of longer prompts goes in several requests; the answers stream anyway).
+    generation_json = 16 * context_length * 48 + SMALL_BODY
     caps = {
+        ("POST", "/v1/completions", "json"): generation_json,
+        ("POST", "/v1/chat/completions", "json"): generation_json,
         ("POST", "/v1/predict", "json"): predict_json,
         ("POST", "/v1/predict", "binary"): predict_binary,
         ("POST", "/v1/adapters", "any"): adapter_upload,

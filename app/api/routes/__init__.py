@@ -4,6 +4,7 @@ from fastapi import APIRouter
 
 from app.api.routes import (
     adapters,
+    completions,
     datasets,
     embeddings,
     health,
@@ -15,7 +16,18 @@ from app.api.routes import (
 )
 
 api_router = APIRouter()
-for module in (health, identity, model, adapters, predict, embeddings, datasets, jobs, projects):
+for module in (
+    health,
+    identity,
+    model,
+    adapters,
+    predict,
+    embeddings,
+    completions,
+    datasets,
+    jobs,
+    projects,
+):
     api_router.include_router(module.router)
 
 __all__ = ["api_router"]

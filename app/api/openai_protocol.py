@@ -1,0 +1,92 @@
+"""Wire types of the OpenAI completions and chat completions routes (requests only).
+
+Unknown fields are refused (422 naming the field): a client that asks for tools, a response
+format or a logit bias must hear that it will not get them, never a silently different answer.
+Penalties are accepted only at their neutral value, which is what we compute.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from app.engine.predictor import Mode
+
+MAX_N = 16  # choices per prompt
+MAX_STOP = 4  # stop strings, as OpenAI allows
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    include_usage: bool = False
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: Literal["system", "user", "assistant"]
+    content: str | list[TextPart]
+    name: str | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(p.text for p in self.content)
+
+
+class _GenerationFields(BaseModel):
+    """What both routes take."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(default=None, description="an adapter's name, or the base's")
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    temperature: Annotated[float, Field(ge=0, le=2)] = 1.0
+    top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
+    top_k: Annotated[int, Field(ge=-1)] = Field(default=-1, description="ours, as vLLM: -1 off")
+    n: Annotated[int, Field(ge=1, le=MAX_N)] = 1
+    stop: str | Annotated[list[str], Field(max_length=MAX_STOP)] | None = None
+    stop_token_ids: list[int] | None = Field(default=None, description="ours, as vLLM")
+    seed: int | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    ignore_eos: bool = Field(default=False, description="ours, as vLLM: always max_tokens")
+    mode: Mode = Field(default="auto", description="ours: auto, unmerged or merged")
+    user: str | None = None  # accepted and unused, as by OpenAI's own servers
+    presence_penalty: Annotated[float, Field(ge=0, le=0)] | None = Field(
+        default=None, description="only 0: penalties are not applied"
+    )
+    frequency_penalty: Annotated[float, Field(ge=0, le=0)] | None = Field(
+        default=None, description="only 0: penalties are not applied"
+    )
+
+    @field_validator("stop")
+    @classmethod
+    def _stops_not_empty(cls, value: str | list[str] | None) -> str | list[str] | None:
+        items = [value] if isinstance(value, str) else value or []
+        if any(not s for s in items):
+            raise ValueError("stop strings must not be empty")
+        return value
+
+    def stops(self) -> tuple[str, ...]:
+        if self.stop is None:
+            return ()
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+
+class ChatCompletionRequest(_GenerationFields):
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    logprobs: bool = False
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+
+
+class CompletionRequest(_GenerationFields):
+    prompt: str | Annotated[list[str], Field(min_length=1, max_length=64)]
+    logprobs: Annotated[int, Field(ge=0, le=20)] | None = None

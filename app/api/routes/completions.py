@@ -1,0 +1,110 @@
+"""OpenAI-compatible text generation: /v1/completions, /v1/chat/completions, /v1/models."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
+
+from app.adapters.versions import split_ref
+from app.api.auth import READ
+from app.api.completions import Generation, prepare
+from app.api.deps import Base, ProjectDep, Registry
+from app.api.deps import Generation as GenerationDep
+from app.api.openai_protocol import ChatCompletionRequest, CompletionRequest
+from app.api.schemas import ErrorBody
+
+router = APIRouter(tags=["generation"])
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    c: {"model": ErrorBody} for c in (400, 404, 413, 422, 429, 503)
+}
+
+
+async def _version(
+    model: str | None, base_name: str, registry: Registry, project: str
+) -> str | None:
+    """`model` names an adapter (its current version, or name@version) or the base."""
+    if model is None or model == base_name:
+        return None
+    split_ref(model, "model")
+    if registry.needs_lookup([model], project):  # a database read: not on the event loop
+        versions = await run_in_threadpool(registry.versions_for, [model], "model", project)
+    else:
+        versions = registry.versions_for([model], "model", project)
+    return versions[0]
+
+
+async def _generate(
+    body: ChatCompletionRequest | CompletionRequest,
+    base: Base,
+    engine: GenerationDep,
+    registry: Registry,
+    project: str,
+) -> Any:
+    version = await _version(body.model, base.name, registry, project)
+    prepared = prepare(body, base, engine, version)
+    generation = Generation(prepared, engine)
+    if not body.stream:
+        return Response(orjson.dumps(await generation.answer()), media_type="application/json")
+    firsts = await generation.start()
+    return StreamingResponse(
+        generation.stream(firsts),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+@router.post("/v1/chat/completions", dependencies=READ, responses=_ERRORS)
+async def create_chat_completion(
+    body: ChatCompletionRequest,
+    base: Base,
+    engine: GenerationDep,
+    registry: Registry,
+    project: ProjectDep,
+) -> Any:
+    """A chat answer from the base or an adapter; `stream: true` sends server-sent events."""
+    return await _generate(body, base, engine, registry, project)
+
+
+@router.post("/v1/completions", dependencies=READ, responses=_ERRORS)
+async def create_completion(
+    body: CompletionRequest,
+    base: Base,
+    engine: GenerationDep,
+    registry: Registry,
+    project: ProjectDep,
+) -> Any:
+    """Text after each prompt from the base or an adapter; `stream: true` sends events."""
+    return await _generate(body, base, engine, registry, project)
+
+
+@router.get("/v1/models", dependencies=READ)
+async def list_models(base: Base, registry: Registry, project: ProjectDep) -> dict[str, Any]:
+    """The base and every adapter the key's project has, in OpenAI's list shape (as vLLM)."""
+    records = await run_in_threadpool(registry.list, project)
+    now = int(time.time())
+    data = [
+        {
+            "id": base.name,
+            "object": "model",
+            "created": now,
+            "owned_by": "loraserve",
+            "parent": None,
+        }
+    ]
+    for r in records:
+        created = int(r.created_at)
+        data.append(
+            {
+                "id": r.name,
+                "object": "model",
+                "created": created,
+                "owned_by": project,
+                "parent": base.name,
+            }
+        )
+    return {"object": "list", "data": data}

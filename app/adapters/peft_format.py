@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Annotated, Any, Literal
 
 import torch
@@ -19,6 +19,7 @@ from torch import Tensor
 
 from app.errors import InvalidAdapter, InvalidName, shorten
 from app.lora import LoraAdapter, LoraConfig, LoraModule
+from app.model.causal import FROZEN_MODULES
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -33,7 +34,6 @@ _REFUSED_IF_TRUTHY = (
     "use_dora",
     "lora_bias",
     "modules_to_save",
-    "fan_in_fan_out",
     "layers_to_transform",
     "layers_pattern",
     "layer_replication",
@@ -49,6 +49,15 @@ _REFUSED_IF_TRUTHY = (
     "use_bdlora",
     "arrow_config",
     "kasa_config",
+)
+# Why a refused field is refused, where its name alone does not say.
+_WHY_REFUSED = {
+    "modules_to_save": "an adapter holds only LoRA A and B, never full copies of base layers",
+    "trainable_token_indices": "it trains rows of the token embeddings, which every adapter shares",
+}
+_FROZEN_WHY = (
+    "adapters may not change the embeddings or the output head of a causal_lm base "
+    "(they are shared by every adapter)"
 )
 # Initialisations that rewrite the base weights, so the adapter only fits a modified base.
 _BASE_REWRITING_INITS = ("pissa", "olora", "loftq", "corda", "lora_ga")
@@ -114,9 +123,7 @@ def tensor_key(module: str, which: str) -> str:
     return f"{KEY_PREFIX}{module}.{which}.weight"
 
 
-def _resolve_targets(
-    target: Targets, linears: Mapping[str, tuple[int, int]], field: str
-) -> list[str]:
+def _resolve_targets(target: Targets, linears: Iterable[str], field: str) -> list[str]:
     """PEFT's matching: a regex string is full-matched; list entries match exactly or as suffix."""
     if isinstance(target, str):
         try:
@@ -152,13 +159,36 @@ def _validate(data: bytes) -> PeftConfigFile:
         raise _invalid_field(exc.errors(include_input=False)[0]) from exc
 
 
-def parse_config(data: bytes, linears: Mapping[str, tuple[int, int]], max_rank: int) -> LoraConfig:
-    """Parse adapter_config.json against this base's linear layers {name: (in, out)}."""
+def _refuse_frozen(field: str, modules: Iterable[str], frozen: Collection[str]) -> None:
+    """422 when `modules` include a causal base's embeddings or output head."""
+    touched = [m for m in modules if m in frozen]
+    if touched:
+        raise InvalidAdapter(f"{field} names {touched[0]}: {_FROZEN_WHY}", field)
+
+
+def parse_config(
+    data: bytes,
+    linears: Mapping[str, tuple[int, int]],
+    max_rank: int,
+    conv1d: Collection[str] = frozenset(),
+    frozen: Collection[str] = frozenset(),
+) -> LoraConfig:
+    """Parse adapter_config.json against this base's linear layers {name: (in, out)}.
+
+    `conv1d` names the linears that were GPT-2 Conv1Ds, the only ones `fan_in_fan_out` may
+    target; `frozen` names a causal base's embeddings and output head, which none may.
+    """
     raw = _validate(data)
+    saved = raw.modules_to_save
+    if isinstance(saved, str | list) and all(isinstance(m, str) for m in saved):
+        _refuse_frozen(
+            "modules_to_save", _resolve_targets(saved, frozen, "modules_to_save"), frozen
+        )
     for field in _REFUSED_IF_TRUTHY:
         value = getattr(raw, field)
         if value:
-            raise InvalidAdapter(f"{field}={shorten(value)} is not supported", field)
+            why = f": {_WHY_REFUSED[field]}" if field in _WHY_REFUSED else ""
+            raise InvalidAdapter(f"{field}={shorten(value)} is not supported{why}", field)
     init = raw.init_lora_weights
     if isinstance(init, str) and init.lower().startswith(_BASE_REWRITING_INITS):
         raise InvalidAdapter(
@@ -184,15 +214,28 @@ def parse_config(data: bytes, linears: Mapping[str, tuple[int, int]], max_rank: 
                 )
     if raw.target_modules is None:
         raise InvalidAdapter("target_modules is required", "target_modules")
-    targets = _resolve_targets(raw.target_modules, linears, "target_modules")
+    # The frozen layers are matched too, so that naming one is refused rather than dropped.
+    layers = [*linears, *sorted(set(frozen) - set(linears))]
+    targets = _resolve_targets(raw.target_modules, layers, "target_modules")
     if raw.exclude_modules:
-        excluded = set(_resolve_targets(raw.exclude_modules, linears, "exclude_modules"))
+        excluded = set(_resolve_targets(raw.exclude_modules, layers, "exclude_modules"))
         targets = [t for t in targets if t not in excluded]
+    _refuse_frozen("target_modules", targets, frozen)
     if not targets:
         raise InvalidAdapter(
             f"target_modules {shorten(raw.target_modules)} matches no linear layer of the base "
             f"(layers: {shorten(', '.join(linears), 256)})",
             "target_modules",
+        )
+    # PEFT writes it for GPT-2's Conv1D, whose weight is (in, out); converted to nn.Linear at
+    # load, those layers take A and B as any Linear does. On a real nn.Linear it means a
+    # transposed layer this service does not have.
+    linear = [t for t in targets if t not in conv1d]
+    if raw.fan_in_fan_out and linear:
+        raise InvalidAdapter(
+            f"fan_in_fan_out=True is only for layers that are Conv1D in the base (GPT-2's "
+            f"c_attn, c_proj, c_fc); {linear[0]} is an nn.Linear",
+            "fan_in_fan_out",
         )
     config = LoraConfig(
         r=raw.r,
@@ -254,6 +297,11 @@ def check_header(
     """Keys, shapes and dtypes ({key: (shape, dtype name)}) match the config exactly."""
     expected = expected_shapes(config, linears)
     unknown = sorted(set(header) - set(expected))
+    # PEFT keys its embedding LoRA, trainable tokens and saved modules on the layer's own name.
+    frozen = [k for k in unknown if set(k.split(".")) & set(FROZEN_MODULES)]
+    if frozen:
+        module = next(p for p in frozen[0].split(".") if p in FROZEN_MODULES)
+        raise InvalidAdapter(f"tensor {frozen[0]} is for {module}: {_FROZEN_WHY}", "weights")
     if unknown:
         raise InvalidAdapter(
             f"unexpected tensors {unknown[:5]}; expected only LoRA A/B of {list(config.target_modules)}",

@@ -32,6 +32,8 @@ class BaseInfo:
     fingerprint: str
     device: torch.device
     dtype: torch.dtype
+    conv1d: frozenset[str] = frozenset()  # linears that were GPT-2 Conv1Ds (fan_in_fan_out)
+    frozen: frozenset[str] = frozenset()  # a causal base's embeddings and head: never targets
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,9 @@ def record_of(row: VersionRow, base: BaseInfo, max_rank: int) -> AdapterRecord:
         problem = json.loads(row.problem)
         error = AdapterProblem(problem["code"], problem["message"])
     try:
-        config = fmt.parse_config(row.config.encode(), base.linears, max_rank)
+        config = fmt.parse_config(
+            row.config.encode(), base.linears, max_rank, base.conv1d, base.frozen
+        )
     except ServiceError as exc:
         error = error or AdapterProblem(exc.code, exc.message)
     metadata = json.loads(row.metadata)

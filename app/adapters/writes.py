@@ -167,7 +167,10 @@ class RegistryWrites:
 
     # --- internals ------------------------------------------------------------------------
     def _checked(self, config_data: bytes, weights_data: bytes) -> LoraAdapter:
-        config = fmt.parse_config(config_data, self.base.linears, self.max_rank)
+        base = self.base
+        config = fmt.parse_config(
+            config_data, base.linears, self.max_rank, base.conv1d, base.frozen
+        )
         if weights_data.startswith(_PICKLE_MAGIC):
             raise InvalidAdapter(
                 "weights look like a pickled .bin file; only safetensors is accepted", "weights"

@@ -67,6 +67,10 @@ def _pooling(folder: Path) -> tuple[Pooling, bool]:
     return pooling, normalize
 
 
+class Conv1DLinear(nn.Linear):
+    """An nn.Linear that was a GPT-2 Conv1D: the layers whose adapters say `fan_in_fan_out`."""
+
+
 def _as_linear(conv: nn.Module) -> nn.Linear:
     """GPT-2's Conv1D (weight (in, out)) as the nn.Linear it computes (weight (out, in)).
 
@@ -75,7 +79,7 @@ def _as_linear(conv: nn.Module) -> nn.Linear:
     """
     weight = cast(Tensor, conv.weight)  # (in, out)
     bias = cast(Tensor | None, conv.bias)
-    linear = nn.Linear(weight.shape[0], weight.shape[1], bias=bias is not None)
+    linear = Conv1DLinear(weight.shape[0], weight.shape[1], bias=bias is not None)
     linear = linear.to(device=weight.device, dtype=weight.dtype)
     with torch.no_grad():
         linear.weight.copy_(weight.T)

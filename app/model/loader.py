@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from app.lora.layers import wrap_layers
 from app.model.causal import CausalInfo, frozen_module, is_causal_lm
 from app.model.config import InvalidModelConfig, ModelConfig
+from app.model.hf import Conv1DLinear
 from app.model.mlp import MLP
 from app.model.text import TextEncoder, TokenBatch
 
@@ -72,6 +73,18 @@ class BaseModel:
             name: LinearInfo(name, m.in_features, m.out_features)
             for name, m in self.targets.items()
         }
+
+    @property
+    def conv1d(self) -> frozenset[str]:
+        """The targetable layers that were GPT-2 Conv1Ds (PEFT says `fan_in_fan_out` for them)."""
+        return frozenset(n for n, m in self.targets.items() if isinstance(m, Conv1DLinear))
+
+    @property
+    def frozen(self) -> frozenset[str]:
+        """A causal base's embeddings and output head: no adapter may touch them."""
+        if self.causal is None:
+            return frozenset()
+        return frozenset(n for n, _ in self.module.named_modules() if frozen_module(n))
 
     def prepare(self, x: Rows) -> Rows:
         """Rows on the model's device (vectors in its dtype)."""

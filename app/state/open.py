@@ -71,4 +71,6 @@ def load_base(settings: Settings) -> tuple[BaseModel, BaseInfo]:
 
 def base_info(base: BaseModel) -> BaseInfo:
     linears = {n: (i.in_features, i.out_features) for n, i in base.linears().items()}
-    return BaseInfo(linears, base.name, base.fingerprint, base.device, base.dtype)
+    return BaseInfo(
+        linears, base.name, base.fingerprint, base.device, base.dtype, base.conv1d, base.frozen
+    )

@@ -445,7 +445,8 @@ def test_bad_names_are_refused_with_the_rule_and_the_field() -> None:
         ({"use_dora": True}, "use_dora=True is not supported", "use_dora"),
         (
             {"modules_to_save": ["layer2"]},
-            "modules_to_save=['layer2'] is not supported",
+            "modules_to_save=['layer2'] is not supported: "
+            "an adapter holds only LoRA A and B, never full copies of base layers",
             "modules_to_save",
         ),
         (

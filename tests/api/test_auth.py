@@ -43,6 +43,9 @@ READ = {
     ("GET", "/v1/adapters/{name}/versions"),
     ("POST", "/v1/predict"),
     ("POST", "/v1/embeddings"),
+    ("POST", "/v1/chat/completions"),
+    ("POST", "/v1/completions"),
+    ("GET", "/v1/models"),
     ("GET", "/metrics"),
 }
 

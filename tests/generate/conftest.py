@@ -1,0 +1,23 @@
+"""Tiny decoder bases on disk (one per layout, built once), and a service loaded on each."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.gen_helpers import write_tiny_causal_lm
+
+LAYOUTS = ("llama", "qwen2", "gpt2")
+
+
+@pytest.fixture(scope="session")
+def causal_folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("causal")
+    return {t: write_tiny_causal_lm(root / t, t, seed=1) for t in LAYOUTS}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _few_threads() -> None:
+    torch.set_num_threads(min(4, torch.get_num_threads()))

@@ -1,4 +1,4 @@
-"""`loraserve`: run the service, or drive one over HTTP (adapters, predictions, training, demo)."""
+"""`loraserve`: run the service, or drive one over HTTP (adapters, predictions, chat, training)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from safetensors.torch import save_file
 
-from app.cli_files import InputError, read_inputs, read_pairs, read_safetensors, write
+from app.cli_files import InputError, read_inputs, read_safetensors, read_text_dataset, write
 from app.client import Client, ServiceError
 
 # Exit statuses: the service failed or said no, or a file or option given by the user is wrong.
@@ -132,7 +132,7 @@ def _train(args: argparse.Namespace, client: Client) -> None:
     # Read every file, and check the plot can be drawn, before anything reaches the service.
     paths = [p for p in (args.data, args.validation) if p is not None]
     datasets = [
-        read_pairs(p) if p.suffix in (".jsonl", ".json") else
+        read_text_dataset(p) if p.suffix in (".jsonl", ".json") else
         read_safetensors(p, ("inputs", "targets"))
         for p in paths
     ]  # fmt: skip
@@ -239,6 +239,71 @@ def _embed(args: argparse.Namespace, client: Client) -> None:
         write(args.out, lambda path: path.write_text(body))
 
 
+def _say(deltas: Iterator[str]) -> str:
+    """Print an answer as it arrives, each delta flushed, then a newline; the whole text."""
+    parts: list[str] = []
+    try:
+        for delta in deltas:
+            print(delta, end="", flush=True)
+            parts.append(delta)
+    except BaseException:
+        if parts:  # end the half-printed line, so the error starts on its own
+            print(flush=True)
+        raise
+    print(flush=True)
+    return "".join(parts)
+
+
+def _turns(given: str | None) -> Iterator[str]:
+    """The one message given, or lines from stdin until EOF or an empty line."""
+    if given is not None:
+        yield given
+        return
+    while True:
+        if sys.stdin.isatty():
+            print("> ", end="", file=sys.stderr, flush=True)
+        line = sys.stdin.readline()
+        if not line.strip():
+            return
+        yield line.rstrip("\n")
+
+
+def _sampling(args: argparse.Namespace) -> dict[str, Any]:
+    given = {"max_tokens": args.max_tokens, "temperature": args.temperature,
+             "top_p": args.top_p, "seed": args.seed}  # fmt: skip
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def _chat(args: argparse.Namespace, client: Client) -> None:
+    options = _sampling(args)
+    history = [{"role": "system", "content": args.system}] if args.system else []
+    try:
+        for message in _turns(args.message):
+            history.append({"role": "user", "content": message})
+            if args.no_stream:
+                answer = client.chat(history, args.adapter, **options)
+                deltas = iter([answer["choices"][0]["message"]["content"]])
+            else:
+                deltas = client.chat_stream(history, args.adapter, **options)
+            history.append({"role": "assistant", "content": _say(deltas)})
+    except KeyboardInterrupt:  # how a person ends a conversation: no traceback
+        raise SystemExit(130) from None
+
+
+def _complete(args: argparse.Namespace, client: Client) -> None:
+    options = _sampling(args)
+    try:
+        for prompt in _turns(args.prompt):
+            if args.no_stream:
+                answer = client.complete(prompt, args.adapter, **options)
+                deltas = iter([answer["choices"][0]["text"]])
+            else:
+                deltas = client.complete_stream(prompt, args.adapter, **options)
+            _say(deltas)
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+
+
 def _demo(args: argparse.Namespace, client: Client) -> None:
     from app.demo import run_from_args
 
@@ -312,6 +377,20 @@ def parser(settings: CliSettings | None = None) -> argparse.ArgumentParser:
     embed.add_argument("--model", help="an adapter (default: the base model)")
     embed.add_argument("--out", type=Path, help="write the JSON here; default: print it")
 
+    for command, what, text_help in (
+        ("chat", "chat with the base or an adapter", "the message; default: one a line from stdin, the conversation kept, until an empty line"),
+        ("complete", "continue a prompt with the base or an adapter", "the prompt; default: one a line from stdin, each on its own"),
+    ):  # fmt: skip
+        one = sub.add_parser(command, help=f"{what} (decoder bases), printed as it is generated")
+        one.add_argument("message" if command == "chat" else "prompt", nargs="?", help=text_help)
+        one.add_argument("--adapter", help="default: the base model")
+        if command == "chat":
+            one.add_argument("--system", help="a system message to begin the conversation")
+        for option, number in (("--max-tokens", int), ("--temperature", float),
+                               ("--top-p", float), ("--seed", int)):  # fmt: skip
+            one.add_argument(option, type=number, help="default: the service's")
+        one.add_argument("--no-stream", action="store_true", help="print the answer once whole")
+
     train = sub.add_parser("train", help="train an adapter from a dataset file")
     train.add_argument("name", help="the adapter to make")
     train.add_argument(
@@ -319,7 +398,8 @@ def parser(settings: CliSettings | None = None) -> argparse.ArgumentParser:
         type=Path,
         required=True,
         help="vector bases: .safetensors (inputs, targets); text bases: .jsonl or .json pairs "
-        '{"anchor", "positive"}',
+        '{"anchor", "positive"}; decoder bases: chat .jsonl, rows {"messages": [...]} or '
+        '{"prompt", "completion"}',
     )
     train.add_argument("--validation", type=Path)
     for flag, kind in (("--rank", int), ("--alpha", float), ("--epochs", int), ("--batch-size", int),
@@ -405,6 +485,8 @@ def main(argv: list[str] | None = None) -> None:
         "jobs": _jobs,
         "demo": _demo,
         "embed": _embed,
+        "chat": _chat,
+        "complete": _complete,
         "text-demo": _text_demo,
     }
     with failures_reported(args.url):

@@ -66,14 +66,29 @@ def write(path: Path, write: Any) -> None:
         raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
-def read_pairs(path: Path) -> bytes:
-    """A text-pair file (JSONL or a JSON array of {anchor, positive}), checked as the service will."""
+def _is_chat(data: bytes) -> bool:
+    """Whether the first row is a decoder base's: {"messages"} or {"prompt", "completion"}."""
+    text = data.lstrip()
+    try:
+        first = json.loads(text)[0] if text.startswith(b"[") else json.loads(text.splitlines()[0])
+    except (ValueError, IndexError, KeyError, TypeError):
+        return False
+    return isinstance(first, dict) and ("messages" in first or "prompt" in first)
+
+
+def read_text_dataset(path: Path) -> bytes:
+    """A JSONL or JSON dataset file, its bytes unchanged.
+
+    Text pairs {anchor, positive} are checked here as the service will. Chat rows are left to
+    the service: their rules (roles, the chat template, the context) depend on its base model.
+    """
     from app.errors import ServiceError as Refused
     from app.training.pairs import parse_pairs
 
     try:
         data = path.read_bytes()
-        parse_pairs(data, max_rows=sys.maxsize)
+        if not _is_chat(data):
+            parse_pairs(data, max_rows=sys.maxsize)
     except OSError as exc:
         raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
     except Refused as exc:

@@ -4,6 +4,8 @@
     with Client("http://127.0.0.1:8000", api_key="...") as c:
         c.upload_adapter("mine", "path/to/peft-folder")
         y = c.predict([[0.0] * 1001], adapter="mine")
+        for text in c.chat_stream([{"role": "user", "content": "Hi"}], model="mine"):
+            print(text, end="", flush=True)
 
 Every operation is written once, in `_Operations`; the sync client returns its result and the
 async one a coroutine of it. Errors raise `ServiceError` with the envelope's status and code.
@@ -26,6 +28,10 @@ from safetensors.torch import load, save
 from torch import Tensor
 
 OCTET = "application/octet-stream"
+# Multipart parts by file suffix; the service reads the bytes, not the part's type, so this is
+# for proxies and logs. Anything else goes as octet-stream.
+_DATASET_TYPES = {".jsonl": "application/jsonl", ".json": "application/json"}
+Messages = Sequence[dict[str, Any]]  # [{"role": "user", "content": "..."}, ...]
 
 
 class ServiceError(Exception):
@@ -70,6 +76,46 @@ def _embeddings(response: httpx.Response) -> Tensor:
 def _pairs_jsonl(pairs: Sequence[tuple[str, str]]) -> bytes:
     lines = (json.dumps({"anchor": a, "positive": p}) for a, p in pairs)
     return ("\n".join(lines) + "\n").encode()
+
+
+def _dataset_file(filename: str, data: bytes) -> dict[str, tuple[str, bytes, str]]:
+    kind = _DATASET_TYPES.get(Path(filename).suffix.lower(), OCTET)
+    return {"file": (filename, data, kind)}
+
+
+def _generation_body(model: str | None, options: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    return {**fields, "model": model, **options}
+
+
+def _stream_body(model: str | None, options: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    # Deltas of several choices would interleave with nothing to tell them apart.
+    if options.get("n", 1) != 1:
+        raise ValueError("a stream yields one choice's text; for n > 1 use chat() or complete()")
+    return {**_generation_body(model, options, **fields), "stream": True}
+
+
+def _event_text(line: str, status: int) -> str | None:
+    """The text one server-sent line adds ('' for none), None at `data: [DONE]`.
+
+    An `error` event raises ServiceError; it comes after a 200 began, so `status` is the stream's.
+    """
+    if not line.startswith("data:"):
+        return ""  # the blank line between events, or a comment
+    data = line.removeprefix("data:").strip()
+    if data == "[DONE]":
+        return None
+    event = json.loads(data)
+    if "error" in event:
+        e = event["error"]
+        raise ServiceError(status, e.get("code"), e.get("message"), e.get("param"))
+    # Chat chunks carry choices[0].delta.content, completion chunks choices[0].text; the usage
+    # chunk has no choices.
+    return "".join(c.get("text") or (c.get("delta") or {}).get("content") or ""
+                   for c in event.get("choices", []))  # fmt: skip
+
+
+def _unfinished(status: int) -> ServiceError:
+    return ServiceError(status, "stream_incomplete", "the stream ended before data: [DONE]")
 
 
 def _adapter_files(folder: str | Path) -> dict[str, tuple[str, bytes]]:
@@ -168,12 +214,40 @@ class _Operations:
     def upload_pairs(
         self, pairs: Sequence[tuple[str, str]] | str | Path, filename: str = "pairs.jsonl"
     ) -> Any:
-        """A text-pair dataset for a text base: (anchor, positive) tuples, or a JSONL/JSON file."""
+        """A JSONL/JSON dataset file, sent unchanged, or (anchor, positive) tuples.
+
+        Text bases take pairs {"anchor", "positive"}; decoder bases take chat rows
+        {"messages": [...]} or {"prompt", "completion"}.
+        """
         if isinstance(pairs, str | Path):
             filename, data = Path(pairs).name, Path(pairs).read_bytes()
         else:
             data = _pairs_jsonl(pairs)
-        return self._request("POST", "/v1/datasets", _json, files={"file": (filename, data)})
+        return self._request("POST", "/v1/datasets", _json, files=_dataset_file(filename, data))
+
+    def chat(self, messages: Messages, model: str | None = None, **options: Any) -> Any:
+        """OpenAI's chat answer: `model` an adapter (None: the base); options as the route's."""
+        body = _generation_body(model, options, messages=list(messages))
+        return self._request("POST", "/v1/chat/completions", _json, json=body)
+
+    def complete(
+        self, prompt: str | Sequence[str], model: str | None = None, **options: Any
+    ) -> Any:
+        """OpenAI's completion answer for a prompt (or several), from `model` or the base."""
+        body = _generation_body(model, options, prompt=prompt)
+        return self._request("POST", "/v1/completions", _json, json=body)
+
+    def chat_stream(self, messages: Messages, model: str | None = None, **options: Any) -> Any:
+        """The chat answer's text, one delta at a time as it is generated."""
+        body = _stream_body(model, options, messages=list(messages))
+        return self._stream("/v1/chat/completions", body)
+
+    def complete_stream(self, prompt: str, model: str | None = None, **options: Any) -> Any:
+        """The completion's text, one delta at a time as it is generated."""
+        return self._stream("/v1/completions", _stream_body(model, options, prompt=prompt))
+
+    def _stream(self, path: str, body: dict[str, Any]) -> Any:
+        raise NotImplementedError  # provided by Client and AsyncClient
 
     def upload_dataset(
         self, inputs: Tensor, targets: Tensor, filename: str = "data.safetensors"
@@ -237,6 +311,20 @@ class Client(_Operations):
     ) -> Any:
         return read(raise_for_error(self.http.request(method, path, **kw)))
 
+    def _stream(self, path: str, body: dict[str, Any]) -> Iterator[str]:
+        # A generator: the request goes out at the first next(), and closes with the iterator.
+        with self.http.stream("POST", path, json=body) as response:
+            if not response.is_success:
+                response.read()
+                raise_for_error(response)
+            for line in response.iter_lines():
+                text = _event_text(line, response.status_code)
+                if text is None:
+                    return
+                if text:
+                    yield text
+        raise _unfinished(response.status_code)
+
     def follow(self, job_id: str, poll_s: float = 0.5) -> Iterator[dict[str, Any]]:
         """Each event of a job as it comes, until the job has ended."""
         after = None
@@ -274,6 +362,19 @@ class AsyncClient(_Operations):
         self, method: str, path: str, read: Callable[[httpx.Response], Any], **kw: Any
     ) -> Any:
         return read(raise_for_error(await self.http.request(method, path, **kw)))
+
+    async def _stream(self, path: str, body: dict[str, Any]) -> AsyncIterator[str]:
+        async with self.http.stream("POST", path, json=body) as response:
+            if not response.is_success:
+                await response.aread()
+                raise_for_error(response)
+            async for line in response.aiter_lines():
+                text = _event_text(line, response.status_code)
+                if text is None:
+                    return
+                if text:
+                    yield text
+        raise _unfinished(response.status_code)
 
     async def follow(self, job_id: str, poll_s: float = 0.5) -> AsyncIterator[dict[str, Any]]:
         after = None

@@ -227,7 +227,7 @@ class DatasetPublic(BaseModel):
     bytes: int
     created_at: int
     filename: str | None
-    format: Literal["tensors", "text_pairs"]
+    format: Literal["tensors", "text_pairs", "chat"]
 
 
 class DatasetList(BaseModel):
@@ -246,15 +246,18 @@ class Hyperparameters(BaseModel):
         default=None, gt=0, allow_inf_nan=False, description="default: rank"
     )
     target_modules: list[str] | None = Field(
-        default=None, description="default: every linear layer"
+        default=None,
+        description="default: PEFT's for the model type (q_proj and v_proj for Llama, Qwen2 and "
+        "Mistral; c_attn for GPT-2; query and value for BERT), else every linear layer",
     )
     epochs: int = Field(default=3, ge=1, le=100_000)
     batch_size: int = Field(default=128, ge=1, le=1_000_000)
     learning_rate: float = Field(default=1e-3, gt=0, allow_inf_nan=False)
     use_rslora: bool = False
-    loss: Literal["mse", "cross_entropy", "contrastive"] | None = Field(
+    loss: Literal["mse", "cross_entropy", "contrastive", "sft"] | None = Field(
         default=None,
-        description="default: mse on a vector base; contrastive (in-batch negatives) on a text base",
+        description="default: mse on a vector base; contrastive (in-batch negatives) on a text "
+        "base; sft (cross-entropy on the answer tokens) on a decoder base",
     )
     seed: int = Field(default=0, ge=0, le=2**63 - 1)
 
@@ -267,7 +270,7 @@ class ResolvedHyperparameters(BaseModel):
     batch_size: int
     learning_rate: float
     use_rslora: bool
-    loss: Literal["mse", "cross_entropy", "contrastive"]
+    loss: Literal["mse", "cross_entropy", "contrastive", "sft"]
     seed: int
 
 
@@ -289,6 +292,10 @@ class JobProgress(BaseModel):
     validation_loss: float | None
     validation_recall_at_1: float | None = Field(
         default=None, description="text pairs: how often an anchor's nearest positive is its own"
+    )
+    validation_exact_match: float | None = Field(
+        default=None,
+        description="decoders: how often the greedy answer to a validation row is its reference",
     )
 
 

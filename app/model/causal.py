@@ -47,11 +47,21 @@ class CausalInfo:
     def has_chat_template(self) -> bool:
         return self.chat_template is not None
 
-    def apply_chat_template(self, messages: list[dict[str, str]]) -> list[int]:
-        """The prompt's token ids for a chat, with the assistant's turn opened."""
+    def apply_chat_template(
+        self, messages: list[dict[str, str]], add_generation_prompt: bool = True
+    ) -> list[int]:
+        """A chat's token ids; by default with the assistant's turn opened, as a prompt.
+
+        Serving and SFT both tokenize through here, so a trained adapter sees at serving
+        time exactly the tokens it was trained on.
+        """
         text = self.tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=True
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt
         )
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def encode_text(self, text: str) -> list[int]:
+        """Text's token ids with no special tokens: a completion, as SFT appends it."""
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def encode(self, text: str) -> list[int]:

@@ -11,6 +11,7 @@ from app.model import BaseModel, load_base_model, resolve_device
 from app.settings import Settings
 from app.state.db import Database
 from app.state.objects import ObjectStore
+from app.training.chats import ChatDatasetStore
 from app.training.datasets import DatasetStore
 from app.training.jobs import JobStore
 from app.training.legacy_jobs import import_jobs_db
@@ -31,7 +32,9 @@ def open_state(settings: Settings, base: BaseModel, info: BaseInfo) -> SharedSta
     registry = open_registry(settings, info)
     db, objects = registry.db, registry.objects
     datasets: DatasetStore
-    if base.text is not None:
+    if base.causal is not None:
+        datasets = ChatDatasetStore(db, objects, settings.max_dataset_rows, base.causal)
+    elif base.text is not None:
         datasets = PairDatasetStore(db, objects, settings.max_dataset_rows)
     else:
         datasets = DatasetStore(

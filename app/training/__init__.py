@@ -2,6 +2,7 @@
 
 from app.training.datasets import DatasetRecord, DatasetStore
 from app.training.jobs import Event, Job, JobStore
+from app.training.jsonl import JsonlDatasetStore
 from app.training.pairs import PairDatasetStore
 from app.training.service import TrainingService
 from app.training.trainer import TrainConfig, train_lora
@@ -12,6 +13,7 @@ __all__ = [
     "Event",
     "Job",
     "JobStore",
+    "JsonlDatasetStore",
     "PairDatasetStore",
     "TrainConfig",
     "TrainingService",

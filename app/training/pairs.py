@@ -1,43 +1,16 @@
-"""Text-pair datasets for text bases: rows `{"anchor": str, "positive": str}`, JSONL or JSON.
-
-Stored as JSONL in the object store, with a first line that describes the file (the format
-older DATA_DIR/datasets/ folders hold, so those import byte for byte).
-"""
+"""Text-pair datasets for text bases: rows `{"anchor": str, "positive": str}`, JSONL or JSON."""
 
 from __future__ import annotations
 
-import logging
-import time
-from pathlib import Path
 from typing import Any
 
-import orjson
-
-from app.errors import InvalidInput, MalformedBody, shorten
-from app.state import Database, ObjectStore
+from app.errors import InvalidInput, shorten
 from app.state.tables import DEFAULT_PROJECT
-from app.training.datasets import DatasetRecord, DatasetStore, DatasetTooLarge, new_dataset_id
-
-log = logging.getLogger(__name__)
+from app.training.datasets import DatasetRecord, DatasetTooLarge
+from app.training.jsonl import JsonlDatasetStore, Row, parse_rows
 
 Pair = tuple[str, str]
 MAX_TEXT_CHARS = 20_000  # far past any model's max_seq_length; longer is a mistake, not a text
-_HEADER = "loraserve_text_pairs"
-
-
-def _parse(data: bytes) -> list[Any]:
-    """A JSON array of rows, or JSONL (one JSON object a line, blank lines ignored)."""
-    text = data.lstrip()
-    try:
-        if text.startswith(b"["):
-            rows = orjson.loads(text)
-        else:
-            rows = [orjson.loads(line) for line in text.splitlines() if line.strip()]
-    except orjson.JSONDecodeError as exc:
-        raise MalformedBody(
-            f"the dataset is neither a JSON array nor JSONL: {shorten(str(exc), 200)}"
-        ) from exc
-    return rows if isinstance(rows, list) else [rows]
 
 
 def check_pairs(rows: list[Any], max_rows: int) -> list[Pair]:
@@ -77,56 +50,22 @@ def check_pairs(rows: list[Any], max_rows: int) -> list[Pair]:
 
 
 def parse_pairs(data: bytes, max_rows: int) -> list[Pair]:
-    return check_pairs(_parse(data), max_rows)
+    return check_pairs(parse_rows(data), max_rows)
 
 
-class PairDatasetStore(DatasetStore):
-    """The dataset store of a text base: the same records and deletes, JSONL files of pairs."""
+class PairDatasetStore(JsonlDatasetStore):
+    """The dataset store of a text base: JSONL files of pairs."""
 
     format = "text_pairs"
-    suffix = ".jsonl"
+    header = "loraserve_text_pairs"
 
-    def __init__(self, db: Database, objects: ObjectStore, max_rows: int) -> None:
-        super().__init__(db, objects, 0, 0, max_rows)
-
-    def create_from_bytes(
-        self, data: bytes, filename: str | None, project: str = DEFAULT_PROJECT
-    ) -> DatasetRecord:
-        return self._write(parse_pairs(data, self.max_rows), filename, project)
+    def check(self, rows: list[Any]) -> list[Row]:
+        return [{"anchor": a, "positive": p} for a, p in check_pairs(rows, self.max_rows)]
 
     def create_pairs(
         self, pairs: list[Pair], filename: str | None = None, project: str = DEFAULT_PROJECT
     ) -> DatasetRecord:
-        rows = [{"anchor": a, "positive": p} for a, p in pairs]
-        return self._write(check_pairs(rows, self.max_rows), filename, project)
-
-    def _write(self, pairs: list[Pair], filename: str | None, project: str) -> DatasetRecord:
-        """Checked pairs as JSONL, its first line a header that describes the file."""
-        record_id, created = new_dataset_id(), int(time.time())
-        header: dict[str, Any] = {"rows": len(pairs), "created_at": created}
-        if filename:
-            header["filename"] = filename[:200]
-        lines = [orjson.dumps({_HEADER: header})]
-        lines += [orjson.dumps({"anchor": a, "positive": p}) for a, p in pairs]
-        data = b"\n".join(lines) + b"\n"
-        record = DatasetRecord(
-            record_id, len(pairs), None, None, len(data), created, header.get("filename"),
-            "text_pairs",
-        )  # fmt: skip
-        return self._store(record, data, project)
-
-    def _read_old(self, path: Path) -> DatasetRecord | None:
-        try:
-            with path.open("rb") as f:
-                header = orjson.loads(f.readline()).get(_HEADER)
-            return DatasetRecord(
-                path.stem, int(header["rows"]), None, None, path.stat().st_size,
-                int(header["created_at"]), header.get("filename"), "text_pairs",
-            )  # fmt: skip
-        except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
-            log.warning("not importing dataset file %s: %s", path.name, exc)
-            return None
+        return self.create_rows([{"anchor": a, "positive": p} for a, p in pairs], filename, project)
 
     def load_pairs(self, dataset_id: str) -> list[Pair]:
-        lines = self.read(dataset_id).splitlines()[1:]  # after the header
-        return [(row["anchor"], row["positive"]) for row in map(orjson.loads, lines) if row]
+        return [(row["anchor"], row["positive"]) for row in self.load_rows(dataset_id)]

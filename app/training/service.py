@@ -42,6 +42,11 @@ DEFAULT_TARGETS = {
     "xlm-roberta": ("query", "value"),
     "mpnet": ("q", "v"),
     "distilbert": ("q_lin", "v_lin"),
+    "llama": ("q_proj", "v_proj"),
+    "mistral": ("q_proj", "v_proj"),
+    "qwen2": ("q_proj", "v_proj"),
+    "qwen3": ("q_proj", "v_proj"),
+    "gpt2": ("c_attn",),
 }
 
 
@@ -54,7 +59,7 @@ def resolve_targets(base: BaseModel, requested: list[str] | None) -> list[str]:
     """Full module names, in model order, for the names a job gave (or the defaults)."""
     linears = list(base.linears())
     if not requested:
-        defaults = DEFAULT_TARGETS.get(base.architecture) if base.family == "hf" else None
+        defaults = DEFAULT_TARGETS.get(base.architecture) if base.family != "mlp" else None
         requested = list(defaults) if defaults else linears
     unknown = [t for t in requested if not any(_matches(layer, t) for layer in linears)]
     if unknown:
@@ -68,11 +73,15 @@ def resolve_targets(base: BaseModel, requested: list[str] | None) -> list[str]:
 
 def check_loss(base: BaseModel, loss: str | None) -> str:
     """The default loss of the base's inputs, or the one asked for if it fits them."""
-    allowed = ("contrastive",) if base.text is not None else ("mse", "cross_entropy")
+    allowed: tuple[str, ...] = ("mse", "cross_entropy")
+    kind = "vectors"
+    if base.text is not None:
+        allowed, kind = ("contrastive",), "text pairs"
+    elif base.causal is not None:
+        allowed, kind = ("sft",), "chats"
     if loss is None:
         return allowed[0]
     if loss not in allowed:
-        kind = "text pairs" if base.text is not None else "vectors"
         raise InvalidInput(
             f"loss {loss!r} does not fit a base that trains on {kind}; use one of {list(allowed)}",
             "hyperparameters.loss",
@@ -159,6 +168,7 @@ class TrainingService:
                 "train_loss": None,
                 "validation_loss": None,
                 "validation_recall_at_1": None,
+                "validation_exact_match": None,
             }
             job = self.jobs.create(
                 adapter_name, training_dataset, validation_dataset, hp, progress, project, conn

@@ -38,7 +38,7 @@ class TrainConfig:
     batch_size: int
     learning_rate: float
     use_rslora: bool = False
-    loss: Literal["mse", "cross_entropy", "contrastive"] = "mse"
+    loss: Literal["mse", "cross_entropy", "contrastive", "sft"] = "mse"
     seed: int = 0
 
 
@@ -52,6 +52,7 @@ class StepReport:
     train_loss: float  # the last step's loss, or the epoch mean at an epoch's end
     validation_loss: float | None = None
     validation_recall_at_1: float | None = None  # text pairs only
+    validation_exact_match: float | None = None  # decoders only: greedy answer == reference
     epoch_end: bool = False
 
 

@@ -25,10 +25,12 @@ from app.adapters import AdapterRegistry
 from app.errors import AdapterExists, Conflict, ServiceError, TooManyAdapters
 from app.lora import LoraAdapter
 from app.model import BaseModel
+from app.training.chats import ChatDatasetStore
 from app.training.contrastive import train_text_lora
 from app.training.datasets import DatasetStore
 from app.training.jobs import HELD, INTERRUPTED, Job, JobStore
 from app.training.pairs import PairDatasetStore
+from app.training.sft import train_sft_lora
 from app.training.trainer import Cancelled, Diverged, StepReport, TrainConfig, train_lora
 
 log = logging.getLogger(__name__)
@@ -169,6 +171,7 @@ class TrainingWorker:
             if report.epoch_end:
                 progress["validation_loss"] = report.validation_loss
                 progress["validation_recall_at_1"] = report.validation_recall_at_1
+                progress["validation_exact_match"] = report.validation_exact_match
                 metrics = {k: v for k, v in asdict(report).items() if k != "epoch_end"}
                 self.jobs.add_event(job.id, "metrics", f"epoch {report.epoch} done", metrics)
             now = time.monotonic()
@@ -221,6 +224,13 @@ class TrainingWorker:
     def _trainer(self, job: Job, config: TrainConfig) -> Callable[..., LoraAdapter]:
         """The job's data, loaded, bound to the training loop of the base's family."""
         model, device = self.base.module, self.base.device
+        if isinstance(self.datasets, ChatDatasetStore):
+            assert self.base.causal is not None
+            rows = self.datasets.load_rows(job.training_dataset)
+            held = None
+            if job.validation_dataset is not None:
+                held = self.datasets.load_rows(job.validation_dataset)
+            return partial(train_sft_lora, model, self.base.causal, config, rows, held)
         if isinstance(self.datasets, PairDatasetStore):
             assert self.base.text is not None
             pairs = self.datasets.load_pairs(job.training_dataset)

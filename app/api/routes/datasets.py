@@ -18,7 +18,7 @@ from app.api.deps import Datasets, ProjectDep, Training
 from app.api.predict_io import loads_strict
 from app.api.schemas import DatasetCreate, DatasetList, DatasetPublic, ErrorBody
 from app.errors import InvalidInput, UnsupportedMediaType, shorten
-from app.training import DatasetRecord, DatasetStore, PairDatasetStore
+from app.training import DatasetRecord, DatasetStore, JsonlDatasetStore
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], dependencies=ADMIN)
 _ERRORS: dict[int | str, dict[str, object]] = {
@@ -118,9 +118,10 @@ async def create_dataset(
 
     Vector bases: a safetensors file (`inputs`, `targets`), or JSON `{inputs, targets}`.
     Text bases: text pairs `{"anchor", "positive"}`, as a JSONL or JSON-array file or body.
+    Decoder bases: SFT rows `{"messages": [...]}` or `{"prompt", "completion"}`, likewise.
     """
     content_type = request.headers.get("content-type", "")
-    text = isinstance(datasets, PairDatasetStore)
+    text = isinstance(datasets, JsonlDatasetStore)
     if content_type.startswith("multipart/form-data"):
         file = await _uploaded_file(request)
         data = await file.read()
@@ -133,7 +134,8 @@ async def create_dataset(
         record = await run_in_threadpool(_create_from_json, datasets, body, project)
     elif text:
         raise UnsupportedMediaType(
-            "a text base takes text pairs: multipart/form-data with a JSONL or JSON `file`, "
+            "a text base takes text pairs, a decoder base chat rows: multipart/form-data with "
+            "a JSONL or JSON `file`, "
             "or an application/json or application/jsonl body"
         )
     else:

@@ -280,9 +280,18 @@ class AdapterRegistry(RegistryWrites):
         try:
             return self.objects.read(key)
         except FileNotFoundError as exc:
-            with self.db.read() as conn:
+            # A delete removes the files before it commits, under the project's lock: wait for
+            # that lock so its outcome is settled, then read once more, since the same content
+            # may have been stored again meanwhile. Only a row whose file is still gone is broken.
+            with self.db.write() as conn:
+                catalog.lock_project(conn, record.project)
                 mine = catalog.has_version(conn, record.project, record.version)
                 other = catalog.by_id(conn, record.version)
+                if mine:
+                    try:
+                        return self.objects.read(key)
+                    except FileNotFoundError:
+                        pass
             if mine:
                 raise self._mark_broken(record, exc).broken_error(param) from exc
             self._forget_version(record.version)

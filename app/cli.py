@@ -19,6 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from safetensors.torch import save_file
 
 from app.cli_files import InputError, read_inputs, read_safetensors, read_text_dataset, write
+from app.cli_generate import add_generation_commands, chat, complete
 from app.client import Client, ServiceError
 
 # Exit statuses: the service failed or said no, or a file or option given by the user is wrong.
@@ -239,71 +240,6 @@ def _embed(args: argparse.Namespace, client: Client) -> None:
         write(args.out, lambda path: path.write_text(body))
 
 
-def _say(deltas: Iterator[str]) -> str:
-    """Print an answer as it arrives, each delta flushed, then a newline; the whole text."""
-    parts: list[str] = []
-    try:
-        for delta in deltas:
-            print(delta, end="", flush=True)
-            parts.append(delta)
-    except BaseException:
-        if parts:  # end the half-printed line, so the error starts on its own
-            print(flush=True)
-        raise
-    print(flush=True)
-    return "".join(parts)
-
-
-def _turns(given: str | None) -> Iterator[str]:
-    """The one message given, or lines from stdin until EOF or an empty line."""
-    if given is not None:
-        yield given
-        return
-    while True:
-        if sys.stdin.isatty():
-            print("> ", end="", file=sys.stderr, flush=True)
-        line = sys.stdin.readline()
-        if not line.strip():
-            return
-        yield line.rstrip("\n")
-
-
-def _sampling(args: argparse.Namespace) -> dict[str, Any]:
-    given = {"max_tokens": args.max_tokens, "temperature": args.temperature,
-             "top_p": args.top_p, "seed": args.seed}  # fmt: skip
-    return {k: v for k, v in given.items() if v is not None}
-
-
-def _chat(args: argparse.Namespace, client: Client) -> None:
-    options = _sampling(args)
-    history = [{"role": "system", "content": args.system}] if args.system else []
-    try:
-        for message in _turns(args.message):
-            history.append({"role": "user", "content": message})
-            if args.no_stream:
-                answer = client.chat(history, args.adapter, **options)
-                deltas = iter([answer["choices"][0]["message"]["content"]])
-            else:
-                deltas = client.chat_stream(history, args.adapter, **options)
-            history.append({"role": "assistant", "content": _say(deltas)})
-    except KeyboardInterrupt:  # how a person ends a conversation: no traceback
-        raise SystemExit(130) from None
-
-
-def _complete(args: argparse.Namespace, client: Client) -> None:
-    options = _sampling(args)
-    try:
-        for prompt in _turns(args.prompt):
-            if args.no_stream:
-                answer = client.complete(prompt, args.adapter, **options)
-                deltas = iter([answer["choices"][0]["text"]])
-            else:
-                deltas = client.complete_stream(prompt, args.adapter, **options)
-            _say(deltas)
-    except KeyboardInterrupt:
-        raise SystemExit(130) from None
-
-
 def _demo(args: argparse.Namespace, client: Client) -> None:
     from app.demo import run_from_args
 
@@ -312,6 +248,12 @@ def _demo(args: argparse.Namespace, client: Client) -> None:
 
 def _text_demo(args: argparse.Namespace, client: Client) -> None:
     from app.text_demo import run_from_args
+
+    run_from_args(client, args)
+
+
+def _chat_demo(args: argparse.Namespace, client: Client) -> None:
+    from app.chat_demo import run_from_args
 
     run_from_args(client, args)
 
@@ -377,19 +319,7 @@ def parser(settings: CliSettings | None = None) -> argparse.ArgumentParser:
     embed.add_argument("--model", help="an adapter (default: the base model)")
     embed.add_argument("--out", type=Path, help="write the JSON here; default: print it")
 
-    for command, what, text_help in (
-        ("chat", "chat with the base or an adapter", "the message; default: one a line from stdin, the conversation kept, until an empty line"),
-        ("complete", "continue a prompt with the base or an adapter", "the prompt; default: one a line from stdin, each on its own"),
-    ):  # fmt: skip
-        one = sub.add_parser(command, help=f"{what} (decoder bases), printed as it is generated")
-        one.add_argument("message" if command == "chat" else "prompt", nargs="?", help=text_help)
-        one.add_argument("--adapter", help="default: the base model")
-        if command == "chat":
-            one.add_argument("--system", help="a system message to begin the conversation")
-        for option, number in (("--max-tokens", int), ("--temperature", float),
-                               ("--top-p", float), ("--seed", int)):  # fmt: skip
-            one.add_argument(option, type=number, help="default: the service's")
-        one.add_argument("--no-stream", action="store_true", help="print the answer once whole")
+    add_generation_commands(sub)
 
     train = sub.add_parser("train", help="train an adapter from a dataset file")
     train.add_argument("name", help="the adapter to make")
@@ -422,6 +352,11 @@ def parser(settings: CliSettings | None = None) -> argparse.ArgumentParser:
 
     add_text_arguments(
         sub.add_parser("text-demo", help="the text example (a jargon adapter), over HTTP")
+    )
+    from app.chat_demo import add_arguments as add_chat_arguments
+
+    add_chat_arguments(
+        sub.add_parser("chat-demo", help="the chat example (SFT of a jargon adapter), over HTTP")
     )
     return top
 
@@ -485,9 +420,10 @@ def main(argv: list[str] | None = None) -> None:
         "jobs": _jobs,
         "demo": _demo,
         "embed": _embed,
-        "chat": _chat,
-        "complete": _complete,
+        "chat": chat,
+        "complete": complete,
         "text-demo": _text_demo,
+        "chat-demo": _chat_demo,
     }
     with failures_reported(args.url):
         local = {"serve": _serve, "worker": _worker, "migrate": _migrate}

@@ -73,8 +73,11 @@ def _embeddings(response: httpx.Response) -> Tensor:
     return torch.tensor([d["embedding"] for d in rows], dtype=torch.float32)
 
 
-def _pairs_jsonl(pairs: Sequence[tuple[str, str]]) -> bytes:
-    lines = (json.dumps({"anchor": a, "positive": p}) for a, p in pairs)
+def _pairs_jsonl(pairs: Sequence[tuple[str, str] | dict[str, Any]]) -> bytes:
+    """(anchor, positive) tuples as pairs; dict rows (chats) as they are."""
+    lines = (
+        json.dumps(r if isinstance(r, dict) else {"anchor": r[0], "positive": r[1]}) for r in pairs
+    )
     return ("\n".join(lines) + "\n").encode()
 
 
@@ -212,9 +215,12 @@ class _Operations:
         return self._request("POST", "/v1/embeddings", _embeddings, json=body)
 
     def upload_pairs(
-        self, pairs: Sequence[tuple[str, str]] | str | Path, filename: str = "pairs.jsonl"
+        self,
+        pairs: Sequence[tuple[str, str] | dict[str, Any]] | str | Path,
+        filename: str = "pairs.jsonl",
     ) -> Any:
-        """A JSONL/JSON dataset file, sent unchanged, or (anchor, positive) tuples.
+        """A JSONL/JSON dataset file, sent unchanged, or rows: (anchor, positive) tuples, or
+        dicts such as chat rows.
 
         Text bases take pairs {"anchor", "positive"}; decoder bases take chat rows
         {"messages": [...]} or {"prompt", "completion"}.

@@ -264,3 +264,15 @@ def test_generation_is_refused_on_a_vector_base(client: TestClient, tmp_path: Pa
     with TestClient(create_app(settings)) as c:
         answer = c.post("/v1/chat/completions", json={"messages": HELLO})
         assert answer.status_code == 422 and "/v1/predict" in answer.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [("/v1/embeddings", {"input": "Hello"}), ("/v1/predict", {"inputs": [[1.0, 2.0]]})],
+)
+def test_vector_and_embedding_routes_point_a_decoder_to_generation(
+    client: TestClient, path: str, body: dict
+) -> None:
+    answer = client.post(path, json=body)
+    assert answer.status_code == 422, answer.text
+    assert "/v1/chat/completions" in answer.json()["error"]["message"]

@@ -37,6 +37,12 @@ async def create_embeddings(
 ) -> Response:
     """One embedding per input text; `model` is an adapter's name or the base's."""
     start = time.perf_counter()
+    if base.causal is not None:
+        raise InvalidInput(
+            f"the base model {base.name!r} generates text; use POST /v1/chat/completions or "
+            "POST /v1/completions",
+            "input",
+        )
     if base.text is None:
         raise InvalidInput(
             f"the base model {base.name!r} takes vectors, not texts; use POST /v1/predict", "input"

@@ -68,6 +68,12 @@ async def predict(
     """Rows in, rows out; every answer carries Server-Timing (queue, model, total)."""
     start = time.perf_counter()
     input_dim = base.input_dim
+    if base.causal is not None:
+        raise InvalidInput(
+            f"the base model {base.name!r} generates text; use POST /v1/chat/completions or "
+            "POST /v1/completions",
+            "inputs",
+        )
     if input_dim is None:
         raise InvalidInput(
             f"the base model {base.name!r} takes texts, not vectors; use POST /v1/embeddings",

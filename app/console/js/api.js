@@ -24,10 +24,11 @@ export function whenUnauthorized(handler) { onUnauthorized = handler; }
 
 /**
  * Call the API. `json` sends a JSON body, `form` a FormData; the answer is its parsed JSON, or
- * the Response itself with `raw` (to read headers or a download). A non-2xx answer throws an
- * ApiError carrying the envelope's code and message.
+ * the Response itself with `raw` (to read headers, a download or a stream); `signal` (an
+ * AbortController's) stops it. A non-2xx answer throws an ApiError carrying the envelope's code
+ * and message.
  */
-export async function api(path, { method = "GET", json, form, headers = {}, raw = false } = {}) {
+export async function api(path, { method = "GET", json, form, headers = {}, raw = false, signal } = {}) {
   const sent = new Headers(headers);
   const held = key.get();
   if (held) sent.set("Authorization", `Bearer ${held}`);
@@ -40,8 +41,9 @@ export async function api(path, { method = "GET", json, form, headers = {}, raw 
   }
   let response;
   try {
-    response = await fetch(path, { method, headers: sent, body, cache: "no-store" });
+    response = await fetch(path, { method, headers: sent, body, cache: "no-store", signal });
   } catch (error) {
+    if (error.name === "AbortError") throw error; // the caller stopped it: not the service's fault
     throw new ApiError(0, "network_error", `the service did not answer: ${error.message}`);
   }
   if (!response.ok) {
@@ -58,6 +60,39 @@ export async function api(path, { method = "GET", json, form, headers = {}, raw 
   }
   if (raw) return response;
   return response.status === 204 ? null : response.json();
+}
+
+/**
+ * The data of each server-sent event of a streamed answer (`raw` Response), parsed, until
+ * `data: [DONE]`. An error sent mid-stream (`data: {"error": {...}}`) throws as an ApiError.
+ * EventSource cannot send the key header, so the stream is read from fetch's body.
+ */
+export async function* events(response) {
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  try {
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return; // closed without [DONE]: what came is all there is
+      buffer += value;
+      const blocks = buffer.split(/\r?\n\r?\n/); // events end with a blank line
+      buffer = blocks.pop();
+      for (const block of blocks) {
+        const data = block.split(/\r?\n/).filter((l) => l.startsWith("data:"))
+          .map((l) => l.slice(5).replace(/^ /, "")).join("\n");
+        if (!data) continue; // a comment or keep-alive
+        if (data === "[DONE]") return;
+        const parsed = JSON.parse(data);
+        if (parsed.error) {
+          const e = parsed.error;
+          throw new ApiError(0, e.code || "stream_error", e.message || "the answer broke off", e.param);
+        }
+        yield parsed;
+      }
+    }
+  } finally {
+    reader.cancel().catch(() => {}); // frees the connection when the reader stops early
+  }
 }
 
 /** `Server-Timing: queue;dur=1.2, model;dur=3.4` as {queue: 1.2, model: 3.4}. */

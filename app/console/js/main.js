@@ -6,15 +6,25 @@ import * as overview from "./overview.js";
 import * as adapters from "./adapters.js";
 import * as training from "./training.js";
 import * as tryit from "./tryit.js";
+import * as chat from "./chat.js";
 
-const tabs = { overview, adapters, training, try: tryit };
+const tabs = { overview, adapters, training, try: tryit, chat };
 let current = null;
 
 // Datasets and jobs are admin routes: a read-only key has no training tab.
 const ADMIN_TABS = new Set(["training"]);
+// Tabs only some families of base can use: try-it runs /v1/predict (mlp) and /v1/embeddings
+// (hf); chat needs a decoder (causal_lm).
+const FAMILY_TABS = { try: new Set(["mlp", "hf"]), chat: new Set(["causal_lm"]) };
+
+function usable(name) {
+  if (!(name in tabs)) return false;
+  if (ADMIN_TABS.has(name) && !session.canAdmin) return false;
+  return !(name in FAMILY_TABS) || FAMILY_TABS[name].has(session.family);
+}
 
 function showTab(name) {
-  if (!(name in tabs) || (ADMIN_TABS.has(name) && !session.canAdmin)) name = "overview";
+  if (!usable(name)) name = "overview";
   for (const panel of $$("[data-panel]")) panel.hidden = panel.dataset.panel !== name;
   for (const button of $$("#tabs button")) {
     button.setAttribute("aria-current", button.dataset.tab === name ? "page" : "false");
@@ -54,6 +64,7 @@ async function boot() {
   document.body.dataset.role = me.role;
   // Admin controls are removed from view for read-only keys; the server refuses them anyway.
   for (const node of $$(".admin")) node.hidden = !session.canAdmin;
+  for (const button of $$("#tabs button")) button.hidden = !usable(button.dataset.tab);
   $("#role").textContent = me.auth_enabled
     ? `${me.role === "api" ? "read-only" : me.role} key, project ${me.project}`
     : "auth off";

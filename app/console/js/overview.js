@@ -5,7 +5,7 @@ import { buckets, parse, quantile, total } from "./metrics.js";
 import { session } from "./state.js";
 
 const EVERY_MS = 2000;
-const PREDICTIONS = new Set(["/v1/predict", "/v1/embeddings"]);
+const PREDICTIONS = new Set(["/v1/predict", "/v1/embeddings", "/v1/completions", "/v1/chat/completions"]);
 const isPrediction = (labels) => PREDICTIONS.has(labels.route);
 let timer = null;
 let last = null; // the previous scrape, for rates
@@ -16,13 +16,22 @@ function facts(target, rows) {
   );
 }
 
+function inputsAndOutputs(m) {
+  if (m.family === "causal_lm") {
+    const asks = m.chat_template ? "chat messages or prompts" : "prompts (no chat template)";
+    return [["Inputs", `${asks}, up to ${m.context_length} tokens with the answer`],
+      ["Outputs", `text, from a vocabulary of ${m.vocab_size} tokens`]];
+  }
+  return [["Inputs", m.inputs === "texts" ? `texts, up to ${m.max_seq_length} tokens` : `vectors of ${m.input_dim}`],
+    ["Outputs", `${m.output_dim} values`]];
+}
+
 function showModel() {
   const m = session.model;
   facts($("#model-facts"), [
     ["Name", m.name],
     ["Architecture", `${m.architecture} (${m.family}, ${m.task})`],
-    ["Inputs", m.inputs === "texts" ? `texts, up to ${m.max_seq_length} tokens` : `vectors of ${m.input_dim}`],
-    ["Outputs", `${m.output_dim} values`],
+    ...inputsAndOutputs(m),
     ["Parameters", m.parameters.toLocaleString()],
     ["Device, dtype", `${m.device}, ${m.dtype}`],
     ["Layers LoRA can target", String(m.target_modules.length)],

@@ -3,5 +3,6 @@ export const session = {
   role: null, // "super", "admin" or "api"
   canAdmin: false, // api keys may only read and predict
   model: null, // GET /v1/model
+  get family() { return this.model === null ? null : this.model.family; }, // mlp, hf or causal_lm
   get textBase() { return this.model !== null && this.model.inputs === "texts"; },
 };

@@ -2,7 +2,7 @@
 // job's events), cancel; a finished job links to its adapter.
 import { api, path } from "./api.js";
 import { lossChart } from "./chart.js";
-import { $, confirmAction, el, explain, formatNumber, formatTime, notify } from "./dom.js";
+import { $, $$, confirmAction, el, explain, formatNumber, formatTime, notify } from "./dom.js";
 import { session } from "./state.js";
 import * as adapters from "./adapters.js";
 
@@ -12,6 +12,17 @@ const FINISHED = new Set(["succeeded", "failed", "cancelled"]);
 let initialized = false;
 let listTimer = null;
 let watched = null; // {id, after, chart, timer}
+// The validation figure each family's jobs report beside their losses, drawn on its own axis.
+const FIGURES = {
+  hf: { key: "validation_recall_at_1", label: "recall@1" },
+  causal_lm: { key: "validation_exact_match", label: "exact match" },
+};
+// What a dataset of each family holds.
+const DATASET_HINTS = {
+  hf: "Text pairs: JSONL or JSON rows {\"anchor\": ..., \"positive\": ...}.",
+  causal_lm: "SFT rows: JSONL or JSON, each {\"messages\": [{\"role\": ..., \"content\": ...}, ...]} "
+    + "or {\"prompt\": ..., \"completion\": ...}; the loss counts the answers' tokens only.",
+};
 
 function progressBar(job) {
   const p = job.progress;
@@ -154,7 +165,7 @@ function watch(id) {
   $("#watch-title").textContent = `Job ${id}`;
   $("#watch-events").replaceChildren();
   $("#watch-result").replaceChildren();
-  watched = { id, after: null, timer: null, chart: lossChart($("#watch-chart"), session.textBase) };
+  watched = { id, after: null, timer: null, chart: lossChart($("#watch-chart"), FIGURES[session.family]) };
   poll();
 }
 
@@ -220,10 +231,14 @@ export function init() {
 
 export function show() {
   const text = session.textBase;
-  $("#dataset-hint").textContent = text
-    ? "Text pairs: JSONL or JSON rows {\"anchor\": ..., \"positive\": ...}."
-    : `A safetensors file with tensors inputs (N, ${session.model.input_dim}) and targets (N, ${session.model.output_dim}).`;
+  $("#dataset-hint").textContent = DATASET_HINTS[session.family]
+    || `A safetensors file with tensors inputs (N, ${session.model.input_dim}) and targets (N, ${session.model.output_dim}).`;
   $("#dataset-file").accept = text ? ".jsonl,.json" : ".safetensors";
+  // Only the losses that fit this base's data are offered (the server checks it too).
+  for (const option of $$("#job-loss option[data-families]")) {
+    option.hidden = option.disabled = !option.dataset.families.split(" ").includes(session.family);
+  }
+  if ($("#job-loss").selectedOptions[0]?.disabled) $("#job-loss").value = "";
   $("#job-target-names").replaceChildren(
     ...session.model.target_modules.map((t) => el("option", { value: t.name })));
   loadDatasets();

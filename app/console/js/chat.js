@@ -1,0 +1,194 @@
+// Chat with a decoder base: the base or an adapter answers token by token, streamed from
+// POST /v1/chat/completions as server-sent events read through fetch (EventSource cannot send
+// the key). Compare mode sends each message to two models at once, side by side. Each pane
+// keeps its own conversation; Stop aborts the streams, Clear forgets the conversations.
+import { api, events } from "./api.js";
+import { $, $$, el, explain, formatNumber, notify } from "./dom.js";
+import { session } from "./state.js";
+
+let initialized = false;
+let panes = []; // {node, select, transcript, status, history: [{role, content}]}
+let running = null; // {controller, done} of the turn in flight
+
+async function loadModels() {
+  let list;
+  try {
+    list = await api("/v1/models");
+  } catch (error) {
+    notify(`Could not list the models: ${explain(error)}`, "error");
+    return;
+  }
+  const ids = list.data.map((m) => m.id);
+  panes.forEach((pane, i) => {
+    const keep = pane.select.value;
+    pane.select.replaceChildren(...list.data.map((m) => el("option", {
+      value: m.id, text: m.parent ? `${m.id} (adapter)` : `${m.id} (base model)`,
+    })));
+    // The first pane starts on the base, the second on the first adapter: a comparison at once.
+    pane.select.value = ids.includes(keep) ? keep : (ids[i] ?? ids[0] ?? "");
+  });
+}
+
+function sampling() {
+  const body = {};
+  const max = $("#chat-max-tokens").value.trim();
+  const temperature = $("#chat-temperature").value.trim();
+  if (max) body.max_tokens = Number(max);
+  if (temperature) body.temperature = Number(temperature);
+  return body;
+}
+
+/** The route and body of the next turn of `pane`'s conversation. */
+function request(pane, text) {
+  const system = $("#chat-system").value.trim();
+  const turns = [...pane.history, { role: "user", content: text }];
+  const common = {
+    model: pane.select.value, ...sampling(), stream: true, stream_options: { include_usage: true },
+  };
+  if (session.model.chat_template === false) {
+    // No template to format messages: the conversation so far is a prompt the model continues.
+    const prompt = [system, ...turns.map((m) => m.content)].filter(Boolean).join("\n");
+    return ["/v1/completions", { ...common, prompt }];
+  }
+  const messages = system ? [{ role: "system", content: system }, ...turns] : turns;
+  return ["/v1/chat/completions", { ...common, messages }];
+}
+
+function turn(role, label, text) {
+  const said = document.createTextNode(text); // tokens are appended to this one text node
+  const box = el("div", { class: "said" }, said);
+  const node = el("li", { class: `turn ${role}` }, el("span", { class: "who", text: label }), box);
+  return { node, box, said };
+}
+
+function setStatus(pane, text, kind = "hint") {
+  pane.status.textContent = text;
+  pane.status.className = `pane-status ${kind}`;
+}
+
+async function answer(pane, text, signal) {
+  const [route, body] = request(pane, text);
+  const history = pane.history;
+  const asked = turn("user", "you", text);
+  const reply = turn("assistant", body.model, "");
+  reply.node.classList.add("streaming");
+  pane.transcript.append(asked.node, reply.node);
+  reply.node.scrollIntoView({ block: "nearest" });
+  setStatus(pane, "answering...");
+  const started = performance.now();
+  let content = "";
+  let finish = null;
+  let usage = null;
+  try {
+    const response = await api(route, { method: "POST", json: body, raw: true, signal });
+    for await (const chunk of events(response)) {
+      if (chunk.usage) usage = chunk.usage;
+      const choice = chunk.choices && chunk.choices[0];
+      if (!choice) continue;
+      const piece = (choice.delta ? choice.delta.content : choice.text) || "";
+      if (piece) {
+        content += piece;
+        reply.said.appendData(piece);
+      }
+      if (choice.finish_reason) finish = choice.finish_reason;
+    }
+    history.push({ role: "user", content: text }, { role: "assistant", content });
+    const seconds = (performance.now() - started) / 1000;
+    const tokens = usage ? `${usage.completion_tokens} tokens in ` : "";
+    setStatus(pane, `${finish === "length" ? "cut at max tokens" : "finished"} (${finish || "done"}), ${tokens}${formatNumber(seconds, 2)} s`);
+  } catch (error) {
+    if (error.name === "AbortError") {
+      // What came before Stop stays, and the conversation goes on from it.
+      if (content) {
+        history.push({ role: "user", content: text }, { role: "assistant", content });
+      } else {
+        asked.node.classList.add("failed");
+        reply.box.remove();
+      }
+      reply.node.append(el("p", { class: "hint", text: content ? "stopped" : "stopped before the first token" }));
+      setStatus(pane, "stopped");
+    } else {
+      // A refused or broken turn stays in view but is not sent again with the next one.
+      asked.node.classList.add("failed");
+      reply.node.classList.add("failed");
+      if (!content) reply.box.remove();
+      reply.node.append(el("p", { class: "error", text: explain(error) }));
+      setStatus(pane, explain(error), "error");
+    }
+  } finally {
+    reply.node.classList.remove("streaming");
+  }
+}
+
+function setRunning(on) {
+  $("#chat-send").disabled = on;
+  $("#chat-stop").disabled = !on;
+}
+
+async function send(event) {
+  event.preventDefault();
+  const text = $("#chat-message").value.trim();
+  if (running || !text) return;
+  const active = panes.filter((pane) => !pane.node.hidden);
+  if (active.some((pane) => !pane.select.value)) {
+    notify("No model to ask: the list of models did not load.", "error");
+    return;
+  }
+  const controller = new AbortController();
+  $("#chat-message").value = "";
+  setRunning(true);
+  const done = Promise.all(active.map((pane) => answer(pane, text, controller.signal)));
+  running = { controller, done };
+  await done;
+  running = null;
+  setRunning(false);
+}
+
+async function stop() {
+  if (!running) return;
+  running.controller.abort();
+  await running.done;
+}
+
+async function clear() {
+  await stop();
+  for (const pane of panes) {
+    pane.history = [];
+    pane.transcript.replaceChildren();
+    setStatus(pane, "");
+  }
+}
+
+function compare() {
+  const on = $("#chat-compare").checked;
+  panes[1].node.hidden = !on;
+  $("#chat-panes").classList.toggle("two", on);
+}
+
+export function init() {
+  if (initialized) return;
+  initialized = true;
+  panes = $$("#chat-panes .pane").map((node) => ({
+    node, select: $("select", node), transcript: $(".transcript", node),
+    status: $(".pane-status", node), history: [],
+  }));
+  $("#chat-form").addEventListener("submit", send);
+  $("#chat-stop").addEventListener("click", stop);
+  $("#chat-clear").addEventListener("click", clear);
+  $("#chat-compare").addEventListener("change", compare);
+  $("#chat-message").addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      $("#chat-form").requestSubmit();
+    }
+  });
+}
+
+export function show() {
+  const m = session.model;
+  $("#chat-hint").textContent = m.chat_template === false
+    ? `${m.name} has no chat template: each turn sends the conversation so far as a plain prompt to /v1/completions, and the model continues it.`
+    : `Answers stream from /v1/chat/completions; ${m.name} holds ${m.context_length} tokens of prompt and answer together.`;
+  compare();
+  loadModels();
+}

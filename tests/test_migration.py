@@ -160,6 +160,8 @@ def test_an_older_store_and_jobs_db_come_through_unchanged(tmp_path: Path) -> No
     with running_server(tmp_path, base_model=str(base)) as server:
         after = snapshot(server.url, x)
     assert without_new_nulls(after, before) == before
+    assert (tmp_path / "data" / "jobs.db.imported").is_file()
+    assert (tmp_path / "adapters" / ".imported" / "first" / "adapter_model.safetensors").is_file()
 
 
 def without_new_nulls(after: object, before: object) -> object:
@@ -175,5 +177,3 @@ def without_new_nulls(after: object, before: object) -> object:
     if isinstance(after, list) and isinstance(before, list) and len(after) == len(before):
         return [without_new_nulls(a, b) for a, b in zip(after, before, strict=True)]
     return after
-    assert (tmp_path / "data" / "jobs.db.imported").is_file()
-    assert (tmp_path / "adapters" / ".imported" / "first" / "adapter_model.safetensors").is_file()

@@ -9,6 +9,7 @@ file's sha256 under DATA_DIR, and every later start loads that folder in seconds
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import tempfile
@@ -17,6 +18,8 @@ from pathlib import Path
 import torch
 
 from app.model.config import InvalidModelConfig
+
+log = logging.getLogger(__name__)
 
 # Offline model packages a .gguf can be named by: name -> (module, file inside it).
 KNOWN_GGUF = {
@@ -55,6 +58,7 @@ def converted_folder(gguf_file: Path, cache_dir: Path) -> Path:
     if (target / "model.safetensors").is_file():
         return target
     cache_dir.mkdir(parents=True, exist_ok=True)
+    log.info("converting %s into %s (once; later starts load the folder)", gguf_file, target)
     # Staged beside the target and renamed whole: a crash mid-conversion leaves no half folder.
     staging = Path(tempfile.mkdtemp(prefix=".gguf-", dir=cache_dir))
     try:

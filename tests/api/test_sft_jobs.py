@@ -54,7 +54,9 @@ def answer(client: TestClient, model: str, row: dict) -> str:
     return str(client.post("/v1/completions", json=body).json()["choices"][0]["text"])
 
 
-def test_an_sft_job_teaches_the_answers_and_serves_them_at_once(client: TestClient) -> None:
+def test_an_sft_job_teaches_the_answers_and_serves_them_at_once(
+    client: TestClient, tiny_llama: Path
+) -> None:
     data = upload(client, ROWS)
     base = client.get("/v1/model").json()["name"]
     before = [answer(client, base, r) for r in ROWS]
@@ -76,41 +78,39 @@ def test_an_sft_job_teaches_the_answers_and_serves_them_at_once(client: TestClie
     assert [answer(client, "taught", r) for r in ROWS] == references
     models = [m["id"] for m in client.get("/v1/models").json()["data"]]
     assert "taught" in models
+    assert_peft_answers_the_same(client, tiny_llama, "taught", ROWS, references)
 
 
-def test_sft_defaults_are_peft_s(client: TestClient) -> None:
-    data = upload(client, ROWS)
-    job = create(client, "defaults", data, hyperparameters={"epochs": 1}).json()
-    hp = job["hyperparameters"]
-    assert hp["loss"] == "sft"
-    assert hp["target_modules"] == [
-        f"model.layers.{i}.self_attn.{m}" for i in range(2) for m in ("q_proj", "v_proj")
-    ]
-    wait_for(client, job["id"], "succeeded", "failed", timeout=60)
-
-
-@pytest.mark.parametrize(
-    ("rows", "words"),
-    [
-        ([{"messages": [{"role": "user", "content": "hi"}]}], "row 0 has no assistant turn"),
-        ([ROWS[0], {"messages": [{"role": "tool", "content": "x"}]}], "row 1, message 0: role"),
-        ([{"anchor": "a", "positive": "b"}], 'must be {"messages": [...]} or'),
-        ([{"inputs": [[1.0]], "targets": [[1.0]]}], "must be"),
-    ],
-)
-def test_bad_sft_datasets_are_refused_and_nothing_is_stored(
-    client: TestClient, rows: list[object], words: str
+def assert_peft_answers_the_same(
+    client: TestClient, base_dir: Path, name: str, rows: list[dict], references: list[str]
 ) -> None:
-    data = "\n".join(json.dumps(r) for r in rows).encode()
-    response = client.post("/v1/datasets", files={"file": ("bad.jsonl", data)})
-    assert response.status_code == 422
-    assert words in response.json()["error"]["message"]
-    assert client.get("/v1/datasets").json()["data"] == []
+    """The trained adapter, downloaded, loads into PEFT, whose greedy answers are the same."""
+    import io
+    import tempfile
+    import zipfile
 
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-def test_a_vector_loss_on_a_decoder_is_refused(client: TestClient) -> None:
-    data = upload(client, ROWS)
-    response = create(client, "nope", data, hyperparameters={"loss": "mse"})
-    assert response.status_code == 422
-    assert "use one of ['sft']" in response.json()["error"]["message"]
-    assert client.get("/v1/fine-tuning/jobs").json()["data"] == []
+    folder = Path(tempfile.mkdtemp())
+    archive = client.get(f"/v1/adapters/{name}/download")
+    assert archive.status_code == 200
+    zipfile.ZipFile(io.BytesIO(archive.content)).extractall(folder)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), folder)
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    for row, reference in zip(rows, references, strict=True):
+        if "messages" in row:
+            text = tokenizer.apply_chat_template(
+                row["messages"][:-1], tokenize=False, add_generation_prompt=True
+            )
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        else:
+            ids = tokenizer(row["prompt"])["input_ids"]
+        prompt = torch.tensor([ids])
+        with torch.inference_mode():
+            out = model.eval().generate(prompt, attention_mask=torch.ones_like(prompt),
+                                        do_sample=False, max_new_tokens=12,
+                                        pad_token_id=tokenizer.eos_token_id)  # fmt: skip
+        new = out[0, prompt.shape[1] :]
+        assert tokenizer.decode(new, skip_special_tokens=True) == reference

@@ -65,6 +65,11 @@ class _Sequence:
         self.loop.call_soon_threadsafe(self.out.put_nowait, item)
 
 
+def _deliver(events: list[tuple[_Sequence, GenEvent]]) -> None:
+    for seq, event in events:
+        seq.out.put_nowait(event)
+
+
 class GenerationEngine:
     """Generates for many sequences at once on a decoder base; one thread does the steps."""
 
@@ -274,9 +279,16 @@ class GenerationEngine:
             rows = torch.tensor([r for _, r in sampled], dtype=torch.long, device=device)
             logits = self.forward.logits(hidden.index_select(0, rows)).cpu() if sampled else None
         self.steps += 1
+        # A step's events go to each event loop in one wake-up, not one per sequence: every
+        # wake-up takes the GIL from this thread between two of its ops.
+        events: dict[asyncio.AbstractEventLoop, list[tuple[_Sequence, GenEvent]]] = {}
         for j, (seq, _) in enumerate(sampled):
             assert logits is not None
-            self._advance(seq, logits[j])
+            event = self._advance(seq, logits[j])
+            if event is not None:
+                events.setdefault(seq.loop, []).append((seq, event))
+        for loop, batch in events.items():
+            loop.call_soon_threadsafe(_deliver, batch)
         self._running = [s for s in self._running if s.slot >= 0]
 
     def _plan(self, keys: list[str | None], running: list[_Sequence]) -> LinearFn | None:
@@ -298,8 +310,8 @@ class GenerationEngine:
         stack = self.predictor.stack_for({v: a for v, (_, a) in loaded.items()})
         return StackedBatch.build(keys, stack, self.base.device).linear()
 
-    def _advance(self, seq: _Sequence, logits: torch.Tensor) -> None:
-        """Sample the sequence's next token, send its text, and end it if it is done."""
+    def _advance(self, seq: _Sequence, logits: torch.Tensor) -> GenEvent | None:
+        """Sample the sequence's next token and end it if it is done; the event to send."""
         params = seq.params
         choice = choose(logits, params, seq.gen)
         seq.generated += 1
@@ -320,8 +332,10 @@ class GenerationEngine:
                 text += seq.stream.finish()
                 finish = "stop" if seq.stream.stopped else "length"
         seq.pending.append(choice)
+        event = None
         if text or finish is not None:
-            seq.send(GenEvent(text, tuple(seq.pending), finish))
+            event = GenEvent(text, tuple(seq.pending), finish)
             seq.pending = []
         if finish is not None:
             self._release(seq)
+        return event

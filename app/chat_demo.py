@@ -15,12 +15,11 @@ import json
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 from app.cli import demo_main
 from app.client import Client
-from app.text_demo import jargon_pairs
+from app.text_demo import add_demo_arguments, follow_job, jargon_pairs
 
 Print = Callable[[str], None]
 SYSTEM = "Translate Zorblish to English."
@@ -85,19 +84,9 @@ def run_chat_demo(
                        "learning_rate": learning_rate, "target_modules": TARGETS}  # fmt: skip
     job = client.create_job(name, train, validation, **hyperparameters)
     out(f"training {name!r} (job {job['id']}, SFT, all seven projections, rank 8)")
-    for event in client.follow(job["id"]):
-        data = event["data"] or {}
-        if event["type"] == "metrics":
-            out(
-                f"  epoch {data['epoch']}: train_loss {data['train_loss']:.4f}, validation_loss "
-                f"{data['validation_loss']:.4f}, exact match {data['validation_exact_match']:.3f}"
-            )
-        else:
-            out(f"  {event['message']}")
-    job = client.get_job(job["id"])
-    if job["status"] != "succeeded":
-        error = job["error"] or {}
-        raise SystemExit(f"error: the job {job['status']}: {error.get('message')}")
+    follow_job(client, job["id"], out, lambda d: (
+        f"validation_loss {d['validation_loss']:.4f}, exact match {d['validation_exact_match']:.3f}"
+    ))  # fmt: skip
     said = client.chat(test[0]["messages"][:2], name, temperature=0, max_tokens=24)
     out(f"adapter on {question!r}: {said['choices'][0]['message']['content']!r} "
         f"(reference {reference!r})")  # fmt: skip
@@ -108,12 +97,7 @@ def run_chat_demo(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by `python -m app.chat_demo` and `loraserve chat-demo`."""
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--learning-rate", type=float, default=2e-3)
-    parser.add_argument("--adapter-name", default=None, help="default: a new random name")
-    parser.add_argument(
-        "--write", type=Path, help="only write the train/validation/test JSONL files here"
-    )
+    add_demo_arguments(parser, epochs=2, learning_rate=2e-3)
 
 
 def run_from_args(client: Client, args: argparse.Namespace) -> None:

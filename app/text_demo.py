@@ -15,6 +15,7 @@ import random
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -100,32 +101,44 @@ def run_text_demo(
                        "learning_rate": learning_rate}  # fmt: skip
     job = client.create_job(name, train, validation, **hyperparameters)
     out(f"training {name!r} (job {job['id']}, query and value layers, rank 8)")
-    for event in client.follow(job["id"]):
-        data = event["data"] or {}
-        if event["type"] == "metrics":
-            out(
-                f"  epoch {data['epoch']}: train_loss {data['train_loss']:.4f}, validation "
-                f"recall@1 {data['validation_recall_at_1']:.3f}"
-            )
-        else:
-            out(f"  {event['message']}")
-    job = client.get_job(job["id"])
-    if job["status"] != "succeeded":
-        error = job["error"] or {}
-        raise SystemExit(f"error: the job {job['status']}: {error.get('message')}")
+    follow_job(
+        client, job["id"], out, lambda d: f"validation recall@1 {d['validation_recall_at_1']:.3f}"
+    )
     tuned = recall_at_1(client, splits["test"], name)
     out(f"adapter {name!r} recall@1 on the same held-out pairs: {tuned:.3f}")
     return {"base_recall_at_1": base, "adapter_recall_at_1": tuned}
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options shared by `python -m app.text_demo` and `loraserve text-demo`."""
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--learning-rate", type=float, default=3e-3)
+def follow_job(
+    client: Client, job_id: str, out: Print, validation: Callable[[dict[str, Any]], str]
+) -> None:
+    """Print a job's events as they come, each epoch's metrics with `validation`'s summary of
+    them; exit with the job's error unless it succeeded."""
+    for event in client.follow(job_id):
+        data = event["data"] or {}
+        if event["type"] == "metrics":
+            out(f"  epoch {data['epoch']}: train_loss {data['train_loss']:.4f}, {validation(data)}")
+        else:
+            out(f"  {event['message']}")
+    job = client.get_job(job_id)
+    if job["status"] != "succeeded":
+        error = job["error"] or {}
+        raise SystemExit(f"error: the job {job['status']}: {error.get('message')}")
+
+
+def add_demo_arguments(parser: argparse.ArgumentParser, epochs: int, learning_rate: float) -> None:
+    """The options every jargon example takes, with its own defaults."""
+    parser.add_argument("--epochs", type=int, default=epochs)
+    parser.add_argument("--learning-rate", type=float, default=learning_rate)
     parser.add_argument("--adapter-name", default=None, help="default: a new random name")
     parser.add_argument(
         "--write", type=Path, help="only write the train/validation/test JSONL files here"
     )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options shared by `python -m app.text_demo` and `loraserve text-demo`."""
+    add_demo_arguments(parser, epochs=5, learning_rate=3e-3)
 
 
 def run_from_args(client: Client, args: argparse.Namespace) -> None:

@@ -84,3 +84,26 @@ def write_tiny_causal_lm(
         saved.chat_template = None
     saved.save_pretrained(folder)
     return folder
+
+
+def write_tuned_adapter(
+    base: Path,
+    out: Path,
+    targets: tuple[str, ...] = ("q_proj", "v_proj", "down_proj"),
+    b_std: float = 0.5,
+) -> Path:
+    """A PEFT adapter (r 4, alpha 8) saved by PEFT, whose B is drawn instead of PEFT's zeros so
+    that it changes the base's answers."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(3)
+    model = AutoModelForCausalLM.from_pretrained(base)
+    tuned = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=list(targets)))
+    with torch.no_grad():
+        for name, p in tuned.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, b_std)
+    tuned.save_pretrained(out)
+    return out

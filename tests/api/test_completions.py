@@ -10,12 +10,12 @@ import openai
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from app.main import create_app
 from app.settings import Settings
-from tests.gen_helpers import tiny_tokenizer, write_tiny_causal_lm
+from tests.gen_helpers import tiny_tokenizer, write_tiny_causal_lm, write_tuned_adapter
 
 KEY = "gen-admin-key"
 HELLO = [{"role": "user", "content": "What is the capital of France?"}]
@@ -28,17 +28,7 @@ def base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def adapter_dir(tmp_path_factory: pytest.TempPathFactory, base_dir: Path) -> Path:
-    torch.manual_seed(3)
-    model = AutoModelForCausalLM.from_pretrained(base_dir)
-    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"])
-    peft_model = get_peft_model(model, config)
-    with torch.no_grad():
-        for name, p in peft_model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.5)  # PEFT starts B at zero: make the adapter change the answers
-    out = tmp_path_factory.mktemp("adapter")
-    peft_model.save_pretrained(out)
-    return out
+    return write_tuned_adapter(base_dir, tmp_path_factory.mktemp("adapter"))
 
 
 @pytest.fixture(scope="module")

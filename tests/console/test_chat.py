@@ -11,36 +11,18 @@ from pathlib import Path
 
 import httpx
 import pytest
-import torch
 from playwright.sync_api import Locator, Page, Route, expect
 
 from tests.console.conftest import open_tab, screenshot
 from tests.console.test_hostile import HOSTILE, assert_inert, fake_json
 from tests.console.test_training import start_job, upload_dataset
-from tests.gen_helpers import write_tiny_causal_lm
+from tests.gen_helpers import write_tiny_causal_lm, write_tuned_adapter
 from tests.server import Server, running_server
 
 KEY = "chat-admin-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 BASE = "tiny-llama"
 ENDED = re.compile(r"\((stop|length)\)")  # the pane's status once its stream has ended
-
-
-def write_adapter(base: Path, out: Path) -> Path:
-    """A PEFT adapter whose B is not zero, so it changes the base's answers."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(3)
-    model = AutoModelForCausalLM.from_pretrained(base)
-    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"])
-    tuned = get_peft_model(model, config)
-    with torch.no_grad():
-        for name, p in tuned.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.5)
-    tuned.save_pretrained(out)
-    return out
 
 
 def upload(url: str, name: str, folder: Path) -> None:
@@ -57,7 +39,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """The base's folder and an adapter's."""
     tmp = tmp_path_factory.mktemp("chat-files")
     base = write_tiny_causal_lm(tmp / BASE, "llama", seed=1)
-    return base, write_adapter(base, tmp / "adapter")
+    return base, write_tuned_adapter(base, tmp / "adapter")
 
 
 @pytest.fixture(scope="module")

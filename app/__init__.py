@@ -2,10 +2,9 @@
 
 import os
 
-# Torch's CPU kernels run on libgomp, whose idle workers spin for 300,000 rounds after every
-# parallel region before they sleep. In this service the event loop, the HTTP stack and those
-# workers share the cores, so the spinning takes CPU from the requests. Under wrk on two cores,
-# workers that sleep at once served 29% more one-row requests/s at c=64 than the default (33%
-# more over 64 adapters), for 6% more model time on a lone 256-row batch (bench/spin.py). Set
-# before torch loads libgomp, which reads it once; a value in the environment wins.
-os.environ.setdefault("GOMP_SPINCOUNT", "0")
+from app.openmp import choose_spin
+
+# libgomp reads its spin setting once, when torch loads it, so it is chosen here, from the
+# base model the environment names (app.openmp says why the families differ). The `loraserve`
+# command chooses again from its --base-model before it imports torch (app.launch).
+choose_spin(os.environ.get("LORASERVE_BASE_MODEL"))

@@ -8,7 +8,6 @@ each with its own adapter and KV cache slot.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -67,19 +66,6 @@ class CausalInfo:
     def encode(self, text: str) -> list[int]:
         """A completion prompt's token ids, special tokens added as the tokenizer does."""
         return list(self.tokenizer(text)["input_ids"])
-
-
-def is_causal_lm(folder: Path) -> bool:
-    """config.json names a *ForCausalLM / *LMHeadModel architecture."""
-    try:
-        raw = json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError, RecursionError):
-        return False
-    archs = raw.get("architectures") if isinstance(raw, dict) else None
-    return isinstance(archs, list) and any(
-        isinstance(a, str) and (a.endswith("ForCausalLM") or a.endswith("LMHeadModel"))
-        for a in archs
-    )
 
 
 def _eos_ids(model: nn.Module, tokenizer: Any) -> frozenset[int]:

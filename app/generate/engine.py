@@ -102,6 +102,7 @@ class GenerationEngine:
         self._thread: threading.Thread | None = None
         self.steps = 0
         self.tokens_generated = 0
+        self.tokens_prefilled = 0
 
     # -- the asyncio side ------------------------------------------------------------------
 
@@ -271,6 +272,7 @@ class GenerationEngine:
         sampled: list[tuple[_Sequence, int]] = [(s, i) for i, s in enumerate(decode)]
         for (seq, n), span in zip(prefilling, spans, strict=True):
             seq.prefilled += n
+            self.tokens_prefilled += n
             if seq.prefilled == len(seq.prompt):
                 sampled.append((seq, span.stop - 1))
         with torch.inference_mode():

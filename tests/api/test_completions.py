@@ -266,3 +266,27 @@ def test_vector_and_embedding_routes_point_a_decoder_to_generation(
     answer = client.post(path, json=body)
     assert answer.status_code == 422, answer.text
     assert "/v1/chat/completions" in answer.json()["error"]["message"]
+
+
+def _metrics(client: TestClient) -> dict[str, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = client.get("/metrics").text
+    return {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+
+
+def test_metrics_count_sequences_tokens_and_the_kv_cache(client: TestClient) -> None:
+    before = _metrics(client)
+    body = {"prompt": "The capital of France is", "max_tokens": 5, "ignore_eos": True}
+    answer = client.post("/v1/completions", json={"model": "qvd", **body, "temperature": 0})
+    assert answer.status_code == 200, answer.text
+    usage = answer.json()["usage"]
+    after = _metrics(client)
+    delta = lambda name: after[name] - before.get(name, 0.0)  # noqa: E731
+    assert delta("loraserve_generation_tokens_total") == usage["completion_tokens"] == 5
+    assert delta("loraserve_prompt_tokens_total") == usage["prompt_tokens"]
+    # The prompt is one prefill step; each later token is a decode step of its own.
+    assert delta("loraserve_generation_steps_total") == 5
+    assert after["loraserve_generation_running"] == after["loraserve_generation_waiting"] == 0
+    assert after["loraserve_kv_cache_budget_bytes"] == Settings().kv_cache_bytes
+    assert 0 <= after["loraserve_kv_cache_bytes"] <= after["loraserve_kv_cache_budget_bytes"]

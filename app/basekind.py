@@ -31,11 +31,11 @@ def is_causal_lm(folder: Path) -> bool:
 def names_decoder(base_model: str | Path | None) -> bool:
     """`base_model` (LORASERVE_BASE_MODEL's value) is a decoder: a causal-LM folder, a .gguf file
     or the name of a packaged .gguf. None (the embedded seed model) is not."""
-    if base_model is None or str(base_model) == "":
+    if base_model is None:
         return False
-    path = Path(base_model)
+    path = Path(base_model)  # as Settings reads it: "" is the working directory
     if path.is_file():
         return path.suffix == ".gguf"
     if path.is_dir():
         return is_causal_lm(path)
-    return str(base_model) in KNOWN_GGUF
+    return str(path) in KNOWN_GGUF

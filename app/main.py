@@ -23,6 +23,7 @@ from app.api.routes import api_router
 from app.engine import Batcher, ComputeThread, DirectRunner, Engine, OnBatch, Predictor
 from app.generate.engine import GenerationEngine
 from app.model import load_base_model, resolve_device
+from app.openmp import warn_if_unsuited
 from app.projects import Projects
 from app.settings import Settings
 from app.state.open import base_info, open_state
@@ -80,6 +81,7 @@ def build_services(
     projects = Projects(state.db, settings.registry_ttl_ms)
     generation = None
     if base.causal is not None:
+        warn_if_unsuited(decoder=True)
         generation = GenerationEngine(
             predictor, settings.kv_cache_bytes, settings.max_running_seqs,
             settings.prefill_chunk_tokens, settings.max_waiting_seqs,

@@ -10,12 +10,14 @@ rounds after each parallel region before they sleep. The two kinds of base want 
   and an idle core every time: served with 0, SmolLM2 made 69 tokens/s over 16 adapters and
   113 on the base; with libgomp's default, 125-131 and 141-147 (bench/generate.py). So: the default.
 A value the user sets wins. The value chosen here is marked in the environment too, so that a
-process this one starts (a server a benchmark launches, a training worker) chooses again for its
-own base instead of taking an inherited choice for the user's.
+process this one starts (a server that a benchmark or a test launches) chooses again for its own
+base instead of taking an inherited choice for the user's. To force a value on such a child,
+unset LORASERVE_CHOSE_GOMP_SPINCOUNT in its environment as well.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -25,6 +27,8 @@ from app.basekind import names_decoder
 SPIN_VAR = "GOMP_SPINCOUNT"
 MARK_VAR = "LORASERVE_CHOSE_GOMP_SPINCOUNT"  # holds the value choose_spin wrote
 NO_SPIN = "0"
+
+log = logging.getLogger(__name__)
 
 
 def choose_spin(base_model: str | Path | None) -> None:
@@ -39,3 +43,14 @@ def choose_spin(base_model: str | Path | None) -> None:
         os.environ.pop(MARK_VAR, None)
     else:
         os.environ[SPIN_VAR] = os.environ[MARK_VAR] = NO_SPIN
+
+
+def warn_if_unsuited(decoder: bool) -> None:
+    """Log a warning when a decoder is served with the no-spin this module chose for another
+    base: the process decided before it knew its base (`python -m app.cli`, a Ray replica)."""
+    if decoder and os.environ.get(SPIN_VAR) == NO_SPIN == os.environ.get(MARK_VAR):
+        log.warning(
+            "this decoder base runs with GOMP_SPINCOUNT=0, chosen before the base was known, and "
+            "generates up to 1.8x slower; start it with LORASERVE_BASE_MODEL set, or through "
+            "`loraserve serve --base-model`, or set GOMP_SPINCOUNT=300000"
+        )

@@ -325,7 +325,7 @@ def peft_app() -> Any:
 
 
 def median_round(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """The sample with the median tokens/s (the middle one of an odd count)."""
+    """The sample with the median tokens/s (the lower middle one of an even count)."""
     ranked = sorted(samples, key=lambda r: r["tokens_per_s"])
     return {**ranked[(len(ranked) - 1) // 2], "rounds": [r["tokens_per_s"] for r in samples]}
 
@@ -375,6 +375,8 @@ def main() -> None:
         "--out", type=Path, default=ROOT / "bench" / "results" / "generate-cpu.json"
     )
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = known_gguf("SmolLM2-135M-Instruct")

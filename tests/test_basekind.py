@@ -40,8 +40,9 @@ def test_files_names_and_defaults(tmp_path: Path) -> None:
     assert names_decoder(gguf)
     assert not names_decoder(weights)
     assert names_decoder("SmolLM2-135M-Instruct")
+    assert names_decoder("SmolLM2-135M-Instruct/")  # the loader reads it as a Path too
     assert not names_decoder("all-MiniLM-L6-v2")
     assert not names_decoder(str(tmp_path / "missing"))
     assert not names_decoder(EMBEDDED_MODEL)
     assert not names_decoder(None)
-    assert not names_decoder("")
+    assert not names_decoder("")  # the working directory, as Settings reads it

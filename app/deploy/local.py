@@ -23,6 +23,7 @@ def start_local_ray(num_cpus: int | None = None) -> None:
     import ray
 
     ray.init(
+        address="local",  # a new cluster, even where one already runs on this machine
         num_cpus=num_cpus,
         include_dashboard=False,
         _node_ip_address="127.0.0.1",

@@ -56,7 +56,7 @@ sys.path[:] = [str(ROOT), *(p for p in sys.path if Path(p or ".").resolve() != H
 from app.client import Client  # noqa: E402
 from app.model.gguf import converted_folder, known_gguf  # noqa: E402
 from bench.embeddings import texts  # noqa: E402
-from bench.harness import bin_path, server  # noqa: E402
+from bench.harness import bin_path, lua_strings, server, wrk_exe  # noqa: E402
 
 PROMPT_TOKENS, NEW_TOKENS, STREAMS, N_ADAPTERS, RANK = 64, 128, 16, 16, 8
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
@@ -161,11 +161,9 @@ def write_adapters(model: Any, root: Path, n: int) -> list[Path]:
 def wrk_load(url: str, bodies: list[bytes], min_s: float, every: int, max_s: float) -> dict:
     """Load by wrk (STREAMS connections) for at least min_s, then up to the next completion
     that is a multiple of `every`; tokens/s over the completions up to it."""
-    exe = shutil.which("wrk")
-    assert exe, "wrk is not installed (apt-get install wrk)"
-    quoted = ",\n".join(f"[==[{b.decode()}]==]" for b in bodies)
+    exe = wrk_exe()
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
-        f.write(_LUA % (quoted, COMPLETIONS))
+        f.write(_LUA % (lua_strings(bodies), COMPLETIONS))
     cmd = [exe, "-t", "1", "-c", str(STREAMS), "-d", f"{round(max_s)}s", "--timeout",
            f"{round(max_s)}s", "-s", f.name, url]  # fmt: skip
     load = os.getloadavg()[0]

@@ -65,12 +65,22 @@ def bin_path(name: str) -> str:
     return str(Path(sys.executable).parent / name)
 
 
+def wrk_exe() -> str:
+    exe = shutil.which("wrk")
+    assert exe, "wrk is not installed (apt-get install wrk)"
+    return exe
+
+
+def lua_strings(bodies: Sequence[bytes]) -> str:
+    """`bodies` as the items of a Lua table, long-bracket quoted (JSON needs no escaping there)."""
+    return ",\n".join(f"[==[{b.decode()}]==]" for b in bodies)
+
+
 def wrk_script(path: str, bodies: Sequence[bytes], content_type: str = "application/json") -> str:
     """A wrk Lua script that POSTs `bodies` in turn, each connection starting at its own offset."""
-    quoted = ",\n".join(f"[==[{b.decode()}]==]" for b in bodies)
     return f"""
 local bodies = {{
-{quoted}
+{lua_strings(bodies)}
 }}
 local headers = {{["Content-Type"] = "{content_type}"}}
 local i = 0
@@ -106,8 +116,7 @@ def wrk_get_script() -> str:
 
 def wrk(url: str, script: str, connections: int, duration_s: float, threads: int = 1) -> dict:
     """Run wrk; requests/s, latency percentiles (ms), and every failed request counted."""
-    exe = shutil.which("wrk")
-    assert exe, "wrk is not installed (apt-get install wrk)"
+    exe = wrk_exe()
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(script)
     try:

@@ -12,7 +12,8 @@ import pytest
 
 from app.launch import base_model_arg
 
-SHOW = "import os, sys; print(os.environ.get('GOMP_SPINCOUNT'), 'torch' in sys.modules)"
+PRINT = "print(os.environ.get('GOMP_SPINCOUNT'), 'torch' in sys.modules)"
+SHOW = f"import os, sys; {PRINT}"
 
 
 def _decoder(tmp_path: Path) -> Path:
@@ -63,7 +64,7 @@ def test_the_command_chooses_from_base_model_before_torch_loads(tmp_path: Path) 
     folder = _decoder(tmp_path)
     code = (
         "import sys, types\n"
-        f"fake = types.ModuleType('app.cli'); fake.main = lambda argv: ({SHOW.split('; ', 1)[1]})\n"
+        f"fake = types.ModuleType('app.cli'); fake.main = lambda argv: {PRINT}\n"
         "sys.modules['app.cli'] = fake\n"
         f"sys.argv = ['loraserve', 'serve', '--port', '9', '--base-model', {str(folder)!r}]\n"
         "import app.launch; app.launch.main()"

@@ -31,7 +31,9 @@ class BodyGuard:
     `limit_for(method, path, content_type)` gives the route's cap in bytes. A declared
     Content-Length over it is refused before a byte is read (and before the auth check, if the
     key is wrong: RequestContext's neighbours answer 401 first); a chunked body is cut off as it
-    streams in. The whole body must arrive within `timeout_s` of the request's start.
+    streams in. The whole body must arrive within `timeout_s` of the request's start; after its
+    last part, `receive()` is the app's wait for a disconnect (a streamed answer listens for one
+    as long as it runs), so the deadline no longer applies.
     """
 
     def __init__(
@@ -56,10 +58,13 @@ class BodyGuard:
             await response(scope, receive, send)
             return
         seen = 0
+        complete = False
         deadline = time.monotonic() + self.timeout_s
 
         async def guarded_receive() -> Message:
-            nonlocal seen
+            nonlocal seen, complete
+            if complete:
+                return await receive()
             try:
                 async with asyncio.timeout(deadline - time.monotonic()):
                     message = await receive()
@@ -70,6 +75,7 @@ class BodyGuard:
             seen += len(message.get("body", b""))
             if seen > max_bytes:
                 raise HTTPException(413, _too_large(max_bytes))
+            complete = message["type"] != "http.request" or not message.get("more_body", False)
             return message
 
         await self.app(scope, guarded_receive, send)

@@ -1,13 +1,22 @@
-"""Limits that are settings: adapters on disk, queued jobs (the others live beside their routes)."""
+"""Limits that are settings: adapters on disk, queued jobs, the body deadline (the others live
+beside their routes)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import AsyncIterator
 
 import torch
 from fastapi.testclient import TestClient
 from safetensors.torch import save
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import StreamingResponse
+from starlette.routing import Route
+from starlette.types import Message
 
+from app.api.limits import BodyGuard
 from app.main import create_app
 from tests.api.conftest import make_files, snapshot, upload
 
@@ -55,3 +64,53 @@ def test_queued_jobs_are_capped_with_retry_after(settings) -> None:
         assert refused.headers["retry-after"] == "10"
         for job in client.get("/v1/fine-tuning/jobs").json()["data"]:
             client.post(f"/v1/fine-tuning/jobs/{job['id']}/cancel")
+
+
+def _slow_stream_app(timeout_s: float) -> BodyGuard:
+    """A route that reads its body, then streams for longer than the body's deadline."""
+
+    async def slow(request: Request) -> StreamingResponse:
+        await request.body()
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for i in range(5):
+                await asyncio.sleep(timeout_s / 2)
+                yield f"chunk {i}\n".encode()
+
+        return StreamingResponse(chunks(), media_type="text/plain")
+
+    app = Starlette(routes=[Route("/stream", slow, methods=["POST"])])
+    return BodyGuard(app, limit_for=lambda *_: 1024, timeout_s=timeout_s)
+
+
+def test_a_stream_outlives_the_body_deadline() -> None:
+    # The streamed answer listens for a disconnect through receive() as long as it runs; the
+    # body's deadline must end with the body, or every stream dies BODY_TIMEOUT_S in.
+    with TestClient(_slow_stream_app(timeout_s=0.2)) as client:
+        answer = client.post("/stream", content=b"{}")
+    assert answer.status_code == 200
+    assert answer.text == "".join(f"chunk {i}\n" for i in range(5))
+
+
+def test_a_body_that_arrives_too_slowly_is_still_refused() -> None:
+    parts = [b"{", b"}"]
+
+    async def trickle() -> Message:
+        await asyncio.sleep(0.5)  # each part, over the 0.2 s the whole body has
+        body = parts.pop(0)
+        return {"type": "http.request", "body": body, "more_body": bool(parts)}
+
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/stream",
+        "headers": [],
+        "query_string": b"",
+    }
+    asyncio.run(_slow_stream_app(timeout_s=0.2)(scope, trickle, send))
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 408

@@ -90,15 +90,29 @@ def _first_error(exc: ValidationError) -> str:
     return f"{where}: {error['msg']}" if where else str(error["msg"])
 
 
+def _adapter_row(a: dict[str, Any]) -> str:
+    """One line of `adapters list`: a broken adapter's unknown fields are '-', then its error."""
+
+    def shown(key: str, spec: str) -> str:
+        return "-" if a.get(key) is None else format(a[key], spec)
+
+    modules = ",".join(a["target_modules"]) if a.get("target_modules") else "-"
+    if a.get("error"):
+        modules += f"  ({a['error'].get('code')}: {a['error'].get('message')})"
+    return (
+        f"{a['name']:32s} {a.get('status', '-'):6s} {shown('rank', 'd'):>4s} "
+        f"{shown('alpha', 'g'):>6s} {a.get('source', '-'):8s} {shown('size_bytes', 'd'):>10s} "
+        f"{modules}"
+    )
+
+
 def _adapters(args: argparse.Namespace, client: Client) -> None:
     if args.action == "list":
-        rows = client.list_adapters()
-        print(f"{'name':32s} {'rank':>4s} {'alpha':>6s} {'source':8s} {'bytes':>10s} modules")
-        for a in rows:
-            print(
-                f"{a['name']:32s} {a['rank']:>4d} {a['alpha']:>6g} {a['source']:8s} "
-                f"{a['size_bytes']:>10d} {','.join(a['target_modules'])}"
-            )
+        print(
+            f"{'name':32s} {'status':6s} {'rank':>4s} {'alpha':>6s} {'source':8s} {'bytes':>10s} modules"
+        )
+        for a in client.list_adapters():
+            print(_adapter_row(a))
     elif args.action == "upload":
         for name in ("adapter_config.json", "adapter_model.safetensors"):
             if not (args.path / name).is_file():

@@ -8,12 +8,17 @@ import sys
 import types
 from pathlib import Path
 
+import httpx
 import pytest
 import torch
+from fastapi.testclient import TestClient
 from safetensors.torch import save_file
 
+import app.cli as app_cli
 from app.cli import EXIT_SERVICE, EXIT_USAGE, main
+from app.main import create_app
 from app.settings import Settings
+from tests.helpers import adapter_files, lora_tensors, peft_config, write_base_model
 
 
 @pytest.fixture
@@ -189,3 +194,38 @@ def test_a_missing_or_malformed_file_is_a_usage_error(
     code, err = fails(["--url", closed_url, *argv], capsys)
     assert code == EXIT_USAGE
     assert_one_error_line(err, *words)
+
+
+def test_adapters_list_shows_a_broken_adapter_readably(tmp_path: Path, monkeypatch, capsys) -> None:
+    """An adapter made for another base (it targets a layer this base lacks) is listed
+    with status broken and '-' where its rank, alpha and modules cannot be known."""
+    state = {"adapters_dir": tmp_path / "adapters", "data_dir": tmp_path / "data", "device": "cpu"}
+    two_layers = Settings(base_model=write_base_model(tmp_path / "two", [16, 8, 4]), **state)
+    one_layer = Settings(base_model=write_base_model(tmp_path / "one", [16, 8]), **state)
+    config = peft_config(2, 4, ["layer2"])
+    weights = adapter_files(config, lora_tensors([16, 8, 4], ["layer2"], 2, 0))
+    names = {"config": ("c.json", weights[0]), "weights": ("w.safetensors", weights[1])}
+    with TestClient(create_app(two_layers)) as c:
+        assert c.post("/v1/adapters", data={"name": "two-layer"}, files=names).status_code == 201
+    with TestClient(create_app(one_layer)) as c:
+        listing = c.get("/v1/adapters")
+    (broken,) = listing.json()["data"]
+    assert broken["status"] == "broken" and broken["rank"] is None  # what the CLI is given
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        assert request.url.path == "/v1/adapters"
+        return httpx.Response(200, content=listing.content, headers=listing.headers)
+
+    real_client = app_cli.Client
+    monkeypatch.setattr(
+        app_cli,
+        "Client",
+        lambda url, api_key=None: real_client(url, api_key, transport=httpx.MockTransport(answer)),
+    )
+    capsys.readouterr()  # the apps' log lines
+    main(["--url", "http://127.0.0.1:9", "adapters", "list"])
+    out = capsys.readouterr()
+    header, row = out.out.splitlines()
+    assert header.split()[:3] == ["name", "status", "rank"]
+    assert row.split()[:6] == ["two-layer", "broken", "-", "-", "upload", str(broken["size_bytes"])]
+    assert broken["error"]["code"] in row and not out.err

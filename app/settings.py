@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     max_running_seqs: int = Field(default=32, ge=1)
     prefill_chunk_tokens: int = Field(default=256, ge=16)
     max_waiting_seqs: int = Field(default=256, ge=1)
+    # Sequences (prompts times n) one request may ask for; more is a 422 at once.
+    max_seqs_per_request: int = Field(default=64, ge=1)
     generation_queue_timeout_s: float = Field(default=30.0, gt=0)
     # `loraserve serve` listens here; UVICORN_HOST/UVICORN_PORT are read too, as plain uvicorn does.
     host: str = Field(

@@ -6,6 +6,11 @@ joins at the next step: its prompt is prefilled in chunks beside the running seq
 tokens, so they keep getting tokens while a long prompt goes in. Every step is one forward with
 many adapters, the plan mapping each row (a decode token, or a prefill chunk's tokens) to its
 sequence's adapter. A sequence leaves when it stops, or at the next step after its client went.
+Which waiting sequence joins next is fair between projects and requests (app.generate.waiting).
+
+Failures stay where they happen: a sequence whose sampling fails ends alone; a step that fails
+ends the step's sequences. Clients hear a generic message; the log has the cause and the
+request ids.
 """
 
 from __future__ import annotations
@@ -16,7 +21,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 
 import torch
 
@@ -24,50 +28,16 @@ from app.engine.predictor import Mode, Predictor
 from app.errors import InvalidInput, QueueFull, ServiceUnavailable
 from app.generate.detok import TextStream
 from app.generate.forward import DecoderForward, Span, Step
-from app.generate.sampling import Choice, SamplingParams, choose, new_generator
+from app.generate.sampling import SamplingParams, new_generator
+from app.generate.sequence import GenEvent, Sequence, SequenceEvents, deliver
+from app.generate.waiting import RequestGroup, WaitingRoom
+
+__all__ = ["GenEvent", "GenerationEngine", "SequenceEvents"]
 from app.lora import LinearFn, StackedBatch, merged_linear, plan_scope, unmerged_linear
 
 log = logging.getLogger("app.generate")
-
-
-@dataclass(frozen=True)
-class GenEvent:
-    """What one step gave a sequence: new text, its tokens, and why it ended (if it did)."""
-
-    text: str
-    tokens: tuple[Choice, ...]
-    finish_reason: str | None = None  # "stop" or "length" on the last event
-
-
-@dataclass
-class _Sequence:
-    prompt: list[int]
-    version: str | None
-    mode: Mode
-    params: SamplingParams
-    stream: TextStream
-    loop: asyncio.AbstractEventLoop
-    out: asyncio.Queue[GenEvent | BaseException]
-    enqueued: float
-    slot: int = -1
-    prefilled: int = 0  # prompt tokens already in the cache
-    generated: int = 0
-    last: int = -1  # the token the next decode step feeds
-    cancelled: bool = False
-    gen: torch.Generator = field(default_factory=torch.Generator)
-    pending: list[Choice] = field(default_factory=list)
-
-    @property
-    def reserved(self) -> int:
-        return len(self.prompt) + self.params.max_tokens
-
-    def send(self, item: GenEvent | BaseException) -> None:
-        self.loop.call_soon_threadsafe(self.out.put_nowait, item)
-
-
-def _deliver(events: list[tuple[_Sequence, GenEvent]]) -> None:
-    for seq, event in events:
-        seq.out.put_nowait(event)
+# What a client hears when its sequence fails inside the engine (the log has the cause).
+_FAILED = "generation failed on the server; it logged why under this request's id"
 
 
 class GenerationEngine:
@@ -81,6 +51,7 @@ class GenerationEngine:
         prefill_chunk_tokens: int,
         max_waiting_seqs: int,
         queue_timeout_s: float,
+        max_seqs_per_request: int = 64,
     ) -> None:
         base = predictor.base
         assert base.causal is not None, "generation needs a causal_lm base"
@@ -94,9 +65,10 @@ class GenerationEngine:
         self.max_running = max_running_seqs
         self.chunk = prefill_chunk_tokens
         self.max_waiting = max_waiting_seqs
+        self.max_per_request = min(max_seqs_per_request, max_waiting_seqs)
         self.queue_timeout_s = queue_timeout_s
-        self._waiting: deque[_Sequence] = deque()
-        self._running: list[_Sequence] = []
+        self._room: WaitingRoom[Sequence] = WaitingRoom(max_waiting_seqs)
+        self._running: list[Sequence] = []
         self._cond = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -108,14 +80,14 @@ class GenerationEngine:
 
     @property
     def waiting(self) -> int:
-        return len(self._waiting)
+        return self._room.size
 
     @property
     def running(self) -> int:
         return len(self._running)
 
     def check_fits(self, prompt_tokens: int, max_tokens: int) -> None:
-        """422 for a request the context or the whole KV cache could never hold."""
+        """422 for a sequence the context or the whole KV cache could never hold."""
         total = prompt_tokens + max_tokens
         if total > self.info.context_length:
             raise InvalidInput(
@@ -131,42 +103,80 @@ class GenerationEngine:
                 "max_tokens",
             )
 
-    async def generate(
-        self, prompt: list[int], version: str | None, params: SamplingParams, mode: Mode = "auto"
-    ) -> AsyncIterator[GenEvent]:
-        """Events of one sequence until it ends; closing the iterator frees it."""
-        self.check_fits(len(prompt), params.max_tokens)
+    def check_request(self, sizes: list[tuple[int, int]], param: str = "n") -> None:
+        """422 for a request whose sequences (prompt tokens, max_tokens) could never all be
+        served: one over the context, more than a request may hold, more KV than the budget."""
+        for prompt_tokens, max_tokens in sizes:
+            self.check_fits(prompt_tokens, max_tokens)
+        reserved = [p + m for p, m in sizes]
+        if len(reserved) > self.max_per_request:
+            raise InvalidInput(
+                f"the request asks for {len(reserved)} sequences (prompts times n); this "
+                f"server takes at most {self.max_per_request} per request",
+                param,
+            )
+        total, budget = sum(reserved), self.cache.budget_bytes // self.cache.bytes_per_token
+        if total > budget:
+            raise InvalidInput(
+                f"the request's {len(reserved)} sequences reserve {total} tokens of KV cache "
+                f"(prompt plus max_tokens each); this server's KV_CACHE_BYTES holds {budget}",
+                "max_tokens",
+            )
+
+    def submit(
+        self,
+        prompts: list[tuple[list[int], SamplingParams]],
+        version: str | None,
+        mode: Mode = "auto",
+        project: str = "",
+        request_id: str | None = None,
+    ) -> list[SequenceEvents]:
+        """Queue one request's sequences, all or none; each one's events until it ends."""
+        self.check_request([(len(p), params.max_tokens) for p, params in prompts])
         loop = asyncio.get_running_loop()
-        seq = _Sequence(
-            prompt=prompt,
-            version=version,
-            mode=mode,
-            params=params,
-            stream=TextStream(self.info.tokenizer, params.stop),
-            loop=loop,
-            out=asyncio.Queue(),
-            enqueued=time.monotonic(),
-            gen=new_generator(params.seed),
-        )
+        group: RequestGroup[Sequence] = RequestGroup(project, deque())
+        for prompt, params in prompts:
+            seq = Sequence(
+                prompt=prompt,
+                version=version,
+                mode=mode,
+                params=params,
+                stream=TextStream(self.info.tokenizer, params.stop),
+                loop=loop,
+                out=asyncio.Queue(),
+                group=group,
+                request_id=request_id,
+                gen=new_generator(params.seed),
+            )
+            group.waiting.append(seq)
         with self._cond:
             if self._stopping:
                 raise ServiceUnavailable("the server is shutting down")
-            if len(self._waiting) >= self.max_waiting:
+            if not self._room.room_for(project, len(group.waiting)):
                 raise QueueFull(
-                    f"the generation queue is full ({len(self._waiting)} waiting); retry shortly"
+                    f"the generation queue is full ({self._room.size} sequences waiting); "
+                    "retry shortly"
                 )
-            self._waiting.append(seq)
+            self._room.add(group)
             self._cond.notify()
+        return [SequenceEvents(seq, self._cancel) for seq in group.waiting]
+
+    async def generate(
+        self, prompt: list[int], version: str | None, params: SamplingParams, mode: Mode = "auto"
+    ) -> AsyncIterator[GenEvent]:
+        """One sequence's events until it ends (a request of one); closing it frees it."""
+        (events,) = self.submit([(prompt, params)], version, mode)
         try:
-            while True:
-                item = await seq.out.get()
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-                if item.finish_reason is not None:
-                    return
+            async for event in events:
+                yield event
         finally:
-            seq.cancelled = True  # a client gone or done: freed at the next step
+            events.close()
+
+    def _cancel(self, seq: Sequence) -> None:
+        """A client gone or done: a waiting sequence leaves now, a running one at the next step."""
+        seq.cancelled = True
+        with self._cond:
+            self._room.discard(seq, seq.group)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="generate", daemon=True)
@@ -184,7 +194,7 @@ class GenerationEngine:
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not self._stopping and not self._waiting and not self._running:
+                while not self._stopping and not self._room.size and not self._running:
                     self._cond.wait()
                 if self._stopping:
                     break
@@ -194,32 +204,30 @@ class GenerationEngine:
                 continue
             try:
                 self._step()
-            except Exception as exc:  # one bad step fails its sequences, never the thread
-                log.exception("generation step failed")
+            except Exception:  # one bad step fails its sequences, never the thread
+                ids = sorted({s.request_id or "-" for s in self._running})
+                log.exception("generation step failed; requests %s", ", ".join(ids))
                 for seq in self._running:
-                    seq.send(ServiceUnavailable(f"generation failed: {exc}"))
+                    seq.send(ServiceUnavailable(_FAILED))
                     self._release(seq)
                 self._running = []
-        for seq in [*self._running, *self._waiting]:
+        with self._cond:
+            waiting = self._room.drain()
+        for seq in [*self._running, *waiting]:
             seq.send(ServiceUnavailable("the server is shutting down"))
 
     def _admit(self) -> None:
-        """Waiting sequences join, oldest first, while slots and cache bytes allow."""
-        now = time.monotonic()
-        while self._waiting:
-            seq = self._waiting[0]
-            if seq.cancelled:
-                self._waiting.popleft()
-                continue
-            if len(self._running) < self.max_running and self.cache.fits(seq.reserved):
-                self._waiting.popleft()
-                seq.slot = self.cache.allocate(seq.reserved)
-                self._running.append(seq)
-                continue
-            break
-        for seq in list(self._waiting):  # bounded waits: never an unbounded queue
-            if now - seq.enqueued > self.queue_timeout_s:
-                self._waiting.remove(seq)
+        """Waiting sequences join, the fairest first, while slots and cache bytes allow."""
+        while (head := self._room.peek()) is not None:
+            seq, group = head
+            if len(self._running) >= self.max_running or not self.cache.fits(seq.reserved):
+                break  # the fairest waits for room: skipping it could starve long prompts
+            self._room.pop(seq, group)
+            seq.slot = self.cache.allocate(seq.reserved)
+            self._running.append(seq)
+        # Bounded waits: a request none of whose sequences could join in time hears so.
+        for group in self._room.expired(time.monotonic(), self.queue_timeout_s):
+            for seq in group.waiting:
                 seq.send(
                     QueueFull(
                         f"no room in the KV cache for {self.queue_timeout_s:g} s "
@@ -227,10 +235,12 @@ class GenerationEngine:
                     )
                 )
 
-    def _release(self, seq: _Sequence) -> None:
+    def _release(self, seq: Sequence) -> None:
         if seq.slot >= 0:
             self.cache.release(seq.slot)
             seq.slot = -1
+            with self._cond:
+                self._room.finished(seq.group)
 
     def _step(self) -> None:
         gone = [s for s in self._running if s.cancelled]
@@ -246,7 +256,7 @@ class GenerationEngine:
         positions: list[int] = [len(s.prompt) + s.generated - 1 for s in decode]
         keys: list[str | None] = [s.version for s in decode]
         spans: list[Span] = []
-        prefilling: list[tuple[_Sequence, int]] = []
+        prefilling: list[tuple[Sequence, int]] = []
         for seq in running:
             if seq.prefilled == len(seq.prompt) or budget <= 0:
                 continue
@@ -269,7 +279,7 @@ class GenerationEngine:
             spans=tuple(spans),
         )
         # Rows whose next token is due: every decode row, and a prompt's last chunk's last row.
-        sampled: list[tuple[_Sequence, int]] = [(s, i) for i, s in enumerate(decode)]
+        sampled: list[tuple[Sequence, int]] = [(s, i) for i, s in enumerate(decode)]
         for (seq, n), span in zip(prefilling, spans, strict=True):
             seq.prefilled += n
             self.tokens_prefilled += n
@@ -283,17 +293,26 @@ class GenerationEngine:
         self.steps += 1
         # A step's events go to each event loop in one wake-up, not one per sequence: every
         # wake-up takes the GIL from this thread between two of its ops.
-        events: dict[asyncio.AbstractEventLoop, list[tuple[_Sequence, GenEvent]]] = {}
+        events: dict[asyncio.AbstractEventLoop, list[tuple[Sequence, GenEvent]]] = {}
         for j, (seq, _) in enumerate(sampled):
             assert logits is not None
-            event = self._advance(seq, logits[j])
+            try:
+                event = seq.advance(logits[j], self.info.eos_token_ids)
+                self.tokens_generated += 1
+                if seq.finished:
+                    self._release(seq)
+            except Exception:  # this sequence's sampling alone: the others go on
+                log.exception("sampling failed; request %s", seq.request_id or "-")
+                seq.send(ServiceUnavailable(_FAILED))
+                self._release(seq)
+                continue
             if event is not None:
                 events.setdefault(seq.loop, []).append((seq, event))
         for loop, batch in events.items():
-            loop.call_soon_threadsafe(_deliver, batch)
+            loop.call_soon_threadsafe(deliver, batch)
         self._running = [s for s in self._running if s.slot >= 0]
 
-    def _plan(self, keys: list[str | None], running: list[_Sequence]) -> LinearFn | None:
+    def _plan(self, keys: list[str | None], running: list[Sequence]) -> LinearFn | None:
         """The step's plan: base alone, one adapter (merged where it pays), or per row."""
         versions = set(keys)
         if versions == {None}:
@@ -311,33 +330,3 @@ class GenerationEngine:
             return unmerged_linear(loaded[version][1])
         stack = self.predictor.stack_for({v: a for v, (_, a) in loaded.items()})
         return StackedBatch.build(keys, stack, self.base.device).linear()
-
-    def _advance(self, seq: _Sequence, logits: torch.Tensor) -> GenEvent | None:
-        """Sample the sequence's next token and end it if it is done; the event to send."""
-        params = seq.params
-        choice = choose(logits, params, seq.gen)
-        seq.generated += 1
-        seq.last = choice.token
-        self.tokens_generated += 1
-        eos = choice.token in params.stop_token_ids or (
-            not params.ignore_eos and choice.token in self.info.eos_token_ids
-        )
-        finish: str | None = None
-        if eos:
-            text = seq.stream.finish()
-            finish = "stop"
-        else:
-            text = seq.stream.push(choice.token)
-            if seq.stream.stopped:
-                finish = "stop"
-            elif seq.generated >= params.max_tokens:
-                text += seq.stream.finish()
-                finish = "stop" if seq.stream.stopped else "length"
-        seq.pending.append(choice)
-        event = None
-        if text or finish is not None:
-            event = GenEvent(text, tuple(seq.pending), finish)
-            seq.pending = []
-        if finish is not None:
-            self._release(seq)
-        return event

@@ -7,6 +7,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+# Temperatures below this are greedy, as vLLM does: dividing the logits by a smaller one can
+# overflow them to inf, and the softmax to NaN, while the choice it meant is the argmax anyway.
+GREEDY_BELOW = 1e-5
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -43,7 +47,7 @@ def new_generator(seed: int | None) -> torch.Generator:
 
 def choose(logits: Tensor, params: SamplingParams, gen: torch.Generator) -> Choice:
     """Pick from (vocab,) float32 logits; logprobs are the model's own (before temperature)."""
-    if params.temperature == 0:
+    if params.temperature < GREEDY_BELOW:
         token = int(logits.argmax())
     else:
         scores = logits / params.temperature

@@ -1,4 +1,4 @@
-"""choose(): greedy, top-k, top-p, logprobs."""
+"""choose(): greedy (and tiny temperatures), top-k, top-p, logprobs."""
 
 from __future__ import annotations
 
@@ -17,6 +17,16 @@ def test_greedy_is_the_argmax() -> None:
         assert choose(logits, SamplingParams(8, temperature=0), new_generator(0)).token == int(
             logits.argmax()
         )
+
+
+def test_a_temperature_that_would_overflow_the_logits_is_greedy() -> None:
+    # 1e-38 turns every logit into +-inf and the softmax into NaN; below 1e-5 is greedy.
+    for temperature in (1e-38, 1e-6):
+        logits = _logits(7) * 1e3
+        params = SamplingParams(8, temperature=temperature, logprobs=2)
+        choice = choose(logits, params, new_generator(0))
+        assert choice.token == int(logits.argmax())
+        assert choice.logprob is not None and choice.logprob == choice.logprob  # not NaN
 
 
 def test_top_k_of_one_is_the_argmax() -> None:

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from safetensors.torch import save_file
 
+from app.basekind import PACKAGED_BASES, base_model_problem
 from app.cli_files import InputError, read_inputs, read_safetensors, read_text_dataset, write
 from app.cli_generate import add_generation_commands, chat, complete
 from app.client import Client, ServiceError
@@ -47,6 +48,9 @@ def _serve(args: argparse.Namespace) -> None:
     given = (("host", args.host), ("port", args.port), ("base_model", args.base_model))
     overrides = {k: v for k, v in given if v is not None}
     settings = settings.model_copy(update=overrides)
+    problem = None if args.ray_address else base_model_problem(settings.base_model)
+    if problem is not None:  # one line now, not a traceback once the service starts
+        raise InputError(problem)
     if not args.ray:
         run(settings)
         return
@@ -285,8 +289,8 @@ def parser(settings: CliSettings | None = None) -> argparse.ArgumentParser:
     serve.add_argument(
         "--base-model",
         type=Path,
-        help="a base model folder, or all-MiniLM-L6-v2; default LORASERVE_BASE_MODEL, else the "
-        "embedded seed model",
+        help=f"a base model folder or .gguf file, or a packaged model ({', '.join(PACKAGED_BASES)}); "
+        "default LORASERVE_BASE_MODEL, else the embedded seed model",
     )
 
     on_ray = serve.add_argument_group("Ray Serve (pip install 'loraserve[ray]')")

@@ -1,4 +1,5 @@
-"""The `loraserve` command's entry: settles OpenMP's spin for --base-model before torch loads.
+"""The `loraserve` command's entry: settles OpenMP's spin for --base-model before torch loads,
+and refuses a base model that names nothing before torch costs seconds to load.
 
 app.cli imports torch (the client and the file readers need it), and libgomp reads its spin
 setting when torch loads, so `loraserve serve --base-model X` must be looked at first.
@@ -9,6 +10,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+
+EXIT_USAGE = 2  # app.cli's status for a wrong option (importing it would load torch)
 
 
 def base_model_arg(argv: list[str]) -> str | None:
@@ -21,10 +24,31 @@ def base_model_arg(argv: list[str]) -> str | None:
     return known.base_model
 
 
+def serve_problem(argv: list[str]) -> str | None:
+    """Why the base model of a `serve` command line (--base-model, else LORASERVE_BASE_MODEL)
+    names nothing servable; None when it may (the loader judges the files) or for other
+    commands."""
+    from app.basekind import base_model_problem
+
+    peek = argparse.ArgumentParser(add_help=False)
+    peek.add_argument("--url")
+    peek.add_argument("--api-key")
+    peek.add_argument("command", nargs="?")
+    known, _ = peek.parse_known_args(argv)
+    if known.command != "serve":
+        return None
+    base_model = base_model_arg(argv) or os.environ.get("LORASERVE_BASE_MODEL")
+    return base_model_problem(base_model) if base_model else None
+
+
 def main() -> None:
     from app.openmp import choose_spin
 
     argv = sys.argv[1:]
+    problem = serve_problem(argv)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
     choose_spin(base_model_arg(argv) or os.environ.get("LORASERVE_BASE_MODEL"))
     from app.cli import main as cli_main
 

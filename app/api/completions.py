@@ -3,12 +3,15 @@
 Every choice of every prompt is one sequence of the generation engine. A streamed answer is
 sent only once each sequence has its first event (so a full queue is still an HTTP 503, not an
 error inside a 200 stream); later, chunks go out as tokens arrive. A client that goes away
-cancels the tasks here, which frees the sequences at the engine's next step.
+closes the sequences here, which frees them: at once while they wait, at the engine's next
+step once they run. `prepare` tokenizes (seconds for megabytes of text), so it runs off the
+event loop; text that could never fit the context is refused before it is tokenized.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -17,11 +20,14 @@ from typing import Any, Literal
 
 import orjson
 
+from app.api.logprobs import TokenTexts
 from app.api.openai_protocol import ChatCompletionRequest, CompletionRequest
 from app.errors import InvalidInput, ServiceError
-from app.generate.engine import GenerationEngine, GenEvent
+from app.generate.engine import GenerationEngine, GenEvent, SequenceEvents
 from app.generate.sampling import Choice, SamplingParams
 from app.model import BaseModel
+
+log = logging.getLogger("app.generate")
 
 Kind = Literal["chat", "completion"]
 # max_tokens when a chat request gives none: the rest of the context, at most this (each
@@ -67,17 +73,21 @@ def prepare(
                 "messages",
             )
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+        _check_length(sum(len(m["content"]) for m in messages), engine, "messages")
         prompts = [info.apply_chat_template(messages)]
         param = "messages"
         asked = body.max_completion_tokens or body.max_tokens
         logprobs = (body.top_logprobs or 0) if body.logprobs else None
     else:
         texts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+        for text in texts:
+            _check_length(len(text), engine, "prompt")
         prompts = [info.encode(t) for t in texts]
         param = "prompt"
         asked = body.max_tokens
         logprobs = body.logprobs
     params = []
+    sizes: list[tuple[int, int]] = []
     for i, prompt in enumerate(prompts):
         if not prompt:
             raise InvalidInput(f"{param} {i} holds no tokens", param)
@@ -91,6 +101,7 @@ def prepare(
         default = DEFAULT_CHAT_MAX_TOKENS if kind == "chat" else DEFAULT_COMPLETION_MAX_TOKENS
         max_tokens = asked if asked is not None else min(room, default)
         engine.check_fits(len(prompt), max_tokens)
+        sizes += [(len(prompt), max_tokens)] * body.n
         for j in range(body.n):
             params.append(
                 SamplingParams(
@@ -105,28 +116,52 @@ def prepare(
                     ignore_eos=body.ignore_eos,
                 )
             )
+    engine.check_request(sizes, "n" if body.n > 1 or len(prompts) == 1 else param)
     return Prepared(kind, prompts, params, version, body, body.model or base.name)
+
+
+def _check_length(characters: int, engine: GenerationEngine, param: str) -> None:
+    """422 for text so long that no tokenization could fit it in the context (no token is
+    longer than the vocabulary's longest), before the tokenizer spends seconds on it."""
+    most = engine.info.context_length * engine.max_token_chars
+    if characters > most:
+        raise InvalidInput(
+            f"{param} is {characters} characters, more than the model's context of "
+            f"{engine.info.context_length} tokens could ever hold",
+            param,
+        )
 
 
 class Generation:
     """One request's sequences running on the engine."""
 
-    def __init__(self, prepared: Prepared, engine: GenerationEngine) -> None:
+    def __init__(
+        self,
+        prepared: Prepared,
+        engine: GenerationEngine,
+        project: str = "",
+        request_id: str | None = None,
+    ) -> None:
         self.p = prepared
         self.engine = engine
+        self.project = project
+        self.request_id = request_id
+        self.tokens = TokenTexts(engine.info.tokenizer)
         self.id = ("chatcmpl-" if prepared.kind == "chat" else "cmpl-") + uuid.uuid4().hex
         self.created = int(time.time())
         n = prepared.request.n
         self.choices = [_Choice(i, i // n) for i in range(len(prepared.params))]
         self._events: asyncio.Queue[tuple[int, GenEvent | BaseException]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
+        self._streams: list[SequenceEvents] = []
 
     async def start(self) -> list[tuple[int, GenEvent]]:
         """Start every sequence; the events read until each had its first (errors raise here)."""
-        for c in self.choices:
-            prompt = self.p.prompts[c.prompt]
-            params = self.p.params[c.index]
-            stream = self.engine.generate(prompt, self.p.version, params, self.p.request.mode)
+        wanted = [(self.p.prompts[c.prompt], self.p.params[c.index]) for c in self.choices]
+        self._streams = self.engine.submit(
+            wanted, self.p.version, self.p.request.mode, self.project, self.request_id
+        )
+        for c, stream in zip(self.choices, self._streams, strict=True):
             self._tasks.append(asyncio.create_task(self._pump(c.index, stream)))
         seen: set[int] = set()
         read: list[tuple[int, GenEvent]] = []
@@ -142,16 +177,19 @@ class Generation:
             raise
         return read
 
-    async def _pump(self, index: int, stream: AsyncIterator[GenEvent]) -> None:
+    async def _pump(self, index: int, stream: SequenceEvents) -> None:
         try:
             async for event in stream:
                 self._events.put_nowait((index, event))
         except Exception as exc:  # sent to the reader, who raises or reports it
             self._events.put_nowait((index, exc))
         finally:
-            await stream.aclose()  # type: ignore[attr-defined]
+            stream.close()
 
     def cancel(self) -> None:
+        """Free every sequence (read or not) and stop reading them."""
+        for stream in self._streams:
+            stream.close()
         for task in self._tasks:
             task.cancel()
 
@@ -210,7 +248,7 @@ class Generation:
                     break
                 index, item = await self._events.get()
                 if isinstance(item, BaseException):
-                    yield self._sse(_error_body(item))
+                    yield self._sse(self._error_body(item))
                     break
                 pending = [(index, item)]
             options = self.p.request.stream_options
@@ -257,46 +295,23 @@ class Generation:
                 body["delta"] = {"content": text} if text else {}
             else:
                 body["message"] = {"role": "assistant", "content": text}
-            body["logprobs"] = {"content": self._chat_logprobs(tokens)} if want else None
+            body["logprobs"] = {"content": self.tokens.chat(tokens)} if want else None
         else:
             body = {"index": c.index, "text": text}
-            body["logprobs"] = self._completion_logprobs(tokens) if want else None
+            body["logprobs"] = self.tokens.completion(tokens) if want else None
         body["finish_reason"] = finish
         return body
-
-    def _token_text(self, token: int) -> str:
-        return str(self.engine.info.tokenizer.decode([token]))
-
-    def _chat_logprobs(self, tokens: list[Choice]) -> list[dict[str, Any]]:
-        def entry(token: int, logprob: float) -> dict[str, Any]:
-            text = self._token_text(token)
-            return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
-
-        return [
-            {**entry(t.token, t.logprob or 0.0), "top_logprobs": [entry(i, lp) for i, lp in t.top]}
-            for t in tokens
-        ]
-
-    def _completion_logprobs(self, tokens: list[Choice]) -> dict[str, Any]:
-        texts = [self._token_text(t.token) for t in tokens]
-        offsets, at = [], 0
-        for text in texts:
-            offsets.append(at)
-            at += len(text)
-        return {
-            "tokens": texts,
-            "token_logprobs": [t.logprob for t in tokens],
-            "top_logprobs": [{self._token_text(i): lp for i, lp in t.top} for t in tokens],
-            "text_offset": offsets,
-        }
 
     @staticmethod
     def _sse(payload: dict[str, Any]) -> bytes:
         return b"data: " + orjson.dumps(payload) + b"\n\n"
 
-
-def _error_body(exc: BaseException) -> dict[str, Any]:
-    """An error after the stream began, as vLLM sends it: one event holding the envelope."""
-    if isinstance(exc, ServiceError):
-        return {"error": {"type": exc.error_type, "code": exc.code, "message": exc.message, "param": exc.param}}  # fmt: skip
-    return {"error": {"type": "server_error", "code": "internal_error", "message": str(exc), "param": None}}  # fmt: skip
+    def _error_body(self, exc: BaseException) -> dict[str, Any]:
+        """An error after the stream began, as vLLM sends it: one event with the envelope.
+        A service error says what it is; anything else is logged here and stays here."""
+        if isinstance(exc, ServiceError):
+            error = {"type": exc.error_type, "code": exc.code, "message": exc.message}
+            return {"error": {**error, "param": exc.param}}
+        log.error("generation failed; request %s", self.request_id or "-", exc_info=exc)
+        message = "internal server error; the server logged it under this request's id"
+        return {"error": {"type": "server_error", "code": "internal_error", "message": message, "param": None}}  # fmt: skip

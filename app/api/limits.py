@@ -140,9 +140,10 @@ def route_body_limits(
     # Texts: generous room per token (long words, JSON escapes); longer texts are truncated anyway.
     embeddings_json = max_request_rows * (max_seq_length * 48 + per_row_extra) + SMALL_BODY
     dataset_json = min(max_dataset_rows * (input_dim + output_dim) * json_number, JSON_DATASET)
-    # Prompts: room per token as for embeddings, for a few prompts of the whole context (a
-    # batch of longer prompts goes in several requests; the answers stream anyway).
-    generation_json = 16 * context_length * 48 + SMALL_BODY
+    # Prompts: room per token as for embeddings, for two prompts of the whole context (a batch
+    # of longer prompts goes in several requests). Megabytes would only be refused later, after
+    # the parser and the tokenizer spent seconds on them.
+    generation_json = 2 * context_length * 48 + SMALL_BODY
     caps = {
         ("POST", "/v1/completions", "json"): generation_json,
         ("POST", "/v1/chat/completions", "json"): generation_json,

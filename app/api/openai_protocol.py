@@ -15,6 +15,8 @@ from app.engine.predictor import Mode
 
 MAX_N = 16  # choices per prompt
 MAX_STOP = 4  # stop strings, as OpenAI allows
+# Seeds are int64 (torch's generator), and choice j of n samples with seed + j.
+SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1 - MAX_N
 
 
 class StreamOptions(BaseModel):
@@ -53,7 +55,7 @@ class _GenerationFields(BaseModel):
     n: Annotated[int, Field(ge=1, le=MAX_N)] = 1
     stop: str | Annotated[list[str], Field(max_length=MAX_STOP)] | None = None
     stop_token_ids: list[int] | None = Field(default=None, description="ours, as vLLM")
-    seed: int | None = None
+    seed: Annotated[int, Field(ge=SEED_MIN, le=SEED_MAX)] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     ignore_eos: bool = Field(default=False, description="ours, as vLLM: always max_tokens")

@@ -63,6 +63,10 @@ class GenerationEngine:
             base.dtype, base.device, kv_cache_bytes, max_running_seqs, self.info.context_length
         )
         self.max_running = max_running_seqs
+        # No token stands for more characters than this: text over the context times this
+        # can never fit, whatever the tokenizer makes of it.
+        vocab = self.info.tokenizer.get_vocab()
+        self.max_token_chars = max((len(t) for t in vocab), default=1)
         self.chunk = prefill_chunk_tokens
         self.max_waiting = max_waiting_seqs
         self.max_per_request = min(max_seqs_per_request, max_waiting_seqs)

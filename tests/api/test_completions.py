@@ -224,6 +224,10 @@ LONG = "word " * 300
         ),
         ("/v1/completions", {"prompt": LONG}, 422, "prompt"),
         ("/v1/completions", {"prompt": "x", "stop": [""]}, 422, "stop"),
+        ("/v1/completions", {"prompt": "x", "seed": 2**63}, 422, "seed"),
+        ("/v1/completions", {"prompt": "x", "seed": 2**63 - 2, "n": 4}, 422, "seed"),
+        ("/v1/chat/completions", {"messages": HELLO, "seed": -(2**63) - 1}, 422, "seed"),
+        ("/v1/completions", {"prompt": ["x"] * 10, "n": 16, "max_tokens": 1}, 422, "n"),
     ],
 )
 def test_bad_input_is_a_clear_4xx(client: TestClient, path, body, status, param) -> None:

@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
@@ -15,6 +15,8 @@ from app.api.auth import READ
 from app.api.completions import Generation, prepare
 from app.api.deps import Base, ProjectDep, Registry
 from app.api.deps import Generation as GenerationDep
+from app.api.disconnect import unless_disconnected
+from app.api.observability import request_id
 from app.api.openai_protocol import ChatCompletionRequest, CompletionRequest
 from app.api.schemas import ErrorBody
 
@@ -39,6 +41,7 @@ async def _version(
 
 
 async def _generate(
+    request: Request,
     body: ChatCompletionRequest | CompletionRequest,
     base: Base,
     engine: GenerationDep,
@@ -46,11 +49,17 @@ async def _generate(
     project: str,
 ) -> Any:
     version = await _version(body.model, base.name, registry, project)
-    prepared = prepare(body, base, engine, version)
-    generation = Generation(prepared, engine)
+    # Templates and tokenizers take seconds on megabytes: never on the event loop.
+    prepared = await run_in_threadpool(prepare, body, base, engine, version)
+    generation = Generation(prepared, engine, project, request_id.get())
     if not body.stream:
-        return Response(orjson.dumps(await generation.answer()), media_type="application/json")
-    firsts = await generation.start()
+        answer = await unless_disconnected(request, generation.answer())
+        return Response(orjson.dumps(answer), media_type="application/json")
+    try:
+        firsts = await unless_disconnected(request, generation.start())
+    except BaseException:
+        generation.cancel()
+        raise
     return StreamingResponse(
         generation.stream(firsts),
         media_type="text/event-stream",
@@ -60,6 +69,7 @@ async def _generate(
 
 @router.post("/v1/chat/completions", dependencies=READ, responses=_ERRORS)
 async def create_chat_completion(
+    request: Request,
     body: ChatCompletionRequest,
     base: Base,
     engine: GenerationDep,
@@ -67,11 +77,12 @@ async def create_chat_completion(
     project: ProjectDep,
 ) -> Any:
     """A chat answer from the base or an adapter; `stream: true` sends server-sent events."""
-    return await _generate(body, base, engine, registry, project)
+    return await _generate(request, body, base, engine, registry, project)
 
 
 @router.post("/v1/completions", dependencies=READ, responses=_ERRORS)
 async def create_completion(
+    request: Request,
     body: CompletionRequest,
     base: Base,
     engine: GenerationDep,
@@ -79,7 +90,7 @@ async def create_completion(
     project: ProjectDep,
 ) -> Any:
     """Text after each prompt from the base or an adapter; `stream: true` sends events."""
-    return await _generate(body, base, engine, registry, project)
+    return await _generate(request, body, base, engine, registry, project)
 
 
 @router.get("/v1/models", dependencies=READ)

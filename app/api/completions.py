@@ -1,11 +1,10 @@
-"""The rules of /v1/completions and /v1/chat/completions: prompts in, OpenAI's answers out.
+"""The rules of /v1/completions and /v1/chat/completions: OpenAI's answers out.
 
 Every choice of every prompt is one sequence of the generation engine. A streamed answer is
 sent only once each sequence has its first event (so a full queue is still an HTTP 503, not an
 error inside a 200 stream); later, chunks go out as tokens arrive. A client that goes away
 closes the sequences here, which frees them: at once while they wait, at the engine's next
-step once they run. `prepare` tokenizes (seconds for megabytes of text), so it runs off the
-event loop; text that could never fit the context is refused before it is tokenized.
+step once they run.
 """
 
 from __future__ import annotations
@@ -16,24 +15,17 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import orjson
 
 from app.api.logprobs import TokenTexts
-from app.api.openai_protocol import ChatCompletionRequest, CompletionRequest
-from app.errors import InvalidInput, ServiceError
+from app.api.prompts import Prepared
+from app.errors import ServiceError
 from app.generate.engine import GenerationEngine, GenEvent, SequenceEvents
-from app.generate.sampling import Choice, SamplingParams
-from app.model import BaseModel
+from app.generate.sampling import Choice
 
 log = logging.getLogger("app.generate")
-
-Kind = Literal["chat", "completion"]
-# max_tokens when a chat request gives none: the rest of the context, at most this (each
-# sequence reserves its KV cache for all of it on admission).
-DEFAULT_CHAT_MAX_TOKENS = 1024
-DEFAULT_COMPLETION_MAX_TOKENS = 16  # OpenAI's own default for /v1/completions
 
 
 @dataclass
@@ -43,93 +35,6 @@ class _Choice:
     text: str = ""
     tokens: list[Choice] = field(default_factory=list)
     finish_reason: str | None = None
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """A request checked and tokenized: the prompts, the sampling rules, the adapter."""
-
-    kind: Kind
-    prompts: list[list[int]]
-    params: list[SamplingParams]  # one per choice, prompt-major
-    version: str | None
-    request: ChatCompletionRequest | CompletionRequest
-    model: str
-
-
-def prepare(
-    body: ChatCompletionRequest | CompletionRequest,
-    base: BaseModel,
-    engine: GenerationEngine,
-    version: str | None,
-) -> Prepared:
-    """Tokenize and check everything before any sequence starts (422s change nothing)."""
-    info = engine.info
-    kind: Kind = "chat" if isinstance(body, ChatCompletionRequest) else "completion"
-    if isinstance(body, ChatCompletionRequest):
-        if not info.has_chat_template:
-            raise InvalidInput(
-                f"the base model {base.name!r} has no chat template; use POST /v1/completions",
-                "messages",
-            )
-        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-        _check_length(sum(len(m["content"]) for m in messages), engine, "messages")
-        prompts = [info.apply_chat_template(messages)]
-        param = "messages"
-        asked = body.max_completion_tokens or body.max_tokens
-        logprobs = (body.top_logprobs or 0) if body.logprobs else None
-    else:
-        texts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-        for text in texts:
-            _check_length(len(text), engine, "prompt")
-        prompts = [info.encode(t) for t in texts]
-        param = "prompt"
-        asked = body.max_tokens
-        logprobs = body.logprobs
-    params = []
-    sizes: list[tuple[int, int]] = []
-    for i, prompt in enumerate(prompts):
-        if not prompt:
-            raise InvalidInput(f"{param} {i} holds no tokens", param)
-        room = info.context_length - len(prompt)
-        if room <= 0:
-            raise InvalidInput(
-                f"{param} {i} is {len(prompt)} tokens; the model's context is "
-                f"{info.context_length}, with room for at least one new token",
-                param,
-            )
-        default = DEFAULT_CHAT_MAX_TOKENS if kind == "chat" else DEFAULT_COMPLETION_MAX_TOKENS
-        max_tokens = asked if asked is not None else min(room, default)
-        engine.check_fits(len(prompt), max_tokens)
-        sizes += [(len(prompt), max_tokens)] * body.n
-        for j in range(body.n):
-            params.append(
-                SamplingParams(
-                    max_tokens=max_tokens,
-                    temperature=body.temperature,
-                    top_p=body.top_p,
-                    top_k=body.top_k,
-                    seed=None if body.seed is None else body.seed + j,
-                    stop=body.stops(),
-                    stop_token_ids=tuple(body.stop_token_ids or ()),
-                    logprobs=logprobs,
-                    ignore_eos=body.ignore_eos,
-                )
-            )
-    engine.check_request(sizes, "n" if body.n > 1 or len(prompts) == 1 else param)
-    return Prepared(kind, prompts, params, version, body, body.model or base.name)
-
-
-def _check_length(characters: int, engine: GenerationEngine, param: str) -> None:
-    """422 for text so long that no tokenization could fit it in the context (no token is
-    longer than the vocabulary's longest), before the tokenizer spends seconds on it."""
-    most = engine.info.context_length * engine.max_token_chars
-    if characters > most:
-        raise InvalidInput(
-            f"{param} is {characters} characters, more than the model's context of "
-            f"{engine.info.context_length} tokens could ever hold",
-            param,
-        )
 
 
 class Generation:

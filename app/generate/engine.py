@@ -25,15 +25,17 @@ from collections.abc import AsyncIterator
 import torch
 
 from app.engine.predictor import Mode, Predictor
-from app.errors import InvalidInput, QueueFull, ServiceUnavailable
+from app.errors import QueueFull, ServiceUnavailable
 from app.generate.detok import TextStream
 from app.generate.forward import DecoderForward, Span, Step
+from app.generate.limits import RequestLimits
 from app.generate.sampling import SamplingParams, new_generator
 from app.generate.sequence import GenEvent, Sequence, SequenceEvents, deliver
 from app.generate.waiting import RequestGroup, WaitingRoom
 
 __all__ = ["GenEvent", "GenerationEngine", "SequenceEvents"]
-from app.lora import LinearFn, StackedBatch, merged_linear, plan_scope, unmerged_linear
+from app.generate.plan import step_plan
+from app.lora import plan_scope
 
 log = logging.getLogger("app.generate")
 # What a client hears when its sequence fails inside the engine (the log has the cause).
@@ -69,7 +71,9 @@ class GenerationEngine:
         self.max_token_chars = max((len(t) for t in vocab), default=1)
         self.chunk = prefill_chunk_tokens
         self.max_waiting = max_waiting_seqs
-        self.max_per_request = min(max_seqs_per_request, max_waiting_seqs)
+        self.limits = RequestLimits(
+            self.info.context_length, self.cache, min(max_seqs_per_request, max_waiting_seqs)
+        )
         self.queue_timeout_s = queue_timeout_s
         self._room: WaitingRoom[Sequence] = WaitingRoom(max_waiting_seqs)
         self._running: list[Sequence] = []
@@ -90,43 +94,6 @@ class GenerationEngine:
     def running(self) -> int:
         return len(self._running)
 
-    def check_fits(self, prompt_tokens: int, max_tokens: int) -> None:
-        """422 for a sequence the context or the whole KV cache could never hold."""
-        total = prompt_tokens + max_tokens
-        if total > self.info.context_length:
-            raise InvalidInput(
-                f"the prompt ({prompt_tokens} tokens) plus max_tokens ({max_tokens}) is "
-                f"{total} tokens, over the model's context of {self.info.context_length}",
-                "max_tokens",
-            )
-        capacity = self.cache.capacity_tokens()
-        if total > capacity:
-            raise InvalidInput(
-                f"the prompt plus max_tokens needs {total} tokens of KV cache; this server's "
-                f"KV_CACHE_BYTES holds at most {capacity} for one sequence",
-                "max_tokens",
-            )
-
-    def check_request(self, sizes: list[tuple[int, int]], param: str = "n") -> None:
-        """422 for a request whose sequences (prompt tokens, max_tokens) could never all be
-        served: one over the context, more than a request may hold, more KV than the budget."""
-        for prompt_tokens, max_tokens in sizes:
-            self.check_fits(prompt_tokens, max_tokens)
-        reserved = [p + m for p, m in sizes]
-        if len(reserved) > self.max_per_request:
-            raise InvalidInput(
-                f"the request asks for {len(reserved)} sequences (prompts times n); this "
-                f"server takes at most {self.max_per_request} per request",
-                param,
-            )
-        total, budget = sum(reserved), self.cache.budget_bytes // self.cache.bytes_per_token
-        if total > budget:
-            raise InvalidInput(
-                f"the request's {len(reserved)} sequences reserve {total} tokens of KV cache "
-                f"(prompt plus max_tokens each); this server's KV_CACHE_BYTES holds {budget}",
-                "max_tokens",
-            )
-
     def submit(
         self,
         prompts: list[tuple[list[int], SamplingParams]],
@@ -136,7 +103,7 @@ class GenerationEngine:
         request_id: str | None = None,
     ) -> list[SequenceEvents]:
         """Queue one request's sequences, all or none; each one's events until it ends."""
-        self.check_request([(len(p), params.max_tokens) for p, params in prompts])
+        self.limits.check_request([(len(p), params.max_tokens) for p, params in prompts])
         loop = asyncio.get_running_loop()
         group: RequestGroup[Sequence] = RequestGroup(project, deque())
         for prompt, params in prompts:
@@ -290,7 +257,8 @@ class GenerationEngine:
             if seq.prefilled == len(seq.prompt):
                 sampled.append((seq, span.stop - 1))
         with torch.inference_mode():
-            with plan_scope(self._plan(keys, running)):
+            plan = step_plan(self.predictor, keys, {s.mode for s in running}, len(running))
+            with plan_scope(plan):
                 hidden = self.forward.hidden(step, self.cache)
             rows = torch.tensor([r for _, r in sampled], dtype=torch.long, device=device)
             logits = self.forward.logits(hidden.index_select(0, rows)).cpu() if sampled else None
@@ -315,22 +283,3 @@ class GenerationEngine:
         for loop, batch in events.items():
             loop.call_soon_threadsafe(deliver, batch)
         self._running = [s for s in self._running if s.slot >= 0]
-
-    def _plan(self, keys: list[str | None], running: list[Sequence]) -> LinearFn | None:
-        """The step's plan: base alone, one adapter (merged where it pays), or per row."""
-        versions = set(keys)
-        if versions == {None}:
-            return None
-        loaded = self.predictor.resolve(versions, "model")
-        if len(versions) == 1:
-            (version,) = versions
-            assert version is not None
-            modes = {s.mode for s in running}
-            # The whole batch on one adapter: its merged copy costs nothing per token.
-            wanted = "merged" in modes or self.predictor.is_merged(version) or len(running) > 1
-            if "unmerged" not in modes and wanted and self.predictor.merge(version, "model"):
-                weights = self.predictor.merged.get_or_merge(version, loaded[version][1])
-                return merged_linear(weights)
-            return unmerged_linear(loaded[version][1])
-        stack = self.predictor.stack_for({v: a for v, (_, a) in loaded.items()})
-        return StackedBatch.build(keys, stack, self.base.device).linear()

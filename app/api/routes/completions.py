@@ -12,12 +12,13 @@ from fastapi.responses import StreamingResponse
 
 from app.adapters.versions import split_ref
 from app.api.auth import READ
-from app.api.completions import Generation, prepare
+from app.api.completions import Generation
 from app.api.deps import Base, ProjectDep, Registry
 from app.api.deps import Generation as GenerationDep
 from app.api.disconnect import unless_disconnected
 from app.api.observability import request_id
 from app.api.openai_protocol import ChatCompletionRequest, CompletionRequest
+from app.api.prompts import prepare
 from app.api.schemas import ErrorBody
 
 router = APIRouter(tags=["generation"])

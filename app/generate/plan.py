@@ -1,0 +1,26 @@
+"""A generation step's plan: which adapter each row of the step's forward gets."""
+
+from __future__ import annotations
+
+from app.engine.predictor import Mode, Predictor
+from app.lora import LinearFn, StackedBatch, merged_linear, unmerged_linear
+
+
+def step_plan(
+    predictor: Predictor, keys: list[str | None], modes: set[Mode], sequences: int
+) -> LinearFn | None:
+    """The base alone, one adapter (merged where it pays), or one adapter per row (`keys`)."""
+    versions = set(keys)
+    if versions == {None}:
+        return None
+    loaded = predictor.resolve(versions, "model")
+    if len(versions) == 1:
+        (version,) = versions
+        assert version is not None
+        # The whole batch on one adapter: its merged copy costs nothing per token.
+        wanted = "merged" in modes or predictor.is_merged(version) or sequences > 1
+        if "unmerged" not in modes and wanted and predictor.merge(version, "model"):
+            return merged_linear(predictor.merged.get_or_merge(version, loaded[version][1]))
+        return unmerged_linear(loaded[version][1])
+    stack = predictor.stack_for({v: a for v, (_, a) in loaded.items()})
+    return StackedBatch.build(keys, stack, predictor.base.device).linear()

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from app.errors import InvalidAdapter, InvalidName, shorten
 from app.lora import LoraAdapter, LoraConfig, LoraModule
+from app.lora.config import PatternError, compile_pattern, suffix_pattern
 from app.model.causal import FROZEN_MODULES
 
 CONFIG_FILE = "adapter_config.json"
@@ -124,14 +125,12 @@ def tensor_key(module: str, which: str) -> str:
 
 
 def _resolve_targets(target: Targets, linears: Iterable[str], field: str) -> list[str]:
-    """PEFT's matching: a regex string is full-matched; list entries match exactly or as suffix."""
+    """PEFT's matching: a regex string is full-matched (by RE2); list entries exactly or as suffix."""
     if isinstance(target, str):
         try:
-            pattern = re.compile(target)
-        except (re.error, RecursionError, OverflowError) as exc:
-            raise InvalidAdapter(
-                f"{field} is not a valid regular expression: {shorten(str(exc))}", field
-            ) from exc
+            pattern = compile_pattern(target)
+        except PatternError as exc:
+            raise InvalidAdapter(f"{field} {shorten(str(exc))}", field) from exc
         return [m for m in linears if pattern.fullmatch(m)]
     return [m for m in linears if any(m == t or m.endswith("." + t) for t in target)]
 
@@ -200,10 +199,10 @@ def parse_config(
     for field, patterns in (("rank_pattern", rank_pattern), ("alpha_pattern", alpha_pattern)):
         for key in patterns:
             try:
-                re.compile(rf"(.*\.)?({key})$")
-            except (re.error, RecursionError, OverflowError) as exc:
+                suffix_pattern(key)
+            except PatternError as exc:
                 raise InvalidAdapter(
-                    f"{field} key {shorten(key)!r} is not a valid regular expression", field
+                    f"{field} key {shorten(key)!r} {shorten(str(exc))}", field
                 ) from exc
     for field, ranks in (("r", {"r": raw.r}), ("rank_pattern", rank_pattern)):
         for key, rank in ranks.items():

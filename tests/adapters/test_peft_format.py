@@ -468,24 +468,24 @@ def test_bad_names_are_refused_with_the_rule_and_the_field() -> None:
         ),
         (
             {"target_modules": "("},
-            "target_modules is not a valid regular expression: "
-            "missing ), unterminated subpattern at position 0",
+            "target_modules is not a regular expression RE2 accepts: missing ): (",
             "target_modules",
         ),
         (
             {"exclude_modules": "("},
-            "exclude_modules is not a valid regular expression: "
-            "missing ), unterminated subpattern at position 0",
+            "exclude_modules is not a regular expression RE2 accepts: missing ): (",
             "exclude_modules",
         ),
         (
             {"rank_pattern": {"(": 2}},
-            "rank_pattern key '(' is not a valid regular expression",
+            "rank_pattern key '(' is not a regular expression RE2 accepts: "
+            r"missing ): (.*\.)?(()$",
             "rank_pattern",
         ),
         (
             {"alpha_pattern": {"(": 2}},
-            "alpha_pattern key '(' is not a valid regular expression",
+            "alpha_pattern key '(' is not a regular expression RE2 accepts: "
+            r"missing ): (.*\.)?(()$",
             "alpha_pattern",
         ),
         (

@@ -34,9 +34,11 @@ def serve_problem(argv: list[str]) -> str | None:
     peek.add_argument("--url")
     peek.add_argument("--api-key")
     peek.add_argument("command", nargs="?")
-    known, _ = peek.parse_known_args(argv)
-    if known.command != "serve":
+    known, rest = peek.parse_known_args(argv)
+    if known.command != "serve" or {"-h", "--help"} & set(rest):
         return None
+    if any(a == "--ray-address" or a.startswith("--ray-address=") for a in rest):
+        return None  # a remote cluster's nodes hold the base model, not this machine
     base_model = base_model_arg(argv) or os.environ.get("LORASERVE_BASE_MODEL")
     return base_model_problem(base_model) if base_model else None
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from app.launch import base_model_arg
+from app.launch import base_model_arg, serve_problem
 
 PRINT = "print(os.environ.get('GOMP_SPINCOUNT'), 'torch' in sys.modules)"
 SHOW = f"import os, sys; {PRINT}"
@@ -85,3 +85,19 @@ def test_the_command_chooses_from_base_model_before_torch_loads(tmp_path: Path) 
 )
 def test_base_model_arg(argv: list[str], expected: str | None) -> None:
     assert base_model_arg(argv) == expected
+
+
+@pytest.mark.parametrize(
+    ("argv", "refused"),
+    [
+        (["serve", "--base-model", "nope"], True),
+        (["--url", "http://x", "serve", "--base-model=nope"], True),
+        (["serve", "--base-model", "SmolLM2-135M-Instruct"], False),  # installed here
+        (["serve", "--base-model", "nope", "--help"], False),  # the help, not an error
+        (["serve", "--ray-address", "ray://head:10001", "--base-model", "nope"], False),
+        (["chat", "serve"], False),  # a message, not the serve command
+    ],
+)
+def test_serve_problem(argv: list[str], refused: bool, monkeypatch) -> None:
+    monkeypatch.delenv("LORASERVE_BASE_MODEL", raising=False)
+    assert (serve_problem(argv) is not None) is refused

@@ -8,13 +8,16 @@ each with its own adapter and KV cache slot.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
+from app.errors import InvalidInput, shorten
 from app.model.config import InvalidModelConfig
 
 # model_type -> the forward layout app.generate.forward runs for it.
@@ -46,25 +49,64 @@ class CausalInfo:
     def has_chat_template(self) -> bool:
         return self.chat_template is not None
 
+    @cached_property
+    def _control_texts(self) -> tuple[str, ...]:
+        """The added tokens' strings (`<|im_end|>`), bar whitespace ones (Gemma's "\n")."""
+        added = self.tokenizer.added_tokens_decoder.values()
+        return tuple(t.content for t in added if t.special or not t.content.isspace())
+
+    @cached_property
+    def _can_sanitize(self) -> bool:
+        # transformers added it in 5.x; older versions pass unknown keywords to the template
+        # and would ignore it silently.
+        signature = inspect.signature(self.tokenizer.apply_chat_template)
+        return "sanitize_control_tokens" in signature.parameters
+
     def apply_chat_template(
         self, messages: list[dict[str, str]], add_generation_prompt: bool = True
     ) -> list[int]:
         """A chat's token ids; by default with the assistant's turn opened, as a prompt.
 
+        Only the template's own markers are control tokens: `<|im_end|>` written in a message
+        is tokenized as text, so a tenant's user cannot close a turn and forge the next one.
         Serving and SFT both tokenize through here, so a trained adapter sees at serving
         time exactly the tokens it was trained on.
         """
-        text = self.tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=add_generation_prompt
-        )
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        held = next((t for m in messages for t in self._control_texts if t in m["content"]), None)
+        if held is None:  # the common case: exactly the ids HF's own path gives
+            text = self.tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=add_generation_prompt
+            )
+            return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        if not self._can_sanitize:
+            raise InvalidInput(
+                f"a message holds the control token {shorten(held)!r}; this transformers "
+                "cannot tokenize it as text (it needs apply_chat_template's "
+                "sanitize_control_tokens): upgrade transformers, or remove it",
+                "messages",
+            )
+        try:
+            ids = self.tokenizer.apply_chat_template(
+                messages,
+                tokenize=True,
+                return_dict=False,
+                add_generation_prompt=add_generation_prompt,
+                sanitize_control_tokens=True,
+            )
+        except ValueError as exc:  # a tokenizer that makes the token from its own text
+            raise InvalidInput(f"messages: {shorten(str(exc))}", "messages") from exc
+        return list(ids)
 
     def encode_text(self, text: str) -> list[int]:
-        """Text's token ids with no special tokens: a completion, as SFT appends it."""
+        """Text's token ids with no special tokens added; special tokens in it are parsed."""
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def encode(self, text: str) -> list[int]:
-        """A completion prompt's token ids, special tokens added as the tokenizer does."""
+        """A completion prompt's token ids, special tokens added as the tokenizer does.
+
+        Special tokens written in a raw prompt are control tokens, as in OpenAI's and vLLM's
+        /v1/completions: the client writes the whole prompt, template markers included.
+        """
         return list(self.tokenizer(text)["input_ids"])
 
 

@@ -4,7 +4,9 @@ Each row is tokenized when it is uploaded, so a row the base cannot train on (no
 longer than the context, a chat on a base with no chat template) is a 422 then, not a failed job
 later. Training tokenizes the same way (`encode`): a chat through the base's template, the loss
 on the assistant turns' tokens only; a completion after its prompt, with an end-of-sequence
-token so the adapter learns where to stop.
+token so the adapter learns where to stop. As in serving, a chat's control tokens are only the
+template's (a `<|im_end|>` in a message is text), while a prompt/completion row's text is read
+as a raw /v1/completions prompt is, control tokens and all.
 """
 
 from __future__ import annotations
@@ -138,7 +140,12 @@ class ChatDatasetStore(JsonlDatasetStore):
                     'use {"prompt", "completion"} rows',
                     "file",
                 )
-            tokens = len(encode(self.info, row).ids)
+            try:
+                tokens = len(encode(self.info, row).ids)
+            except InvalidInput as exc:
+                if exc.param != "messages":
+                    raise
+                raise InvalidInput(f"row {i}: {exc.message}", "file") from exc
             if tokens > self.info.context_length:
                 raise InvalidInput(
                     f"row {i} is {tokens} tokens; the base's context is {self.info.context_length}",

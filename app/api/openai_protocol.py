@@ -15,6 +15,7 @@ from app.engine.predictor import Mode
 
 MAX_N = 16  # choices per prompt
 MAX_STOP = 4  # stop strings, as OpenAI allows
+MAX_STOP_CHARS = 256  # each; vLLM and OpenAI set none, but every step checks them all
 # Seeds are int64 (torch's generator), and choice j of n samples with seed + j.
 SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1 - MAX_N
 
@@ -74,6 +75,8 @@ class _GenerationFields(BaseModel):
         items = [value] if isinstance(value, str) else value or []
         if any(not s for s in items):
             raise ValueError("stop strings must not be empty")
+        if any(len(s) > MAX_STOP_CHARS for s in items):
+            raise ValueError(f"stop strings must be at most {MAX_STOP_CHARS} characters")
         return value
 
     def stops(self) -> tuple[str, ...]:

@@ -5,6 +5,41 @@ from __future__ import annotations
 from typing import Any
 
 
+class _StopMatcher:
+    """One stop string, matched as the text grows (Knuth-Morris-Pratt): each new character
+    costs O(1) amortized, whatever the stop's length, where rescanning the tail was quadratic.
+    """
+
+    def __init__(self, stop: str) -> None:
+        self.stop = stop
+        # fail[i]: the longest proper prefix of stop[: i + 1] that is also its suffix.
+        self.fail = [0] * len(stop)
+        k = 0
+        for i in range(1, len(stop)):
+            while k and stop[i] != stop[k]:
+                k = self.fail[k - 1]
+            if stop[i] == stop[k]:
+                k += 1
+            self.fail[i] = k
+        self.state = 0  # the longest suffix of the text read so far that begins the stop
+        self.read = 0  # characters of the text read so far
+
+    def feed(self, text: str) -> int | None:
+        """Read the text's new characters; where the first whole stop starts, if one ends."""
+        stop, fail, k = self.stop, self.fail, self.state
+        for i in range(self.read, len(text)):
+            c = text[i]
+            while k and stop[k] != c:
+                k = fail[k - 1]
+            if stop[k] == c:
+                k += 1
+            if k == len(stop):
+                self.state, self.read = k, i + 1
+                return i + 1 - k
+        self.state, self.read = k, len(text)
+        return None
+
+
 class TextStream:
     """Turns one sequence's new tokens into text deltas; cuts at the first stop string.
 
@@ -17,6 +52,7 @@ class TextStream:
     def __init__(self, tokenizer: Any, stop: tuple[str, ...]) -> None:
         self.tokenizer = tokenizer
         self.stop = tuple(s for s in stop if s)
+        self._matchers = [_StopMatcher(s) for s in self.stop]
         self.ids: list[int] = []
         self._prefix = 0
         self._read = 0
@@ -49,8 +85,7 @@ class TextStream:
     def _release(self, final: bool) -> str:
         if self.stopped:
             return ""
-        start = max(0, self._sent - max((len(s) for s in self.stop), default=0))
-        hits = [i for i in (self.text.find(s, start) for s in self.stop) if i >= 0]
+        hits = [i for i in (m.feed(self.text) for m in self._matchers) if i is not None]
         if hits:
             self.text = self.text[: min(hits)]
             self.stopped = True
@@ -64,10 +99,4 @@ class TextStream:
 
     def _held_back(self) -> int:
         """Characters at the end of the text that could begin a stop string."""
-        longest = 0
-        for s in self.stop:
-            for n in range(min(len(s) - 1, len(self.text)), 0, -1):
-                if self.text.endswith(s[:n]):
-                    longest = max(longest, n)
-                    break
-        return longest
+        return max((m.state for m in self._matchers), default=0)

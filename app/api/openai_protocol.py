@@ -15,7 +15,7 @@ from app.engine.predictor import Mode
 
 MAX_N = 16  # choices per prompt
 MAX_STOP = 4  # stop strings, as OpenAI allows
-MAX_STOP_CHARS = 256  # each; vLLM and OpenAI set none, but every step checks them all
+MAX_STOP_CHARS = 256  # each: every step of the stream matches them all
 # Seeds are int64 (torch's generator), and choice j of n samples with seed + j.
 SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1 - MAX_N
 

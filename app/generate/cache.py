@@ -99,16 +99,25 @@ class KVCache:
             self.k, self.v, self.slots, self.length, self._free = [], [], 0, 0, []
 
     def _grow(self, slots: int, length: int) -> None:
+        """Every tensor grown to (slots, kv_heads, length, head_dim), one at a time.
+
+        Each old tensor is freed as soon as it is copied, before the next one is allocated, so
+        memory peaks at the new size plus one old tensor. Allocating all the new tensors before
+        freeing the old ones peaked at old plus new: about twice the budget.
+        """
         shape = (slots, self.kv_heads, length, self.head_dim)
-        new_k, new_v = [], []
-        for i in range(self.layers):
-            k = torch.zeros(shape, dtype=self.dtype, device=self.device)
-            v = torch.zeros(shape, dtype=self.dtype, device=self.device)
-            if self.slots:
-                k[: self.slots, :, : self.length] = self.k[i]
-                v[: self.slots, :, : self.length] = self.v[i]
-            new_k.append(k)
-            new_v.append(v)
+        if not self.slots:
+            self.k = [self._zeros(shape) for _ in range(self.layers)]
+            self.v = [self._zeros(shape) for _ in range(self.layers)]
+        else:
+            for tensors in (self.k, self.v):
+                for i in range(self.layers):
+                    grown = self._zeros(shape)
+                    grown[: self.slots, :, : self.length] = tensors[i]
+                    tensors[i] = grown  # drops the old tensor's last reference: freed here
         self._free += range(self.slots, slots)
         self._free.sort()
-        self.k, self.v, self.slots, self.length = new_k, new_v, slots, length
+        self.slots, self.length = slots, length
+
+    def _zeros(self, shape: tuple[int, int, int, int]) -> Tensor:
+        return torch.zeros(shape, dtype=self.dtype, device=self.device)

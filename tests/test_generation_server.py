@@ -4,8 +4,8 @@ and a temperature that overflows the logits beside running streams."""
 
 from __future__ import annotations
 
-import contextlib
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -50,12 +50,18 @@ def long_request(stream: bool = False, **extra: object) -> dict[str, object]:
 @pytest.mark.parametrize("stream", [False, True])
 def test_clients_that_leave_before_their_first_token_are_dropped(server, stream) -> None:
     generated = metric(server, "loraserve_generation_tokens")
-    prefilled = metric(server, "loraserve_prompt_tokens")
 
-    def leave() -> None:
-        with contextlib.suppress(httpx.TimeoutException):
-            httpx.post(f"{server.url}/v1/completions", json=long_request(stream), timeout=0.05)
+    def leave() -> None:  # send the request, wait 50 ms, hang up (read or not)
+        body = json.dumps(long_request(stream)).encode()
+        head = (
+            f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        with socket.create_connection((host, port)) as conn:
+            conn.sendall(head.encode() + body)
+            time.sleep(0.05)
 
+    host, port = httpx.URL(server.url).host, httpx.URL(server.url).port
     # Eight requests queue behind one another (one runs at a time); each client gives up
     # at 50 ms. Served to the end, they would generate 1,600 tokens.
     clients = [threading.Thread(target=leave) for _ in range(8)]
@@ -69,9 +75,9 @@ def test_clients_that_leave_before_their_first_token_are_dropped(server, stream)
     ):
         assert time.monotonic() < deadline, "sequences of gone clients still in the engine"
         time.sleep(0.05)
-    assert metric(server, "loraserve_generation_tokens") - generated < 2 * 200
-    prompt_tokens = metric(server, "loraserve_prompt_tokens") - prefilled
-    assert prompt_tokens < 8 * 5  # most prompts were never computed
+    # Each sequence that ran stopped within a step or two of its client's leaving (a busy
+    # machine may tokenize a request after its client left, and run it for a step).
+    assert metric(server, "loraserve_generation_tokens") - generated < 200
     time.sleep(0.2)  # the access log line is written as the request ends
     statuses = [
         json.loads(line).get("status")

@@ -49,18 +49,26 @@ async def _generate(
     registry: Registry,
     project: str,
 ) -> Any:
+    # Watched from the start: a client gone before its answer begins (even before its prompt
+    # is tokenized) costs no prompt and no token; once a stream runs, Starlette watches.
+    return await unless_disconnected(request, _answer(body, base, engine, registry, project))
+
+
+async def _answer(
+    body: ChatCompletionRequest | CompletionRequest,
+    base: Base,
+    engine: GenerationDep,
+    registry: Registry,
+    project: str,
+) -> Response:
     version = await _version(body.model, base.name, registry, project)
     # Templates and tokenizers take seconds on megabytes: never on the event loop.
     prepared = await run_in_threadpool(prepare, body, base, engine, version)
     generation = Generation(prepared, engine, project, request_id.get())
     if not body.stream:
-        answer = await unless_disconnected(request, generation.answer())
+        answer = await generation.answer()
         return Response(orjson.dumps(answer), media_type="application/json")
-    try:
-        firsts = await unless_disconnected(request, generation.start())
-    except BaseException:
-        generation.cancel()
-        raise
+    firsts = await generation.start()  # on any error or cancel, start() frees the sequences
     return StreamingResponse(
         generation.stream(firsts),
         media_type="text/event-stream",

@@ -4,7 +4,8 @@
 # service on CUDA, then bench/kernels.py and bench/training.py on CUDA. Results go to $OUT.
 # Where the machine cannot download, fetch the wheels first, here, for its Python (3.12 there):
 #   pip download --dest .device-wheels --python-version 3.12 --only-binary=:all: \
-#     --platform manylinux_2_17_x86_64 fastapi pydantic-settings python-multipart uvicorn orjson
+#     --platform manylinux_2_17_x86_64 fastapi pydantic-settings python-multipart uvicorn orjson \
+#     google-re2
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-bench/results}

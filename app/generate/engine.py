@@ -16,6 +16,7 @@ request ids.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -197,14 +198,13 @@ class GenerationEngine:
             seq.slot = self.cache.allocate(seq.reserved)
             self._running.append(seq)
         # Bounded waits: a request none of whose sequences could join in time hears so.
-        for group in self._room.expired(time.monotonic(), self.queue_timeout_s):
-            for seq in group.waiting:
-                seq.send(
-                    QueueFull(
-                        f"no room in the KV cache for {self.queue_timeout_s:g} s "
-                        f"({len(self._running)} sequences running); retry shortly"
-                    )
+        for seq in self._room.expired(time.monotonic(), self.queue_timeout_s):
+            seq.send(
+                QueueFull(
+                    f"no room in the KV cache for {self.queue_timeout_s:g} s "
+                    f"({len(self._running)} sequences running); retry shortly"
                 )
+            )
 
     def _release(self, seq: Sequence) -> None:
         if seq.slot >= 0:
@@ -281,5 +281,6 @@ class GenerationEngine:
             if event is not None:
                 events.setdefault(seq.loop, []).append((seq, event))
         for loop, batch in events.items():
-            loop.call_soon_threadsafe(deliver, batch)
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody left to read them
+                loop.call_soon_threadsafe(deliver, batch)
         self._running = [s for s in self._running if s.slot >= 0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -48,7 +49,8 @@ class Sequence:
         return len(self.prompt) + self.params.max_tokens
 
     def send(self, item: GenEvent | BaseException) -> None:
-        self.loop.call_soon_threadsafe(self.out.put_nowait, item)
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody left to read it
+            self.loop.call_soon_threadsafe(self.out.put_nowait, item)
 
     def advance(self, logits: torch.Tensor, eos_token_ids: frozenset[int]) -> GenEvent | None:
         """Sample the next token from (vocab,) logits, ending the sequence if it is done; the

@@ -94,16 +94,20 @@ class WaitingRoom(Generic[S]):
         else:
             self._running.pop(group.project, None)
 
-    def expired(self, now: float, timeout_s: float) -> list[RequestGroup[S]]:
-        """Remove and return requests none of whose sequences joined within `timeout_s`."""
+    def expired(self, now: float, timeout_s: float) -> list[S]:
+        """Remove and return the sequences of requests none of which joined within `timeout_s`."""
         late = [g for g in self._groups if not g.started and now - g.enqueued > timeout_s]
-        for g in late:
-            self._groups.remove(g)
-            self.size -= len(g.waiting)
-        return late
+        return self._remove(late)
 
     def drain(self) -> list[S]:
         """Every waiting sequence, removed (at shutdown)."""
-        out = [s for g in self._groups for s in g.waiting]
-        self._groups, self.size = [], 0
+        return self._remove(list(self._groups))
+
+    def _remove(self, groups: list[RequestGroup[S]]) -> list[S]:
+        out: list[S] = []
+        for g in groups:
+            out += g.waiting
+            g.waiting.clear()  # so a later discard() of one of them changes nothing
+            self._groups.remove(g)
+        self.size -= len(out)
         return out

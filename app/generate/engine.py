@@ -66,14 +66,13 @@ class GenerationEngine:
             base.dtype, base.device, kv_cache_bytes, max_running_seqs, self.info.context_length
         )
         self.max_running = max_running_seqs
-        # No token stands for more characters than this: text over the context times this
-        # can never fit, whatever the tokenizer makes of it.
-        vocab = self.info.tokenizer.get_vocab()
-        self.max_token_chars = max((len(t) for t in vocab), default=1)
         self.chunk = prefill_chunk_tokens
         self.max_waiting = max_waiting_seqs
         self.limits = RequestLimits(
-            self.info.context_length, self.cache, min(max_seqs_per_request, max_waiting_seqs)
+            self.info.context_length,
+            self.cache,
+            min(max_seqs_per_request, max_waiting_seqs),
+            max((len(t) for t in self.info.tokenizer.get_vocab()), default=1),
         )
         self.queue_timeout_s = queue_timeout_s
         self._room: WaitingRoom[Sequence] = WaitingRoom(max_waiting_seqs)
@@ -104,6 +103,8 @@ class GenerationEngine:
         request_id: str | None = None,
     ) -> list[SequenceEvents]:
         """Queue one request's sequences, all or none; each one's events until it ends."""
+        # The routes check in `prepare` already, naming their own field; this is the engine's
+        # own guard for every other caller (a few comparisons per sequence).
         self.limits.check_request([(len(p), params.max_tokens) for p, params in prompts])
         loop = asyncio.get_running_loop()
         group: RequestGroup[Sequence] = RequestGroup(project, deque())

@@ -10,11 +10,23 @@ from app.generate.cache import KVCache
 
 @dataclass(frozen=True)
 class RequestLimits:
-    """The context, the KV cache's budget and the sequences one request may hold."""
+    """The context, the KV cache's budget, the sequences one request may hold, and the
+    vocabulary's longest token in characters."""
 
     context_length: int
     cache: KVCache
     max_per_request: int
+    max_token_chars: int
+
+    def check_text(self, characters: int, param: str) -> None:
+        """422 for text so long that no tokenization could fit it in the context (no token
+        stands for more characters than the longest), before a tokenizer spends seconds on it."""
+        if characters > self.context_length * self.max_token_chars:
+            raise InvalidInput(
+                f"{param} is {characters} characters, more than the model's context of "
+                f"{self.context_length} tokens could ever hold",
+                param,
+            )
 
     def check_fits(self, prompt_tokens: int, max_tokens: int) -> None:
         """422 for a sequence the context or the whole KV cache could never hold."""
@@ -36,7 +48,7 @@ class RequestLimits:
     def check_request(self, sizes: list[tuple[int, int]], param: str = "n") -> None:
         """422 for a request whose sequences (prompt tokens, max_tokens) could never all be
         served: one over the context, more than a request may hold, more KV than the budget."""
-        for prompt_tokens, max_tokens in sizes:
+        for prompt_tokens, max_tokens in set(sizes):
             self.check_fits(prompt_tokens, max_tokens)
         reserved = [p + m for p, m in sizes]
         if len(reserved) > self.max_per_request:

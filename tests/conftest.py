@@ -12,6 +12,10 @@ import pytest
 # from the machine's network interfaces: every Ray port stays on 127.0.0.1.
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+# The equality tests against transformers, PEFT and sentence-transformers hold in fp32: the whole
+# session serves in it (DTYPE's default, `auto`, is bf16 on a CPU with AVX512-BF16), and so do
+# the servers and workers tests start, which inherit the environment. Tests of bf16 ask for it.
+os.environ["LORASERVE_DTYPE"] = "float32"
 
 from fastapi.testclient import TestClient
 

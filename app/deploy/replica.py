@@ -44,7 +44,12 @@ class PredictorReplica:
         try:
             device = resolve_device(settings.device)
             base = self.compute.call(
-                load_base_model, settings.base_model, device, None, settings.data_dir / "models"
+                load_base_model,
+                settings.base_model,
+                device,
+                None,
+                settings.data_dir / "models",
+                settings.dtype,
             )
             self.registry = open_registry(settings, base_info(base))
         except BaseException:

@@ -21,6 +21,7 @@ from app.basekind import is_causal_lm
 from app.lora.layers import wrap_layers
 from app.model.causal import CausalInfo, frozen_module
 from app.model.config import InvalidModelConfig, ModelConfig
+from app.model.dtype import DtypeSetting, resolve_dtype
 from app.model.hf import Conv1DLinear
 from app.model.mlp import MLP
 from app.model.text import TextEncoder, TokenBatch
@@ -139,13 +140,19 @@ def _is_hf(folder: Path) -> bool:
 
 
 def load_base_model(
-    folder: Path, device: torch.device, name: str | None = None, cache_dir: Path | None = None
+    folder: Path,
+    device: torch.device,
+    name: str | None = None,
+    cache_dir: Path | None = None,
+    dtype: DtypeSetting = "float32",
 ) -> BaseModel:
     """Load any family, frozen, on `device`, its linear layers wrapped (app.lora.layers).
 
     `folder` may also be the name of a packaged model (app.model.hf.KNOWN_MODELS,
     app.model.gguf.KNOWN_GGUF), which then names the base unless `name` is given, or a `.gguf`
     file, converted once into a folder under `cache_dir` (default: beside the file).
+    `dtype` is the DTYPE setting (app.model.dtype): the service passes its own; the default,
+    fp32, is the exact reference that tests and scripts compare with transformers.
     """
     if not folder.exists():
         from app.model.gguf import known_gguf
@@ -160,10 +167,11 @@ def load_base_model(
         name = name or folder.stem
         folder = converted_folder(folder, cache_dir or folder.parent / ".loraserve-models")
     if _is_hf(folder) and is_causal_lm(folder):
-        return _load_causal(folder, device, name)
+        return _load_causal(folder, device, name, resolve_dtype(dtype, "causal_lm", device))
     if _is_hf(folder):
-        return _load_hf(folder, device, name)
+        return _load_hf(folder, device, name, resolve_dtype(dtype, "hf", device))
     config = ModelConfig.load(folder)
+    resolve_dtype(dtype, "mlp", device, config.torch_dtype)  # its own dtype (logs a mismatch)
     module = build_module(config)
     weights_path = folder / "model.safetensors"
     try:
@@ -189,13 +197,13 @@ def load_base_model(
     )
 
 
-def _load_hf(folder: Path, device: torch.device, name: str | None) -> BaseModel:
+def _load_hf(folder: Path, device: torch.device, name: str | None, dtype: torch.dtype) -> BaseModel:
     from app.model.hf import load_hf
 
     weights_path = folder / "model.safetensors"
     if not weights_path.is_file():
         raise InvalidModelConfig(f"{weights_path} is missing (only safetensors weights are read)")
-    module, encoder, dim = load_hf(folder, torch.float32)
+    module, encoder, dim = load_hf(folder, dtype)
     module.to(device=device)
     targets = wrap_layers(module)
     return BaseModel(
@@ -203,7 +211,7 @@ def _load_hf(folder: Path, device: torch.device, name: str | None) -> BaseModel:
         architecture=str(getattr(getattr(module, "config", None), "model_type", "hf")),
         module=module,
         device=device,
-        dtype=torch.float32,
+        dtype=dtype,
         fingerprint=_sha256(weights_path),
         targets=targets,
         input_dim=None,
@@ -212,16 +220,14 @@ def _load_hf(folder: Path, device: torch.device, name: str | None) -> BaseModel:
     )
 
 
-def _load_causal(folder: Path, device: torch.device, name: str | None) -> BaseModel:
+def _load_causal(
+    folder: Path, device: torch.device, name: str | None, dtype: torch.dtype
+) -> BaseModel:
     from app.model.causal import load_causal
 
     weights_path = folder / "model.safetensors"
     if not weights_path.is_file():
         raise InvalidModelConfig(f"{weights_path} is missing (only safetensors weights are read)")
-    # fp32 on the CPU; the GPU's own half precision there (bf16 where it has it).
-    dtype = torch.float32
-    if device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     module, info = load_causal(folder, dtype)
     module.to(device=device)
     targets = {n: m for n, m in wrap_layers(module).items() if not frozen_module(n)}

@@ -76,8 +76,9 @@ class TextEncoder:
         return TokenBatch(enc["input_ids"], enc["attention_mask"])
 
     def embed(self, model: nn.Module, batch: TokenBatch) -> Tensor:
-        """(N, dim) embeddings: the model's last hidden states, pooled (and normalized)."""
+        """(N, dim) fp32 embeddings: the model's last hidden states, pooled (and normalized)."""
         states = model(input_ids=batch.ids, attention_mask=batch.mask).last_hidden_state
+        states = states.float()  # pooled in fp32 on a bf16 or fp16 base (a no-op in fp32)
         mask = batch.mask.unsqueeze(-1).to(states.dtype)  # (N, T, 1)
         if self.pooling == "cls":
             pooled = states[:, 0]

@@ -67,7 +67,11 @@ def open_registry(settings: Settings, info: BaseInfo) -> AdapterRegistry:
 def load_base(settings: Settings) -> tuple[BaseModel, BaseInfo]:
     """The base model, and what the registry needs to know of it."""
     base = load_base_model(
-        settings.base_model, resolve_device(settings.device), None, settings.data_dir / "models"
+        settings.base_model,
+        resolve_device(settings.device),
+        None,
+        settings.data_dir / "models",
+        settings.dtype,
     )
     return base, base_info(base)
 

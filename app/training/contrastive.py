@@ -52,7 +52,7 @@ class TextPairs:
 
     def _embed(self, modules: dict[str, LoraModule], batch: TokenBatch) -> Tensor:
         with plan_scope(TrainingPlan().linear(modules, None)):
-            return self.encoder.embed(self.model, batch)  # (N, d)
+            return self.encoder.embed(self.model, batch)  # (N, d) fp32 whatever the base's
 
     def loss(self, modules: dict[str, LoraModule], rows: Tensor) -> Tensor:
         anchors = self._embed(modules, self.anchors[rows])

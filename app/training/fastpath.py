@@ -60,7 +60,11 @@ class TrainingPlan:
             if cached is None:
                 h = h.dense() if isinstance(h, LowRank) else h
                 y = layer(h)
-                return y if module is None else y + lora_delta(h, module)
+                if module is None:
+                    return y
+                # A and B train in fp32 whatever the base's dtype: the term is computed in theirs
+                # (the rows cast up) and added in the base's, as PEFT does (no-ops in fp32).
+                return y + lora_delta(h.to(module.lora_A.dtype), module).to(y.dtype)
             # The base part of h (if any) is already inside `cached`; carry the rest through W.
             terms = [(u, layer.weight @ v) for u, v in h.terms] if isinstance(h, LowRank) else []
             if module is not None:

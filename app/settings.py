@@ -52,6 +52,10 @@ class Settings(BaseSettings):
     # Sequences (prompts times n) one request may ask for; more is a 422 at once.
     max_seqs_per_request: int = Field(default=64, ge=1)
     generation_queue_timeout_s: float = Field(default=30.0, gt=0)
+    # The KV cache is paged in blocks of this many tokens; full blocks of a prompt are shared
+    # by later prompts that start the same way on the same adapter version (prefix caching).
+    kv_block_tokens: int = Field(default=16, ge=1, le=1024)
+    prefix_caching: bool = True
     # `loraserve serve` listens here; UVICORN_HOST/UVICORN_PORT are read too, as plain uvicorn does.
     host: str = Field(
         default="127.0.0.1", validation_alias=AliasChoices("LORASERVE_HOST", "UVICORN_HOST", "host")

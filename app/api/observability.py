@@ -163,11 +163,32 @@ def generation_metrics(engine: GenerationEngine) -> Iterator[Metric]:
     yield CounterMetricFamily(
         "loraserve_generation_tokens", "tokens generated", engine.tokens_generated
     )
+    cache = engine.cache
     yield GaugeMetricFamily(
-        "loraserve_kv_cache_bytes", "bytes of KV cache allocated", engine.cache.nbytes
+        "loraserve_kv_cache_bytes", "bytes of KV cache blocks held by sequences", cache.nbytes
+    )
+    yield GaugeMetricFamily("loraserve_kv_cache_budget_bytes", "KV_CACHE_BYTES", cache.budget_bytes)
+    # vLLM's own names for the rest, under our prefix.
+    pool = cache.pool
+    yield GaugeMetricFamily("loraserve_kv_blocks_used", "KV cache blocks held", pool.used)
+    yield GaugeMetricFamily(
+        "loraserve_kv_blocks_free", "KV cache blocks free or cached by nobody", pool.free
     )
     yield GaugeMetricFamily(
-        "loraserve_kv_cache_budget_bytes", "KV_CACHE_BYTES", engine.cache.budget_bytes
+        "loraserve_kv_cache_usage_perc",
+        "fraction of the KV cache's blocks held (1 = full)",
+        pool.used / max(pool.count - 1, 1),
+    )
+    yield CounterMetricFamily(
+        "loraserve_prefix_cache_queries",
+        "prompt tokens looked up in the prefix cache",
+        pool.queries,
+    )
+    yield CounterMetricFamily(
+        "loraserve_prefix_cache_hits", "prompt tokens found in the prefix cache", pool.hits
+    )
+    yield CounterMetricFamily(
+        "loraserve_num_preemptions", "sequences preempted for want of KV blocks", engine.preemptions
     )
 
 

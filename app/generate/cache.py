@@ -1,23 +1,36 @@
-"""The KV cache: one slot per running sequence, every layer's keys and values, bounded in bytes.
+"""The paged KV cache: every layer's keys and values in fixed-size blocks, bounded in bytes.
 
-Each layer holds K and V as (slots, kv_heads, length, head_dim). A decode step attends over all
-slots at once (one batched attention, no copy of the cache), masking each slot past its own
-length. The tensors grow (by copying) when a sequence needs a slot or a length they lack, and
-are dropped when the last sequence leaves; `fits` is the admission rule, and it counts the
-bytes those tensors would really take, so the bound is never exceeded.
+Each layer holds K and V as (blocks, block_tokens, kv_heads, head_dim): a token's keys are one
+contiguous row, so a step writes all its rows with one `index_copy_` per layer, and a sequence's
+keys are gathered from its block table. A sequence takes a block when its tokens fill the last
+one, so the cache holds each sequence's own tokens rounded up to a block, never a slot sized
+for the longest; full blocks are shared between sequences with the same start (app.generate.
+blocks). KV_CACHE_BYTES bounds the blocks (block 0, the padding, included).
+
+The tensors are made when the first sequence arrives (empty: the OS gives pages as blocks are
+first written) and each block is zeroed as it is taken, so a padded or stale position is never
+NaN (a masked position's weight is 0, and 0 * NaN would spoil the row).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 from torch import Tensor
 
-_SLOT_STEP = 4  # slots are added four at a time
-_LENGTH_STEP = 64  # and length 64 tokens at a time, so growth (a copy) is rare
+from app.generate.blocks import BlockPool, block_keys
 
 
-def _round_up(value: int, step: int) -> int:
-    return -(-value // step) * step
+@dataclass(eq=False)
+class BlockTable:
+    """One sequence's blocks, and how many of its tokens' keys and values they hold."""
+
+    version: str | None
+    blocks: list[int] = field(default_factory=list)
+    computed: int = 0  # tokens whose keys and values are in the blocks
+    cached: int = 0  # full blocks already offered to the prefix cache
+    keys: list[bytes] = field(default_factory=list)  # the full blocks' keys, as far as known
 
 
 class KVCache:
@@ -31,93 +44,101 @@ class KVCache:
         dtype: torch.dtype,
         device: torch.device,
         budget_bytes: int,
-        max_slots: int,
+        block_tokens: int,
         max_length: int,
+        prefix_caching: bool = True,
     ) -> None:
         self.layers, self.kv_heads, self.head_dim = layers, kv_heads, head_dim
         self.dtype, self.device = dtype, device
         self.budget_bytes = budget_bytes
-        self.max_slots, self.max_length = max_slots, max_length
+        self.block_tokens = block_tokens
+        self.max_length = max_length
         element = torch.empty((), dtype=dtype).element_size()
         self.bytes_per_token = 2 * layers * kv_heads * head_dim * element
+        self.block_bytes = self.bytes_per_token * block_tokens
+        self.pool = BlockPool(max(budget_bytes // self.block_bytes, 1), prefix_caching)
         self.k: list[Tensor] = []
         self.v: list[Tensor] = []
-        self.slots = 0  # allocated slots
-        self.length = 0  # allocated tokens per slot
-        self._free: list[int] = []
-        self._used: dict[int, int] = {}  # slot -> tokens it reserved
+        self._fresh: list[int] = []  # blocks taken since the last step: zeroed before it
+
+    # -- sizes, for admission and the metrics ------------------------------------------------
 
     @property
     def nbytes(self) -> int:
-        return self.slots * self.length * self.bytes_per_token
+        """Bytes of the blocks held by sequences (what the running batch uses)."""
+        return self.pool.used * self.block_bytes
 
     @property
-    def used_slots(self) -> int:
-        return len(self._used)
+    def free_blocks(self) -> int:
+        return self.pool.free
 
-    def _shape_for(self, tokens: int) -> tuple[int, int]:
-        """The allocation that would hold the running sequences plus one of `tokens`."""
-        need_slots = max(self.slots, len(self._used) + 1) if not self._free else self.slots
-        need_length = max(self.length, tokens)
-        slots = min(_round_up(need_slots, _SLOT_STEP), self.max_slots)
-        length = min(_round_up(need_length, _LENGTH_STEP), self.max_length)
-        return slots, max(length, tokens)
+    def blocks_for(self, tokens: int) -> int:
+        return -(-tokens // self.block_tokens)
 
     def capacity_tokens(self) -> int:
         """The longest sequence the budget could ever hold alone."""
-        return min(self.budget_bytes // self.bytes_per_token, self.max_length)
+        return min((self.pool.count - 1) * self.block_tokens, self.max_length)
 
-    def fits(self, tokens: int) -> bool:
-        """Whether a sequence reserving `tokens` can join now, within the byte budget."""
-        if len(self._used) >= self.max_slots:
-            return False
-        slots, length = self._shape_for(tokens)
-        if slots * length * self.bytes_per_token <= self.budget_bytes:
+    # -- a sequence's blocks ----------------------------------------------------------------
+
+    def open(self, tokens: list[int], version: str | None) -> BlockTable:
+        """A table holding the cached blocks of the longest cached start of `tokens` (at least
+        one token is left to compute: its logits give the next token)."""
+        keys: list[bytes] = []
+        if self.pool.caching:
+            keys = block_keys(tokens[: len(tokens) - 1], version, self.block_tokens)
+        table = BlockTable(version, keys=keys)
+        table.blocks = self.pool.lookup(keys)
+        table.computed = table.cached = len(table.blocks)
+        table.computed *= self.block_tokens
+        self.pool.count_query(len(tokens), table.computed)
+        return table
+
+    def grow(self, table: BlockTable, tokens: int) -> bool:
+        """Blocks for `tokens` tokens in all; False (and no change) when too few are free."""
+        need = self.blocks_for(tokens) - len(table.blocks)
+        if need <= 0:
             return True
-        # Without the rounding it may still fit exactly.
-        slots = max(self.slots, len(self._used) + 1)
-        length = max(self.length, tokens)
-        return slots * length * self.bytes_per_token <= self.budget_bytes
+        if need > self.pool.free:
+            return False
+        for _ in range(need):
+            block = self.pool.take()
+            table.blocks.append(block)
+            self._fresh.append(block)
+        return True
 
-    def allocate(self, tokens: int) -> int:
-        """A slot for a sequence of at most `tokens`; call only when `fits(tokens)`."""
-        slots, length = self._shape_for(tokens)
-        if slots * length * self.bytes_per_token > self.budget_bytes:
-            slots, length = max(self.slots, len(self._used) + 1), max(self.length, tokens)
-        if slots > self.slots or length > self.length:
-            self._grow(slots, length)
-        slot = self._free.pop(0)
-        self._used[slot] = tokens
-        return slot
+    def close(self, table: BlockTable) -> None:
+        """The sequence is done (or preempted): its blocks go back, the cached ones stay cached."""
+        self.pool.release(table.blocks)
+        table.blocks, table.computed, table.cached, table.keys = [], 0, 0, []
 
-    def release(self, slot: int) -> None:
-        """Give a finished sequence's slot back; the last one out drops the tensors."""
-        self._used.pop(slot, None)
-        self._free.append(slot)
-        self._free.sort()
-        if not self._used:
-            self.k, self.v, self.slots, self.length, self._free = [], [], 0, 0, []
+    def computed(self, table: BlockTable, tokens: list[int], upto: int) -> None:
+        """`tokens[:upto]` now have their keys and values in the table's blocks; full blocks
+        become findable by later sequences."""
+        table.computed = upto
+        full = upto // self.block_tokens
+        if full > table.cached and self.pool.caching:
+            wanted = tokens[: full * self.block_tokens]
+            table.keys = block_keys(wanted, table.version, self.block_tokens, table.keys)
+            for i in range(table.cached, full):
+                self.pool.cache(table.blocks[i], table.keys[i])
+        table.cached = full
 
-    def _grow(self, slots: int, length: int) -> None:
-        """Every tensor grown to (slots, kv_heads, length, head_dim), one at a time.
+    # -- the tensors -------------------------------------------------------------------------
 
-        Each old tensor is freed as soon as it is copied, before the next one is allocated, so
-        memory peaks at the new size plus one old tensor. Allocating all the new tensors before
-        freeing the old ones peaked at old plus new: about twice the budget.
-        """
-        shape = (slots, self.kv_heads, length, self.head_dim)
-        if not self.slots:
-            self.k = [self._zeros(shape) for _ in range(self.layers)]
-            self.v = [self._zeros(shape) for _ in range(self.layers)]
-        else:
+    def prepare(self) -> None:
+        """Before a step: the tensors exist, and blocks taken since the last step are zero."""
+        if not self.k:
+            shape = (self.pool.count, self.block_tokens, self.kv_heads, self.head_dim)
+            self.k = [self._empty(shape) for _ in range(self.layers)]
+            self.v = [self._empty(shape) for _ in range(self.layers)]
+            self._fresh.append(0)  # the padding block is read (masked) by every gather
+        if self._fresh:
+            index = torch.tensor(self._fresh, dtype=torch.long, device=self.device)
             for tensors in (self.k, self.v):
-                for i in range(self.layers):
-                    grown = self._zeros(shape)
-                    grown[: self.slots, :, : self.length] = tensors[i]
-                    tensors[i] = grown  # drops the old tensor's last reference: freed here
-        self._free += range(self.slots, slots)
-        self._free.sort()
-        self.slots, self.length = slots, length
+                for t in tensors:
+                    t.index_fill_(0, index, 0)
+            self._fresh = []
 
-    def _zeros(self, shape: tuple[int, int, int, int]) -> Tensor:
-        return torch.zeros(shape, dtype=self.dtype, device=self.device)
+    def _empty(self, shape: tuple[int, int, int, int]) -> Tensor:
+        return torch.empty(shape, dtype=self.dtype, device=self.device)

@@ -1,9 +1,11 @@
 """Continuous batching: sequences join and leave the running batch at every step.
 
-One thread runs the steps. A request waits in a bounded queue until the KV cache can hold its
-prompt and `max_tokens` (reserved on admission, so a running sequence never runs out), then
-joins at the next step: its prompt is prefilled in chunks beside the running sequences' decode
-tokens, so they keep getting tokens while a long prompt goes in. Every step is one forward with
+One thread runs the steps. A request waits in a bounded queue until the paged KV cache has
+free blocks for its prompt (less what the prefix cache holds already), then joins at the next
+step: its prompt is prefilled in chunks beside the running sequences' decode tokens, so they
+keep getting tokens while a long prompt goes in. A sequence takes a block each time its tokens
+fill one; when none is free, the sequence that joined last is preempted and computed again
+later from its tokens (as vLLM does), so it goes on with the same tokens. Every step is one forward with
 many adapters, the plan mapping each row (a decode token, or a prefill chunk's tokens) to its
 sequence's adapter. A sequence leaves when it stops, or at the next step after its client went.
 Which waiting sequence joins next is fair between projects and requests (app.generate.waiting).
@@ -27,8 +29,9 @@ import torch
 
 from app.engine.predictor import Mode, Predictor
 from app.errors import QueueFull, ServiceUnavailable
+from app.generate.cache import BlockTable
 from app.generate.detok import TextStream
-from app.generate.forward import DecoderForward, Span, Step
+from app.generate.forward import DecoderForward, Step
 from app.generate.limits import RequestLimits
 from app.generate.sampling import SamplingParams, new_generator
 from app.generate.sequence import GenEvent, Sequence, SequenceEvents, deliver
@@ -55,6 +58,8 @@ class GenerationEngine:
         max_waiting_seqs: int,
         queue_timeout_s: float,
         max_seqs_per_request: int = 64,
+        kv_block_tokens: int = 16,
+        prefix_caching: bool = True,
     ) -> None:
         base = predictor.base
         assert base.causal is not None, "generation needs a causal_lm base"
@@ -63,8 +68,9 @@ class GenerationEngine:
         self.info = base.causal
         self.forward = DecoderForward(base.module, self.info)
         self.cache = self.forward.new_cache(
-            base.dtype, base.device, kv_cache_bytes, max_running_seqs, self.info.context_length
-        )
+            base.dtype, base.device, kv_cache_bytes, kv_block_tokens, self.info.context_length,
+            prefix_caching,
+        )  # fmt: skip
         self.max_running = max_running_seqs
         self.chunk = prefill_chunk_tokens
         self.max_waiting = max_waiting_seqs
@@ -76,7 +82,9 @@ class GenerationEngine:
         )
         self.queue_timeout_s = queue_timeout_s
         self._room: WaitingRoom[Sequence] = WaitingRoom(max_waiting_seqs)
-        self._running: list[Sequence] = []
+        self._running: list[Sequence] = []  # in the order they joined
+        self._preempted: deque[Sequence] = deque()  # out of blocks: they join again first
+        self.preemptions = 0
         self._cond = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -167,7 +175,7 @@ class GenerationEngine:
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not self._stopping and not self._room.size and not self._running:
+                while not (self._stopping or self._room.size or self._running or self._preempted):
                     self._cond.wait()
                 if self._stopping:
                     break
@@ -186,17 +194,27 @@ class GenerationEngine:
                 self._running = []
         with self._cond:
             waiting = self._room.drain()
-        for seq in [*self._running, *waiting]:
+        for seq in [*self._running, *self._preempted, *waiting]:
             seq.send(ServiceUnavailable("the server is shutting down"))
 
     def _admit(self) -> None:
-        """Waiting sequences join, the fairest first, while slots and cache bytes allow."""
-        while (head := self._room.peek()) is not None:
-            seq, group = head
-            if len(self._running) >= self.max_running or not self.cache.fits(seq.reserved):
-                break  # the fairest waits for room: skipping it could starve long prompts
-            self._room.pop(seq, group)
-            seq.slot = self.cache.allocate(seq.reserved)
+        """Preempted sequences first, then waiting ones, the fairest first, while there are
+        places in the batch and free blocks for their prompts (what the prefix cache holds
+        already is not computed again)."""
+        while len(self._running) < self.max_running:
+            if self._preempted:
+                seq, group = self._preempted[0], None
+            elif (head := self._room.peek()) is not None:
+                seq, group = head
+            else:
+                break
+            if not self._open(seq):
+                break  # the first in line waits for blocks: skipping it could starve it
+            if group is None:
+                self._preempted.popleft()
+            else:
+                self._room.pop(seq, group)
+                self.tokens_prefilled += len(seq.prompt)  # as vLLM counts: cached ones too
             self._running.append(seq)
         # Bounded waits: a request none of whose sequences could join in time hears so.
         for seq in self._room.expired(time.monotonic(), self.queue_timeout_s):
@@ -207,56 +225,84 @@ class GenerationEngine:
                 )
             )
 
+    def _open(self, seq: Sequence) -> bool:
+        """Blocks for `seq`'s tokens (one block to spare while others run), or none taken."""
+        table = self.cache.open(seq.tokens, seq.version)
+        spare = 1 if self._running else 0
+        need = self.cache.blocks_for(len(seq.tokens)) - len(table.blocks) + spare
+        if need > self.cache.free_blocks or not self.cache.grow(table, len(seq.tokens)):
+            self.cache.close(table)
+            return False
+        seq.table = table
+        return True
+
     def _release(self, seq: Sequence) -> None:
-        if seq.slot >= 0:
-            self.cache.release(seq.slot)
-            seq.slot = -1
+        if seq.table is not None:
+            self.cache.close(seq.table)
+            seq.table = None
             with self._cond:
                 self._room.finished(seq.group)
 
+    def _preempt(self, seq: Sequence) -> None:
+        """Out of blocks: `seq` gives its blocks back and is computed again when there is room
+        (from its prompt and the tokens it has, so it goes on with the same tokens)."""
+        assert seq.table is not None
+        self.cache.close(seq.table)
+        seq.table = None
+        self._running.remove(seq)
+        self._preempted.append(seq)
+        self.preemptions += 1
+
+    def _blocks_for_decode(self) -> None:
+        """Each decoding sequence's next token gets its block; when none is free, the sequence
+        that joined last is preempted (vLLM's recompute policy), never an out-of-memory."""
+        for seq in list(self._running):
+            table = seq.table
+            if table is None or len(seq.tokens) - table.computed != 1:
+                continue
+            while not self.cache.grow(table, len(seq.tokens)):
+                victim = self._running[-1]
+                self._preempt(victim)
+                if victim is seq:
+                    break
+
     def _step(self) -> None:
-        gone = [s for s in self._running if s.cancelled]
-        for seq in gone:
+        for seq in [s for s in self._running if s.cancelled]:
             self._release(seq)
-        running = [s for s in self._running if not s.cancelled]
-        self._running = running
+        self._running = [s for s in self._running if not s.cancelled]
+        self._blocks_for_decode()
+        running = self._running
         if not running:
             return
-        decode = [s for s in running if s.prefilled == len(s.prompt)]
+        decode = [s for s in running if len(s.tokens) - self._computed(s) == 1]
         budget = max(self.chunk, 1)
-        ids: list[int] = [s.last for s in decode]
-        positions: list[int] = [len(s.prompt) + s.generated - 1 for s in decode]
+        ids: list[int] = [s.tokens[-1] for s in decode]
+        positions: list[int] = [len(s.tokens) - 1 for s in decode]
         keys: list[str | None] = [s.version for s in decode]
-        spans: list[Span] = []
-        prefilling: list[tuple[Sequence, int]] = []
-        for seq in running:
-            if seq.prefilled == len(seq.prompt) or budget <= 0:
-                continue
-            n = min(budget, len(seq.prompt) - seq.prefilled)
-            start = len(ids)
-            ids += seq.prompt[seq.prefilled : seq.prefilled + n]
-            positions += range(seq.prefilled, seq.prefilled + n)
-            keys += [seq.version] * n
-            spans.append(Span(start, start + n, seq.slot, seq.prefilled))
-            prefilling.append((seq, n))
-            budget -= n
-        device = self.base.device
-        step = Step(
-            ids=torch.tensor(ids, dtype=torch.long, device=device),
-            positions=torch.tensor(positions, dtype=torch.long, device=device),
-            decode_slots=torch.tensor([s.slot for s in decode], dtype=torch.long, device=device),
-            decode_lengths=torch.tensor(
-                [p + 1 for p in positions[: len(decode)]], dtype=torch.long, device=device
-            ),
-            spans=tuple(spans),
-        )
+        tables: list[list[int]] = [self._table(s).blocks for s in decode]
+        spans: list[tuple[int, int, int]] = []
         # Rows whose next token is due: every decode row, and a prompt's last chunk's last row.
         sampled: list[tuple[Sequence, int]] = [(s, i) for i, s in enumerate(decode)]
-        for (seq, n), span in zip(prefilling, spans, strict=True):
-            seq.prefilled += n
-            self.tokens_prefilled += n
-            if seq.prefilled == len(seq.prompt):
-                sampled.append((seq, span.stop - 1))
+        done: list[tuple[Sequence, int]] = [(s, len(s.tokens)) for s in decode]
+        for seq in running:
+            computed = self._computed(seq)
+            if len(seq.tokens) - computed <= 1 or budget <= 0:
+                continue
+            n = min(budget, len(seq.tokens) - computed)
+            start = len(ids)
+            ids += seq.tokens[computed : computed + n]
+            positions += range(computed, computed + n)
+            keys += [seq.version] * n
+            tables += [self._table(seq).blocks] * n
+            spans.append((start, start + n, computed))
+            done.append((seq, computed + n))
+            budget -= n
+            if computed + n == len(seq.tokens):
+                sampled.append((seq, start + n - 1))
+        device = self.base.device
+        step = Step.build(
+            ids, positions, tables, spans, self.cache.block_tokens, self.forward.group, device
+        )
         with torch.inference_mode():
             plan = step_plan(self.predictor, keys, {s.mode for s in running}, len(running))
             with plan_scope(plan):
@@ -264,6 +310,12 @@ class GenerationEngine:
             rows = torch.tensor([r for _, r in sampled], dtype=torch.long, device=device)
             logits = self.forward.logits(hidden.index_select(0, rows)).cpu() if sampled else None
         self.steps += 1
+        for seq, upto in done:
+            self.cache.computed(self._table(seq), seq.tokens, upto)
+        self._sample(sampled, logits)
+        self._running = [s for s in self._running if s.table is not None]
+
+    def _sample(self, sampled: list[tuple[Sequence, int]], logits: torch.Tensor | None) -> None:
         # A step's events go to each event loop in one wake-up, not one per sequence: every
         # wake-up takes the GIL from this thread between two of its ops.
         events: dict[asyncio.AbstractEventLoop, list[tuple[Sequence, GenEvent]]] = {}
@@ -284,4 +336,12 @@ class GenerationEngine:
         for loop, batch in events.items():
             with contextlib.suppress(RuntimeError):  # a closed loop: nobody left to read them
                 loop.call_soon_threadsafe(deliver, batch)
-        self._running = [s for s in self._running if s.slot >= 0]
+
+    @staticmethod
+    def _table(seq: Sequence) -> BlockTable:
+        assert seq.table is not None
+        return seq.table
+
+    @classmethod
+    def _computed(cls, seq: Sequence) -> int:
+        return cls._table(seq).computed

@@ -26,23 +26,71 @@ from app.model.causal import CausalInfo
 
 @dataclass(frozen=True)
 class Span:
-    """Prefill rows start:stop are tokens `pos`.. of the sequence in `slot`."""
+    """Prefill rows start:stop are tokens `pos`.. of a sequence whose keys are in `blocks`."""
 
     start: int
     stop: int
-    slot: int
     pos: int
+    blocks: Tensor  # (nb,) the sequence's blocks, as far as this span reaches
+    mask: Tensor  # (G * n, nb * block_tokens) bool, causal: True where a row may attend
 
 
 @dataclass(frozen=True)
 class Step:
-    """Where each sequence's tokens sit in one forward's rows."""
+    """Where each sequence's tokens sit in one forward's rows, and where their keys go.
+
+    Built once per step and read by every layer: the rows' positions, the flat cache row of
+    each row's keys, the decode rows' block tables and masks, the prefill spans."""
 
     ids: Tensor  # (N,) token ids
     positions: Tensor  # (N,) each token's position in its sequence
-    decode_slots: Tensor  # (B,) slots of rows 0..B-1, one decode token each
-    decode_lengths: Tensor  # (B,) their lengths after this step's token
+    write: Tensor  # (N,) the cache row (block * block_tokens + offset) of each row's keys
+    decode_blocks: Tensor  # (B * nb,) rows 0..B-1's block tables, padded with block 0
+    decode_mask: Tensor  # (B, 1, 1, nb * block_tokens) bool: True where a decode row attends
     spans: tuple[Span, ...]
+
+    @classmethod
+    def build(
+        cls,
+        ids: list[int],
+        positions: list[int],
+        tables: list[list[int]],
+        spans: list[tuple[int, int, int]],
+        block_tokens: int,
+        group: int,
+        device: torch.device,
+    ) -> Step:
+        """Rows `ids` at `positions`, row r's sequence holding blocks `tables[r]`; the first
+        rows decode (one each) up to the first span's start; spans are (start, stop, pos) of
+        prefill rows. `group` query heads share a key head."""
+        long = {"dtype": torch.long, "device": device}
+        write = [
+            table[p // block_tokens] * block_tokens + p % block_tokens
+            for table, p in zip(tables, positions, strict=True)
+        ]
+        b = spans[0][0] if spans else len(ids)
+        nb = max((len(tables[r]) for r in range(b)), default=0)
+        padded = [tables[r] + [0] * (nb - len(tables[r])) for r in range(b)]
+        lengths = torch.tensor([p + 1 for p in positions[:b]], **long)
+        decode_mask = torch.arange(nb * block_tokens, device=device)[None] < lengths[:, None]
+        made = []
+        for start, stop, pos in spans:
+            n, blocks = stop - start, tables[start][: -(-(pos + stop - start) // block_tokens)]
+            rows = torch.arange(pos, pos + n, device=device).repeat(group)[:, None]
+            mask = torch.arange(len(blocks) * block_tokens, device=device)[None] <= rows
+            made.append(Span(start, stop, pos, torch.tensor(blocks, **long), mask))
+        return cls(
+            ids=torch.tensor(ids, **long),
+            positions=torch.tensor(positions, **long),
+            write=torch.tensor(write, **long),
+            decode_blocks=torch.tensor([x for t in padded for x in t], **long),
+            decode_mask=decode_mask[:, None, None, :],
+            spans=tuple(made),
+        )
+
+    @property
+    def decoding(self) -> int:
+        return self.decode_mask.shape[0]
 
 
 def rotate_half(x: Tensor) -> Tensor:
@@ -86,14 +134,27 @@ class DecoderForward:
         self.layers = len(self.blocks)
 
     def new_cache(
-        self, dtype: torch.dtype, device: torch.device, budget: int, slots: int, length: int
+        self,
+        dtype: torch.dtype,
+        device: torch.device,
+        budget: int,
+        block_tokens: int,
+        length: int,
+        prefix_caching: bool = True,
     ) -> KVCache:
         return KVCache(
-            self.layers, self.kv_heads, self.head_dim, dtype, device, budget, slots, length
-        )
+            self.layers, self.kv_heads, self.head_dim, dtype, device, budget, block_tokens,
+            length, prefix_caching,
+        )  # fmt: skip
+
+    @property
+    def group(self) -> int:
+        """Query heads per key head."""
+        return self.heads // self.kv_heads
 
     def hidden(self, step: Step, cache: KVCache) -> Tensor:
         """(N, hidden) final hidden states of the step's rows; writes their keys and values."""
+        cache.prepare()
         x = self.embed(step.ids)  # (N, hidden)
         if self.pos_embed is not None:
             x = x + self.pos_embed(step.positions)
@@ -101,14 +162,13 @@ class DecoderForward:
         if self.rotary is not None:
             cos, sin = self.rotary(x[None], step.positions[None])  # (1, N, D) each
             rope = (cos[0, :, None], sin[0, :, None])  # (N, 1, D)
-        masks = _Masks.build(step, cache)
         for i, block in enumerate(self.blocks):
             if self.layout == "gpt2":
-                x = x + self._gpt2_attention(i, block, block.ln_1(x), step, cache, masks)
+                x = x + self._gpt2_attention(i, block, block.ln_1(x), step, cache)
                 x = x + block.mlp(block.ln_2(x))
             else:
                 h = block.input_layernorm(x)
-                x = x + self._llama_attention(i, block.self_attn, h, rope, step, cache, masks)
+                x = x + self._llama_attention(i, block.self_attn, h, rope, step, cache)
                 x = x + block.mlp(block.post_attention_layernorm(x))
         return self.norm(x)
 
@@ -124,7 +184,6 @@ class DecoderForward:
         rope: tuple[Tensor, Tensor] | None,
         step: Step,
         cache: KVCache,
-        masks: _Masks,
     ) -> Tensor:
         n = h.shape[0]
         q = attn.q_proj(h).view(n, self.heads, self.head_dim)  # (N, Hq, D)
@@ -136,99 +195,47 @@ class DecoderForward:
             cos, sin = rope
             q = q * cos + rotate_half(q) * sin
             k = k * cos + rotate_half(k) * sin
-        out = self._attend(i, q, k, v, step, cache, masks)  # (N, Hq, D)
+        out = self._attend(i, q, k, v, step, cache)  # (N, Hq, D)
         return attn.o_proj(out.reshape(n, self.heads * self.head_dim))
 
-    def _gpt2_attention(
-        self, i: int, block: Any, h: Tensor, step: Step, cache: KVCache, masks: _Masks
-    ) -> Tensor:
+    def _gpt2_attention(self, i: int, block: Any, h: Tensor, step: Step, cache: KVCache) -> Tensor:
         n = h.shape[0]
         qkv = block.attn.c_attn(h)  # (N, 3 * hidden)
         q, k, v = (t.view(n, self.heads, self.head_dim) for t in qkv.chunk(3, dim=-1))
-        out = self._attend(i, q, k, v, step, cache, masks)
+        out = self._attend(i, q, k, v, step, cache)
         return block.attn.c_proj(out.reshape(n, self.heads * self.head_dim))
 
     def _attend(
-        self,
-        i: int,
-        q: Tensor,
-        k: Tensor,
-        v: Tensor,
-        step: Step,
-        cache: KVCache,
-        masks: _Masks,
+        self, i: int, q: Tensor, k: Tensor, v: Tensor, step: Step, cache: KVCache
     ) -> Tensor:
-        """(N, Hq, D): each row attends over its own sequence's cached keys, itself included."""
-        keys, values = cache.k[i], cache.v[i]  # (S, Hkv, L, D)
-        b = len(step.decode_slots)
-        if b:
-            keys[step.decode_slots, :, step.positions[:b]] = k[:b]
-            values[step.decode_slots, :, step.positions[:b]] = v[:b]
-        for s in step.spans:
-            keys[s.slot, :, s.pos : s.pos + s.stop - s.start] = k[s.start : s.stop].transpose(0, 1)
-            values[s.slot, :, s.pos : s.pos + s.stop - s.start] = v[s.start : s.stop].transpose(
-                0, 1
-            )
+        """(N, Hq, D): each row attends over its own sequence's cached keys, itself included.
+
+        The query heads that share a key head are folded into the query length ((B, Hkv, G, D)
+        against (B, Hkv, L, D)): one attention over the key heads as they are stored, where
+        `enable_gqa` would repeat every key head G times first."""
+        keys, values = cache.k[i], cache.v[i]  # (blocks, T, Hkv, D)
+        bt, hkv, d, g = cache.block_tokens, self.kv_heads, self.head_dim, self.group
+        keys.view(-1, hkv, d).index_copy_(0, step.write, k)
+        values.view(-1, hkv, d).index_copy_(0, step.write, v)
         out = torch.empty_like(q)
-        gqa = self.heads != self.kv_heads
         scale = self.scales[i]
+        b = step.decoding
         if b:
-            width = masks.decode.shape[-1]
-            if masks.all_slots:
-                # Every slot in one call (no copy of the cache); idle slots attend to position 0.
-                qf = q.new_zeros(cache.slots, self.heads, 1, self.head_dim)
-                qf[step.decode_slots] = q[:b, :, None]
-                o = F.scaled_dot_product_attention(
-                    qf, keys[:, :, :width], values[:, :, :width],
-                    attn_mask=masks.decode, scale=scale, enable_gqa=gqa,
-                )  # fmt: skip
-                out[:b] = o[step.decode_slots, :, 0]
-            else:
-                o = F.scaled_dot_product_attention(
-                    q[:b, :, None],
-                    keys[step.decode_slots, :, :width],
-                    values[step.decode_slots, :, :width],
-                    attn_mask=masks.decode, scale=scale, enable_gqa=gqa,
-                )  # fmt: skip
-                out[:b] = o[:, :, 0]
-        for s, mask in zip(step.spans, masks.spans, strict=True):
-            end = s.pos + s.stop - s.start
+            width = step.decode_mask.shape[-1]
+            kd = keys.index_select(0, step.decode_blocks).view(b, width, hkv, d)
+            vd = values.index_select(0, step.decode_blocks).view(b, width, hkv, d)
             o = F.scaled_dot_product_attention(
-                q[s.start : s.stop].transpose(0, 1)[None],  # (1, Hq, n, D)
-                keys[s.slot : s.slot + 1, :, :end],
-                values[s.slot : s.slot + 1, :, :end],
-                attn_mask=mask, scale=scale, enable_gqa=gqa,
+                q[:b].view(b, hkv, g, d), kd.transpose(1, 2), vd.transpose(1, 2),
+                attn_mask=step.decode_mask, scale=scale,
             )  # fmt: skip
-            out[s.start : s.stop] = o[0].transpose(0, 1)
-        return out
-
-
-@dataclass(frozen=True)
-class _Masks:
-    """The step's attention masks, made once and shared by every layer."""
-
-    decode: Tensor  # (S or B, 1, 1, L) bool: True where a decode row may attend
-    all_slots: bool  # decode attends over every slot (else over the decode rows' slots only)
-    spans: tuple[Tensor, ...]  # per span (n, pos + n) bool, causal
-
-    @classmethod
-    def build(cls, step: Step, cache: KVCache) -> _Masks:
-        device = step.ids.device
-        b = len(step.decode_slots)
-        all_slots = 2 * b >= cache.slots
-        decode = torch.ones(0, dtype=torch.bool, device=device)
-        if b:
-            width = int(step.decode_lengths.max())
-            if all_slots:
-                lengths = torch.ones(cache.slots, dtype=torch.long, device=device)
-                lengths[step.decode_slots] = step.decode_lengths
-            else:
-                lengths = step.decode_lengths
-            decode = torch.arange(width, device=device)[None] < lengths[:, None]
-            decode = decode[:, None, None, :]
-        spans = []
+            out[:b] = o.view(b, self.heads, d)
         for s in step.spans:
-            n = s.stop - s.start
-            rows = torch.arange(s.pos, s.pos + n, device=device)[:, None]
-            spans.append(torch.arange(s.pos + n, device=device)[None] <= rows)
-        return cls(decode, all_slots, tuple(spans))
+            n, width = s.stop - s.start, len(s.blocks) * bt
+            ks = keys.index_select(0, s.blocks).view(1, width, hkv, d).transpose(1, 2)
+            vs = values.index_select(0, s.blocks).view(1, width, hkv, d).transpose(1, 2)
+            qs = (
+                q[s.start : s.stop].view(n, hkv, g, d).permute(1, 2, 0, 3).reshape(1, hkv, g * n, d)
+            )
+            o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=s.mask, scale=scale)
+            out[s.start : s.stop] = o.view(hkv, g, n, d).permute(2, 0, 1, 3).reshape(n, -1, d)
+        return out

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import torch
 
 from app.engine.predictor import Mode
+from app.generate.cache import BlockTable
 from app.generate.detok import TextStream
 from app.generate.sampling import Choice, SamplingParams, choose
 from app.generate.waiting import RequestGroup
@@ -36,16 +37,19 @@ class Sequence:
     group: RequestGroup[Sequence]
     gen: torch.Generator
     request_id: str | None = None  # for the log, when something fails
-    slot: int = -1
-    prefilled: int = 0  # prompt tokens already in the cache
+    table: BlockTable | None = None  # its KV cache blocks while it runs
+    tokens: list[int] = field(default_factory=list)  # the prompt, then each token generated
     generated: int = 0
-    last: int = -1  # the token the next decode step feeds
     cancelled: bool = False
     finished: bool = False
     pending: list[Choice] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        self.tokens = list(self.prompt)
+
     @property
     def reserved(self) -> int:
+        """Tokens it may come to hold: its prompt and max_tokens."""
         return len(self.prompt) + self.params.max_tokens
 
     def send(self, item: GenEvent | BaseException) -> None:
@@ -58,7 +62,7 @@ class Sequence:
         params = self.params
         choice = choose(logits, params, self.gen)
         self.generated += 1
-        self.last = choice.token
+        self.tokens.append(choice.token)
         eos = choice.token in params.stop_token_ids or (
             not params.ignore_eos and choice.token in eos_token_ids
         )

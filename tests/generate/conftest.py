@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tests.gen_helpers import write_tiny_causal_lm
+from tests.generate.serving import engines, served  # noqa: F401 (fixtures for every module)
 
 LAYOUTS = ("llama", "qwen2", "gpt2")
 

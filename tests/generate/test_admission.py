@@ -192,7 +192,7 @@ def test_a_sampling_failure_fails_its_own_sequence_only(make_engine, base, monke
         with pytest.raises(ServiceUnavailable) as failed:
             await drain(bad)
         got = await good_task
-        await wait_until(lambda: engine.running == 0 and engine.cache.used_slots == 0)
+        await wait_until(lambda: engine.running == 0 and engine.cache.pool.used == 0)
         return expected, failed.value, got
 
     expected, error, got = run(scenario())

@@ -1,97 +1,102 @@
-"""The KV cache's growth: old contents kept, and memory within the budget plus one tensor."""
+"""The paged KV cache and its blocks: memory by the block, prefix keys, LRU reuse, the budget."""
 
 from __future__ import annotations
 
-import itertools
-import weakref
-from typing import Any
-
-import pytest
 import torch
-from torch import Tensor
 
-from app.generate import cache as cache_module
-from app.generate.cache import KVCache
+from app.generate.blocks import BlockPool, block_keys
+from app.generate.cache import BlockTable, KVCache
 
-LAYERS, KV_HEADS, HEAD_DIM = 4, 2, 8
+LAYERS, KV_HEADS, HEAD_DIM, BLOCK = 2, 2, 8, 4
 BYTES_PER_TOKEN = 2 * LAYERS * KV_HEADS * HEAD_DIM * 4  # K and V of every layer, float32
 
 
-class _Counted:
-    """`torch` as the cache module sees it, counting the bytes of the tensors it allocates
-    that are still alive, and the most that ever were at once."""
-
-    def __init__(self) -> None:
-        self.live: dict[int, int] = {}
-        self.peak = 0
-        self._keys = itertools.count()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(torch, name)
-
-    def zeros(self, *args: Any, **kwargs: Any) -> Tensor:
-        return self._count(torch.zeros(*args, **kwargs))
-
-    def empty(self, *args: Any, **kwargs: Any) -> Tensor:
-        return self._count(torch.empty(*args, **kwargs))
-
-    def _count(self, tensor: Tensor) -> Tensor:
-        key = next(self._keys)
-        self.live[key] = tensor.untyped_storage().nbytes()
-        weakref.finalize(tensor, self.live.pop, key)  # when its last reference goes
-        self.peak = max(self.peak, sum(self.live.values()))
-        return tensor
+def _cache(blocks: int, caching: bool = True) -> KVCache:
+    budget = blocks * BLOCK * BYTES_PER_TOKEN
+    cpu = torch.device("cpu")
+    return KVCache(LAYERS, KV_HEADS, HEAD_DIM, torch.float32, cpu, budget, BLOCK, 4096, caching)
 
 
-@pytest.fixture
-def counted(monkeypatch: pytest.MonkeyPatch) -> _Counted:
-    counting = _Counted()
-    monkeypatch.setattr(cache_module, "torch", counting)
-    return counting
+def test_a_sequence_holds_its_tokens_rounded_up_to_a_block() -> None:
+    cache = _cache(16)
+    table = BlockTable(None)
+    assert cache.grow(table, 1) and cache.nbytes == BLOCK * BYTES_PER_TOKEN
+    assert cache.grow(table, 4) and len(table.blocks) == 1
+    assert cache.grow(table, 5) and len(table.blocks) == 2
+    assert cache.nbytes == 2 * BLOCK * BYTES_PER_TOKEN
+    cache.close(table)
+    assert cache.nbytes == 0 and cache.free_blocks == 15  # block 0 is the padding
 
 
-def new_cache(budget_bytes: int = 1 << 30) -> KVCache:
-    return KVCache(LAYERS, KV_HEADS, HEAD_DIM, torch.float32, torch.device("cpu"),
-                   budget_bytes, max_slots=16, max_length=1024)  # fmt: skip
+def test_the_budget_bounds_the_blocks_and_a_refused_growth_changes_nothing() -> None:
+    cache = _cache(4)  # blocks 1..3 usable
+    table = BlockTable(None)
+    assert cache.capacity_tokens() == 3 * BLOCK
+    assert cache.pool.count * BLOCK * BYTES_PER_TOKEN <= cache.budget_bytes
+    assert not cache.grow(table, 4 * BLOCK) and table.blocks == []
+    assert cache.grow(table, 3 * BLOCK) and cache.free_blocks == 0
 
 
-def test_growth_peaks_at_the_new_size_plus_one_old_tensor(counted: _Counted) -> None:
-    cache = new_cache()
-    cache.allocate(64)  # (4 slots, 64 tokens): 16 KiB a tensor, 128 KiB in all
-    one_old = cache.k[0].nbytes
-    old = cache.nbytes
-    counted.peak = 0
-    cache.allocate(500)  # (4 slots, 512 tokens): 1 MiB in all
-    assert cache.nbytes == 8 * old and sum(counted.live.values()) == cache.nbytes
-    # All new tensors before freeing the old ones peaked at old + new.
-    assert counted.peak <= cache.nbytes + one_old < cache.nbytes + old
+def test_block_keys_chain_the_tokens_before_and_the_version() -> None:
+    a = block_keys(list(range(10)), "v1", BLOCK)
+    assert len(a) == 2  # full blocks only
+    assert block_keys(list(range(10)), "v1", BLOCK) == a
+    assert block_keys(list(range(10)), "v2", BLOCK)[0] != a[0]
+    assert block_keys(list(range(10)), None, BLOCK)[0] != a[0]
+    changed = [99, *range(1, 10)]  # a change in the first block changes every later key
+    assert block_keys(changed, "v1", BLOCK)[1] != a[1]
+    assert block_keys(list(range(10)), "v1", BLOCK, a[:1]) == a  # extended from known keys
 
 
-def test_growth_to_the_budget_never_holds_more_than_the_budget_and_a_tensor(
-    counted: _Counted,
-) -> None:
-    budget = 8 * 512 * BYTES_PER_TOKEN  # exactly 8 slots of 512 tokens
-    cache = new_cache(budget)
-    for _ in range(4):
-        cache.allocate(200)  # (4 slots, 256 tokens): half the budget
-    one_old = cache.k[0].nbytes
-    assert cache.fits(512)
-    cache.allocate(512)  # a fifth sequence, longer: (8 slots, 512 tokens), the whole budget
-    assert cache.nbytes == budget
-    assert counted.peak <= budget + one_old
+def test_a_prompt_that_starts_the_same_way_reuses_the_full_blocks() -> None:
+    cache = _cache(16)
+    tokens = list(range(11))  # two full blocks and three tokens
+    first = cache.open(tokens, "v1")
+    assert first.computed == 0 and cache.grow(first, len(tokens))
+    cache.computed(first, tokens, len(tokens))
+    again = cache.open([*tokens[:9], 50, 51], "v1")
+    assert again.blocks == first.blocks[:2] and again.computed == 2 * BLOCK
+    assert cache.pool.queries == 22 and cache.pool.hits == 8
+    # Another version, or the base, never finds them.
+    assert cache.open(tokens, "v2").blocks == [] and cache.open(tokens, None).blocks == []
+    # At least one token is left to compute: its logits give the next token.
+    exact = cache.open(tokens[:8], "v1")
+    assert exact.computed == BLOCK
 
 
-def test_growth_keeps_what_the_cache_held() -> None:
-    cache = new_cache()
-    for _ in range(4):
-        cache.allocate(60)
-    gen = torch.Generator().manual_seed(0)
-    for t in (*cache.k, *cache.v):
-        t.copy_(torch.randn(t.shape, generator=gen))
-    before = [t.clone() for t in (*cache.k, *cache.v)]
-    slots, length = cache.slots, cache.length
-    cache.allocate(300)  # more slots and a longer length at once
-    assert cache.slots > slots and cache.length > length
-    for old, new in zip(before, (*cache.k, *cache.v), strict=True):
-        assert torch.equal(new[:slots, :, :length], old)
-        assert not new[slots:].any() and not new[:, :, length:].any()
+def test_released_cached_blocks_are_reused_in_least_recently_used_order() -> None:
+    cache = _cache(5)  # 4 usable blocks
+    old, new = list(range(5)), list(range(100, 105))
+    for tokens in (old, new):
+        table = cache.open(tokens, None)
+        assert cache.grow(table, len(tokens))
+        cache.computed(table, tokens, len(tokens))
+        cache.close(table)
+    assert cache.free_blocks == 4 and cache.nbytes == 0  # cached, yet free to take
+    taker = BlockTable(None)
+    assert cache.grow(taker, 3 * BLOCK)  # 2 never-used blocks, then the LRU cached one (old's)
+    assert cache.open(old, None).blocks == []
+    assert len(cache.open(new, None).blocks) == 1
+
+
+def test_a_block_taken_again_is_zeroed_before_the_next_step() -> None:
+    cache = _cache(3)
+    table = BlockTable(None)
+    assert cache.grow(table, BLOCK)
+    cache.prepare()
+    (block,) = table.blocks
+    cache.k[0][block] = float("nan")
+    cache.close(table)
+    assert cache.grow(table, BLOCK) and table.blocks == [block]
+    cache.prepare()
+    assert torch.equal(cache.k[0][block], torch.zeros_like(cache.k[0][block]))
+    assert torch.equal(cache.k[0][0], torch.zeros_like(cache.k[0][0]))  # the padding block
+
+
+def test_the_pool_without_caching_finds_nothing() -> None:
+    pool = BlockPool(8, caching=False)
+    block = pool.take()
+    pool.cache(block, b"key")
+    assert pool.lookup([b"key"]) == []
+    pool.release([block])
+    assert pool.free == 7

@@ -7,40 +7,44 @@ from pathlib import Path
 import pytest
 import torch
 
-from app.generate.forward import DecoderForward, Span, Step
+from app.generate.cache import BlockTable, KVCache
+from app.generate.forward import DecoderForward, Step
 from app.model import load_base_model
 from tests.generate.conftest import LAYOUTS
 
 CPU = torch.device("cpu")
 
 
+BLOCK = 4  # small blocks: every sequence here spans several, and some end mid-block
+
+
 def _forward(folder: Path):
     base = load_base_model(folder, CPU)
     assert base.causal is not None
     fwd = DecoderForward(base.module, base.causal)
-    cache = fwd.new_cache(base.dtype, CPU, 1 << 24, 4, base.causal.context_length)
+    cache = fwd.new_cache(base.dtype, CPU, 1 << 24, BLOCK, base.causal.context_length)
     return base, fwd, cache
 
 
-def _prefill(ids: list[int], slot: int, pos: int) -> Step:
+def _table(cache: KVCache, tokens: int) -> list[int]:
+    """The blocks of a new sequence of `tokens` tokens, taken in a scattered order (another
+    sequence's block between each), as a busy cache gives them."""
+    table, other = BlockTable(None), BlockTable(None)
+    for n in range(1, tokens + 1):
+        assert cache.grow(table, n) and cache.grow(other, n)
+    return table.blocks
+
+
+def _prefill(fwd: DecoderForward, ids: list[int], blocks: list[int], pos: int) -> Step:
     n = len(ids)
-    return Step(
-        ids=torch.tensor(ids),
-        positions=torch.arange(pos, pos + n),
-        decode_slots=torch.zeros(0, dtype=torch.long),
-        decode_lengths=torch.zeros(0, dtype=torch.long),
-        spans=(Span(0, n, slot, pos),),
-    )
+    positions = list(range(pos, pos + n))
+    return Step.build(ids, positions, [blocks] * n, [(0, n, pos)], BLOCK, fwd.group, CPU)
 
 
-def _decode(ids: list[int], slots: list[int], positions: list[int]) -> Step:
-    return Step(
-        ids=torch.tensor(ids),
-        positions=torch.tensor(positions),
-        decode_slots=torch.tensor(slots),
-        decode_lengths=torch.tensor(positions) + 1,
-        spans=(),
-    )
+def _decode(
+    fwd: DecoderForward, ids: list[int], tables: list[list[int]], positions: list[int]
+) -> Step:
+    return Step.build(ids, positions, tables, [], BLOCK, fwd.group, CPU)
 
 
 def _hf_logits(base, ids: list[int]) -> torch.Tensor:
@@ -57,9 +61,9 @@ def _prompt(n: int, seed: int = 0) -> list[int]:
 def test_prefill_logits_equal_transformers(causal_folders, layout) -> None:
     base, fwd, cache = _forward(causal_folders[layout])
     ids = _prompt(13)
-    slot = cache.allocate(32)
+    blocks = _table(cache, 32)
     with torch.inference_mode():
-        ours = fwd.logits(fwd.hidden(_prefill(ids, slot, 0), cache))
+        ours = fwd.logits(fwd.hidden(_prefill(fwd, ids, blocks, 0), cache))
     torch.testing.assert_close(ours, _hf_logits(base, ids), rtol=1e-4, atol=1e-4)
 
 
@@ -67,10 +71,10 @@ def test_prefill_logits_equal_transformers(causal_folders, layout) -> None:
 def test_chunked_prefill_gives_the_same_last_logits(causal_folders, layout) -> None:
     base, fwd, cache = _forward(causal_folders[layout])
     ids = _prompt(17, seed=1)
-    slot = cache.allocate(32)
+    blocks = _table(cache, 32)
     with torch.inference_mode():
-        fwd.hidden(_prefill(ids[:7], slot, 0), cache)
-        last = fwd.logits(fwd.hidden(_prefill(ids[7:], slot, 7), cache))
+        fwd.hidden(_prefill(fwd, ids[:7], blocks, 0), cache)
+        last = fwd.logits(fwd.hidden(_prefill(fwd, ids[7:], blocks, 7), cache))
     torch.testing.assert_close(last, _hf_logits(base, ids)[7:], rtol=1e-4, atol=1e-4)
 
 
@@ -78,13 +82,13 @@ def test_chunked_prefill_gives_the_same_last_logits(causal_folders, layout) -> N
 def test_decode_after_prefill_equals_the_full_sequence(causal_folders, layout) -> None:
     base, fwd, cache = _forward(causal_folders[layout])
     a, b = _prompt(9, seed=2), _prompt(5, seed=3)
-    sa, sb = cache.allocate(32), cache.allocate(32)
+    sa, sb = _table(cache, 11), _table(cache, 6)
     with torch.inference_mode():
-        fwd.hidden(_prefill(a, sa, 0), cache)
-        fwd.hidden(_prefill(b, sb, 0), cache)
+        fwd.hidden(_prefill(fwd, a, sa, 0), cache)
+        fwd.hidden(_prefill(fwd, b, sb, 0), cache)
         # Two decode rows (different lengths) in one step, then another step on one of them.
-        out = fwd.logits(fwd.hidden(_decode([11, 12], [sa, sb], [9, 5]), cache))
-        again = fwd.logits(fwd.hidden(_decode([13], [sa], [10]), cache))
+        out = fwd.logits(fwd.hidden(_decode(fwd, [11, 12], [sa, sb], [9, 5]), cache))
+        again = fwd.logits(fwd.hidden(_decode(fwd, [13], [sa], [10]), cache))
     torch.testing.assert_close(out[0], _hf_logits(base, [*a, 11])[-1], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(out[1], _hf_logits(base, [*b, 12])[-1], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(again[0], _hf_logits(base, [*a, 11, 13])[-1], rtol=1e-4, atol=1e-4)
@@ -93,16 +97,11 @@ def test_decode_after_prefill_equals_the_full_sequence(causal_folders, layout) -
 def test_decode_beside_a_prefill_span_in_one_step(causal_folders) -> None:
     base, fwd, cache = _forward(causal_folders["llama"])
     a, b = _prompt(6, seed=4), _prompt(8, seed=5)
-    sa, sb = cache.allocate(32), cache.allocate(32)
+    sa, sb = _table(cache, 7), _table(cache, 8)
     with torch.inference_mode():
-        fwd.hidden(_prefill(a, sa, 0), cache)
-        step = Step(
-            ids=torch.tensor([21, *b]),
-            positions=torch.tensor([6, *range(8)]),
-            decode_slots=torch.tensor([sa]),
-            decode_lengths=torch.tensor([7]),
-            spans=(Span(1, 9, sb, 0),),
-        )
+        fwd.hidden(_prefill(fwd, a, sa, 0), cache)
+        positions = [6, *range(8)]
+        step = Step.build([21, *b], positions, [sa] + [sb] * 8, [(1, 9, 0)], BLOCK, fwd.group, CPU)
         out = fwd.logits(fwd.hidden(step, cache))
     torch.testing.assert_close(out[0], _hf_logits(base, [*a, 21])[-1], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(out[1:], _hf_logits(base, b), rtol=1e-4, atol=1e-4)

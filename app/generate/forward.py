@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from app.generate.cache import KVCache
+from app.generate.fused import FusedBlock, fuse_block
 from app.model.causal import CausalInfo
 
 
@@ -63,7 +64,10 @@ class Step:
         """Rows `ids` at `positions`, row r's sequence holding blocks `tables[r]`; the first
         rows decode (one each) up to the first span's start; spans are (start, stop, pos) of
         prefill rows. `group` query heads share a key head."""
-        long = {"dtype": torch.long, "device": device}
+
+        def long(values: list[int]) -> Tensor:
+            return torch.tensor(values, dtype=torch.long, device=device)
+
         write = [
             table[p // block_tokens] * block_tokens + p % block_tokens
             for table, p in zip(tables, positions, strict=True)
@@ -71,19 +75,19 @@ class Step:
         b = spans[0][0] if spans else len(ids)
         nb = max((len(tables[r]) for r in range(b)), default=0)
         padded = [tables[r] + [0] * (nb - len(tables[r])) for r in range(b)]
-        lengths = torch.tensor([p + 1 for p in positions[:b]], **long)
+        lengths = long([p + 1 for p in positions[:b]])
         decode_mask = torch.arange(nb * block_tokens, device=device)[None] < lengths[:, None]
         made = []
         for start, stop, pos in spans:
             n, blocks = stop - start, tables[start][: -(-(pos + stop - start) // block_tokens)]
             rows = torch.arange(pos, pos + n, device=device).repeat(group)[:, None]
             mask = torch.arange(len(blocks) * block_tokens, device=device)[None] <= rows
-            made.append(Span(start, stop, pos, torch.tensor(blocks, **long), mask))
+            made.append(Span(start, stop, pos, long(blocks), mask))
         return cls(
-            ids=torch.tensor(ids, **long),
-            positions=torch.tensor(positions, **long),
-            write=torch.tensor(write, **long),
-            decode_blocks=torch.tensor([x for t in padded for x in t], **long),
+            ids=long(ids),
+            positions=long(positions),
+            write=long(write),
+            decode_blocks=long([x for t in padded for x in t]),
             decode_mask=decode_mask[:, None, None, :],
             spans=tuple(made),
         )
@@ -131,6 +135,11 @@ class DecoderForward:
             self.scales = [
                 float(getattr(b.self_attn, "scaling", self.head_dim**-0.5)) for b in self.blocks
             ]
+        # GPT-2's attention is one product already (c_attn), and its MLP has no gate.
+        self.fused = [
+            FusedBlock(None, None) if self.layout == "gpt2" else fuse_block(b.self_attn, b.mlp)
+            for b in self.blocks
+        ]
         self.layers = len(self.blocks)
 
     def new_cache(
@@ -169,7 +178,7 @@ class DecoderForward:
             else:
                 h = block.input_layernorm(x)
                 x = x + self._llama_attention(i, block.self_attn, h, rope, step, cache)
-                x = x + block.mlp(block.post_attention_layernorm(x))
+                x = x + self._llama_mlp(i, block.mlp, block.post_attention_layernorm(x))
         return self.norm(x)
 
     def logits(self, hidden: Tensor) -> Tensor:
@@ -186,9 +195,11 @@ class DecoderForward:
         cache: KVCache,
     ) -> Tensor:
         n = h.shape[0]
-        q = attn.q_proj(h).view(n, self.heads, self.head_dim)  # (N, Hq, D)
-        k = attn.k_proj(h).view(n, self.kv_heads, self.head_dim)  # (N, Hkv, D)
-        v = attn.v_proj(h).view(n, self.kv_heads, self.head_dim)
+        fused = self.fused[i].qkv
+        q, k, v = fused(h) if fused else (attn.q_proj(h), attn.k_proj(h), attn.v_proj(h))
+        q = q.view(n, self.heads, self.head_dim)  # (N, Hq, D)
+        k = k.view(n, self.kv_heads, self.head_dim)  # (N, Hkv, D)
+        v = v.view(n, self.kv_heads, self.head_dim)
         if hasattr(attn, "q_norm"):  # Qwen3 normalizes each head before the rotation
             q, k = attn.q_norm(q), attn.k_norm(k)
         if rope is not None:
@@ -197,6 +208,13 @@ class DecoderForward:
             k = k * cos + rotate_half(k) * sin
         out = self._attend(i, q, k, v, step, cache)  # (N, Hq, D)
         return attn.o_proj(out.reshape(n, self.heads * self.head_dim))
+
+    def _llama_mlp(self, i: int, mlp: Any, h: Tensor) -> Tensor:
+        fused = self.fused[i].gate_up
+        if fused is None:
+            return mlp(h)  # type: ignore[no-any-return]
+        gate, up = fused(h)
+        return mlp.down_proj(mlp.act_fn(gate) * up)  # type: ignore[no-any-return]
 
     def _gpt2_attention(self, i: int, block: Any, h: Tensor, step: Step, cache: KVCache) -> Tensor:
         n = h.shape[0]

@@ -1,7 +1,15 @@
 """LoRA math in pure torch: no HTTP, no files, no model architecture."""
 
 from app.lora.config import LoraConfig, lora_scaling, pattern_key
-from app.lora.layers import LoraLayer, base_layer, by_row_count, plan_scope, wrap_layers
+from app.lora.layers import (
+    DeltaPlan,
+    LoraLayer,
+    base_layer,
+    by_row_count,
+    current_plan,
+    plan_scope,
+    wrap_layers,
+)
 from app.lora.mixed import MixedBatch, Segment
 from app.lora.ops import (
     LinearFn,
@@ -17,6 +25,7 @@ from app.lora.stacked import AdapterStack, StackedBatch, rank_bucket
 
 __all__ = [
     "AdapterStack",
+    "DeltaPlan",
     "LinearFn",
     "LoraAdapter",
     "LoraConfig",
@@ -27,6 +36,7 @@ __all__ = [
     "StackedBatch",
     "base_layer",
     "by_row_count",
+    "current_plan",
     "init_lora_module",
     "lora_delta",
     "lora_scaling",

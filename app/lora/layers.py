@@ -23,6 +23,26 @@ LinearFn = Callable[[str, nn.Linear, Tensor], Tensor]
 _PLAN: ContextVar[LinearFn | None] = ContextVar("lora_plan", default=None)
 
 
+class DeltaPlan:
+    """A plan that is the base layer plus a LoRA term added in place: `add(name, x, y)` adds
+    layer `name`'s term for rows `x` into `y`. Being only a term, it can also be added into a
+    slice of a product that fuses several base layers (q, k and v as one matrix product), where
+    a plan that replaces the whole layer (merged weights) cannot."""
+
+    def __init__(self, add: Callable[[str, Tensor, Tensor], None]) -> None:
+        self.add = add
+
+    def __call__(self, name: str, layer: nn.Linear, x: Tensor) -> Tensor:
+        y = layer(x)  # this call's own output: the term goes in place
+        self.add(name, x, y)
+        return y
+
+
+def current_plan() -> LinearFn | None:
+    """The plan of the forward running in this thread or task (None: the base alone)."""
+    return _PLAN.get()
+
+
 class LoraLayer(nn.Module):
     """One targeted layer: the frozen base layer, applied through the current plan."""
 

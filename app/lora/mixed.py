@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from app.lora.ops import LinearFn, LoraAdapter, lora_delta
+from app.lora.layers import DeltaPlan
+from app.lora.ops import LoraAdapter, lora_delta
 
 
 class _Indexable(Protocol):
@@ -73,15 +74,13 @@ class MixedBatch:
         """Rows back in the caller's order."""
         return y if self.inverse is None else y[self.inverse]
 
-    def linear(self) -> LinearFn:
+    def linear(self) -> DeltaPlan:
         """Base once for the whole (sorted) batch, then each segment's LoRA term."""
 
-        def apply(name: str, layer: nn.Linear, x: Tensor) -> Tensor:
-            y = layer(x)  # (N, out)
+        def add(name: str, x: Tensor, y: Tensor) -> None:
             for seg in self.segments:
                 module = seg.adapter.modules.get(name) if seg.adapter is not None else None
                 if module is not None:
                     y[seg.start : seg.stop] += lora_delta(x[seg.start : seg.stop], module)
-            return y
 
-        return apply
+        return DeltaPlan(add)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from app.lora.config import LoraConfig
-from app.lora.layers import LinearFn, base_layer
+from app.lora.layers import DeltaPlan, LinearFn, base_layer
 
 
 @dataclass(frozen=True)
@@ -71,18 +71,15 @@ def lora_delta(x: Tensor, module: LoraModule) -> Tensor:
     return ((x @ module.lora_A.T) * module.scaling) @ module.lora_B.T  # (N, r) -> (N, out)
 
 
-def unmerged_linear(adapter: LoraAdapter | None) -> LinearFn:
+def unmerged_linear(adapter: LoraAdapter | None) -> DeltaPlan:
     """Apply `adapter` on the fly: y = layer(x) + its LoRA term on targeted layers."""
 
-    def linear(name: str, layer: nn.Linear, x: Tensor) -> Tensor:
-        y = layer(x)
+    def add(name: str, x: Tensor, y: Tensor) -> None:
         module = adapter.modules.get(name) if adapter is not None else None
-        if module is None:
-            return y
-        # Serving only (inference mode): y is this call's own fresh output, so add in place.
-        return y.add_(lora_delta(x, module))
+        if module is not None:
+            y.add_(lora_delta(x, module))
 
-    return linear
+    return DeltaPlan(add)
 
 
 def merge_adapter(base: nn.Module, adapter: LoraAdapter) -> dict[str, Tensor]:

@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from app.lora.ops import LinearFn, LoraAdapter, LoraModule, lora_delta
+from app.lora.layers import DeltaPlan
+from app.lora.ops import LoraAdapter, LoraModule, lora_delta
 
 K = TypeVar("K", bound=Hashable)
 
@@ -150,11 +151,10 @@ class StackedBatch:
                 layers[name] = (tuple(blocks), tuple(singles))
         return cls(layers)
 
-    def linear(self) -> LinearFn:
+    def linear(self) -> DeltaPlan:
         """Base once for every row, then all the layer's LoRA terms in a few batched ops."""
 
-        def apply(name: str, layer: nn.Linear, x: Tensor) -> Tensor:
-            y = layer(x)  # (N, out)
+        def add(name: str, x: Tensor, y: Tensor) -> None:
             blocks, singles = self.layers.get(name, ((), ()))
             for b in blocks:
                 n_slots = b.bucket.a_t.shape[0]
@@ -167,6 +167,5 @@ class StackedBatch:
                 else:
                     delta = lora_delta(x.index_select(0, single.rows), single.module)
                     y.index_add_(0, single.rows, delta)
-            return y
 
-        return apply
+        return DeltaPlan(add)

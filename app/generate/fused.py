@@ -1,0 +1,98 @@
+"""Fused projections: a Llama-style block's q, k and v (and its MLP's gate and up) as one matrix
+product each, the LoRA terms added per output slice through the step's plan.
+
+The fused weight is made once, and the layers' own weights become row slices of it (views, so
+the weights are held once and every other path, merging and training included, still sees
+each layer as it was). A plan that only adds a term (app.lora.DeltaPlan: the base, one adapter
+on the fly, a mixed batch) adds each layer's term into its slice of the fused product; a plan
+that replaces a layer (merged weights) gets the layers one by one, as before.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from app.lora import DeltaPlan, LoraLayer, current_plan
+
+
+@dataclass(frozen=True)
+class Fused:
+    """Several layers that read the same rows, as one product."""
+
+    layers: tuple[Any, ...]  # the (wrapped) layers, called one by one when a plan needs it
+    names: tuple[str, ...]
+    slices: tuple[slice, ...]  # each layer's columns of the fused output
+    weight: Tensor  # (sum of outs, in)
+    bias: Tensor | None
+
+    @classmethod
+    def of(cls, layers: list[Any]) -> Fused | None:
+        """Fuse `layers` (None when they cannot be: not plain linear layers, or mixed dtypes)."""
+        bases = [_base(m) for m in layers]
+        if any(b is None for b in bases):
+            return None
+        linears = [b for b in bases if b is not None]
+        first = linears[0].weight
+        if any(
+            b.weight.dtype != first.dtype or b.weight.shape[1] != first.shape[1] for b in linears
+        ):
+            return None
+        weight = torch.cat([b.weight.detach() for b in linears])
+        has_bias = [b.bias is not None for b in linears]
+        bias = None
+        if any(has_bias):
+            bias = torch.cat(
+                [
+                    b.bias.detach() if b.bias is not None else first.new_zeros(b.out_features)
+                    for b in linears
+                ]
+            )
+        slices, start = [], 0
+        for b in linears:
+            slices.append(slice(start, start + b.out_features))
+            # The layer's weight becomes a view of the fused one: held once.
+            b.weight.data = weight[start : start + b.out_features]
+            if b.bias is not None and bias is not None:
+                b.bias.data = bias[start : start + b.out_features]
+            start += b.out_features
+        names = tuple(getattr(m, "name", "") for m in layers)
+        return cls(tuple(layers), names, tuple(slices), weight, bias)
+
+    def __call__(self, x: Tensor) -> list[Tensor]:
+        """Each layer's output for rows `x` (N, in), as it would give it under the plan."""
+        plan = current_plan()
+        if plan is not None and not isinstance(plan, DeltaPlan):
+            return [layer(x) for layer in self.layers]
+        y = F.linear(x, self.weight, self.bias)
+        parts = [y[:, s] for s in self.slices]
+        if plan is not None:
+            for name, part in zip(self.names, parts, strict=True):
+                plan.add(name, x, part)
+        return parts
+
+
+def _base(module: Any) -> nn.Linear | None:
+    if isinstance(module, LoraLayer):
+        module = module.base_layer
+    return module if type(module) is nn.Linear else None
+
+
+@dataclass(frozen=True)
+class FusedBlock:
+    """One decoder block's fused products (None where its layers could not be fused)."""
+
+    qkv: Fused | None
+    gate_up: Fused | None
+
+
+def fuse_block(attn: Any, mlp: Any) -> FusedBlock:
+    qkv = Fused.of([attn.q_proj, attn.k_proj, attn.v_proj])
+    gate_up = None
+    if hasattr(mlp, "gate_proj") and hasattr(mlp, "up_proj") and hasattr(mlp, "act_fn"):
+        gate_up = Fused.of([mlp.gate_proj, mlp.up_proj])
+    return FusedBlock(qkv, gate_up)

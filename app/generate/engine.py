@@ -38,7 +38,7 @@ from app.generate.waiting import RequestGroup, WaitingRoom
 
 __all__ = ["GenEvent", "GenerationEngine", "SequenceEvents"]
 from app.generate.plan import step_plan
-from app.generate.rows import left, step_rows, table
+from app.generate.rows import blocks_for_decode, open_blocks, step_rows, table
 from app.lora import plan_scope
 
 log = logging.getLogger("app.generate")
@@ -208,7 +208,7 @@ class GenerationEngine:
                 seq, group = head
             else:
                 break
-            if not self._open(seq):
+            if not open_blocks(self.cache, seq, spare=bool(self._running)):
                 break  # the first in line waits for blocks: skipping it could starve it
             if group is None:
                 self._preempted.popleft()
@@ -224,17 +224,6 @@ class GenerationEngine:
                     f"({len(self._running)} sequences running); retry shortly"
                 )
             )
-
-    def _open(self, seq: Sequence) -> bool:
-        """Blocks for `seq`'s tokens (one block to spare while others run), or none taken."""
-        table = self.cache.open(seq.tokens, seq.version)
-        spare = 1 if self._running else 0
-        need = self.cache.blocks_for(len(seq.tokens)) - len(table.blocks) + spare
-        if need > self.cache.free_blocks or not self.cache.grow(table, len(seq.tokens)):
-            self.cache.close(table)
-            return False
-        seq.table = table
-        return True
 
     def _release(self, seq: Sequence) -> None:
         if seq.table is not None:
@@ -253,23 +242,11 @@ class GenerationEngine:
         self._preempted.append(seq)
         self.preemptions += 1
 
-    def _blocks_for_decode(self) -> None:
-        """Each decoding sequence's next token gets its block; when none is free, the sequence
-        that joined last is preempted (vLLM's recompute policy), never an out-of-memory."""
-        for seq in list(self._running):
-            if seq.table is None or left(seq) != 1:
-                continue
-            while not self.cache.grow(seq.table, len(seq.tokens)):
-                victim = self._running[-1]
-                self._preempt(victim)
-                if victim is seq:
-                    break
-
     def _step(self) -> None:
         for seq in [s for s in self._running if s.cancelled]:
             self._release(seq)
         self._running = [s for s in self._running if not s.cancelled]
-        self._blocks_for_decode()
+        blocks_for_decode(self.cache, self._running, self._preempt)
         running = self._running
         if not running:
             return

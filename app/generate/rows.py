@@ -3,14 +3,16 @@
 Rows are flattened: first one row per decoding sequence (one token left to compute: the last
 it sampled), then chunks of the sequences with more left (prompts, or sequences computed again
 after a preemption), within the step's prefill budget. A sequence's next token is sampled
-from its last row once every token it has is computed.
+from its last row once every token it has is computed. Before the rows are made, every row
+has its block.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from app.generate.cache import BlockTable
+from app.generate.cache import BlockTable, KVCache
 from app.generate.sequence import Sequence
 
 
@@ -60,3 +62,32 @@ def step_rows(running: list[Sequence], prefill_budget: int) -> StepRows:
         rows.add(seq, computed, n)
         budget -= n
     return rows
+
+
+def open_blocks(cache: KVCache, seq: Sequence, spare: bool) -> bool:
+    """Blocks for all of `seq`'s tokens (what the prefix cache holds is found, not taken), with
+    one block to spare when `spare` (others run, and will want blocks); False, and none taken,
+    when too few are free."""
+    found = cache.open(seq.tokens, seq.version)
+    need = cache.blocks_for(len(seq.tokens)) - len(found.blocks) + int(spare)
+    if need > cache.free_blocks or not cache.grow(found, len(seq.tokens)):
+        cache.close(found)
+        return False
+    seq.table = found
+    return True
+
+
+def blocks_for_decode(
+    cache: KVCache, running: list[Sequence], preempt: Callable[[Sequence], None]
+) -> None:
+    """Each decoding sequence's next token gets its block; when none is free, the sequence
+    that joined last is preempted (vLLM's recompute policy; `preempt` takes it out of
+    `running`), never an out-of-memory."""
+    for seq in list(running):
+        if seq.table is None or left(seq) != 1:
+            continue
+        while not cache.grow(seq.table, len(seq.tokens)):
+            victim = running[-1]
+            preempt(victim)
+            if victim is seq:
+                break

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from app.generate.blocks import BlockPool, block_keys
+from app.lora.gather import as_bits, take_rows
 
 
 @dataclass(eq=False)
@@ -138,7 +139,8 @@ class KVCache:
             index = torch.tensor(self._fresh, dtype=torch.long, device=self.device)
             for tensors in (self.k, self.v):
                 for t in tensors:
-                    _bits(t.view(t.shape[0], -1)).index_fill_(0, index, 0)
+                    # As int16: index_fill_ is slow on 16-bit floats too (app.lora.gather).
+                    as_bits(t.view(t.shape[0], -1)).index_fill_(0, index, 0)
             self._fresh = []
 
     def gather(self, tensor: Tensor, blocks: Tensor, buffer: int) -> Tensor:
@@ -152,22 +154,7 @@ class KVCache:
         scratch = self._scratch.get(buffer)
         if scratch is None or scratch.numel() < numel:
             scratch = self._scratch[buffer] = self._empty((numel,))
-        out = scratch[:numel].view(shape)
-        rows = tensor.shape[0]
-        torch.index_select(
-            _bits(tensor.view(rows, -1)), 0, blocks, out=_bits(out.view(len(blocks), -1))
-        )
-        return out
+        return take_rows(tensor, blocks, out=scratch[:numel].view(shape))
 
     def _empty(self, shape: tuple[int, ...]) -> Tensor:
         return torch.empty(shape, dtype=self.dtype, device=self.device)
-
-
-def _bits(tensor: Tensor) -> Tensor:
-    """A 2-d 16-bit float tensor seen as int16, the same bytes: index_select and index_fill_
-    copy the rows of a 2-d int16 (or float32) tensor with a fast path, but those of bf16, fp16
-    or any 4-d tensor element by element, 500 times slower (11 ms against 21 us for a decode
-    step's keys of one layer)."""
-    if tensor.dtype in (torch.bfloat16, torch.float16):
-        return tensor.view(torch.int16)
-    return tensor

@@ -40,6 +40,7 @@ __all__ = ["GenEvent", "GenerationEngine", "SequenceEvents"]
 from app.generate.plan import step_plan
 from app.generate.rows import blocks_for_decode, open_blocks, step_rows, table
 from app.lora import plan_scope
+from app.lora.gather import take_rows
 
 log = logging.getLogger("app.generate")
 # What a client hears when its sequence fails inside the engine (the log has the cause).
@@ -262,7 +263,7 @@ class GenerationEngine:
             with plan_scope(plan):
                 hidden = self.forward.hidden(step, self.cache)
             index = torch.tensor([r for _, r in sampled], dtype=torch.long, device=device)
-            logits = self.forward.logits(hidden.index_select(0, index)).cpu() if sampled else None
+            logits = self.forward.logits(take_rows(hidden, index)).cpu() if sampled else None
         self.steps += 1
         for seq, upto in rows.computed:
             self.cache.computed(table(seq), seq.tokens, upto)

@@ -19,6 +19,7 @@ from typing import TypeVar
 import torch
 from torch import Tensor
 
+from app.lora.gather import take_rows
 from app.lora.layers import DeltaPlan
 from app.lora.ops import LoraAdapter, LoraModule, lora_delta
 
@@ -158,14 +159,14 @@ class StackedBatch:
             blocks, singles = self.layers.get(name, ((), ()))
             for b in blocks:
                 n_slots = b.bucket.a_t.shape[0]
-                xp = x.index_select(0, b.gather).view(n_slots, b.height, -1)  # (P, L, in)
+                xp = take_rows(x, b.gather).view(n_slots, b.height, -1)  # (P, L, in)
                 d = torch.bmm(torch.bmm(xp, b.bucket.a_t), b.bucket.b_t)  # (P, L, out)
-                y.index_add_(0, b.rows, d.view(n_slots * b.height, -1).index_select(0, b.slots))
+                y.index_add_(0, b.rows, take_rows(d.view(n_slots * b.height, -1), b.slots))
             for single in singles:
                 if single.rows is None:
                     y += lora_delta(x, single.module)
                 else:
-                    delta = lora_delta(x.index_select(0, single.rows), single.module)
+                    delta = lora_delta(take_rows(x, single.rows), single.module)
                     y.index_add_(0, single.rows, delta)
 
         return DeltaPlan(add)

@@ -12,7 +12,7 @@ block as tall as itself. The stack is reused while the batches' adapters stay wi
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -98,6 +98,48 @@ class _Single:
 
 
 @dataclass(frozen=True)
+class _Indices:
+    """Where a batch's rows go in one bucket's slots: tall segments alone, the rest in blocks."""
+
+    tall: tuple[tuple[int, Tensor | None], ...]  # (slot, its rows; None: every row in order)
+    gather: Tensor | None  # as _Blocks, or None when no block is needed
+    slots: Tensor | None
+    rows: Tensor | None
+    height: int
+
+    @classmethod
+    def build(
+        cls,
+        slots: tuple[Hashable, ...],
+        groups: Mapping[Hashable, list[int]],
+        cap: int,
+        n_rows: int,
+        as_index: Callable[[list[int]], Tensor],
+    ) -> _Indices:
+        present = [(s, groups[k]) for s, k in enumerate(slots) if k in groups]
+        # Few of the bucket's adapters in use (or one alone): plain products per adapter read
+        # only those adapters' weights, where blocks would read every slot's.
+        alone = len(present) == 1 or 4 * len(present) < len(slots)
+        tall = tuple(
+            (s, None if len(rows) == n_rows else as_index(rows))  # all rows: 0..N-1 in order
+            for s, rows in present
+            if alone or len(rows) > cap
+        )
+        short = [(s, rows) for s, rows in present if not alone and len(rows) <= cap]
+        if not short:
+            return cls(tall, None, None, None, 0)
+        height = max(len(rows) for _, rows in short)
+        gather = [0] * (len(slots) * height)
+        taken: list[int] = []
+        rows_out: list[int] = []
+        for s, rows in short:
+            gather[s * height : s * height + len(rows)] = rows
+            taken += range(s * height, s * height + len(rows))
+            rows_out += rows
+        return cls(tall, as_index(gather), as_index(taken), as_index(rows_out), height)
+
+
+@dataclass(frozen=True)
 class StackedBatch:
     """Per layer: the padded blocks and the tall segments of one batch."""
 
@@ -121,33 +163,22 @@ class StackedBatch:
         # Segments over twice the mean size would make every block that tall: they go alone.
         cap = max(4, math.ceil(2 * sum(map(len, groups.values())) / len(groups)))
         as_index = lambda v: torch.tensor(v, dtype=torch.long, device=device)  # noqa: E731
+        # Every layer whose bucket holds the same adapters in the same slots gets the same
+        # indices: made once per batch, not once per layer (a hundred layers, a few each).
+        made: dict[tuple[Hashable, ...], _Indices] = {}
         layers = {}
         for name, buckets in stack.layers.items():
             blocks, singles = [], []
             for bucket in buckets:
-                present = [(s, groups[k]) for s, k in enumerate(bucket.slots) if k in groups]
-                # Few of the bucket's adapters in use (or one alone): plain products per adapter
-                # read only those adapters' weights, where blocks would read every slot's.
-                alone = len(present) == 1 or 4 * len(present) < len(bucket.slots)
-                tall = [(s, rows) for s, rows in present if alone or len(rows) > cap]
-                short = [(s, rows) for s, rows in present if not alone and len(rows) <= cap]
-                for s, rows in tall:
-                    module = stack.modules[bucket.slots[s]].modules[name]
-                    every_row = len(rows) == len(row_keys)  # then they are 0..N-1, in order
-                    singles.append(_Single(module, None if every_row else as_index(rows)))
-                if not short:
-                    continue
-                height = max(len(rows) for _, rows in short)
-                gather = [0] * (len(bucket.slots) * height)
-                slots: list[int] = []
-                rows_out: list[int] = []
-                for s, rows in short:
-                    gather[s * height : s * height + len(rows)] = rows
-                    slots += range(s * height, s * height + len(rows))
-                    rows_out += rows
-                blocks.append(
-                    _Blocks(bucket, as_index(gather), as_index(slots), as_index(rows_out), height)
-                )
+                if bucket.slots not in made:
+                    made[bucket.slots] = _Indices.build(
+                        bucket.slots, groups, cap, len(row_keys), as_index
+                    )
+                ix = made[bucket.slots]
+                for s, rows in ix.tall:
+                    singles.append(_Single(stack.modules[bucket.slots[s]].modules[name], rows))
+                if ix.gather is not None and ix.slots is not None and ix.rows is not None:
+                    blocks.append(_Blocks(bucket, ix.gather, ix.slots, ix.rows, ix.height))
             if blocks or singles:
                 layers[name] = (tuple(blocks), tuple(singles))
         return cls(layers)

@@ -38,6 +38,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -227,6 +228,8 @@ def main() -> None:
     parser.add_argument("--peer-servers", default=",".join(peer.LABELS),
                         help="which of the peer comparison's servers (a check's subset)")  # fmt: skip
     args = parser.parse_args()
+    # A SIGTERM unwinds like Ctrl-C, so every server this run started is stopped on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
     if args.peer_only and not args.peer:

@@ -247,7 +247,8 @@ def markdown(peer: dict[str, Any], ratios: dict[str, Ratio], meta: dict) -> str:
         c, chats = rs[0].get("check", {}), rs[0].get("chats", {})
         if "a03" in c:
             moved = "yes" if abs(c["a03"]["logprob"] - c["base"]["logprob"]) > 1e-3 else "no"
-            counters = chats.get("prefix_counters") or "none"
+            counters = {k: v for k, v in chats.get("prefix_counters", {}).items()
+                        if "external" not in k} or "none"  # fmt: skip
             lines.append(f"- {LABELS[key]}: {c['a03']['text']!r}; logprob moved: {moved}; "
                          f"prefix cache: {counters}")  # fmt: skip
     failed = [f"{LABELS[k]} {c}" for k, rs in servers.items() for r in rs

@@ -72,3 +72,5 @@ def peft_app() -> Any:
                 "choices": [{"index": 0, "text": text, "finish_reason": "length"}],
                 "usage": {"prompt_tokens": prompt, "completion_tokens": new,
                           "total_tokens": prompt + new}}  # fmt: skip
+
+    return app

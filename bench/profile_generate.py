@@ -1,0 +1,100 @@
+"""Where a decode step's time goes: torch.profiler over the engine's own steps on SmolLM2.
+
+Run: .venv/bin/python bench/profile_generate.py [--dtype bfloat16] [--out bench/results/x.md]
+The engine is driven in this thread (no server, no HTTP): 16 sequences of 64 prompt tokens are
+prefilled, then --steps decode steps are timed, then --profiled more run under torch.profiler.
+The table lists the ops by their own time (torch.profiler's key_averages). To profile another
+checkout of the engine (a "before"), run this file with PYTHONPATH set to that checkout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import inspect
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
+
+from app.engine.predictor import Predictor  # noqa: E402
+from app.generate.engine import GenerationEngine  # noqa: E402
+from app.generate.sampling import SamplingParams  # noqa: E402
+from app.model.gguf import converted_folder, known_gguf  # noqa: E402
+from app.model.loader import load_base_model  # noqa: E402
+
+SEQS, PROMPT = 16, 64
+
+
+class _NoRegistry:
+    def on_change(self, _: Any) -> None:
+        return None
+
+
+def _engine(dtype: torch.dtype, cache: Path) -> GenerationEngine:
+    gguf = known_gguf("SmolLM2-135M-Instruct")
+    assert gguf is not None
+    folder = converted_folder(gguf, cache)
+    kwargs: dict[str, Any] = {}
+    if "dtype" in inspect.signature(load_base_model).parameters:
+        kwargs["dtype"] = str(dtype).removeprefix("torch.")  # the setting's spelling
+    base = load_base_model(folder, torch.device("cpu"), **kwargs)
+    if base.dtype != dtype:  # an engine from before the dtype setting
+        base.module.to(dtype)
+        base.dtype = dtype
+    predictor = Predictor(base, _NoRegistry(), 1 << 30)  # type: ignore[arg-type]
+    return GenerationEngine(predictor, 1 << 30, 32, 4096, 64, 30.0)
+
+
+async def _profile(args: argparse.Namespace) -> str:
+    dtype = getattr(torch, args.dtype)
+    engine = _engine(dtype, args.cache)
+    params = SamplingParams(
+        max_tokens=args.steps + args.profiled + 8, temperature=0, ignore_eos=True
+    )
+    engine.submit([(list(range(100, 100 + PROMPT)), params)] * SEQS, None)
+    with engine._cond:
+        engine._admit()
+    for _ in range(4):  # the prefill, then a few decode steps to warm up
+        engine._step()
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        engine._step()
+    step_ms = (time.perf_counter() - start) / args.steps * 1000
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(args.profiled):
+            engine._step()
+    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows)
+    return (
+        f"## {args.label or args.dtype}\n\n"
+        f"SmolLM2-135M-Instruct, {args.dtype}, {SEQS} sequences decoding (prompts of {PROMPT}), "
+        f"threads {torch.get_num_threads()}: a decode step takes {step_ms:.1f} ms "
+        f"({SEQS / step_ms * 1000:.0f} tokens/s, mean of {args.steps} steps). "
+        f"torch.profiler over {args.profiled} more steps:\n\n```\n{table}\n```\n"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--profiled", type=int, default=10)
+    parser.add_argument("--rows", type=int, default=15)
+    parser.add_argument("--label", default="")
+    parser.add_argument("--cache", type=Path, default=Path("/tmp/loraserve-bench-cache"))
+    parser.add_argument("--out", type=Path, default=None, help="append the section to this file")
+    args = parser.parse_args()
+    section = asyncio.run(_profile(args))
+    print(section)
+    if args.out is not None:
+        with args.out.open("a") as out:
+            out.write(section + "\n")
+
+
+if __name__ == "__main__":
+    main()

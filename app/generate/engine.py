@@ -203,6 +203,9 @@ class GenerationEngine:
         places in the batch and free blocks for their prompts (what the prefix cache holds
         already is not computed again)."""
         while len(self._running) < self.max_running:
+            if self._preempted and self._preempted[0].cancelled:  # its client left meanwhile
+                self._room.finished(self._preempted.popleft().group)
+                continue
             if self._preempted:
                 seq, group = self._preempted[0], None
             elif (head := self._room.peek()) is not None:

@@ -83,3 +83,30 @@ def test_hits_inside_a_mixed_batch_equal_each_sequence_alone(served, engines) ->
 
     assert run(together()) == alone
     assert warm.cache.pool.hits > 0
+
+
+def test_a_preempted_sequence_whose_client_leaves_is_dropped(served, engines) -> None:
+    s = served["llama"]
+    prompt = s.encode(PROMPTS[0])
+    long = SamplingParams(200, temperature=0, ignore_eos=True)
+    budget = int(1.5 * (len(prompt) + 200)) * s.engine().cache.bytes_per_token
+    # Without prefix caching it cannot rejoin (its blocks would be found again) before the first
+    # is done: its client leaves while it waits.
+    engine = start(engines, s.engine(kv_cache_bytes=budget, prefix_caching=False))
+
+    async def scenario() -> None:
+        first = asyncio.create_task(run_tokens(engine, prompt, None, long))
+        while not engine.running:  # the first joins first
+            await asyncio.sleep(0.005)
+        second = engine.generate(prompt, None, long)
+        await anext(second)
+        while not engine.preemptions:
+            await asyncio.sleep(0.005)
+        assert engine._preempted
+        await second.aclose()  # gone while preempted
+        assert len(await first) == 200
+        while engine.running or engine._preempted:
+            await asyncio.sleep(0.005)
+
+    run(scenario())
+    assert engine.cache.pool.used == 0 and not engine._room._running  # nothing held for it

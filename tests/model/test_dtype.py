@@ -172,3 +172,37 @@ def test_an_mlp_adapter_stays_fp32(tmp_path: Path) -> None:
     registry.upload("a", *adapter_files(peft_config(2, 4, ["layer1"]), tensors))
     _, adapter = registry.load("a")
     assert adapter.modules["layer1"].lora_A.dtype == torch.float32
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_the_service_on_auto_says_the_dtype_it_resolved(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, native: bool
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    monkeypatch.setattr(dtype_module, "cpu_has_native_bf16", lambda: native)
+    settings = Settings(
+        base_model=write_tiny_causal_lm(tmp_path / "llama", seed=1),
+        adapters_dir=tmp_path / "adapters",
+        data_dir=tmp_path / "data",
+        device="cpu",
+        dtype="auto",
+    )
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/v1/model").json()["dtype"] == ("bfloat16" if native else "float32")
+
+
+def test_the_seed_family_service_says_float32_when_bf16_is_asked(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    warned: list[str] = []  # the app's own logging setup keeps its records from caplog
+    monkeypatch.setattr(dtype_module.log, "warning", lambda msg, *args: warned.append(msg % args))
+    with TestClient(create_app(settings.model_copy(update={"dtype": "bfloat16"}))) as client:
+        assert client.get("/v1/model").json()["dtype"] == "float32"
+    assert len(warned) == 1 and "DTYPE=bfloat16 is not applied to the mlp family" in warned[0]

@@ -109,11 +109,3 @@ class BlockPool:
         if self.caching and key not in self._by_key and block not in self._key_of:
             self._by_key[key] = block
             self._key_of[block] = key
-
-    def reset(self) -> None:
-        """Forget every cached block (held blocks stay held)."""
-        for block in list(self._idle):
-            self._free.append(block)
-        self._idle.clear()
-        self._by_key = {k: b for k, b in self._by_key.items() if b in self._holders}
-        self._key_of = {b: k for k, b in self._by_key.items()}

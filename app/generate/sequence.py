@@ -47,11 +47,6 @@ class Sequence:
     def __post_init__(self) -> None:
         self.tokens = list(self.prompt)
 
-    @property
-    def reserved(self) -> int:
-        """Tokens it may come to hold: its prompt and max_tokens."""
-        return len(self.prompt) + self.params.max_tokens
-
     def send(self, item: GenEvent | BaseException) -> None:
         with contextlib.suppress(RuntimeError):  # a closed loop: nobody left to read it
             self.loop.call_soon_threadsafe(self.out.put_nowait, item)

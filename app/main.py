@@ -20,7 +20,15 @@ from app.api.observability import Metrics, RequestContext, configure_logging, li
 from app.api.openapi import install_openapi
 from app.api.params import reject_unknown_query
 from app.api.routes import api_router
-from app.engine import Batcher, ComputeThread, DirectRunner, Engine, OnBatch, Predictor
+from app.engine import (
+    Batcher,
+    ComputeThread,
+    DirectRunner,
+    Engine,
+    OnBatch,
+    Predictor,
+    on_passing_thread,
+)
 from app.generate.engine import GenerationEngine
 from app.model import load_base_model, resolve_device
 from app.openmp import warn_if_unsuited
@@ -38,9 +46,9 @@ def build_services(
     on_batch: OnBatch,
     remote: Callable[[], Engine] | None = None,
 ) -> Services:
-    """Load the base model (on the compute thread), open the shared state, wire the engine
-    (`remote`: one that sends predictions elsewhere, as the Ray ingress does)."""
-    base = compute.call(
+    """Load the base model (on a thread that ends with the load), open the shared state, wire
+    the engine (`remote`: one that sends predictions elsewhere, as the Ray ingress does)."""
+    base = on_passing_thread(
         load_base_model,
         settings.base_model,
         resolve_device(settings.device),
@@ -83,7 +91,8 @@ def build_services(
     generation = None
     if base.causal is not None:
         warn_if_unsuited(decoder=True)
-        generation = GenerationEngine(
+        generation = on_passing_thread(
+            GenerationEngine,  # its fused weights and KV cache are written in parallel
             predictor, settings.kv_cache_bytes, settings.max_running_seqs,
             settings.prefill_chunk_tokens, settings.max_waiting_seqs,
             settings.generation_queue_timeout_s, settings.max_seqs_per_request,

@@ -25,18 +25,39 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"
 from app.engine.predictor import Predictor  # noqa: E402
 from app.generate.engine import GenerationEngine  # noqa: E402
 from app.generate.sampling import SamplingParams  # noqa: E402
+from app.lora import LoraAdapter, LoraConfig, LoraModule  # noqa: E402
 from app.model.gguf import converted_folder, known_gguf  # noqa: E402
 from app.model.loader import load_base_model  # noqa: E402
 
 SEQS, PROMPT = 16, 64
 
 
-class _NoRegistry:
+class _Registry:
+    """Random rank-8 adapters on q/k/v/o, one per version name ("a0", "a1", ...)."""
+
+    def __init__(self) -> None:
+        self.adapters: dict[str, LoraAdapter] = {}
+
     def on_change(self, _: Any) -> None:
         return None
 
+    def add(self, version: str, base: Any, seed: int) -> None:
+        gen = torch.Generator().manual_seed(seed)
+        modules = {}
+        for name, layer in base.module.named_modules():
+            if name.rsplit(".", 1)[-1] in {"q_proj", "k_proj", "v_proj", "o_proj"}:
+                w = layer.base_layer.weight if hasattr(layer, "base_layer") else layer.weight
+                a = torch.randn(8, w.shape[1], generator=gen) * 0.01
+                b = torch.randn(w.shape[0], 8, generator=gen) * 0.01
+                modules[name] = LoraModule(a.to(w.dtype), b.to(w.dtype), 2.0)
+        config = LoraConfig(r=8, lora_alpha=16, target_modules=tuple(sorted(modules)))
+        self.adapters[version] = LoraAdapter(config, modules)
 
-def _engine(dtype: torch.dtype, cache: Path) -> GenerationEngine:
+    def load(self, version: str, _param: str) -> tuple[None, LoraAdapter]:
+        return None, self.adapters[version]
+
+
+def _engine(dtype: torch.dtype, cache: Path, adapters: int) -> GenerationEngine:
     gguf = known_gguf("SmolLM2-135M-Instruct")
     assert gguf is not None
     folder = converted_folder(gguf, cache)
@@ -47,17 +68,25 @@ def _engine(dtype: torch.dtype, cache: Path) -> GenerationEngine:
     if base.dtype != dtype:  # an engine from before the dtype setting
         base.module.to(dtype)
         base.dtype = dtype
-    predictor = Predictor(base, _NoRegistry(), 1 << 30)  # type: ignore[arg-type]
+    registry = _Registry()
+    for i in range(adapters):
+        registry.add(f"a{i}", base, i)
+    predictor = Predictor(base, registry, 1 << 30)  # type: ignore[arg-type]
     return GenerationEngine(predictor, 1 << 30, 32, 4096, 64, 30.0)
 
 
 async def _profile(args: argparse.Namespace) -> str:
     dtype = getattr(torch, args.dtype)
-    engine = _engine(dtype, args.cache)
+    engine = _engine(dtype, args.cache, args.adapters)
     params = SamplingParams(
         max_tokens=args.steps + args.profiled + 8, temperature=0, ignore_eos=True
     )
-    engine.submit([(list(range(100, 100 + PROMPT)), params)] * SEQS, None)
+    prompt = list(range(100, 100 + PROMPT))
+    if args.adapters:  # a different adapter on each sequence, as the mixed load sends
+        for i in range(SEQS):
+            engine.submit([(prompt, params)], f"a{i % args.adapters}")
+    else:
+        engine.submit([(prompt, params)] * SEQS, None)
     with engine._cond:
         engine._admit()
     for _ in range(4):  # the prefill, then a few decode steps to warm up
@@ -69,10 +98,12 @@ async def _profile(args: argparse.Namespace) -> str:
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         for _ in range(args.profiled):
             engine._step()
+    adapters = f"{args.adapters} adapters (rank 8, q/k/v/o)" if args.adapters else "base only"
     table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows)
     return (
         f"## {args.label or args.dtype}\n\n"
         f"SmolLM2-135M-Instruct, {args.dtype}, {SEQS} sequences decoding (prompts of {PROMPT}), "
+        f"{adapters}, "
         f"threads {torch.get_num_threads()}: a decode step takes {step_ms:.1f} ms "
         f"({SEQS / step_ms * 1000:.0f} tokens/s, mean of {args.steps} steps). "
         f"torch.profiler over {args.profiled} more steps:\n\n```\n{table}\n```\n"
@@ -86,6 +117,7 @@ def main() -> None:
     parser.add_argument("--profiled", type=int, default=10)
     parser.add_argument("--rows", type=int, default=15)
     parser.add_argument("--label", default="")
+    parser.add_argument("--adapters", type=int, default=0, help="one per sequence, in turn")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/loraserve-bench-cache"))
     parser.add_argument("--out", type=Path, default=None, help="append the section to this file")
     args = parser.parse_args()

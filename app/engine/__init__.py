@@ -1,7 +1,7 @@
 """The serving engine: mixed-adapter batches, merged copies, the mode policy."""
 
 from app.engine.batcher import Batcher
-from app.engine.compute import ComputeThread
+from app.engine.compute import ComputeThread, on_passing_thread
 from app.engine.direct import DirectRunner
 from app.engine.interface import Engine, OnBatch, Result
 from app.engine.merged import MergedCache
@@ -18,4 +18,5 @@ __all__ = [
     "Predictor",
     "Result",
     "UsedMode",
+    "on_passing_thread",
 ]

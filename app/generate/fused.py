@@ -69,11 +69,9 @@ class Fused:
         if plan is not None and not isinstance(plan, DeltaPlan):
             return [layer(x) for layer in self.layers]
         y = F.linear(x, self.weight, self.bias)
-        parts = [y[:, s] for s in self.slices]
         if plan is not None:
-            for name, part in zip(self.names, parts, strict=True):
-                plan.add(name, x, part)
-        return parts
+            plan.add_joined(self.names, self.slices, x, y)
+        return [y[:, s] for s in self.slices]
 
 
 def _base(module: Any) -> nn.Linear | None:

@@ -29,8 +29,26 @@ class DeltaPlan:
     slice of a product that fuses several base layers (q, k and v as one matrix product), where
     a plan that replaces the whole layer (merged weights) cannot."""
 
-    def __init__(self, add: Callable[[str, Tensor, Tensor], None]) -> None:
+    def __init__(
+        self,
+        add: Callable[[str, Tensor, Tensor], None],
+        add_joined: Callable[[tuple[str, ...], tuple[slice, ...], Tensor, Tensor], None]
+        | None = None,
+    ) -> None:
         self.add = add
+        self._joined = add_joined
+
+    def add_joined(
+        self, names: tuple[str, ...], slices: tuple[slice, ...], x: Tensor, y: Tensor
+    ) -> None:
+        """Add the terms of layers that read the same rows `x` into their column `slices` of
+        `y` (one fused product's output): in one go where the plan can (a mixed batch stacks
+        the layers' A matrices side by side), else layer by layer."""
+        if self._joined is not None:
+            self._joined(names, slices, x, y)
+            return
+        for name, cols in zip(names, slices, strict=True):
+            self.add(name, x, y[:, cols])
 
     def __call__(self, name: str, layer: nn.Linear, x: Tensor) -> Tensor:
         y = layer(x)  # this call's own output: the term goes in place

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from app.lora.layers import DeltaPlan
-from app.lora.ops import LoraAdapter, lora_delta
+from app.lora.ops import LoraAdapter, add_term
 
 
 class _Indexable(Protocol):
@@ -79,8 +79,8 @@ class MixedBatch:
 
         def add(name: str, x: Tensor, y: Tensor) -> None:
             for seg in self.segments:
-                module = seg.adapter.modules.get(name) if seg.adapter is not None else None
+                module = seg.adapter.terms.modules.get(name) if seg.adapter is not None else None
                 if module is not None:
-                    y[seg.start : seg.stop] += lora_delta(x[seg.start : seg.stop], module)
+                    add_term(y[seg.start : seg.stop], x[seg.start : seg.stop], module)
 
         return DeltaPlan(add)

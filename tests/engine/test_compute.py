@@ -1,4 +1,5 @@
-"""All model work runs on the one compute thread, so the process keeps one OpenMP team."""
+"""Model work runs on one thread, so the process keeps one OpenMP team; start-up work runs on
+a thread that ends with it."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from fastapi.testclient import TestClient
 from safetensors.torch import save
 
 import app.main as main_module
-from app.engine import ComputeThread
+from app.engine import ComputeThread, on_passing_thread
 from app.main import create_app
 from app.settings import Settings
 from tests.api.conftest import upload
@@ -42,15 +43,30 @@ def test_an_error_reaches_the_caller_and_the_thread_goes_on() -> None:
         compute.close()
 
 
+def test_a_passing_thread_has_ended_when_its_result_or_error_comes_back() -> None:
+    seen: list[threading.Thread] = []
+
+    def work(x: int) -> int:
+        seen.append(threading.current_thread())
+        return x + 1
+
+    assert on_passing_thread(work, 41) == 42
+    with pytest.raises(ZeroDivisionError):
+        on_passing_thread(lambda: seen.append(threading.current_thread()) or 1 / 0)
+    assert len(seen) == 2 and threading.current_thread() not in seen
+    assert not any(t.is_alive() for t in seen)
+
+
 @pytest.mark.parametrize("batching", [True, False])
-def test_the_service_loads_runs_and_merges_only_on_the_compute_thread(
+def test_the_service_loads_on_a_passing_thread_and_runs_and_merges_on_the_compute_thread(
     settings: Settings, monkeypatch: pytest.MonkeyPatch, batching: bool
 ) -> None:
     threads: set[str] = set()
+    loaders: list[threading.Thread] = []
     load = main_module.load_base_model
 
     def recorded_load(*args, **kwargs):
-        threads.add(threading.current_thread().name)
+        loaders.append(threading.current_thread())
         return load(*args, **kwargs)
 
     monkeypatch.setattr(main_module, "load_base_model", recorded_load)
@@ -75,6 +91,8 @@ def test_the_service_loads_runs_and_merges_only_on_the_compute_thread(
         headers = {"content-type": "application/octet-stream"}
         assert client.post("/v1/predict", content=binary, headers=headers).status_code == 200
     assert threads == {"inference"}
+    # The load's OpenMP team ended with its thread: the compute thread's is the only one left.
+    assert len(loaders) == 1 and loaders[0].name == "start-up" and not loaders[0].is_alive()
 
 
 def test_f16_and_bf16_rows_widen_exactly(tmp_path: Path) -> None:
@@ -87,3 +105,38 @@ def test_f16_and_bf16_rows_widen_exactly(tmp_path: Path) -> None:
         call = parse_safetensors(save({"inputs": rows}), None, "auto")
         assert call.x.dtype == torch.float32
         assert torch.equal(call.x, rows.float())
+
+
+def test_a_decoder_service_computes_only_on_its_generate_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The load and the engine's start-up writes (fused weights, KV cache) run on threads that
+    have ended; every step runs on the engine's thread."""
+    from app.generate import engine as engine_module
+    from tests.gen_helpers import write_tiny_causal_lm
+
+    made: list[threading.Thread] = []
+    stepped: set[str] = set()
+    init, step = engine_module.GenerationEngine.__init__, engine_module.GenerationEngine._step
+
+    def recorded_init(self, *args, **kwargs):
+        made.append(threading.current_thread())
+        init(self, *args, **kwargs)
+
+    def recorded_step(self):
+        stepped.add(threading.current_thread().name)
+        step(self)
+
+    monkeypatch.setattr(engine_module.GenerationEngine, "__init__", recorded_init)
+    monkeypatch.setattr(engine_module.GenerationEngine, "_step", recorded_step)
+    base_dir = write_tiny_causal_lm(tmp_path / "tiny-llama")
+    settings = Settings(
+        base_model=base_dir, adapters_dir=tmp_path / "a", data_dir=tmp_path / "d", api_keys=""
+    )
+    with TestClient(create_app(settings)) as client:
+        body = {"model": base_dir.name, "prompt": "hello there", "max_tokens": 3}
+        assert client.post("/v1/completions", json=body).status_code == 200
+    # (TestClient runs start-up on a portal thread of its own, which has ended too: the name
+    # tells the passing thread apart.)
+    assert len(made) == 1 and made[0].name == "start-up" and not made[0].is_alive()
+    assert stepped == {"generate"}

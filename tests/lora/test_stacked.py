@@ -62,8 +62,8 @@ def test_a_hot_adapter_goes_alone_and_does_not_pad_the_blocks() -> None:
     adapters = {f"a{i}": make_adapter(model, 2, ("layer1",), seed=i) for i in range(8)}
     keys = ["a0"] * 100 + [f"a{i}" for i in range(1, 8)]
     batch = StackedBatch.build(keys, AdapterStack.build(adapters))
-    blocks, singles = batch.layers["layer1"]
-    assert len(singles) == 1 and len(blocks) == 1 and blocks[0].height == 1
+    ((_, ix),) = batch.plan("layer1", SIZES[1])
+    assert len(ix.tall) == 1 and ix.gather is not None and ix.height == 1
     x = torch.randn(len(keys), SIZES[0])
     out, ref = both(model, keys, adapters, x)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
@@ -85,7 +85,7 @@ def test_ranks_are_grouped_in_power_of_two_buckets() -> None:
     assert [rank_bucket(r) for r in (1, 2, 3, 4, 5, 16, 17, 64)] == [1, 2, 4, 4, 8, 16, 32, 64]
     model = make_model()
     adapters = {f"a{r}": make_adapter(model, r, ("layer1",), seed=r) for r in (1, 3, 4, 64)}
-    buckets = AdapterStack.build(adapters).layers["layer1"]
+    buckets = AdapterStack.build(adapters).buckets(("layer1",), (slice(0, SIZES[1]),))
     assert sorted(b.a_t.shape[2] for b in buckets) == [1, 4, 64]
 
 
@@ -96,12 +96,12 @@ def plan(counts: dict[str, int], n_adapters: int | None = None) -> tuple[list[st
     adapters = {f"a{i}": make_adapter(model, 2, ("layer1",), seed=i) for i in range(n_adapters)}
     keys = [key for key, n in counts.items() for _ in range(n)]
     batch = StackedBatch.build(keys, AdapterStack.build(adapters))
-    blocks, singles = batch.layers["layer1"]
-    key_of = {id(a.modules["layer1"]): k for k, a in adapters.items()}
-    alone = sorted(key_of[id(s.module)] for s in singles)
-    blocked = sorted(
-        b.bucket.slots[slot] for b in blocks for slot in set((b.slots // b.height).tolist())
-    )
+    ((bucket, ix),) = batch.plan("layer1", SIZES[1])
+    alone = sorted(bucket.slots[s] for s, _ in ix.tall)
+    blocked = []
+    if ix.gather is not None:
+        taken = range(len(ix.gather)) if ix.slots is None else ix.slots.tolist()
+        blocked = sorted({bucket.slots[p // ix.height] for p in taken})
     return alone, blocked
 
 
@@ -137,21 +137,30 @@ def test_a_segment_on_every_row_is_not_indexed() -> None:
     model = make_model()
     adapters = {f"a{i}": make_adapter(model, 2, ("layer1",), seed=i) for i in range(2)}
     stack = AdapterStack.build(adapters)
-    (_, (single,)) = StackedBatch.build(["a0"] * 5, stack).layers["layer1"]
-    assert single.rows is None
-    (_, (single,)) = StackedBatch.build(["a0", None, "a0"], stack).layers["layer1"]
-    assert single.rows.tolist() == [0, 2]
+    ((_, ix),) = StackedBatch.build(["a0"] * 5, stack).plan("layer1", SIZES[1])
+    assert ix.tall == ((0, None),)
+    ((_, ix),) = StackedBatch.build(["a0", None, "a0"], stack).plan("layer1", SIZES[1])
+    ((_, rows),) = ix.tall
+    assert rows.tolist() == [0, 2]
 
 
 def test_blocks_pad_short_slots_with_row_0() -> None:
     model = make_model()
     adapters = {f"a{i}": make_adapter(model, 2, ("layer1",), seed=i) for i in range(2)}
-    ((block,), ()) = StackedBatch.build(["a1", "a0", "a1"], AdapterStack.build(adapters)).layers[
-        "layer1"
-    ]
-    assert block.height == 2
+    batch = StackedBatch.build(["a1", "a0", "a1"], AdapterStack.build(adapters))
+    ((_, block),) = batch.plan("layer1", SIZES[1])
+    assert block.height == 2 and block.tall == ()
     assert block.gather.tolist() == [1, 0, 0, 2]  # slot a0: row 1 + padding; slot a1: rows 0, 2
     assert block.slots.tolist() == [0, 2, 3] and block.rows.tolist() == [1, 0, 2]
+
+
+def test_blocks_with_no_padding_put_rows_back_without_a_gather() -> None:
+    model = make_model()
+    adapters = {f"a{i}": make_adapter(model, 2, ("layer1",), seed=i) for i in range(2)}
+    batch = StackedBatch.build(["a1", "a0"], AdapterStack.build(adapters))
+    ((_, block),) = batch.plan("layer1", SIZES[1])
+    assert block.gather.tolist() == [1, 0] and block.slots is None
+    assert block.rows.tolist() == [1, 0]
 
 
 def test_index_tensors_live_on_the_requested_device() -> None:
@@ -159,11 +168,12 @@ def test_index_tensors_live_on_the_requested_device() -> None:
     adapters = {f"a{i}": make_adapter(model, 2, ("layer1",), seed=i) for i in range(3)}
     stack = AdapterStack.build(adapters)
     keys = ["a1", "a0", "a1", None, "a2"]
-    ((block,), ()) = StackedBatch.build(keys, stack).layers["layer1"]
+    ((_, block),) = StackedBatch.build(keys, stack).plan("layer1", SIZES[1])
     assert block.gather.device.type == "cpu"
     meta = torch.device("meta")
-    ((block,), ()) = StackedBatch.build(keys, stack, meta).layers["layer1"]
+    ((_, block),) = StackedBatch.build(keys, stack, meta).plan("layer1", SIZES[1])
     for t in (block.gather, block.slots, block.rows):
         assert t.device == meta and t.dtype == torch.long
-    (_, (single,)) = StackedBatch.build(["a0", None], stack, meta).layers["layer1"]
-    assert single.rows.device == meta
+    ((_, single),) = StackedBatch.build(["a0", None], stack, meta).plan("layer1", SIZES[1])
+    ((_, rows),) = single.tall
+    assert rows.device == meta

@@ -130,7 +130,8 @@ def problem_of(exc: BaseException) -> AdapterProblem:
         return AdapterProblem(exc.code, exc.message)
     if isinstance(exc, OSError):
         where = Path(exc.filename).name if exc.filename else "the adapter's files"
-        reason = exc.strerror or _without_paths(str(exc))
+        # Object stores put a debug dump of their error after the first line: not for users.
+        reason = exc.strerror or _without_paths(str(exc).partition("\n")[0])
         return AdapterProblem("unreadable", f"cannot read {where}: {shorten(reason, 256)}")
     reason = shorten(_without_paths(str(exc)), 256)
     return AdapterProblem("invalid_adapter", f"{fmt.WEIGHTS_FILE}: {reason}")

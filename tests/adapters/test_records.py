@@ -79,6 +79,19 @@ def test_a_problem_found_at_load_makes_a_broken_record() -> None:
             ),
         ),
         (
+            # As obstore raises it: a debug dump after the first line.
+            FileNotFoundError(
+                "Object at location /srv/secret/.store/p/v/adapter_model.safetensors not found: "
+                "No such file or directory (os error 2)\n\nDebug source:\nNotFound {\n    path: "
+                '"/srv/secret/.store/p/v/adapter_model.safetensors",\n}'
+            ),
+            AdapterProblem(
+                "unreadable",
+                "cannot read the adapter's files: Object at location adapter_model.safetensors "
+                "not found: No such file or directory (os error 2)",
+            ),
+        ),
+        (
             SafetensorError("Error while deserializing header: /srv/secret/w.safetensors"),
             AdapterProblem(
                 "invalid_adapter",
@@ -101,6 +114,7 @@ def test_a_problem_found_at_load_makes_a_broken_record() -> None:
         "os-error-without-path",
         "os-error-without-strerror",
         "os-error-with-the-path-in-its-text",
+        "object-store-error-with-a-debug-dump",
         "library-error-with-a-path",
         "long",
         "ours",

@@ -96,7 +96,7 @@ def build_services(
             predictor, settings.kv_cache_bytes, settings.max_running_seqs,
             settings.prefill_chunk_tokens, settings.max_waiting_seqs,
             settings.generation_queue_timeout_s, settings.max_seqs_per_request,
-            settings.kv_block_tokens, settings.prefix_caching,
+            settings.kv_block_tokens, settings.prefix_caching, settings.pack_weights,
         )  # fmt: skip
     return Services(
         settings, base, registry, predictor, compute, engine, datasets, training, body_limit,

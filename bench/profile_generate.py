@@ -57,7 +57,7 @@ class _Registry:
         return None, self.adapters[version]
 
 
-def _engine(dtype: torch.dtype, cache: Path, adapters: int) -> GenerationEngine:
+def _engine(dtype: torch.dtype, cache: Path, adapters: int, pack: bool = True) -> GenerationEngine:
     gguf = known_gguf("SmolLM2-135M-Instruct")
     assert gguf is not None
     folder = converted_folder(gguf, cache)
@@ -72,12 +72,15 @@ def _engine(dtype: torch.dtype, cache: Path, adapters: int) -> GenerationEngine:
     for i in range(adapters):
         registry.add(f"a{i}", base, i)
     predictor = Predictor(base, registry, 1 << 30)  # type: ignore[arg-type]
-    return GenerationEngine(predictor, 1 << 30, 32, 4096, 64, 30.0)
+    engine_kwargs: dict[str, Any] = {}
+    if "pack_weights" in inspect.signature(GenerationEngine).parameters:
+        engine_kwargs["pack_weights"] = pack  # the setting's default is on
+    return GenerationEngine(predictor, 1 << 30, 32, 4096, 64, 30.0, **engine_kwargs)
 
 
 async def _profile(args: argparse.Namespace) -> str:
     dtype = getattr(torch, args.dtype)
-    engine = _engine(dtype, args.cache, args.adapters)
+    engine = _engine(dtype, args.cache, args.adapters, not args.no_pack)
     params = SamplingParams(
         max_tokens=args.steps + args.profiled + 8, temperature=0, ignore_eos=True
     )
@@ -118,6 +121,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=15)
     parser.add_argument("--label", default="")
     parser.add_argument("--adapters", type=int, default=0, help="one per sequence, in turn")
+    parser.add_argument("--no-pack", action="store_true", help="as PACK_WEIGHTS=false")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/loraserve-bench-cache"))
     parser.add_argument("--out", type=Path, default=None, help="append the section to this file")
     args = parser.parse_args()

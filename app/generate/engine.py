@@ -61,13 +61,14 @@ class GenerationEngine:
         max_seqs_per_request: int = 64,
         kv_block_tokens: int = 16,
         prefix_caching: bool = True,
+        pack_weights: bool = False,
     ) -> None:
         base = predictor.base
         assert base.causal is not None, "generation needs a causal_lm base"
         self.predictor = predictor
         self.base = base
         self.info = base.causal
-        self.forward = DecoderForward(base.module, self.info)
+        self.forward = DecoderForward(base.module, self.info, pack_weights)
         self.cache = self.forward.new_cache(
             base.dtype, base.device, kv_cache_bytes, kv_block_tokens, self.info.context_length,
             prefix_caching,

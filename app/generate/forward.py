@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from app.generate.cache import KVCache
-from app.generate.fused import FusedBlock, fuse_block
+from app.generate.fused import Fused, FusedBlock, fuse_block
 from app.lora.gather import take_rows
 from app.model.causal import CausalInfo
 
@@ -113,7 +113,7 @@ def rotate_half(x: Tensor) -> Tensor:
 class DecoderForward:
     """Runs steps on a frozen causal LM of a known layout; the caller sets the plan."""
 
-    def __init__(self, module: Any, info: CausalInfo) -> None:
+    def __init__(self, module: Any, info: CausalInfo, pack_weights: bool = False) -> None:
         config = module.config
         self.layout = info.layout
         self.lm_head: nn.Module = module.lm_head
@@ -145,9 +145,12 @@ class DecoderForward:
             ]
         # GPT-2's attention is one product already (c_attn), and its MLP has no gate.
         self.fused = [
-            FusedBlock(None, None) if self.layout == "gpt2" else fuse_block(b.self_attn, b.mlp)
+            FusedBlock(None, None)
+            if self.layout == "gpt2"
+            else fuse_block(b.self_attn, b.mlp, pack_weights)
             for b in self.blocks
         ]
+        self.head = Fused.of([self.lm_head], pack_weights) if pack_weights else None
         self.layers = len(self.blocks)
 
     def new_cache(
@@ -191,6 +194,8 @@ class DecoderForward:
 
     def logits(self, hidden: Tensor) -> Tensor:
         """(M, vocab) float32 logits of some rows' hidden states."""
+        if self.head is not None:
+            return self.head(hidden)[0].float()
         return self.lm_head(hidden).float()
 
     def _llama_attention(
@@ -214,15 +219,18 @@ class DecoderForward:
             cos, sin = rope
             q = q * cos + rotate_half(q) * sin
             k = k * cos + rotate_half(k) * sin
-        out = self._attend(i, q, k, v, step, cache)  # (N, Hq, D)
-        return attn.o_proj(out.reshape(n, self.heads * self.head_dim))
+        out = self._attend(i, q, k, v, step, cache).reshape(n, self.heads * self.head_dim)
+        o = self.fused[i].o
+        return o(out)[0] if o is not None else attn.o_proj(out)
 
     def _llama_mlp(self, i: int, mlp: Any, h: Tensor) -> Tensor:
         fused = self.fused[i].gate_up
         if fused is None:
             return mlp(h)  # type: ignore[no-any-return]
         gate, up = fused(h)
-        return mlp.down_proj(mlp.act_fn(gate) * up)  # type: ignore[no-any-return]
+        act = mlp.act_fn(gate) * up
+        down = self.fused[i].down
+        return down(act)[0] if down is not None else mlp.down_proj(act)
 
     def _gpt2_attention(self, i: int, block: Any, h: Tensor, step: Step, cache: KVCache) -> Tensor:
         n = h.shape[0]

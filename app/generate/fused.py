@@ -6,6 +6,11 @@ the weights are held once and every other path, merging and training included, s
 each layer as it was). A plan that only adds a term (app.lora.DeltaPlan: the base, one adapter
 on the fly, a mixed batch) adds each layer's term into its slice of the fused product; a plan
 that replaces a layer (merged weights) gets the layers one by one, as before.
+
+On the CPU a 16-bit weight is also held packed in oneDNN's blocked layout (PACK_WEIGHTS, on),
+as vLLM's CPU backend holds its own: the same products, bit for bit, 1.2-1.5x faster for a
+decode step's 16 rows and 2-2.5x for one row, at the cost of a second copy of those weights.
+o_proj, down_proj and lm_head are "fused" alone for it (one layer, its own weight, no copy).
 """
 
 from __future__ import annotations
@@ -29,9 +34,10 @@ class Fused:
     slices: tuple[slice, ...]  # each layer's columns of the fused output
     weight: Tensor  # (sum of outs, in)
     bias: Tensor | None
+    packed: Tensor | None = None  # the weight in oneDNN's blocked layout
 
     @classmethod
-    def of(cls, layers: list[Any]) -> Fused | None:
+    def of(cls, layers: list[Any], pack: bool = False) -> Fused | None:
         """Fuse `layers` (None when they cannot be: not plain linear layers, or mixed dtypes)."""
         bases = [_base(m) for m in layers]
         if any(b is None for b in bases):
@@ -42,6 +48,13 @@ class Fused:
             b.weight.dtype != first.dtype or b.weight.shape[1] != first.shape[1] for b in linears
         ):
             return None
+        names = tuple(getattr(m, "name", "") for m in layers)
+        if len(linears) == 1:  # alone: its own weight (a tied lm_head stays tied)
+            (only,) = linears
+            alone = only.weight.detach()
+            one_bias = None if only.bias is None else only.bias.detach()
+            cols = (slice(0, only.out_features),)
+            return cls(tuple(layers), names, cols, alone, one_bias, _packed(alone, pack))
         weight = torch.cat([b.weight.detach() for b in linears])
         has_bias = [b.bias is not None for b in linears]
         bias = None
@@ -60,18 +73,39 @@ class Fused:
             if b.bias is not None and bias is not None:
                 b.bias.data = bias[start : start + b.out_features]
             start += b.out_features
-        names = tuple(getattr(m, "name", "") for m in layers)
-        return cls(tuple(layers), names, tuple(slices), weight, bias)
+        return cls(tuple(layers), names, tuple(slices), weight, bias, _packed(weight, pack))
 
     def __call__(self, x: Tensor) -> list[Tensor]:
         """Each layer's output for rows `x` (N, in), as it would give it under the plan."""
         plan = current_plan()
         if plan is not None and not isinstance(plan, DeltaPlan):
             return [layer(x) for layer in self.layers]
-        y = F.linear(x, self.weight, self.bias)
+        if self.packed is not None and x.dim() == 2 and len(x):
+            y = torch.ops.mkldnn._linear_pointwise(
+                x.contiguous(), self.packed, self.bias, "none", [], ""
+            )
+        else:
+            y = F.linear(x, self.weight, self.bias)
         if plan is not None:
             plan.add_joined(self.names, self.slices, x, y)
         return [y[:, s] for s in self.slices]
+
+
+def _packed(weight: Tensor, pack: bool) -> Tensor | None:
+    """`weight` reordered for oneDNN's products, where that applies (a 16-bit weight on a CPU
+    whose torch has oneDNN); None elsewhere, and the plain product is used."""
+    if not pack or weight.device.type != "cpu" or weight.dtype not in _HALF:
+        return None
+    if not torch.backends.mkldnn.is_available():
+        return None
+    try:
+        packed: Tensor = torch.ops.mkldnn._reorder_linear_weight(weight)
+    except (RuntimeError, AttributeError):  # an op this build lacks: the plain product
+        return None
+    return packed
+
+
+_HALF = (torch.bfloat16, torch.float16)
 
 
 def _base(module: Any) -> nn.Linear | None:
@@ -86,11 +120,15 @@ class FusedBlock:
 
     qkv: Fused | None
     gate_up: Fused | None
+    o: Fused | None = None
+    down: Fused | None = None
 
 
-def fuse_block(attn: Any, mlp: Any) -> FusedBlock:
-    qkv = Fused.of([attn.q_proj, attn.k_proj, attn.v_proj])
-    gate_up = None
+def fuse_block(attn: Any, mlp: Any, pack: bool = False) -> FusedBlock:
+    qkv = Fused.of([attn.q_proj, attn.k_proj, attn.v_proj], pack)
+    gate_up = down = None
     if hasattr(mlp, "gate_proj") and hasattr(mlp, "up_proj") and hasattr(mlp, "act_fn"):
-        gate_up = Fused.of([mlp.gate_proj, mlp.up_proj])
-    return FusedBlock(qkv, gate_up)
+        gate_up = Fused.of([mlp.gate_proj, mlp.up_proj], pack)
+        down = Fused.of([mlp.down_proj], pack) if pack else None
+    o = Fused.of([attn.o_proj], pack) if pack else None
+    return FusedBlock(qkv, gate_up, o, down)

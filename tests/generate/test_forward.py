@@ -105,3 +105,34 @@ def test_decode_beside_a_prefill_span_in_one_step(causal_folders) -> None:
         out = fwd.logits(fwd.hidden(step, cache))
     torch.testing.assert_close(out[0], _hf_logits(base, [*a, 21])[-1], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(out[1:], _hf_logits(base, b), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_packed_bf16_weights_give_the_plain_products_bit_for_bit(causal_folders, layout) -> None:
+    ids, more = _prompt(13, seed=6), [7, 8]
+    outs = []
+    for pack in (False, True):
+        base = load_base_model(causal_folders[layout], CPU, dtype="bfloat16")
+        assert base.causal is not None
+        fwd = DecoderForward(base.module, base.causal, pack_weights=pack)
+        packed = [f for b in fwd.fused for f in (b.qkv, b.gate_up, b.o, b.down) if f is not None]
+        packed = [f for f in [*packed, fwd.head] if f is not None and f.packed is not None]
+        # Packing is on where asked: every fused product of a Llama-style block, and lm_head.
+        assert bool(packed) == pack
+        if pack and layout != "gpt2":
+            assert len(packed) == 4 * len(fwd.blocks) + 1
+        cache = fwd.new_cache(base.dtype, CPU, 1 << 24, BLOCK, base.causal.context_length)
+        blocks = _table(cache, 32)
+        with torch.inference_mode():
+            first = fwd.logits(fwd.hidden(_prefill(fwd, ids, blocks, 0), cache))
+            step = _decode(fwd, more, [blocks, blocks], [13, 14])
+            outs.append((first, fwd.logits(fwd.hidden(step, cache))))
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+
+
+def test_fp32_weights_are_not_packed(causal_folders) -> None:
+    base = load_base_model(causal_folders["llama"], CPU, dtype="float32")
+    assert base.causal is not None
+    fwd = DecoderForward(base.module, base.causal, pack_weights=True)
+    assert fwd.head is not None and fwd.head.packed is None
+    assert all(b.qkv is not None and b.qkv.packed is None for b in fwd.fused)

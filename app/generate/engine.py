@@ -37,7 +37,7 @@ from app.generate.sequence import GenEvent, Sequence, SequenceEvents, deliver
 from app.generate.waiting import RequestGroup, WaitingRoom
 
 __all__ = ["GenEvent", "GenerationEngine", "SequenceEvents"]
-from app.generate.plan import step_plan
+from app.generate.plan import StepPlans
 from app.generate.rows import blocks_for_decode, open_blocks, step_rows, table
 from app.lora import plan_scope
 from app.lora.gather import take_rows
@@ -69,6 +69,7 @@ class GenerationEngine:
         self.base = base
         self.info = base.causal
         self.forward = DecoderForward(base.module, self.info, pack_weights)
+        self.plans = StepPlans(predictor)
         self.cache = self.forward.new_cache(
             base.dtype, base.device, kv_cache_bytes, kv_block_tokens, self.info.context_length,
             prefix_caching,
@@ -263,7 +264,7 @@ class GenerationEngine:
         )  # fmt: skip
         sampled = rows.sampled
         with torch.inference_mode():
-            plan = step_plan(self.predictor, rows.keys, {s.mode for s in running}, len(running))
+            plan = self.plans.plan(rows.keys, {s.mode for s in running}, len(running))
             with plan_scope(plan):
                 hidden = self.forward.hidden(step, self.cache)
             index = torch.tensor([r for _, r in sampled], dtype=torch.long, device=device)

@@ -6,8 +6,24 @@ from app.engine.predictor import Mode, Predictor
 from app.lora import LinearFn, StackedBatch, merged_linear, unmerged_linear
 
 
+class StepPlans:
+    """Plans for an engine's steps; a mixed batch is kept while the next step's rows go to the
+    same adapters (a decode step usually has the rows of the one before)."""
+
+    def __init__(self, predictor: Predictor) -> None:
+        self.predictor = predictor
+        self.last: StackedBatch | None = None
+
+    def plan(self, keys: list[str | None], modes: set[Mode], sequences: int) -> LinearFn | None:
+        return step_plan(self.predictor, keys, modes, sequences, self)
+
+
 def step_plan(
-    predictor: Predictor, keys: list[str | None], modes: set[Mode], sequences: int
+    predictor: Predictor,
+    keys: list[str | None],
+    modes: set[Mode],
+    sequences: int,
+    plans: StepPlans | None = None,
 ) -> LinearFn | None:
     """The base alone, one adapter (merged where it pays), or one adapter per row (`keys`)."""
     versions = set(keys)
@@ -23,4 +39,9 @@ def step_plan(
             return merged_linear(predictor.merged.get_or_merge(version, loaded[version][1]))
         return unmerged_linear(loaded[version][1])
     stack = predictor.stack_for({v: a for v, (_, a) in loaded.items()})
-    return StackedBatch.build(keys, stack, predictor.base.device).linear()
+    if plans is not None and plans.last is not None and plans.last.serves(keys, stack):
+        return plans.last.linear()
+    batch = StackedBatch.build(keys, stack, predictor.base.device)
+    if plans is not None:
+        plans.last = batch
+    return batch.linear()

@@ -53,18 +53,22 @@ class _Bucket:
     ranks: tuple[int, ...]  # each layer's columns of a_t
     cols: tuple[slice, ...]  # each layer's columns of the output
     width: int  # the output's columns
+    whole: bool = field(init=False)  # the layers' columns are the output's, in order
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "whole", _contiguous(self.cols, self.width))
 
     def delta(self, x: Tensor) -> Tensor:
         """Every layer's term for rows `x` ((L, in) through slot s's weights when a_t and b_ts
         are one slot's, or (P, L, in) for all slots), side by side as the output lays them."""
         t = x @ self.a_t
+        if len(self.b_ts) == 1 and self.whole:
+            return t @ self.b_ts[0]
         parts, start = [], 0
         for rank, b_t in zip(self.ranks, self.b_ts, strict=True):
             parts.append(t[..., start : start + rank] @ b_t)
             start += rank
-        if len(parts) == 1 and self.cols[0] == slice(0, self.width):
-            return parts[0]
-        if _contiguous(self.cols, self.width):
+        if self.whole:
             return torch.cat(parts, dim=-1)
         out = t.new_zeros(*t.shape[:-1], self.width)  # a layer this bucket's adapters skip
         for cols, part in zip(self.cols, parts, strict=True):
@@ -208,6 +212,10 @@ class StackedBatch:
 
     stack: AdapterStack
     indices: Mapping[Slots, Indices]
+    keys: tuple[Hashable | None, ...] = ()  # the rows' keys it was built for
+    _work: dict[tuple[str, ...], list[tuple[_Bucket, Indices]]] = field(
+        default_factory=dict, repr=False
+    )
 
     @classmethod
     def build(
@@ -223,7 +231,7 @@ class StackedBatch:
             if key is not None:
                 groups.setdefault(key, []).append(row)
         if not groups:
-            return cls(stack, {})
+            return cls(stack, {}, tuple(row_keys))
         # Segments over twice the mean size would make every block that tall: they go alone.
         cap = max(4, math.ceil(2 * sum(map(len, groups.values())) / len(groups)))
         as_index = lambda v: torch.tensor(v, dtype=torch.long, device=device)  # noqa: E731
@@ -235,7 +243,12 @@ class StackedBatch:
             for slots in layouts
             if any(k in groups for k in slots)
         }
-        return cls(stack, indices)
+        return cls(stack, indices, tuple(row_keys))
+
+    def serves(self, row_keys: Sequence[Hashable | None], stack: AdapterStack) -> bool:
+        """Whether this batch can be used again for these rows on this stack (a decode step
+        usually has the rows of the one before: its indices and lookups are made once)."""
+        return self.stack is stack and self.keys == tuple(row_keys)
 
     def plan(self, name: str, width: int) -> list[tuple[_Bucket, Indices]]:
         """Layer `name`'s buckets that this batch uses, with their indices."""
@@ -255,7 +268,10 @@ class StackedBatch:
         def add_joined(
             names: tuple[str, ...], cols: tuple[slice, ...], x: Tensor, y: Tensor
         ) -> None:
-            for bucket, ix in self._plan(names, cols):
+            work = self._work.get(names)
+            if work is None:
+                work = self._work[names] = self._plan(names, cols)
+            for bucket, ix in work:
                 _add(bucket, ix, x, y)
 
         def add(name: str, x: Tensor, y: Tensor) -> None:

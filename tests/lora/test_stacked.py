@@ -177,3 +177,15 @@ def test_index_tensors_live_on_the_requested_device() -> None:
     ((_, single),) = StackedBatch.build(["a0", None], stack, meta).plan("layer1", SIZES[1])
     ((_, rows),) = single.tall
     assert rows.device == meta
+
+
+def test_a_batch_serves_again_only_the_same_rows_on_the_same_stack() -> None:
+    model = make_model()
+    adapters = {f"a{i}": make_adapter(model, 2, ("layer1",), seed=i) for i in range(3)}
+    stack = AdapterStack.build(adapters)
+    keys = ["a1", None, "a2"]
+    batch = StackedBatch.build(keys, stack)
+    assert batch.serves(list(keys), stack)
+    assert not batch.serves(["a2", None, "a1"], stack)
+    assert not batch.serves([*keys, "a0"], stack)
+    assert not batch.serves(keys, AdapterStack.build(adapters))

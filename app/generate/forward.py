@@ -105,6 +105,19 @@ def _embed(embedding: Any, ids: Tensor) -> Tensor:
     return embedding(ids)  # type: ignore[no-any-return]
 
 
+# transformers' RMSNorms that compute weight * (x * rsqrt(mean(x^2) + eps)) in fp32, cast back.
+_RMS_NORMS = frozenset({"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm"})
+
+
+def rms_norm(norm: Any, x: Tensor) -> Tensor:
+    """`norm(x)` for a Llama-style RMSNorm (computed in fp32, cast back, then scaled, as
+    transformers does) in four ops where its module takes eight; any other norm as it is."""
+    if type(norm).__name__ not in _RMS_NORMS:
+        return norm(x)  # type: ignore[no-any-return]
+    h = F.rms_norm(x.float(), (x.shape[-1],), None, norm.variance_epsilon)
+    return norm.weight * h.to(x.dtype)  # type: ignore[no-any-return]
+
+
 def rotate_half(x: Tensor) -> Tensor:
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
@@ -187,10 +200,10 @@ class DecoderForward:
                 x = x + self._gpt2_attention(i, block, block.ln_1(x), step, cache)
                 x = x + block.mlp(block.ln_2(x))
             else:
-                h = block.input_layernorm(x)
+                h = rms_norm(block.input_layernorm, x)
                 x = x + self._llama_attention(i, block.self_attn, h, rope, step, cache)
-                x = x + self._llama_mlp(i, block.mlp, block.post_attention_layernorm(x))
-        return self.norm(x)
+                x = x + self._llama_mlp(i, block.mlp, rms_norm(block.post_attention_layernorm, x))
+        return rms_norm(self.norm, x)
 
     def logits(self, hidden: Tensor) -> Tensor:
         """(M, vocab) float32 logits of some rows' hidden states."""
@@ -207,18 +220,24 @@ class DecoderForward:
         step: Step,
         cache: KVCache,
     ) -> Tensor:
-        n = h.shape[0]
+        n, hq, hkv, d = h.shape[0], self.heads, self.kv_heads, self.head_dim
         fused = self.fused[i].qkv
-        q, k, v = fused(h) if fused else (attn.q_proj(h), attn.k_proj(h), attn.v_proj(h))
-        q = q.view(n, self.heads, self.head_dim)  # (N, Hq, D)
-        k = k.view(n, self.kv_heads, self.head_dim)  # (N, Hkv, D)
-        v = v.view(n, self.kv_heads, self.head_dim)
-        if hasattr(attn, "q_norm"):  # Qwen3 normalizes each head before the rotation
-            q, k = attn.q_norm(q), attn.k_norm(k)
-        if rope is not None:
-            cos, sin = rope
-            q = q * cos + rotate_half(q) * sin
-            k = k * cos + rotate_half(k) * sin
+        y = fused.joined(h) if fused is not None and not hasattr(attn, "q_norm") else None
+        if y is not None:
+            # q and k sit side by side in the fused product: rotated as one (N, Hq + Hkv, D).
+            qk = y[:, : (hq + hkv) * d].view(n, hq + hkv, d)
+            if rope is not None:
+                qk = qk * rope[0] + rotate_half(qk) * rope[1]
+            q, k, v = qk[:, :hq], qk[:, hq:], y[:, (hq + hkv) * d :].view(n, hkv, d)
+        else:
+            q, k, v = fused(h) if fused else (attn.q_proj(h), attn.k_proj(h), attn.v_proj(h))
+            q, k, v = q.view(n, hq, d), k.view(n, hkv, d), v.view(n, hkv, d)
+            if hasattr(attn, "q_norm"):  # Qwen3 normalizes each head before the rotation
+                q, k = attn.q_norm(q), attn.k_norm(k)
+            if rope is not None:
+                cos, sin = rope
+                q = q * cos + rotate_half(q) * sin
+                k = k * cos + rotate_half(k) * sin
         out = self._attend(i, q, k, v, step, cache).reshape(n, self.heads * self.head_dim)
         o = self.fused[i].o
         return o(out)[0] if o is not None else attn.o_proj(out)

@@ -77,9 +77,17 @@ class Fused:
 
     def __call__(self, x: Tensor) -> list[Tensor]:
         """Each layer's output for rows `x` (N, in), as it would give it under the plan."""
+        y = self.joined(x)
+        if y is None:
+            return [layer(x) for layer in self.layers]
+        return [y[:, s] for s in self.slices]
+
+    def joined(self, x: Tensor) -> Tensor | None:
+        """The layers' outputs side by side (N, sum of outs) under the plan; None when the plan
+        replaces layers (merged weights), which then go one by one."""
         plan = current_plan()
         if plan is not None and not isinstance(plan, DeltaPlan):
-            return [layer(x) for layer in self.layers]
+            return None
         if self.packed is not None and x.dim() == 2 and len(x):
             y = torch.ops.mkldnn._linear_pointwise(
                 x.contiguous(), self.packed, self.bias, "none", [], ""
@@ -88,7 +96,7 @@ class Fused:
             y = F.linear(x, self.weight, self.bias)
         if plan is not None:
             plan.add_joined(self.names, self.slices, x, y)
-        return [y[:, s] for s in self.slices]
+        return y
 
 
 def _packed(weight: Tensor, pack: bool) -> Tensor | None:

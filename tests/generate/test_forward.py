@@ -136,3 +136,21 @@ def test_fp32_weights_are_not_packed(causal_folders) -> None:
     fwd = DecoderForward(base.module, base.causal, pack_weights=True)
     assert fwd.head is not None and fwd.head.packed is None
     assert all(b.qkv is not None and b.qkv.packed is None for b in fwd.fused)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rms_norm_in_four_ops_is_transformers_own_bit_for_bit(dtype) -> None:
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+    from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm
+
+    from app.generate.forward import rms_norm
+
+    for cls in (LlamaRMSNorm, Qwen2RMSNorm):
+        norm = cls(48, eps=1e-6).to(dtype)
+        norm.weight.data = torch.randn(48).to(dtype)
+        x = (torch.randn(7, 48) * 30).to(dtype)
+        with torch.inference_mode():
+            assert torch.equal(rms_norm(norm, x), norm(x))
+    layer_norm = torch.nn.LayerNorm(48)
+    x = torch.randn(3, 48)
+    assert torch.equal(rms_norm(layer_norm, x), layer_norm(x))  # not an RMSNorm: its own

@@ -56,8 +56,8 @@ class Settings(BaseSettings):
     # by later prompts that start the same way on the same adapter version (prefix caching).
     kv_block_tokens: int = Field(default=16, ge=1, le=1024)
     prefix_caching: bool = True
-    # A decoder's 16-bit linear weights also held in oneDNN's blocked layout on the CPU: faster
-    # products (the same bits), twice the memory for those weights.
+    # A decoder's linear weights also held in oneDNN's blocked layout on the CPU: faster
+    # products (bf16: the same bits; fp32: summed in another order), twice their memory.
     pack_weights: bool = True
     # `loraserve serve` listens here; UVICORN_HOST/UVICORN_PORT are read too, as plain uvicorn does.
     host: str = Field(

@@ -37,11 +37,13 @@ class LoraAdapter:
 
     @property
     def nbytes(self) -> int:
-        return sum(
-            t.numel() * t.element_size()
-            for m in self.modules.values()
-            for t in (m.lora_A, m.lora_B)
-        )
+        """Its tensors' bytes, with those of the copy its terms are computed in (`terms`), made
+        or not, so that a cache that counts adapters counts the same bytes in and out."""
+        tensors = [t for m in self.modules.values() for t in (m.lora_A, m.lora_B)]
+        held = sum(t.numel() * t.element_size() for t in tensors)
+        if tensors and term_dtype(tensors[0].dtype, tensors[0].device) != tensors[0].dtype:
+            held += sum(t.numel() * torch.finfo(torch.float32).bits // 8 for t in tensors)
+        return held
 
     @cached_property
     def terms(self) -> LoraAdapter:

@@ -170,7 +170,11 @@ def test_adapter_nbytes_counts_every_a_and_b() -> None:
     model = make_model()
     adapter = make_adapter(model, 4, ("layer1", "layer2"), seed=5)
     assert adapter.nbytes == 4 * (4 * 96 + 80 * 4 + 4 * 80 + 72 * 4)
-    assert adapter.to(torch.device("cpu"), torch.float16).nbytes == adapter.nbytes // 2
+    # A 16-bit adapter on the CPU computes its terms in an fp32 copy (`terms`), counted too.
+    half = adapter.to(torch.device("cpu"), torch.float16)
+    assert half.nbytes == adapter.nbytes // 2 + adapter.nbytes
+    assert half.terms.modules["layer1"].lora_A.dtype == torch.float32
+    assert adapter.terms is adapter
 
 
 def test_adapter_to_casts_every_tensor_and_keeps_the_scaling() -> None:

@@ -15,33 +15,21 @@ class StepPlans:
         self.last: StackedBatch | None = None
 
     def plan(self, keys: list[str | None], modes: set[Mode], sequences: int) -> LinearFn | None:
-        return step_plan(self.predictor, keys, modes, sequences, self)
-
-
-def step_plan(
-    predictor: Predictor,
-    keys: list[str | None],
-    modes: set[Mode],
-    sequences: int,
-    plans: StepPlans | None = None,
-) -> LinearFn | None:
-    """The base alone, one adapter (merged where it pays), or one adapter per row (`keys`)."""
-    versions = set(keys)
-    if versions == {None}:
-        return None
-    loaded = predictor.resolve(versions, "model")
-    if len(versions) == 1:
-        (version,) = versions
-        assert version is not None
-        # The whole batch on one adapter: its merged copy costs nothing per token.
-        wanted = "merged" in modes or predictor.is_merged(version) or sequences > 1
-        if "unmerged" not in modes and wanted and predictor.merge(version, "model"):
-            return merged_linear(predictor.merged.get_or_merge(version, loaded[version][1]))
-        return unmerged_linear(loaded[version][1])
-    stack = predictor.stack_for({v: a for v, (_, a) in loaded.items()})
-    if plans is not None and plans.last is not None and plans.last.serves(keys, stack):
-        return plans.last.linear()
-    batch = StackedBatch.build(keys, stack, predictor.base.device)
-    if plans is not None:
-        plans.last = batch
-    return batch.linear()
+        """The base alone, one adapter (merged where it pays), or one adapter per row (`keys`)."""
+        predictor = self.predictor
+        versions = set(keys)
+        if versions == {None}:
+            return None
+        loaded = predictor.resolve(versions, "model")
+        if len(versions) == 1:
+            (version,) = versions
+            assert version is not None
+            # The whole batch on one adapter: its merged copy costs nothing per token.
+            wanted = "merged" in modes or predictor.is_merged(version) or sequences > 1
+            if "unmerged" not in modes and wanted and predictor.merge(version, "model"):
+                return merged_linear(predictor.merged.get_or_merge(version, loaded[version][1]))
+            return unmerged_linear(loaded[version][1])
+        stack = predictor.stack_for({v: a for v, (_, a) in loaded.items()})
+        if self.last is None or not self.last.serves(keys, stack):
+            self.last = StackedBatch.build(keys, stack, predictor.base.device)
+        return self.last.linear()

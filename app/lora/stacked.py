@@ -81,10 +81,6 @@ class _Bucket:
             self.width,
         )  # fmt: skip
 
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.a_t, *self.b_ts))
-
 
 def _contiguous(cols: tuple[slice, ...], width: int) -> bool:
     return (
@@ -155,11 +151,6 @@ class AdapterStack:
             b_ts = tuple(b for _, b in stacked)
             buckets.append(_Bucket(slots, a_t, b_ts, ranks, out_cols, width))
         return tuple(buckets)
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes of the buckets made so far."""
-        return sum(b.nbytes for buckets in self._made.values() for b in buckets)
 
 
 @dataclass(frozen=True)

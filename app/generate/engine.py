@@ -279,10 +279,12 @@ class GenerationEngine:
         # A step's events go to each event loop in one wake-up, not one per sequence: every
         # wake-up takes the GIL from this thread between two of its ops.
         events: dict[asyncio.AbstractEventLoop, list[tuple[Sequence, GenEvent]]] = {}
+        # Every row's argmax in one op (greedy rows take it): 16 rows' one by one took 0.8 ms.
+        argmax = logits.argmax(-1).tolist() if logits is not None else []
         for j, (seq, _) in enumerate(sampled):
             assert logits is not None
             try:
-                event = seq.advance(logits[j], self.info.eos_token_ids)
+                event = seq.advance(logits[j], self.info.eos_token_ids, argmax[j])
                 self.tokens_generated += 1
                 if seq.finished:
                     self._release(seq)

@@ -270,18 +270,13 @@ class DecoderForward:
         bt, hkv, d, g = cache.block_tokens, self.kv_heads, self.head_dim, self.group
         keys.view(-1, hkv, d).index_copy_(0, step.write, k)
         values.view(-1, hkv, d).index_copy_(0, step.write, v)
-        out = torch.empty_like(q)
         scale = self.scales[i]
         b = step.decoding
+        if b and not step.spans:  # decode rows alone: attention's output is the whole answer
+            return self._decode_attention(q, cache, keys, values, step, scale)
+        out = torch.empty_like(q)
         if b:
-            width = step.decode_mask.shape[-1]
-            kd = cache.gather(keys, step.decode_blocks, 0).view(b, width, hkv, d)
-            vd = cache.gather(values, step.decode_blocks, 1).view(b, width, hkv, d)
-            o = F.scaled_dot_product_attention(
-                q[:b].view(b, hkv, g, d), kd.transpose(1, 2), vd.transpose(1, 2),
-                attn_mask=step.decode_mask, scale=scale,
-            )  # fmt: skip
-            out[:b] = o.view(b, self.heads, d)
+            out[:b] = self._decode_attention(q[:b], cache, keys, values, step, scale)
         for s in step.spans:
             n, width = s.stop - s.start, len(s.blocks) * bt
             ks = cache.gather(keys, s.blocks, 2).view(1, width, hkv, d).transpose(1, 2)
@@ -292,3 +287,17 @@ class DecoderForward:
             o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=s.mask, scale=scale)
             out[s.start : s.stop] = o.view(hkv, g, n, d).permute(2, 0, 1, 3).reshape(n, -1, d)
         return out
+
+    def _decode_attention(
+        self, q: Tensor, cache: KVCache, keys: Tensor, values: Tensor, step: Step, scale: float
+    ) -> Tensor:
+        """(B, Hq, D): the decode rows' queries `q` over their sequences' cached keys."""
+        b, hkv, d, g = step.decoding, self.kv_heads, self.head_dim, self.group
+        width = step.decode_mask.shape[-1]
+        kd = cache.gather(keys, step.decode_blocks, 0).view(b, width, hkv, d)
+        vd = cache.gather(values, step.decode_blocks, 1).view(b, width, hkv, d)
+        o = F.scaled_dot_product_attention(
+            q.view(b, hkv, g, d), kd.transpose(1, 2), vd.transpose(1, 2),
+            attn_mask=step.decode_mask, scale=scale,
+        )  # fmt: skip
+        return o.view(b, self.heads, d)

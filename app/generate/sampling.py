@@ -45,10 +45,13 @@ def new_generator(seed: int | None) -> torch.Generator:
     return gen
 
 
-def choose(logits: Tensor, params: SamplingParams, gen: torch.Generator) -> Choice:
-    """Pick from (vocab,) float32 logits; logprobs are the model's own (before temperature)."""
+def choose(
+    logits: Tensor, params: SamplingParams, gen: torch.Generator, argmax: int | None = None
+) -> Choice:
+    """Pick from (vocab,) float32 logits; logprobs are the model's own (before temperature).
+    `argmax`: the logits' argmax when the caller has it (one op for a whole step's rows)."""
     if params.temperature < GREEDY_BELOW:
-        token = int(logits.argmax())
+        token = int(logits.argmax()) if argmax is None else argmax
     else:
         scores = logits / params.temperature
         if params.top_k > 0 and params.top_k < scores.shape[0]:

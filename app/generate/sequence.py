@@ -51,11 +51,13 @@ class Sequence:
         with contextlib.suppress(RuntimeError):  # a closed loop: nobody left to read it
             self.loop.call_soon_threadsafe(self.out.put_nowait, item)
 
-    def advance(self, logits: torch.Tensor, eos_token_ids: frozenset[int]) -> GenEvent | None:
-        """Sample the next token from (vocab,) logits, ending the sequence if it is done; the
-        event to send (None while the text is held back)."""
+    def advance(
+        self, logits: torch.Tensor, eos_token_ids: frozenset[int], argmax: int | None = None
+    ) -> GenEvent | None:
+        """Sample the next token from (vocab,) logits (whose argmax the caller may know),
+        ending the sequence if it is done; the event to send (None while the text is held back)."""
         params = self.params
-        choice = choose(logits, params, self.gen)
+        choice = choose(logits, params, self.gen, argmax)
         self.generated += 1
         self.tokens.append(choice.token)
         eos = choice.token in params.stop_token_ids or (

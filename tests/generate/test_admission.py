@@ -177,10 +177,12 @@ def test_a_sampling_failure_fails_its_own_sequence_only(make_engine, base, monke
     ids = prompt(base)
     real = sequence_module.choose
 
-    def choose(logits: torch.Tensor, params: SamplingParams, gen: torch.Generator) -> Any:
+    def choose(
+        logits: torch.Tensor, params: SamplingParams, gen: torch.Generator, argmax: Any = None
+    ) -> Any:
         if params.seed == 666:
             raise RuntimeError("probability tensor contains either inf, nan or element < 0")
-        return real(logits, params, gen)
+        return real(logits, params, gen, argmax)
 
     monkeypatch.setattr(sequence_module, "choose", choose)
 

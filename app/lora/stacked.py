@@ -9,8 +9,8 @@ the rest (a hot adapter) is done with plain products instead, so it does not mak
 as tall as itself. The stack is reused while the batches' adapters stay within it.
 
 Layers that read the same rows (q, k and v, fused into one product) are stacked together: their
-A^T side by side and their B^T as one block matrix, so one gather, two products and one
-index_add serve all of them. Stacks are made on first use, for the layers (or joined layers) a forward asks for.
+A^T side by side, so one gather, one product through every A and one index_add serve all of
+them. Stacks are made on first use, for the layers (or joined layers) a forward asks for.
 
 On the CPU the stack is held in fp32 and the terms computed in it for 16-bit bases: torch's
 bf16 batched products at rank widths are 5x slower there than fp32 ones (70 against 14 us for
@@ -23,6 +23,7 @@ import math
 import threading
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import TypeVar
 
 import torch
@@ -44,40 +45,59 @@ def rank_bucket(rank: int) -> int:
 @dataclass(frozen=True)
 class _Bucket:
     """The adapters of one rank bucket (the same adapters in the same slots) on one or more
-    layers that read the same rows: their A^T side by side, their s·B^T as one block matrix
-    (each layer's rows of it nonzero only in that layer's columns of the output)."""
+    layers that read the same rows: their A^T side by side, each layer's s·B^T apart."""
 
     slots: Slots  # the adapter key in each slot
     a_t: Tensor  # (P, in, sum of the layers' r)
-    b_t: Tensor  # (P, sum of the layers' r, the output's columns), scaling folded in
+    b_ts: tuple[Tensor, ...]  # per layer (P, r, out), scaling folded in
+    ranks: tuple[int, ...]  # each layer's columns of a_t
+    cols: tuple[slice, ...]  # each layer's columns of the output
+    width: int  # the output's columns
+    whole: bool = field(init=False)  # the layers' columns are the output's, in order
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "whole", _contiguous(self.cols, self.width))
 
     def delta(self, x: Tensor) -> Tensor:
-        """Every layer's term for rows `x` ((L, in) through slot s's weights when a_t and b_t
+        """Every layer's term for rows `x` ((L, in) through slot s's weights when a_t and b_ts
         are one slot's, or (P, L, in) for all slots), side by side as the output lays them."""
-        # Two products whatever the number of layers: the zeros of the block matrix cost less
-        # than a product per layer and a concatenation (78 against 133 us for q/k/v of 16 rows).
-        return (x @ self.a_t) @ self.b_t
+        t = x @ self.a_t
+        if len(self.b_ts) == 1 and self.whole:
+            return t @ self.b_ts[0]
+        parts, start = [], 0
+        for rank, b_t in zip(self.ranks, self.b_ts, strict=True):
+            parts.append(t[..., start : start + rank] @ b_t)
+            start += rank
+        if self.whole:
+            return torch.cat(parts, dim=-1)
+        out = t.new_zeros(*t.shape[:-1], self.width)  # a layer this bucket's adapters skip
+        for cols, part in zip(self.cols, parts, strict=True):
+            out[..., cols] = part
+        return out
 
     def slot(self, s: int) -> _Bucket:
-        return _Bucket(self.slots, self.a_t[s], self.b_t[s])
+        return _Bucket(
+            self.slots, self.a_t[s], tuple(b[s] for b in self.b_ts), self.ranks, self.cols,
+            self.width,
+        )  # fmt: skip
 
 
-def _stacked(
-    layers: list[tuple[slice, int, list[LoraModule]]], width: int, dtype: torch.dtype
-) -> tuple[Tensor, Tensor]:
-    """A^T side by side and the block matrix of s·B^T for layers (their output columns, rank
-    bucket, one module per slot)."""
-    first = layers[0][2][0].lora_A
-    n_slots, n_in = len(layers[0][2]), first.shape[1]
-    total = sum(rank for _, rank, _ in layers)
-    a_t = first.new_zeros(n_slots, n_in, total, dtype=dtype)
-    b_t = first.new_zeros(n_slots, total, width, dtype=dtype)
-    start = 0
-    for cols, rank, modules in layers:
-        for i, m in enumerate(modules):
-            a_t[i, :, start : start + m.rank] = m.lora_A.T
-            b_t[i, start : start + m.rank, cols] = m.lora_B.T * m.scaling
-        start += rank
+def _contiguous(cols: tuple[slice, ...], width: int) -> bool:
+    return (
+        cols[0].start == 0
+        and cols[-1].stop == width
+        and all(a.stop == b.start for a, b in pairwise(cols))
+    )
+
+
+def _stacked(modules: list[LoraModule], rank: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    first = modules[0]
+    n_in, n_out = first.lora_A.shape[1], first.lora_B.shape[0]
+    a_t = first.lora_A.new_zeros(len(modules), n_in, rank, dtype=dtype)
+    b_t = first.lora_A.new_zeros(len(modules), rank, n_out, dtype=dtype)
+    for i, m in enumerate(modules):
+        a_t[i, :, : m.rank] = m.lora_A.T
+        b_t[i, : m.rank, :] = m.lora_B.T * m.scaling
     return a_t, b_t
 
 
@@ -123,8 +143,13 @@ class AdapterStack:
         buckets = []
         for slots, layers in by_slots.items():
             first = layers[0][2][0].lora_A
-            a_t, b_t = _stacked(layers, width, term_dtype(first.dtype, first.device))
-            buckets.append(_Bucket(slots, a_t, b_t))
+            dtype = term_dtype(first.dtype, first.device)
+            stacked = [_stacked(modules, rank, dtype) for _, rank, modules in layers]
+            a_t = torch.cat([a for a, _ in stacked], dim=2) if len(stacked) > 1 else stacked[0][0]
+            ranks = tuple(rank for _, rank, _ in layers)
+            out_cols = tuple(c for c, _, _ in layers)
+            b_ts = tuple(b for _, b in stacked)
+            buckets.append(_Bucket(slots, a_t, b_ts, ranks, out_cols, width))
         return tuple(buckets)
 
 
@@ -132,7 +157,7 @@ class AdapterStack:
 class Indices:
     """Where a batch's rows go in one bucket's slots: tall segments alone, the rest in blocks."""
 
-    tall: tuple[tuple[int, Tensor | slice], ...]  # (slot, its rows: a slice where in a run)
+    tall: tuple[tuple[int, Tensor | None], ...]  # (slot, its rows; None: every row in order)
     gather: Tensor | None  # (P * L,) the batch row behind each padded slot (padding: row 0)
     slots: Tensor | None  # (M,) padded slot of each real row; None: every padded slot, in order
     rows: Tensor | None  # (M,) those rows' positions in the batch
@@ -151,7 +176,11 @@ class Indices:
         # Few of the bucket's adapters in use (or one alone): plain products per adapter read
         # only those adapters' weights, where blocks would read every slot's.
         alone = len(present) == 1 or 4 * len(present) < len(slots)
-        tall = tuple((s, _run(rows, as_index)) for s, rows in present if alone or len(rows) > cap)
+        tall = tuple(
+            (s, None if len(rows) == n_rows else as_index(rows))  # all rows: 0..N-1 in order
+            for s, rows in present
+            if alone or len(rows) > cap
+        )
         short = [(s, rows) for s, rows in present if not alone and len(rows) <= cap]
         if not short:
             return cls(tall, None, None, None, 0)
@@ -166,14 +195,6 @@ class Indices:
         # Every padded slot holds a row (each adapter's rows, none missing): no gather needed.
         padded = None if len(taken) == len(gather) else as_index(taken)
         return cls(tall, as_index(gather), padded, as_index(rows_out), height)
-
-
-def _run(rows: list[int], as_index: Callable[[list[int]], Tensor]) -> Tensor | slice:
-    """Rows in a run (a prefill chunk's, or every row) as a slice: read and added in place
-    without an index."""
-    if rows[-1] - rows[0] == len(rows) - 1:  # rows ascend: a run when first and last agree
-        return slice(rows[0], rows[-1] + 1)
-    return as_index(rows)
 
 
 @dataclass(frozen=True)
@@ -254,8 +275,8 @@ def _add(bucket: _Bucket, ix: Indices, x: Tensor, y: Tensor) -> None:
     dtype = bucket.a_t.dtype
     for s, rows in ix.tall:
         one = bucket.slot(s)
-        if isinstance(rows, slice):
-            y[rows] += one.delta(x[rows].to(dtype)).to(y.dtype)
+        if rows is None:
+            y += one.delta(x.to(dtype)).to(y.dtype)
         else:
             y.index_add_(0, rows, one.delta(take_rows(x, rows).to(dtype)).to(y.dtype))
     if ix.gather is None or ix.rows is None:

@@ -5,6 +5,11 @@ The engine is driven in this thread (no server, no HTTP): 16 sequences of 64 pro
 prefilled, then --steps decode steps are timed, then --profiled more run under torch.profiler.
 The table lists the ops by their own time (torch.profiler's key_averages). To profile another
 checkout of the engine (a "before"), run this file with PYTHONPATH set to that checkout.
+
+--churn drives the load's own shape instead: 16 clients each send a new 64-token prompt (128
+new tokens) when their last ends, so prefills join the decode steps as they do when served.
+A base engine and a 16-adapter one run in turn, --rounds times, for the ratio of their tokens/s
+and their step times, decode steps and steps with a prefill apart.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import inspect
+import random
 import sys
 import time
 from pathlib import Path
@@ -113,6 +119,67 @@ async def _profile(args: argparse.Namespace) -> str:
     )
 
 
+class _Clients:
+    """16 clients, each sending its next prompt when its sequence ends (client i on adapter
+    a<i>, or all on the base); the first ones stop early at random, so the ends are spread."""
+
+    def __init__(self, engine: GenerationEngine, adapters: bool) -> None:
+        self.engine, self.adapters = engine, adapters
+        self.rnd = random.Random(0)
+        self.steps: dict[str, list[float]] = {"decode": [], "prefill": []}
+        self.events = [self._send(i, self.rnd.randrange(1, 129)) for i in range(SEQS)]
+
+    def _send(self, i: int, max_tokens: int = 128) -> Any:
+        prompt = [self.rnd.randrange(100, 40000) for _ in range(PROMPT)]
+        params = SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True)
+        (events,) = self.engine.submit([(prompt, params)], f"a{i}" if self.adapters else None)
+        return events
+
+    def run(self, steps: int) -> float:
+        """Tokens/s over `steps` steps."""
+        engine, tokens, start = self.engine, 0, time.perf_counter()
+        for _ in range(steps):
+            with engine._cond:
+                engine._admit()
+            kind = (
+                "decode"
+                if all(s.table.computed >= len(s.tokens) - 1 for s in engine._running if s.table)
+                else "prefill"
+            )
+            before, t0 = engine.tokens_generated, time.perf_counter()
+            engine._step()
+            self.steps[kind].append(time.perf_counter() - t0)
+            tokens += engine.tokens_generated - before
+            for i, events in enumerate(self.events):
+                if events._seq.finished:
+                    self.events[i] = self._send(i)
+        return tokens / (time.perf_counter() - start)
+
+
+async def _churn(args: argparse.Namespace) -> str:
+    dtype = getattr(torch, args.dtype)
+    base = _Clients(_engine(dtype, args.cache, 0, not args.no_pack), False)
+    mixed = _Clients(_engine(dtype, args.cache, 16, not args.no_pack), True)
+    for clients in (base, mixed):  # warm: the clients' ends spread over the steps
+        clients.run(200)
+        clients.steps = {"decode": [], "prefill": []}
+    rounds = []
+    for _ in range(args.rounds):
+        b, m = base.run(args.steps), mixed.run(args.steps)
+        rounds.append(f"base {b:.0f}, 16 adapters {m:.0f} tokens/s: {m / b:.2f}")
+    lines = [f"## {args.label or 'churn'}", "", f"SmolLM2-135M-Instruct, {args.dtype}, 16 clients "
+             f"sending 64-token prompts for 128 tokens each as their last ends, {args.steps} "
+             f"steps a round, threads {torch.get_num_threads()}:", ""]  # fmt: skip
+    lines += [f"- round {i + 1}: {r}" for i, r in enumerate(rounds)]
+    for name, clients in (("base", base), ("16 adapters", mixed)):
+        parts = [
+            f"{len(v)} {k} steps {sum(v) / max(len(v), 1) * 1000:.1f} ms"
+            for k, v in clients.steps.items()
+        ]
+        lines.append(f"- {name}: " + ", ".join(parts))
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
@@ -124,8 +191,10 @@ def main() -> None:
     parser.add_argument("--no-pack", action="store_true", help="as PACK_WEIGHTS=false")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/loraserve-bench-cache"))
     parser.add_argument("--out", type=Path, default=None, help="append the section to this file")
+    parser.add_argument("--churn", action="store_true", help="the served load's shape (above)")
+    parser.add_argument("--rounds", type=int, default=3, help="--churn's rounds")
     args = parser.parse_args()
-    section = asyncio.run(_profile(args))
+    section = asyncio.run(_churn(args) if args.churn else _profile(args))
     print(section)
     if args.out is not None:
         with args.out.open("a") as out:

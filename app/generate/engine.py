@@ -279,7 +279,8 @@ class GenerationEngine:
         # A step's events go to each event loop in one wake-up, not one per sequence: every
         # wake-up takes the GIL from this thread between two of its ops.
         events: dict[asyncio.AbstractEventLoop, list[tuple[Sequence, GenEvent]]] = {}
-        # Every row's argmax in one op (greedy rows take it): 16 rows' one by one took 0.8 ms.
+        # Every row's argmax in one op (greedy rows take theirs): 0.42 ms for 16 rows of
+        # SmolLM2's vocabulary, against 0.86 ms one row at a time.
         argmax = logits.argmax(-1).tolist() if logits is not None else []
         for j, (seq, _) in enumerate(sampled):
             assert logits is not None

@@ -390,7 +390,10 @@ def test_direct_runner_reports_the_time_in_the_model(setup) -> None:
     began = time.perf_counter()
     result = asyncio.run(direct(predictor).submit(torch.randn(1, 16), [None], "auto", "a"))
     total_ms = (time.perf_counter() - began) * 1000
-    assert 50 <= result.model_ms <= total_ms and result.queue_ms < 50
+    # The forward waited 0.1 s: that time is the model's, and the queue's is what is left of
+    # the total (no bound on the machine's speed: it is shared).
+    assert 100 <= result.model_ms <= total_ms
+    assert 0 <= result.queue_ms <= total_ms - result.model_ms
 
 
 def test_every_adapter_due_is_merged_before_the_batch_runs(setup) -> None:

@@ -154,7 +154,12 @@ async def run_tokens(
     async for event in engine.generate(prompt, version, params, mode):
         tokens += [c.token for c in event.tokens]
         finish = event.finish_reason
-    assert finish == ("length" if params.ignore_eos else finish)
+    # An answer ends by its length (always, when eos is ignored) or by a stop, never otherwise.
+    assert finish == "length" if params.ignore_eos else finish in ("stop", "length")
+    if finish == "length":
+        assert len(tokens) == params.max_tokens
+    else:
+        assert len(tokens) <= params.max_tokens
     return tokens
 
 

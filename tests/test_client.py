@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from app.cli import main
+from app.cli.main import main
 from app.client import AsyncClient, Client, ServiceError
 from tests.helpers import (
     adapter_files,

@@ -20,7 +20,7 @@ import pytest
 import torch
 import uvicorn
 
-from app.cli import EXIT_SERVICE, main
+from app.cli.main import EXIT_SERVICE, main
 from app.client import AsyncClient, Client, ServiceError
 from app.main import create_app
 from app.settings import Settings
@@ -246,7 +246,9 @@ def test_cli_complete_prints_the_completion(client: Client, cli_env, capsys) -> 
 
 
 def test_cli_error_mid_stream_ends_the_line_then_reports(capsys, monkeypatch) -> None:
-    monkeypatch.setattr("app.cli.Client", functools.partial(Client, transport=mocked(LATE_ERROR)))
+    monkeypatch.setattr(
+        "app.cli.main.Client", functools.partial(Client, transport=mocked(LATE_ERROR))
+    )
     with pytest.raises(SystemExit) as exited:
         main(["--url", "http://test", "chat", "Hi"])
     printed = capsys.readouterr()
@@ -272,7 +274,7 @@ def test_cli_train_sends_a_chat_jsonl_unchanged(tmp_path: Path, capsys, monkeypa
         return httpx.Response(201, json=job)
 
     transport = httpx.MockTransport(service)
-    monkeypatch.setattr("app.cli.Client", functools.partial(Client, transport=transport))
+    monkeypatch.setattr("app.cli.main.Client", functools.partial(Client, transport=transport))
     main(["--url", "http://test", "train", "chatty", "--data", str(tmp_path / "chat.jsonl")])
     upload, job = seen
     body = upload.read()

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from app.cli import main as cli_main
-from app.demo import main as demo_main
-from app.demo import run_demo
+from app.cli.examples.seed import main as demo_main
+from app.cli.examples.seed import run_demo
+from app.cli.main import main as cli_main
 from app.main import create_app
 from app.settings import Settings
 from tests.server import Server, running_server

@@ -64,8 +64,8 @@ def test_the_command_chooses_from_base_model_before_torch_loads(tmp_path: Path) 
     folder = _decoder(tmp_path)
     code = (
         "import sys, types\n"
-        f"fake = types.ModuleType('app.cli'); fake.main = lambda argv: {PRINT}\n"
-        "sys.modules['app.cli'] = fake\n"
+        f"fake = types.ModuleType('app.cli.main'); fake.main = lambda argv: {PRINT}\n"
+        "sys.modules['app.cli.main'] = fake\n"
         f"sys.argv = ['loraserve', 'serve', '--port', '9', '--base-model', {str(folder)!r}]\n"
         "import app.launch; app.launch.main()"
     )

@@ -19,7 +19,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from app.chat_demo import run_chat_demo
+from app.cli.examples.chat import run_chat_demo
 from app.client import Client
 from app.model.gguf import known_gguf
 from tests.server import Server, running_server

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from app.cli import main
+from app.cli.examples.text import jargon_pairs, run_text_demo, write_jsonl
+from app.cli.main import main
 from app.client import Client
-from app.text_demo import jargon_pairs, run_text_demo, write_jsonl
 from tests.server import Server, running_server
 
 PAIR = ["A man is eating food.", "A man is eating a piece of bread."]

@@ -65,7 +65,7 @@ def test_other_values_are_refused_naming_the_setting(
 def test_serve_with_a_bad_dtype_is_one_error_line(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from app.cli import EXIT_USAGE, main
+    from app.cli.main import EXIT_USAGE, main
 
     monkeypatch.setenv("LORASERVE_DTYPE", "bf16")
     with pytest.raises(SystemExit) as exited:

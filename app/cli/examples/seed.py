@@ -1,4 +1,4 @@
-"""The reference example, end to end over HTTP: `python -m app.demo --url http://127.0.0.1:8000`.
+"""The reference example, end to end over HTTP: `python -m app.cli.examples.seed --url http://127.0.0.1:8000`.
 
 With auth on, pass an admin key (`--api-key`, or LORASERVE_API_KEY): the demo uploads datasets
 and starts a training job.
@@ -20,7 +20,7 @@ import httpx
 import torch
 from safetensors.torch import save
 
-from app.cli import demo_main
+from app.cli.base import demo_main
 from app.client import raise_for_error
 from app.model.seed import SEED_CONFIG, make_regression, make_theta
 
@@ -142,7 +142,7 @@ def run_demo(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The demo's options, shared by `python -m app.demo` and `loraserve demo`."""
+    """The demo's options, shared by `python -m app.cli.examples.seed` and `loraserve demo`."""
     parser.add_argument("--rows", type=int, default=10_000, help="training rows")
     parser.add_argument("--validation-rows", type=int, default=1_000)
     parser.add_argument("--epochs", type=int, default=10)

@@ -1,7 +1,7 @@
-"""The chat example, end to end over HTTP: `python -m app.chat_demo --url http://127.0.0.1:8000`.
+"""The chat example, end to end over HTTP: `python -m app.cli.examples.chat --url http://127.0.0.1:8000`.
 
 It needs a decoder base with a chat template (`loraserve serve --base-model SmolLM2-135M-Instruct`).
-The same team jargon as the text example (app/text_demo.py): made-up words for colours, things
+The same team jargon as the text example (app/cli/examples/text.py): made-up words for colours, things
 and places. Asked to translate "zovob zigit vupuk", the base model cannot know it means "a red
 chair in the garage"; an adapter trained by the service (SFT) on 256 phrases translates phrases
 it never saw, because it learned the words, not the rows. Base vs adapter exact match of greedy
@@ -17,9 +17,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from app.cli import demo_main
+from app.cli.base import demo_main
+from app.cli.examples.text import add_demo_arguments, follow_job, jargon_pairs
 from app.client import Client
-from app.text_demo import add_demo_arguments, follow_job, jargon_pairs
 
 Print = Callable[[str], None]
 SYSTEM = "Translate Zorblish to English."
@@ -96,7 +96,7 @@ def run_chat_demo(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options shared by `python -m app.chat_demo` and `loraserve chat-demo`."""
+    """Options shared by `python -m app.cli.examples.chat` and `loraserve chat-demo`."""
     add_demo_arguments(parser, epochs=2, learning_rate=2e-3)
 
 

@@ -1,4 +1,4 @@
-"""The text example, end to end over HTTP: `python -m app.text_demo --url http://127.0.0.1:8000`.
+"""The text example, end to end over HTTP: `python -m app.cli.examples.text --url http://127.0.0.1:8000`.
 
 It needs a text base (`loraserve serve --base-model all-MiniLM-L6-v2`). A team's jargon: made-up
 words for colours, things and places ("zovob zigit vupuk" is "a red chair in the garage"). The
@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from app.cli import demo_main
+from app.cli.base import demo_main
 from app.client import Client
 
 Print = Callable[[str], None]
@@ -137,7 +137,7 @@ def add_demo_arguments(parser: argparse.ArgumentParser, epochs: int, learning_ra
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options shared by `python -m app.text_demo` and `loraserve text-demo`."""
+    """Options shared by `python -m app.cli.examples.text` and `loraserve text-demo`."""
     add_demo_arguments(parser, epochs=5, learning_rate=3e-3)
 
 

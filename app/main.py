@@ -16,7 +16,7 @@ from app.api.console import install_console
 from app.api.deps import Services
 from app.api.errors import install_error_handlers
 from app.api.limits import SMALL_BODY, BodyGuard, InFlightLimit, route_body_limits
-from app.api.observability import Metrics, RequestContext, configure_logging, live_metrics
+from app.api.observability import Metrics, RequestContext, live_metrics
 from app.api.openapi import install_openapi
 from app.api.params import reject_unknown_query
 from app.api.routes import api_router
@@ -30,6 +30,7 @@ from app.engine import (
     on_passing_thread,
 )
 from app.generate.engine import GenerationEngine
+from app.logs import configure_logging
 from app.model import load_base_model, resolve_device
 from app.openmp import warn_if_unsuited
 from app.projects import Projects

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextvars
 import logging
 import re
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -14,65 +12,18 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from pythonjsonlogger.json import JsonFormatter
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.errors import internal_error
+from app.logs import request_id
 
 if TYPE_CHECKING:
     from app.generate.engine import GenerationEngine
 
-request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 _GOOD_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 access_log = logging.getLogger("app.access")
 log = logging.getLogger(__name__)
-
-
-class _RequestIdFilter(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = request_id.get()
-        record.__dict__.pop("color_message", None)  # uvicorn's ANSI-coloured copy of the message
-        return True
-
-
-class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Writes to whatever sys.stderr is at the time (so that test capture sees it too)."""
-
-    @property  # type: ignore[override]
-    def stream(self) -> Any:
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value: Any) -> None:
-        pass
-
-
-def configure_logging(level: str = "INFO") -> None:
-    """One JSON object per line, each with the request id of the request it belongs to.
-
-    uvicorn's own loggers write through the same handler, and its plain-text access log is
-    silenced (RequestContext writes one JSON line per request), so `uvicorn app.main:app` and
-    `loraserve serve` log alike.
-    """
-    handler = _StderrHandler()
-    handler.setFormatter(
-        JsonFormatter(
-            "{asctime}{levelname}{name}{message}{request_id}",
-            style="{",
-            rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
-        )
-    )
-    handler.addFilter(_RequestIdFilter())
-    for name in ("app", "uvicorn", "uvicorn.error"):
-        logger = logging.getLogger(name)
-        logger.handlers[:] = [handler]
-        logger.setLevel(level)
-        logger.propagate = False
-    access = logging.getLogger("uvicorn.access")
-    access.handlers[:] = []
-    access.propagate = False
-    access.disabled = True
 
 
 class Metrics:

@@ -51,7 +51,7 @@ def local_args(settings: Settings, predictors: int, cpus: int) -> dict[str, Any]
 
 def run(settings: Settings, address: str | None, args: dict[str, Any]) -> None:
     """Deploy on `address` (a running cluster) or on a new local one; serve until a signal."""
-    from app.api.observability import configure_logging
+    from app.logs import configure_logging
 
     configure_logging()
     if address is None:

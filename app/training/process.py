@@ -7,7 +7,7 @@ import logging
 import signal
 from types import FrameType
 
-from app.api.observability import configure_logging
+from app.logs import configure_logging
 from app.settings import Settings
 from app.state.open import load_base, open_state
 from app.training.worker import TrainingWorker

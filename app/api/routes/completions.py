@@ -16,10 +16,10 @@ from app.api.completions import Generation
 from app.api.deps import Base, ProjectDep, Registry
 from app.api.deps import Generation as GenerationDep
 from app.api.disconnect import unless_disconnected
-from app.api.observability import request_id
 from app.api.openai_protocol import ChatCompletionRequest, CompletionRequest
 from app.api.prompts import prepare
 from app.api.schemas import ErrorBody
+from app.logs import request_id
 
 router = APIRouter(tags=["generation"])
 _ERRORS: dict[int | str, dict[str, Any]] = {

@@ -19,6 +19,7 @@ from app.api.disconnect import unless_disconnected
 from app.api.openai_protocol import ChatCompletionRequest, CompletionRequest
 from app.api.prompts import prepare
 from app.api.schemas import ErrorBody
+from app.api.versions import versions_of
 from app.logs import request_id
 
 router = APIRouter(tags=["generation"])
@@ -34,11 +35,7 @@ async def _version(
     if model is None or model == base_name:
         return None
     split_ref(model, "model")
-    if registry.needs_lookup([model], project):  # a database read: not on the event loop
-        versions = await run_in_threadpool(registry.versions_for, [model], "model", project)
-    else:
-        versions = registry.versions_for([model], "model", project)
-    return versions[0]
+    return (await versions_of(registry, [model], "model", project))[0]
 
 
 async def _generate(

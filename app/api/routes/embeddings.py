@@ -14,6 +14,7 @@ from app.adapters.versions import split_ref
 from app.api.auth import READ
 from app.api.deps import Base, EngineDep, ProjectDep, Registry, SettingsDep
 from app.api.schemas import EmbeddingsRequest, EmbeddingsResponse, ErrorBody
+from app.api.versions import versions_of
 from app.errors import InvalidInput
 
 router = APIRouter(tags=["embeddings"])
@@ -67,10 +68,7 @@ async def create_embeddings(
         tokens = encoder.tokenize(texts)
     else:
         tokens = await run_in_threadpool(encoder.tokenize, texts)
-    if registry.needs_lookup(names, project):  # a database read: not on the event loop
-        versions = await run_in_threadpool(registry.versions_for, names, param, project)
-    else:
-        versions = registry.versions_for(names, param, project)
+    versions = await versions_of(registry, names, param, project)
     result = await engine.submit(tokens, versions, body.mode, param)
     outputs = result.outputs.numpy()
     if body.encoding_format == "base64":

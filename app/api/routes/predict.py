@@ -15,6 +15,7 @@ from app.api.deps import Base, EngineDep, ProjectDep, Registry, SettingsDep
 from app.api.params import UnknownParameter
 from app.api.predict_io import OCTET, encode, parse_json, parse_safetensors
 from app.api.schemas import ErrorBody, PredictRequest, PredictResponse
+from app.api.versions import versions_of
 from app.engine import Mode
 from app.engine.inputs import check_rows, first_non_finite_rows, row_adapters
 from app.errors import InvalidInput, UnsupportedMediaType, shorten
@@ -97,10 +98,7 @@ async def predict(
     call = parse(raw) if len(raw) <= _PARSE_INLINE_BYTES else await run_in_threadpool(parse, raw)
     x = check_rows(call.x, input_dim, settings.max_request_rows)
     names, param = row_adapters(call.adapter, call.adapters, len(x))
-    if registry.needs_lookup(names, project):  # a database read: not on the event loop
-        versions = await run_in_threadpool(registry.versions_for, names, param, project)
-    else:
-        versions = registry.versions_for(names, param, project)
+    versions = await versions_of(registry, names, param, project)
     result = await engine.submit(x, versions, call.mode, param)
     _check_finite(result.outputs)
     total_ms = (time.perf_counter() - start) * 1000

@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 from app.cli.examples.seed import main as demo_main
 from app.cli.examples.seed import run_demo
 from app.cli.main import main as cli_main
+from app.client import Client
 from app.main import create_app
 from app.settings import Settings
 from tests.server import Server, running_server
@@ -23,7 +24,12 @@ def test_demo_brings_the_shifted_task_back_near_zero(tmp_path: Path) -> None:
     lines: list[str] = []
     with TestClient(create_app(settings)) as client:
         results = run_demo(
-            client, rows=2000, validation_rows=200, epochs=15, adapter_name="demo", out=lines.append
+            Client.over(client),
+            rows=2000,
+            validation_rows=200,
+            epochs=15,
+            adapter_name="demo",
+            out=lines.append,
         )
         assert client.get("/v1/adapters/demo").json()["source"] == "training"
     assert results["base_mse"] > 500

@@ -239,7 +239,7 @@ def embed(args: argparse.Namespace, client: Client) -> None:
 def demo(args: argparse.Namespace, client: Client) -> None:
     from app.cli.examples.seed import run_from_args
 
-    run_from_args(client.http, args)
+    run_from_args(client, args)
 
 
 def text_demo(args: argparse.Namespace, client: Client) -> None:

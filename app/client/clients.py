@@ -27,6 +27,13 @@ class Client(Operations):
             base_url=base_url, headers=headers_for(api_key), timeout=timeout, **kw
         )
 
+    @classmethod
+    def over(cls, http: httpx.Client) -> Client:
+        """A client on an httpx client made elsewhere (a test's in-process client, say)."""
+        client = cls.__new__(cls)
+        client.http = http
+        return client
+
     def _request(
         self, method: str, path: str, read: Callable[[httpx.Response], Any], **kw: Any
     ) -> Any:

@@ -16,68 +16,40 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-import httpx
 import torch
-from safetensors.torch import save
 
 from app.cli.base import demo_main
-from app.client import raise_for_error
+from app.client import Client
 from app.model.seed import SEED_CONFIG, make_regression, make_theta
 
 Print = Callable[[str], None]
 
 
-def upload_dataset(client: httpx.Client, x: torch.Tensor, y: torch.Tensor, name: str) -> str:
-    data = save({"inputs": x.contiguous(), "targets": y.contiguous()})
-    response = client.post("/v1/datasets", files={"file": (f"{name}.safetensors", data)})
-    return str(raise_for_error(response).json()["id"])
-
-
 def predict(
-    client: httpx.Client, x: torch.Tensor, adapter: str | None, mode: str, chunk: int = 500
+    client: Client, x: torch.Tensor, adapter: str | None, mode: str, chunk: int = 500
 ) -> torch.Tensor:
-    parts = []
-    for rows in x.split(chunk):
-        body = {"inputs": rows.tolist(), "adapter": adapter, "mode": mode}
-        response = raise_for_error(client.post("/v1/predict", json=body))
-        parts.append(torch.tensor(response.json()["outputs"]))
-    return torch.cat(parts)
+    """Outputs of rows `x`, `chunk` rows a request (under the service's rows per request)."""
+    return torch.cat([client.predict(rows, adapter=adapter, mode=mode) for rows in x.split(chunk)])
 
 
 def mse(a: torch.Tensor, b: torch.Tensor) -> float:
     return torch.nn.functional.mse_loss(a, b).item()
 
 
-def follow_job(
-    client: httpx.Client, job_id: str, out: Print, poll_s: float = 0.5
-) -> dict[str, Any]:
-    """Print events and progress until the job ends; return the final job."""
-    after: str | None = None
-    while True:
-        params = {"after": after} if after else {}
-        events = raise_for_error(
-            client.get(f"/v1/fine-tuning/jobs/{job_id}/events", params=params)
-        ).json()
-        for event in events["data"]:
-            after = event["id"]
-            if event["type"] == "metrics":
-                d = event["data"]
-                val = d.get("validation_loss")
-                out(
-                    f"  epoch {d['epoch']:>3}  step {d['step']:>5}/{d['total_steps']}"
-                    f"  train_loss {d['train_loss']:10.4f}"
-                    + (f"  validation_loss {val:10.4f}" if val is not None else "")
-                )
-            else:
-                out(f"  {event['message']}")
-        job = raise_for_error(client.get(f"/v1/fine-tuning/jobs/{job_id}")).json()
-        if job["status"] in ("succeeded", "failed", "cancelled") and not events["has_more"]:
-            return dict(job)
-        time.sleep(poll_s)
+def _event_line(event: dict[str, Any]) -> str:
+    if event["type"] != "metrics":
+        return f"  {event['message']}"
+    d = event["data"]
+    val = d.get("validation_loss")
+    return (
+        f"  epoch {d['epoch']:>3}  step {d['step']:>5}/{d['total_steps']}"
+        f"  train_loss {d['train_loss']:10.4f}"
+        + (f"  validation_loss {val:10.4f}" if val is not None else "")
+    )
 
 
 def run_demo(
-    client: httpx.Client,
+    client: Client,
     rows: int = 10_000,
     validation_rows: int = 1_000,
     epochs: int = 10,
@@ -86,7 +58,7 @@ def run_demo(
     out: Print = print,
 ) -> dict[str, float]:
     """Run the example against a service; returns the MSEs it printed."""
-    model = raise_for_error(client.get("/v1/model")).json()
+    model = client.model()
     sizes = SEED_CONFIG.sizes
     if (model["input_dim"], model["output_dim"]) != (sizes[0], sizes[-1]):
         raise SystemExit(
@@ -97,36 +69,22 @@ def run_demo(
     x, y = make_regression(rows, theta, seed=101)
     x_val, y_val = make_regression(validation_rows, theta, seed=102)
     out(f"new data from theta + 1: {rows} training rows, {validation_rows} validation rows")
-    train_id = upload_dataset(client, x, y, "theta-plus-one-train")
-    val_id = upload_dataset(client, x_val, y_val, "theta-plus-one-validation")
+    train_id = client.upload_dataset(x, y, "theta-plus-one-train.safetensors")["id"]
+    val_id = client.upload_dataset(x_val, y_val, "theta-plus-one-validation.safetensors")["id"]
 
     base_mse = mse(predict(client, x_val, None, "unmerged"), y_val)
     out(f"base model MSE on the new data: {base_mse:.2f}")
 
     name = adapter_name or f"theta-plus-one-{uuid.uuid4().hex[:6]}"
-    hyperparameters = {
-        "rank": 1,
-        "alpha": 1.0,
-        "target_modules": ["layer1", "layer2"],
-        "epochs": epochs,
-        "batch_size": 128,
-        "learning_rate": learning_rate,
-    }
-    response = raise_for_error(
-        client.post(
-            "/v1/fine-tuning/jobs",
-            json={
-                "adapter_name": name,
-                "training_dataset": train_id,
-                "validation_dataset": val_id,
-                "hyperparameters": hyperparameters,
-            },
-        )
-    )
-    job = response.json()
+    job = client.create_job(
+        name, train_id, val_id, rank=1, alpha=1.0, target_modules=["layer1", "layer2"],
+        epochs=epochs, batch_size=128, learning_rate=learning_rate,
+    )  # fmt: skip
     out(f"training rank-1 adapter {name!r} on layer1 and layer2 (job {job['id']})")
     start = time.perf_counter()
-    job = follow_job(client, job["id"], out)
+    for event in client.follow(job["id"]):
+        out(_event_line(event))
+    job = client.get_job(job["id"])
     if job["status"] != "succeeded":
         error = job["error"] or {}
         raise SystemExit(
@@ -153,7 +111,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run_from_args(client: httpx.Client, args: argparse.Namespace) -> None:
+def run_from_args(client: Client, args: argparse.Namespace) -> None:
     """Run the demo with the parsed options; exit non-zero if the adapter misses the target."""
     results = run_demo(
         client,
@@ -170,9 +128,7 @@ def run_from_args(client: httpx.Client, args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    demo_main(
-        __doc__ or "", add_arguments, lambda client, args: run_from_args(client.http, args), argv
-    )
+    demo_main(__doc__ or "", add_arguments, run_from_args, argv)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 from app.engine import ComputeThread  # noqa: E402
 from app.main import build_services  # noqa: E402
 from app.settings import Settings  # noqa: E402
-from tests.helpers import adapter_files, lora_tensors, peft_config  # noqa: E402
+from support.helpers import adapter_files, lora_tensors, peft_config  # noqa: E402
 
 SIZES = [1001, 1000, 1000]
 

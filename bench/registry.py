@@ -43,7 +43,7 @@ from app.model import load_base_model  # noqa: E402
 from app.settings import EMBEDDED_MODEL  # noqa: E402
 from app.state import Database, ObjectStore  # noqa: E402
 from bench import harness  # noqa: E402
-from tests.services import BUCKET, new_database, postgres_server, s3_server  # noqa: E402
+from support.services import BUCKET, new_database, postgres_server, s3_server  # noqa: E402
 
 SIZES = [1001, 1000, 1000]
 

@@ -29,11 +29,35 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app.settings import EMBEDDED_MODEL  # noqa: E402
-from bench.registry import process_rss_mb  # noqa: E402
-from bench.serve import server  # noqa: E402
-from tests.helpers import adapter_files, lora_tensors, peft_config, reference_forward  # noqa: E402
+from bench.harness import bin_path, server  # noqa: E402
+from support.helpers import adapter_files, lora_tensors, peft_config, reference_forward  # noqa: E402
 
 SIZES = [1001, 1000, 1000]
+
+
+def process_rss_mb(port_url: str) -> float:
+    """VmRSS of the process listening on the server's port."""
+    port = int(port_url.rsplit(":", 1)[1])
+    inode = None
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            parts = line.split()
+            if int(parts[1].split(":")[1], 16) == port and parts[3] == "0A":
+                inode = parts[9]
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == f"socket:[{inode}]":
+                    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                        if line.startswith("VmRSS:"):
+                            return int(line.split()[1]) / 1024
+            except OSError:
+                continue
+    raise RuntimeError("server process not found")
 
 
 def main() -> None:
@@ -68,7 +92,7 @@ def main() -> None:
             "LORASERVE_ADAPTERS_DIR": str(Path(tmp) / "adapters"),
             "LORASERVE_DATA_DIR": str(Path(tmp) / "data"),
         }
-        with server("app.main:app", env) as url:
+        with server([bin_path("loraserve"), "serve"], env) as url:
             with httpx.Client(base_url=url, timeout=60) as client:
                 for name, (config, tensors) in specs.items():
                     files = adapter_files(config, tensors)

@@ -21,8 +21,8 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.settings import Settings
-from tests.helpers import write_base_model
-from tests.services import BUCKET, new_database, postgres_server, s3_server
+from support.helpers import write_base_model
+from support.services import BUCKET, new_database, postgres_server, s3_server
 
 
 @pytest.fixture

@@ -11,14 +11,14 @@ import httpx
 import torch
 from safetensors.torch import load, save
 
-from tests.helpers import (
+from support.helpers import (
     adapter_files,
     lora_tensors,
     peft_config,
     reference_forward,
     write_base_model,
 )
-from tests.server import running_server
+from support.server import running_server
 
 SIZES = [16, 8, 4]
 

@@ -21,7 +21,7 @@ from app.basekind import PACKAGED_BASES
 from app.cli.main import EXIT_SERVICE, EXIT_USAGE, main
 from app.main import create_app
 from app.settings import Settings
-from tests.helpers import adapter_files, lora_tensors, peft_config, write_base_model
+from support.helpers import adapter_files, lora_tensors, peft_config, write_base_model
 
 
 @pytest.fixture

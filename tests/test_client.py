@@ -13,14 +13,14 @@ from safetensors.torch import load_file, save_file
 
 from app.cli.main import main
 from app.client import AsyncClient, Client, ServiceError
-from tests.helpers import (
+from support.helpers import (
     adapter_files,
     lora_tensors,
     peft_config,
     reference_forward,
     write_base_model,
 )
-from tests.server import Server, running_server
+from support.server import Server, running_server
 
 ADMIN, API = "client-admin", "client-api"
 

@@ -24,9 +24,9 @@ from app.cli.main import EXIT_SERVICE, main
 from app.client import AsyncClient, Client, ServiceError
 from app.main import create_app
 from app.settings import Settings
-from tests.gen_helpers import write_tiny_causal_lm
-from tests.helpers import adapter_files, peft_config
-from tests.server import free_port
+from support.gen_helpers import write_tiny_causal_lm
+from support.helpers import adapter_files, peft_config
+from support.server import free_port
 
 KEY = "chat-admin"
 HELLO = [{"role": "user", "content": "What is the capital of France?"}]

@@ -16,8 +16,8 @@ from safetensors.torch import save
 from app.adapters import catalog
 from app.adapters.versions import version_id
 from app.state import Database
-from tests.helpers import adapter_files, lora_tensors, peft_config, write_base_model
-from tests.server import running_server
+from support.helpers import adapter_files, lora_tensors, peft_config, write_base_model
+from support.server import running_server
 
 
 def digests(root: Path) -> dict[str, str]:

@@ -14,7 +14,7 @@ from app.cli.main import main as cli_main
 from app.client import Client
 from app.main import create_app
 from app.settings import Settings
-from tests.server import Server, running_server
+from support.server import Server, running_server
 
 
 def test_demo_brings_the_shifted_task_back_near_zero(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import yaml
 
 from app.basekind import PACKAGED_BASES
 from app.settings import Settings
-from tests.server import ROOT
+from support.server import ROOT
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 DOCKERFILE = (ROOT / "Dockerfile").read_text()

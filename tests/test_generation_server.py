@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.gen_helpers import write_tiny_causal_lm
-from tests.server import Server, running_server
+from support.gen_helpers import write_tiny_causal_lm
+from support.server import Server, running_server
 
 
 @pytest.fixture(scope="module")

@@ -19,8 +19,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from tests.api.conftest import make_files, snapshot, upload
-from tests.server import running_server
+from support.http import make_files, snapshot, upload
+from support.server import running_server
 
 ROW = [0.25] * 16
 

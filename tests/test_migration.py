@@ -25,8 +25,8 @@ import pytest
 import torch
 from safetensors.torch import save
 
-from tests.helpers import adapter_files, lora_tensors, peft_config, write_base_model
-from tests.server import ROOT, free_port, running_server
+from support.helpers import adapter_files, lora_tensors, peft_config, write_base_model
+from support.server import ROOT, free_port, running_server
 
 OLDER = "f8c415b"  # the last commit whose store is a folder per name and whose jobs are in jobs.db
 

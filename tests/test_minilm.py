@@ -18,7 +18,7 @@ from app.engine import Predictor
 from app.errors import InvalidAdapter
 from app.model import BaseModel, load_base_model
 from app.model.hf import known_model_folder
-from tests.helpers import RegistryByName
+from support.helpers import RegistryByName
 
 TEXTS = [
     "A man is eating food.",

@@ -13,7 +13,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file
 from torch import nn
 
-from tests.api.conftest import make_files, upload
+from support.http import make_files, upload
 
 
 class PlainMLP(nn.Module):

@@ -13,14 +13,14 @@ from pathlib import Path
 import httpx
 import torch
 
-from tests.helpers import (
+from support.helpers import (
     adapter_files,
     lora_tensors,
     peft_config,
     reference_forward,
     write_base_model,
 )
-from tests.server import running_server
+from support.server import running_server
 
 SIZES = [16, 8, 4]
 NAMES = ["n0", "n1", "n2"]

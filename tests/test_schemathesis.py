@@ -26,7 +26,7 @@ from schemathesis.specs.openapi.checks import content_type_conformance, response
 
 from app.main import create_app
 from app.settings import Settings
-from tests.helpers import TINY_SIZES, adapter_files, lora_tensors, peft_config, write_base_model
+from support.helpers import TINY_SIZES, adapter_files, lora_tensors, peft_config, write_base_model
 
 ADMIN = "fuzz-admin-key"
 EXAMPLES_PER_OPERATION = 80  # x 13 operations that take input, + 6 without: over 1000 cases

@@ -8,8 +8,8 @@ import httpx
 import torch
 
 from app.settings import EMBEDDED_MODEL
-from tests.helpers import adapter_files, lora_tensors, peft_config, reference_forward
-from tests.server import running_server
+from support.helpers import adapter_files, lora_tensors, peft_config, reference_forward
+from support.server import running_server
 
 SEED_SIZES = [1001, 1000, 1000]
 

@@ -25,15 +25,15 @@ import torch
 from safetensors.torch import save
 
 from app.adapters.versions import version_id
-from tests.helpers import (
+from support.helpers import (
     adapter_files,
     lora_tensors,
     peft_config,
     reference_forward,
     write_base_model,
 )
-from tests.server import ROOT, running_server
-from tests.services import BUCKET, new_database
+from support.server import ROOT, running_server
+from support.services import BUCKET, new_database
 
 TTL_MS = 500
 LEASE_MS = 1000

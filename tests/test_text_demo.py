@@ -14,7 +14,7 @@ import torch
 from app.cli.examples.text import jargon_pairs, run_text_demo, write_jsonl
 from app.cli.main import main
 from app.client import Client
-from tests.server import Server, running_server
+from support.server import Server, running_server
 
 PAIR = ["A man is eating food.", "A man is eating a piece of bread."]
 

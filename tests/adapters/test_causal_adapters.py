@@ -18,7 +18,7 @@ from app.adapters import peft_format as fmt
 from app.errors import InvalidAdapter
 from app.model import load_base_model
 from app.state.open import base_info
-from tests.gen_helpers import write_tiny_causal_lm
+from support.gen_helpers import write_tiny_causal_lm
 
 LLAMA_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 

@@ -12,7 +12,7 @@ from safetensors.torch import save
 from app.adapters import AdapterRegistry, BaseInfo
 from app.adapters import peft_format as fmt
 from app.adapters.legacy import IMPORTED, import_folder
-from tests.helpers import TINY_SIZES, adapter_files, linears_of, lora_tensors, peft_config
+from support.helpers import TINY_SIZES, adapter_files, linears_of, lora_tensors, peft_config
 
 BASE = BaseInfo(linears_of(TINY_SIZES), "tiny", "f" * 64, torch.device("cpu"), torch.float32)
 

@@ -26,8 +26,8 @@ from app.adapters import peft_format as fmt
 from app.errors import InvalidAdapter
 from app.lora import pattern_key
 from app.lora.config import MAX_PATTERN_CHARS
-from tests.gen_helpers import write_tiny_causal_lm
-from tests.server import running_server
+from support.gen_helpers import write_tiny_causal_lm
+from support.server import running_server
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # SmolLM2-135M's layout: 30 layers of 7 projections, 210 names of 26 to 33 characters.

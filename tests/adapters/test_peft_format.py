@@ -9,7 +9,7 @@ import torch
 
 from app.adapters import peft_format as fmt
 from app.errors import InvalidAdapter, InvalidName
-from tests.helpers import TINY_SIZES, linears_of, lora_tensors, peft_config
+from support.helpers import TINY_SIZES, linears_of, lora_tensors, peft_config
 
 LINEARS = linears_of(TINY_SIZES)
 

@@ -13,7 +13,7 @@ from app.adapters import peft_format as fmt
 from app.adapters.catalog import VersionRow
 from app.adapters.records import AdapterProblem, AdapterRecord, BaseInfo, problem_of, record_of
 from app.errors import AdapterBroken, InvalidAdapter
-from tests.helpers import TINY_SIZES, linears_of, peft_config
+from support.helpers import TINY_SIZES, linears_of, peft_config
 
 BASE = BaseInfo(linears_of(TINY_SIZES), "tiny", "f" * 64, torch.device("cpu"), torch.float32)
 TARGETS = ("layer1", "layer2")

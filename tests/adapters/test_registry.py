@@ -24,7 +24,7 @@ from app.errors import (
 )
 from app.state import Database, ObjectStore
 from app.state.tables import DEFAULT_PROJECT, projects
-from tests.helpers import TINY_SIZES, adapter_files, linears_of, lora_tensors, peft_config
+from support.helpers import TINY_SIZES, adapter_files, linears_of, lora_tensors, peft_config
 
 BASE = BaseInfo(linears_of(TINY_SIZES), "tiny", "f" * 64, torch.device("cpu"), torch.float32)
 

@@ -17,8 +17,8 @@ import torch
 from fastapi.testclient import TestClient
 from safetensors.torch import load, save
 
-from tests.api.conftest import make_files, snapshot, upload
-from tests.helpers import TINY_SIZES, lora_tensors, peft_config
+from support.helpers import TINY_SIZES, lora_tensors, peft_config
+from support.http import make_files, snapshot, upload
 
 
 def test_create_adapter_returns_201_and_the_adapter(client: TestClient) -> None:

@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM
 
 from app.main import create_app
 from app.settings import Settings
-from tests.gen_helpers import tiny_tokenizer, write_tiny_causal_lm, write_tuned_adapter
+from support.gen_helpers import tiny_tokenizer, write_tiny_causal_lm, write_tuned_adapter
 
 KEY = "gen-admin-key"
 HELLO = [{"role": "user", "content": "What is the capital of France?"}]
@@ -252,7 +252,7 @@ def test_chat_needs_a_chat_template(tmp_path: Path) -> None:
 
 
 def test_generation_is_refused_on_a_vector_base(client: TestClient, tmp_path: Path) -> None:
-    from tests.helpers import write_base_model
+    from support.helpers import write_base_model
 
     settings = Settings(base_model=write_base_model(tmp_path / "mlp"), adapters_dir=tmp_path / "a",
                         data_dir=tmp_path / "d", device="cpu")  # fmt: skip

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.settings import Settings
-from tests.gen_helpers import write_tiny_causal_lm
+from support.gen_helpers import write_tiny_causal_lm
 
 SECRET = "probability tensor contains either inf, nan or element < 0 at /srv/secret/path"
 

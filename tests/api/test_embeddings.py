@@ -201,7 +201,7 @@ def test_model_may_be_left_out_for_the_base(client: TestClient) -> None:
 
 
 def test_texts_are_refused_on_a_vector_base(tmp_path: Path) -> None:
-    from tests.helpers import write_base_model
+    from support.helpers import write_base_model
 
     settings = Settings(
         base_model=write_base_model(tmp_path / "base"),

@@ -18,8 +18,8 @@ from app.main import create_app
 from app.state import Database
 from app.training import JobStore
 from app.training.worker import LeaseLost
-from tests.api.conftest import make_files, upload
-from tests.helpers import reference_forward
+from support.helpers import reference_forward
+from support.http import make_files, upload
 
 
 def dataset(client: TestClient, rows: int = 64, scale: float = 1.0, seed: int = 0) -> str:

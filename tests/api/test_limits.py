@@ -18,7 +18,7 @@ from starlette.types import Message
 
 from app.api.limits import BodyGuard
 from app.main import create_app
-from tests.api.conftest import make_files, snapshot, upload
+from support.http import make_files, snapshot, upload
 
 
 def test_adapters_on_disk_are_capped_but_replacing_one_is_fine(settings) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from app.api.logprobs import TokenTexts
 from app.generate.sampling import Choice
-from tests.gen_helpers import tiny_tokenizer
+from support.gen_helpers import tiny_tokenizer
 
 
 def test_a_token_inside_a_utf8_character_gives_its_own_bytes() -> None:

@@ -9,9 +9,9 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.settings import Settings
-from tests.api.conftest import make_files, upload
-from tests.gen_helpers import write_tiny_causal_lm, write_tuned_adapter
-from tests.helpers import write_base_model
+from support.gen_helpers import write_tiny_causal_lm, write_tuned_adapter
+from support.helpers import write_base_model
+from support.http import make_files, upload
 
 
 def test_models_lists_only_the_adapters_that_fit_the_base(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.main import create_app
-from tests.api.conftest import make_files, upload
+from support.http import make_files, upload
 
 
 def samples(client: TestClient) -> dict[tuple[str, tuple], float]:

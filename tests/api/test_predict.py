@@ -9,8 +9,8 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from tests.api.conftest import make_files, upload
-from tests.helpers import reference_forward
+from support.helpers import reference_forward
+from support.http import make_files, upload
 
 
 def _x(rows: int, seed: int = 0) -> torch.Tensor:

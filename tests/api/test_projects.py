@@ -15,7 +15,7 @@ from app.main import create_app
 from app.projects import key_hash
 from app.state import Database
 from app.state.tables import api_keys
-from tests.api.conftest import make_files
+from support.http import make_files
 
 SUPER = "super-secret"
 MISSING = {

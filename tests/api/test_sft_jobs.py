@@ -12,8 +12,8 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.settings import Settings
+from support.gen_helpers import write_tiny_causal_lm
 from tests.api.test_jobs import create, wait_for
-from tests.gen_helpers import write_tiny_causal_lm
 from tests.training.test_sft import ROWS
 
 

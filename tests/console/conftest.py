@@ -7,39 +7,17 @@ build/screenshots/ for a person to look at.
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from tests.helpers import write_base_model
-from tests.server import ROOT, Server, running_server
-
-SCREENSHOTS = ROOT / "build" / "screenshots"
-# As root in a container Chromium needs --no-sandbox; the rest keep it off the network, which
-# this machine closes (it would retry Google's hosts at every start).
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+from support.console import CHROMIUM_ARGS, chromium_path
+from support.helpers import write_base_model
+from support.server import Server, running_server
 
 
-def chromium_path() -> str:
-    found = os.environ.get("LORASERVE_CHROMIUM") or shutil.which("chromium")
-    assert found, "no Chromium: `apt-get install chromium` (or set LORASERVE_CHROMIUM)"
-    return found
-
-
-# Package scope, not session: Playwright's sync API holds an event loop on the main thread while
-# it runs, and the tests after this package call asyncio.run().
 @pytest.fixture(scope="package")
 def browser() -> Iterator[Browser]:
     with sync_playwright() as playwright:
@@ -65,13 +43,6 @@ def page(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Page]:
     assert not unexpected, unexpected
 
 
-def screenshot(page: Page, name: str) -> Path:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    path = SCREENSHOTS / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True)
-    return path
-
-
 @pytest.fixture(scope="module")
 def base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_base_model(tmp_path_factory.mktemp("console") / "base")
@@ -82,9 +53,3 @@ def server(tmp_path_factory: pytest.TempPathFactory, base_dir: Path) -> Iterator
     """The service on the tiny base, auth off, shared by a module's tests."""
     with running_server(tmp_path_factory.mktemp("console"), base_model=str(base_dir)) as running:
         yield running
-
-
-def open_tab(page: Page, url: str, tab: str) -> None:
-    """Open the console at `tab` and wait until its data is in."""
-    page.goto(f"{url}/#{tab}")
-    page.locator(f"#tabs button[data-tab={tab}][aria-current=page]").wait_for()

@@ -12,9 +12,9 @@ import torch
 from playwright.sync_api import Page, expect
 from safetensors.torch import load
 
-from tests.console.conftest import open_tab, screenshot
-from tests.helpers import TINY_SIZES, adapter_files, lora_tensors, peft_config, reference_forward
-from tests.server import Server
+from support.console import open_tab, screenshot
+from support.helpers import TINY_SIZES, adapter_files, lora_tensors, peft_config, reference_forward
+from support.server import Server
 
 TARGETS = ("layer1", "layer2")
 

@@ -10,9 +10,9 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from tests.console.conftest import screenshot
+from support.console import screenshot
+from support.server import Server, running_server
 from tests.console.test_adapters import make_adapter
-from tests.server import Server, running_server
 
 ADMIN, READER = "admin-key-for-console-tests", "read-only-key-for-console-tests"
 

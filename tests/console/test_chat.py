@@ -13,11 +13,11 @@ import httpx
 import pytest
 from playwright.sync_api import Locator, Page, Route, expect
 
-from tests.console.conftest import open_tab, screenshot
+from support.console import open_tab, screenshot
+from support.gen_helpers import write_tiny_causal_lm, write_tuned_adapter
+from support.server import Server, running_server
 from tests.console.test_hostile import HOSTILE, assert_inert, fake_json
 from tests.console.test_training import start_job, upload_dataset
-from tests.gen_helpers import write_tiny_causal_lm, write_tuned_adapter
-from tests.server import Server, running_server
 
 KEY = "chat-admin-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}

@@ -10,9 +10,9 @@ import torch
 from playwright.sync_api import Browser, Page, Route, expect
 from safetensors.torch import save
 
-from tests.console.conftest import open_tab, screenshot
-from tests.helpers import TINY_SIZES
-from tests.server import Server
+from support.console import open_tab, screenshot
+from support.helpers import TINY_SIZES
+from support.server import Server
 
 # Each would set window.pwned if it ever reached the page as markup.
 HOSTILE = '<img src=x onerror="window.pwned=1"><script>window.pwned=1</script>'

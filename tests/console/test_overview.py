@@ -9,10 +9,10 @@ import time
 import httpx
 from playwright.sync_api import Page, expect
 
-from tests.console.conftest import open_tab, screenshot
+from support.console import open_tab, screenshot
+from support.helpers import TINY_SIZES
+from support.server import Server
 from tests.console.test_adapters import make_adapter
-from tests.helpers import TINY_SIZES
-from tests.server import Server
 
 
 def fact(page: Page, term: str):

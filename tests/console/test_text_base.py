@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from playwright.sync_api import Page, expect
 
+from support.console import open_tab, screenshot
+from support.helpers import write_tiny_text_model
+from support.server import Server, running_server
 from tests.api.test_text_training import PAIRS
-from tests.console.conftest import open_tab, screenshot
 from tests.console.test_training import start_job, upload_dataset
-from tests.helpers import write_tiny_text_model
-from tests.server import Server, running_server
 
 TEXTS = ["code apple", "the word apple", "code tiger"]
 

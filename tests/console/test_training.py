@@ -11,9 +11,9 @@ import torch
 from playwright.sync_api import Page, expect
 from safetensors.torch import save_file
 
-from tests.console.conftest import open_tab, screenshot
-from tests.helpers import TINY_SIZES, lora_tensors, peft_config, reference_forward
-from tests.server import Server
+from support.console import open_tab, screenshot
+from support.helpers import TINY_SIZES, lora_tensors, peft_config, reference_forward
+from support.server import Server
 
 EPOCHS = 12
 

@@ -4,7 +4,6 @@ application deployed once on it, on PostgreSQL and an S3 server, with keys on.""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,26 +13,10 @@ from ray import serve
 from ray.cluster_utils import Cluster
 
 from app.deploy.ray import APP_NAME, build
-from tests.helpers import write_base_model
-from tests.server import free_port
-from tests.services import BUCKET, new_database
-
-ADMIN_KEY = "ray-admin-key-0123456789"
-READ_KEY = "ray-read-key-0123456789"
-TTL_MS = 500
-CAPACITY = 4  # adapters per predictor replica
-NODE = {"node_ip_address": "127.0.0.1", "include_dashboard": False}
-
-
-@dataclass
-class RayApp:
-    url: str
-    base: Path
-    settings: dict[str, Any]  # the overrides every replica runs with
-    cluster: Cluster
-
-    def headers(self, key: str = ADMIN_KEY) -> dict[str, str]:
-        return {"Authorization": f"Bearer {key}"}
+from support.helpers import write_base_model
+from support.ray_app import ADMIN_KEY, CAPACITY, NODE, READ_KEY, TTL_MS, RayApp
+from support.server import free_port
+from support.services import BUCKET, new_database
 
 
 @pytest.fixture(scope="session")

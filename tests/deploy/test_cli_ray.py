@@ -13,8 +13,8 @@ import httpx
 import psutil
 import torch
 
-from tests.helpers import TINY_SIZES, adapter_files, lora_tensors, peft_config, reference_forward
-from tests.server import ROOT, free_port, wait_ready
+from support.helpers import TINY_SIZES, adapter_files, lora_tensors, peft_config, reference_forward
+from support.server import ROOT, free_port, wait_ready
 
 
 def test_serve_ray_starts_a_local_cluster_and_stops_it(tmp_path: Path, base_folder: Path) -> None:

@@ -9,7 +9,7 @@ import yaml
 from ray.serve.schema import ServeDeploySchema
 
 from app.deploy import ray as deployments
-from tests.server import ROOT
+from support.server import ROOT
 
 CONFIGS = sorted((ROOT / "deploy" / "ray").glob("serve*.yaml"))
 NAMES = {

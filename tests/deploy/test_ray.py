@@ -32,8 +32,8 @@ from app.deploy.board import LORA_INFO, PUBLISH_S
 from app.deploy.ray import APP_NAME, build
 from app.main import create_app
 from app.settings import Settings
-from tests.deploy.conftest import ADMIN_KEY, CAPACITY, NODE, READ_KEY, TTL_MS, RayApp
-from tests.helpers import TINY_SIZES, adapter_files, lora_tensors, peft_config, reference_forward
+from support.helpers import TINY_SIZES, adapter_files, lora_tensors, peft_config, reference_forward
+from support.ray_app import ADMIN_KEY, CAPACITY, NODE, READ_KEY, TTL_MS, RayApp
 
 TARGETS = ("layer1", "layer2")
 OCTET = "application/octet-stream"

@@ -18,7 +18,7 @@ from app.deploy.board import LORA_INFO, ReplicaBoard, replica_families
 from app.deploy.ray import _Held, keep_grpc_on_node_address
 from app.deploy.replica import PredictorReplica, ReplicaSnapshot
 from app.settings import Settings
-from tests.helpers import TINY_SIZES, adapter_files, lora_tensors, peft_config, reference_forward
+from support.helpers import TINY_SIZES, adapter_files, lora_tensors, peft_config, reference_forward
 
 TARGETS = ("layer1", "layer2")
 

@@ -15,7 +15,7 @@ from app.adapters import BaseInfo
 from app.engine import Batcher, ComputeThread, DirectRunner, Predictor
 from app.errors import AdapterNotFound, QueueFull
 from app.model import load_base_model
-from tests.helpers import (
+from support.helpers import (
     RegistryByName,
     adapter_files,
     lora_tensors,

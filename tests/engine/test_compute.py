@@ -16,8 +16,8 @@ import app.main as main_module
 from app.engine import ComputeThread, on_passing_thread
 from app.main import create_app
 from app.settings import Settings
-from tests.api.conftest import upload
-from tests.helpers import adapter_files, lora_tensors, peft_config
+from support.helpers import adapter_files, lora_tensors, peft_config
+from support.http import upload
 
 
 def test_work_runs_in_order_on_one_thread_named_inference() -> None:
@@ -113,7 +113,7 @@ def test_a_decoder_service_computes_only_on_its_generate_thread(
     """The load and the engine's start-up writes (fused weights, KV cache) run on threads that
     have ended; every step runs on the engine's thread."""
     from app.generate import engine as engine_module
-    from tests.gen_helpers import write_tiny_causal_lm
+    from support.gen_helpers import write_tiny_causal_lm
 
     made: list[threading.Thread] = []
     stepped: set[str] = set()

@@ -12,7 +12,7 @@ from app.adapters import AdapterRegistry, BaseInfo
 from app.engine import Predictor
 from app.errors import AdapterNotFound
 from app.model import load_base_model
-from tests.helpers import (
+from support.helpers import (
     RegistryByName,
     adapter_files,
     lora_tensors,

@@ -13,7 +13,7 @@ from app.adapters import BaseInfo
 from app.adapters.peft_format import tensor_key
 from app.engine import Predictor
 from app.model import load_base_model
-from tests.helpers import RegistryByName, adapter_files, peft_config, write_tiny_text_model
+from support.helpers import RegistryByName, adapter_files, peft_config, write_tiny_text_model
 
 TARGETS = ("query", "value", "output.dense")
 

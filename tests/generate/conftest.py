@@ -7,10 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.gen_helpers import write_tiny_causal_lm
+from support.gen_helpers import LAYOUTS, write_tiny_causal_lm
 from tests.generate.serving import engines, served  # noqa: F401 (fixtures for every module)
-
-LAYOUTS = ("llama", "qwen2", "gpt2")
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from app.api.openai_protocol import MAX_STOP_CHARS, CompletionRequest
 from app.generate.detok import TextStream
-from tests.gen_helpers import tiny_tokenizer
+from support.gen_helpers import tiny_tokenizer
 
 # Proves "not frozen", never a speed: the bounded work takes milliseconds.
 NOT_FROZEN_S = 10.0

@@ -10,7 +10,7 @@ import torch
 from app.generate.cache import BlockTable, KVCache
 from app.generate.forward import DecoderForward, Step
 from app.model import load_base_model
-from tests.generate.conftest import LAYOUTS
+from support.gen_helpers import LAYOUTS
 
 CPU = torch.device("cpu")
 

@@ -7,7 +7,7 @@ import random
 import torch
 
 from app.lora import MixedBatch, unmerged_linear
-from tests.helpers import forward
+from support.helpers import forward
 from tests.lora.test_ops import SIZES, longhand, make_adapter, make_model
 
 

@@ -21,7 +21,7 @@ from app.lora import (
     unmerged_linear,
 )
 from app.model import MLP, ModelConfig
-from tests.helpers import forward
+from support.helpers import forward
 
 SIZES = [96, 80, 72]
 

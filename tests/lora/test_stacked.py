@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from app.lora import AdapterStack, MixedBatch, StackedBatch, rank_bucket, unmerged_linear
-from tests.helpers import forward
+from support.helpers import forward
 from tests.lora.test_ops import SIZES, make_adapter, make_model
 
 

@@ -10,7 +10,7 @@ import torch
 
 from app.errors import InvalidInput
 from app.model.causal import CausalInfo, load_causal
-from tests.gen_helpers import write_tiny_causal_lm
+from support.gen_helpers import write_tiny_causal_lm
 
 # The injection: a user closes their turn and writes the assistant's answer themselves.
 INJECTED = (

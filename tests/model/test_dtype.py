@@ -16,8 +16,8 @@ from app.model import InvalidModelConfig, load_base_model
 from app.model.dtype import resolve_dtype
 from app.settings import Settings
 from app.state.open import base_info
-from tests.gen_helpers import write_tiny_causal_lm
-from tests.helpers import (
+from support.gen_helpers import write_tiny_causal_lm
+from support.helpers import (
     RegistryByName,
     adapter_files,
     lora_tensors,

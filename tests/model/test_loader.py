@@ -11,7 +11,7 @@ import torch
 from app.model import InvalidModelConfig, load_base_model, resolve_device
 from app.model.seed import make_regression, make_theta
 from app.settings import EMBEDDED_MODEL
-from tests.helpers import reference_forward, write_base_model
+from support.helpers import reference_forward, write_base_model
 
 
 def test_loads_frozen_in_eval_mode(base_folder: Path) -> None:

@@ -16,7 +16,7 @@ from app.model.loader import load_base_model
 from app.state import Database, ObjectStore
 from app.training.chats import ChatDatasetStore, encode
 from app.training.datasets import DatasetTooLarge
-from tests.gen_helpers import write_tiny_causal_lm
+from support.gen_helpers import write_tiny_causal_lm
 
 CHAT = {"messages": [
     {"role": "system", "content": "Be brief."},

@@ -12,7 +12,7 @@ import torch
 from app.model import load_base_model
 from app.training.contrastive import SCALE, ranking_loss, recall_at_1, train_text_lora
 from app.training.trainer import Cancelled, StepReport, TrainConfig
-from tests.helpers import write_tiny_text_model
+from support.helpers import write_tiny_text_model
 
 PAIRS = [(f"code {w}", f"the word {w}") for w in
          ["apple", "river", "stone", "cloud", "piano", "tiger", "lemon", "glass"]]  # fmt: skip

@@ -8,7 +8,7 @@ from torch import nn
 from app.lora import LoraModule
 from app.model import MLP, ModelConfig
 from app.training.fastpath import LowRank, TrainingPlan, dense, plan_training
-from tests.helpers import forward
+from support.helpers import forward
 
 
 def model(activation: str | None, sizes=(12, 10, 8, 6)) -> MLP:

@@ -12,7 +12,7 @@ from app.model.loader import BaseModel, load_base_model
 from app.training.chats import encode
 from app.training.sft import Sft, train_sft_lora
 from app.training.trainer import StepReport, TrainConfig
-from tests.gen_helpers import write_tiny_causal_lm
+from support.gen_helpers import write_tiny_causal_lm
 
 ROWS = [
     {"messages": [{"role": "user", "content": f"capital {w}"},

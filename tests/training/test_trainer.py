@@ -9,7 +9,7 @@ from torch import nn
 from app.lora import base_layer, unmerged_linear, wrap_layers
 from app.model import MLP, ModelConfig
 from app.training.trainer import Cancelled, Diverged, StepReport, TrainConfig, evaluate, train_lora
-from tests.helpers import forward
+from support.helpers import forward
 
 
 def make_model(activation: str | None = "relu", bias: bool = True) -> MLP:

@@ -111,3 +111,7 @@ def write_tuned_adapter(
                 p.normal_(0, b_std)
     tuned.save_pretrained(out)
     return out
+
+
+# The decoder layouts every generation test runs on.
+LAYOUTS = ("llama", "qwen2", "gpt2")

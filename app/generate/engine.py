@@ -32,16 +32,15 @@ from app.errors import QueueFull, ServiceUnavailable
 from app.generate.detok import TextStream
 from app.generate.forward import DecoderForward, Step
 from app.generate.limits import RequestLimits
+from app.generate.plan import StepPlans
+from app.generate.rows import blocks_for_decode, open_blocks, step_rows, table
 from app.generate.sampling import SamplingParams, new_generator
 from app.generate.sequence import GenEvent, Sequence, SequenceEvents, deliver
 from app.generate.waiting import RequestGroup, WaitingRoom
-
-__all__ = ["GenEvent", "GenerationEngine", "SequenceEvents"]
-from app.generate.plan import StepPlans
-from app.generate.rows import blocks_for_decode, open_blocks, step_rows, table
 from app.lora import plan_scope
 from app.lora.gather import take_rows
 
+__all__ = ["GenEvent", "GenerationEngine", "SequenceEvents"]
 log = logging.getLogger("app.generate")
 # What a client hears when its sequence fails inside the engine (the log has the cause).
 _FAILED = "generation failed on the server; it logged why under this request's id"
@@ -279,8 +278,7 @@ class GenerationEngine:
         # A step's events go to each event loop in one wake-up, not one per sequence: every
         # wake-up takes the GIL from this thread between two of its ops.
         events: dict[asyncio.AbstractEventLoop, list[tuple[Sequence, GenEvent]]] = {}
-        # Every row's argmax in one op (greedy rows take theirs): 0.42 ms for 16 rows of
-        # SmolLM2's vocabulary, against 0.86 ms one row at a time.
+        # Every row's argmax in one op for the greedy rows: 0.42 ms for 16 rows, not 0.86.
         argmax = logits.argmax(-1).tolist() if logits is not None else []
         for j, (seq, _) in enumerate(sampled):
             assert logits is not None

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from app.generate.cache import KVCache
 from app.generate.fused import Fused, FusedBlock, fuse_block
-from app.lora.gather import take_rows
+from app.generate.layers import embed_rows, rms_norm, rotate_half
 from app.model.causal import CausalInfo
 
 
@@ -98,31 +98,6 @@ class Step:
         return self.decode_mask.shape[0]
 
 
-def _embed(embedding: Any, ids: Tensor) -> Tensor:
-    """An embedding's rows (a plain nn.Embedding's through take_rows: fast for bf16 on a CPU)."""
-    if type(embedding) is nn.Embedding and embedding.max_norm is None:
-        return take_rows(embedding.weight, ids)
-    return embedding(ids)  # type: ignore[no-any-return]
-
-
-# transformers' RMSNorms that compute weight * (x * rsqrt(mean(x^2) + eps)) in fp32, cast back.
-_RMS_NORMS = frozenset({"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm"})
-
-
-def rms_norm(norm: Any, x: Tensor) -> Tensor:
-    """`norm(x)` for a Llama-style RMSNorm (computed in fp32, cast back, then scaled, as
-    transformers does) in four ops where its module takes eight; any other norm as it is."""
-    if type(norm).__name__ not in _RMS_NORMS:
-        return norm(x)  # type: ignore[no-any-return]
-    h = F.rms_norm(x.float(), (x.shape[-1],), None, norm.variance_epsilon)
-    return norm.weight * h.to(x.dtype)  # type: ignore[no-any-return]
-
-
-def rotate_half(x: Tensor) -> Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
 class DecoderForward:
     """Runs steps on a frozen causal LM of a known layout; the caller sets the plan."""
 
@@ -188,9 +163,9 @@ class DecoderForward:
     def hidden(self, step: Step, cache: KVCache) -> Tensor:
         """(N, hidden) final hidden states of the step's rows; writes their keys and values."""
         cache.prepare()
-        x = _embed(self.embed, step.ids)  # (N, hidden)
+        x = embed_rows(self.embed, step.ids)  # (N, hidden)
         if self.pos_embed is not None:
-            x = x + _embed(self.pos_embed, step.positions)
+            x = x + embed_rows(self.pos_embed, step.positions)
         rope = None
         if self.rotary is not None:
             cos, sin = self.rotary(x[None], step.positions[None])  # (1, N, D) each

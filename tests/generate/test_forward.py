@@ -152,7 +152,7 @@ def test_rms_norm_in_four_ops_is_transformers_own_bit_for_bit(dtype) -> None:
     from transformers.models.llama.modeling_llama import LlamaRMSNorm
     from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm
 
-    from app.generate.forward import rms_norm
+    from app.generate.layers import rms_norm
 
     for cls in (LlamaRMSNorm, Qwen2RMSNorm):
         norm = cls(48, eps=1e-6).to(dtype)

@@ -12,10 +12,7 @@ import argparse
 import json
 import os
 import platform
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 from app.engine import ComputeThread  # noqa: E402
 from app.main import build_services  # noqa: E402
 from app.settings import Settings  # noqa: E402
+from bench.harness import bin_path, server  # noqa: E402
 from support.helpers import adapter_files, lora_tensors, peft_config  # noqa: E402
 
 SIZES = [1001, 1000, 1000]
@@ -51,30 +49,6 @@ def pct(values: list[float], q: float) -> float:
     return sorted(values)[min(len(values) - 1, int(q * len(values)))]
 
 
-def start_server(store: Path) -> tuple[subprocess.Popen, str, float]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {
-        **os.environ,
-        "UVICORN_HOST": "127.0.0.1",
-        "UVICORN_PORT": str(port),
-        "UVICORN_LOG_LEVEL": "warning",
-        "LORASERVE_ADAPTERS_DIR": str(store),
-        "LORASERVE_DEVICE": "cpu",
-    }
-    bindir = Path(sys.executable).parent
-    start = time.perf_counter()
-    proc = subprocess.Popen([str(bindir / "uvicorn"), "app.main:app"], cwd=ROOT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    while True:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return proc, url, time.perf_counter() - start
-        except httpx.TransportError:
-            time.sleep(0.05)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--adapters", type=int, default=32)
@@ -91,10 +65,20 @@ def main() -> None:
     }
     with tempfile.TemporaryDirectory() as tmp:
         store = Path(tmp) / "adapters"
-        proc, url, startup = start_server(store)
-        results["startup_s"] = startup
+        data = Path(tmp) / "data"  # the run's own catalog: never the checkout's ./data
+        env = {
+            "UVICORN_LOG_LEVEL": "warning",
+            "LORASERVE_ADAPTERS_DIR": str(store),
+            "LORASERVE_DATA_DIR": str(data),
+            "LORASERVE_DEVICE": "cpu",
+        }
         names = [f"a{i}" for i in range(args.adapters)]
-        with httpx.Client(base_url=url, timeout=60) as client:
+        start = time.perf_counter()
+        with (
+            server([bin_path("uvicorn"), "app.main:app"], env) as url,
+            httpx.Client(base_url=url, timeout=60) as client,
+        ):
+            results["startup_s"] = time.perf_counter() - start
             for i, name in enumerate(names):
                 targets = ["layer1", "layer2"]
                 files = adapter_files(
@@ -124,17 +108,16 @@ def main() -> None:
                 ).raise_for_status(),
                 args.repeat,
             )
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=15)
 
-        settings = Settings(adapters_dir=store, data_dir=Path(tmp) / "data", device="cpu")
+        settings = Settings(adapters_dir=store, data_dir=data, device="cpu")
         services = build_services(settings, ComputeThread(), lambda rows, mode: None)
         predictor = services.predictor
+        versions = services.registry.versions_for(mixed, "adapters")  # the engine takes versions
         results["model_batch_base_ms"] = timed(
             lambda: predictor.predict(x, [None] * args.rows, "unmerged"), args.repeat * 2
         )
         results["model_batch_mixed_ms"] = timed(
-            lambda: predictor.predict(x, mixed, "unmerged"), args.repeat * 2
+            lambda: predictor.predict(x, versions, "unmerged"), args.repeat * 2
         )
 
     med = {k: statistics.median(v) for k, v in results.items() if k.endswith("_ms")}

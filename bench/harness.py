@@ -9,19 +9,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
-
 ROOT = Path(__file__).resolve().parent.parent
+
+from support.server import free_port, launched  # noqa: E402
 
 # Runs once per wrk thread at the end; prints one JSON line the caller parses.
 _DONE = """
@@ -39,29 +36,10 @@ end
 @contextmanager
 def server(argv: Sequence[str], env: dict[str, str], ready_s: float = 180) -> Iterator[str]:
     """`argv` + `--host 127.0.0.1 --port P` (a uvicorn app or `loraserve serve`); its URL."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [*argv, "--host", "127.0.0.1", "--port", str(port)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env})
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + ready_s
-        while True:
-            assert proc.poll() is None and time.monotonic() < deadline, "server did not start"
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
+    with launched([*argv, "--host", "127.0.0.1", "--port", str(port)], url, env, ready_s):
         yield url
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:  # uvicorn waits for requests that may never end
-            proc.kill()
-            proc.wait(timeout=30)
 
 
 def bin_path(name: str) -> str:

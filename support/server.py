@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +52,31 @@ def wait_ready(
         time.sleep(0.05)
 
 
+@contextmanager
+def launched(
+    argv: Sequence[str], url: str, env: Mapping[str, str], ready_s: float, log: Path | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`argv` run from the repository with `env` over this process's environment, once `url`
+    answers /readyz (its output to `log` when given); SIGTERM at the end, SIGKILL if it has not
+    stopped 30 s later (uvicorn waits for requests that may never end). Every server a test or
+    a benchmark starts starts here."""
+    out = log.open("wb") if log is not None else None
+    proc = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, **env}, stdout=out, stderr=out)
+    try:
+        wait_ready(proc, url, ready_s, log)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=30)
+        if out is not None:
+            out.close()
+
+
 @dataclass
 class Server:
     url: str
@@ -79,16 +104,9 @@ def running_server(
         **{f"LORASERVE_{k.upper()}": v for k, v in settings.items()},
     }
     start = time.perf_counter()
-    out = log.open("wb") if log is not None else None
-    proc = subprocess.Popen(container_command(), cwd=ROOT, env=env, stdout=out, stderr=out)
     url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(proc, url, ready_s)
+    with launched(container_command(), url, env, ready_s, log) as proc:
         yield Server(url, proc, time.perf_counter() - start)
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            # uvicorn shuts down gracefully, then re-raises the signal as its exit status.
-            assert proc.wait(timeout=15) in (0, -signal.SIGTERM)
-        if out is not None:
-            out.close()
+        stopped_by_us = proc.poll() is None
+    if stopped_by_us:  # uvicorn shuts down gracefully, then re-raises the signal as its status
+        assert proc.returncode in (0, -signal.SIGTERM), proc.returncode

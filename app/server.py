@@ -20,22 +20,14 @@ import orjson
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from app.api.errors import envelope
 from app.settings import Settings
 
 log = logging.getLogger("app.server")
 
 
 def _timeout_response() -> bytes:
-    body = orjson.dumps(
-        {
-            "error": {
-                "type": "invalid_request_error",
-                "code": "request_timeout",
-                "message": "the request's headers did not arrive in time",
-                "param": None,
-            }
-        }
-    )
+    body = orjson.dumps(envelope("request_timeout", "the request's headers did not arrive in time"))
     head = (
         "HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
         f"connection: close\r\ncontent-length: {len(body)}\r\n\r\n"

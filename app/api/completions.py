@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 
+from app.api.errors import envelope, service_envelope
 from app.api.logprobs import TokenTexts
 from app.api.prompts import Prepared
 from app.errors import ServiceError
@@ -215,8 +216,7 @@ class Generation:
         """An error after the stream began, as vLLM sends it: one event with the envelope.
         A service error says what it is; anything else is logged here and stays here."""
         if isinstance(exc, ServiceError):
-            error = {"type": exc.error_type, "code": exc.code, "message": exc.message}
-            return {"error": {**error, "param": exc.param}}
+            return service_envelope(exc)
         log.error("generation failed; request %s", self.request_id or "-", exc_info=exc)
         message = "internal server error; the server logged it under this request's id"
-        return {"error": {"type": "server_error", "code": "internal_error", "message": message, "param": None}}  # fmt: skip
+        return envelope("internal_error", message, error_type="server_error")

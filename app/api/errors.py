@@ -24,6 +24,17 @@ _HTTP_CODES = {
 _FASTAPI_BODY_ERROR = "There was an error parsing the body"
 
 
+def envelope(
+    code: str, message: str, param: str | None = None, error_type: str = "invalid_request_error"
+) -> dict[str, Any]:
+    """The error envelope, as every answer and every stream's error event carries it."""
+    return {"error": {"type": error_type, "code": code, "message": message, "param": param}}
+
+
+def service_envelope(exc: ServiceError) -> dict[str, Any]:
+    return envelope(exc.code, exc.message, exc.param, exc.error_type)
+
+
 def error_response(
     status: int,
     code: str,
@@ -32,8 +43,9 @@ def error_response(
     error_type: str = "invalid_request_error",
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
-    body = {"error": {"type": error_type, "code": code, "message": message, "param": param}}
-    return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(
+        envelope(code, message, param, error_type), status_code=status, headers=headers
+    )
 
 
 def _location(loc: tuple[Any, ...]) -> str:

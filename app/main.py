@@ -32,9 +32,9 @@ from app.engine import (
 from app.generate.engine import GenerationEngine
 from app.logs import configure_logging
 from app.model import load_base_model, resolve_device
-from app.openmp import warn_if_unsuited
 from app.projects import Projects
 from app.settings import Settings
+from app.startup.openmp import warn_if_unsuited
 from app.state.open import base_info, open_state
 from app.training import TrainingService
 

@@ -1,4 +1,6 @@
-"""All configuration, from the environment (prefix LORASERVE_). Nothing else reads os.environ."""
+"""All configuration, from the environment (prefix LORASERVE_). Nothing else reads os.environ but
+app/startup (the OpenMP rule, settled before torch loads) and app/deploy/local.py (a Ray cluster's
+workers inherit their settings through it)."""
 
 from __future__ import annotations
 

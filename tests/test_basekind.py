@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from app.basekind import names_decoder
 from app.settings import EMBEDDED_MODEL
+from app.startup.basekind import names_decoder
 
 
 def _folder(tmp_path: Path, config: object) -> Path:

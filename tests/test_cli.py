@@ -17,10 +17,10 @@ from fastapi.testclient import TestClient
 from safetensors.torch import save_file
 
 import app.cli.main as app_cli
-from app.basekind import PACKAGED_BASES
 from app.cli.main import EXIT_SERVICE, EXIT_USAGE, main
 from app.main import create_app
 from app.settings import Settings
+from app.startup.basekind import PACKAGED_BASES
 from support.helpers import adapter_files, lora_tensors, peft_config, write_base_model
 
 
@@ -257,8 +257,8 @@ def test_serve_refuses_an_unknown_base_model_before_torch_loads() -> None:
     code = (
         "import sys\n"
         "sys.argv = ['loraserve', 'serve', '--base-model', 'nope']\n"
-        "import app.launch\n"
-        "try:\n    app.launch.main()\n"
+        "import app.startup.launch\n"
+        "try:\n    app.startup.launch.main()\n"
         "except SystemExit as exited:\n    print(exited.code, 'torch' in sys.modules)"
     )
     env = {k: v for k, v in os.environ.items() if k != "LORASERVE_BASE_MODEL"}

@@ -6,8 +6,8 @@ import re
 
 import yaml
 
-from app.basekind import PACKAGED_BASES
 from app.settings import Settings
+from app.startup.basekind import PACKAGED_BASES
 from support.server import ROOT
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from app.openmp import MARK_VAR, SPIN_VAR, warn_if_unsuited
+from app.startup.openmp import MARK_VAR, SPIN_VAR, warn_if_unsuited
 
 
 @pytest.mark.parametrize(
@@ -31,6 +31,6 @@ def test_warns_only_for_a_decoder_on_our_no_spin(
             monkeypatch.delenv(name, raising=False)
         else:
             monkeypatch.setenv(name, value)
-    with caplog.at_level(logging.WARNING, logger="app.openmp"):
+    with caplog.at_level(logging.WARNING, logger="app.startup.openmp"):
         warn_if_unsuited(decoder)
     assert any("GOMP_SPINCOUNT=0" in r.getMessage() for r in caplog.records) is warned

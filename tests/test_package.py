@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from app.launch import base_model_arg, serve_problem
+from app.startup.launch import base_model_arg, serve_problem
 
 PRINT = "print(os.environ.get('GOMP_SPINCOUNT'), 'torch' in sys.modules)"
 SHOW = f"import os, sys; {PRINT}"
@@ -67,7 +67,7 @@ def test_the_command_chooses_from_base_model_before_torch_loads(tmp_path: Path) 
         f"fake = types.ModuleType('app.cli.main'); fake.main = lambda argv: {PRINT}\n"
         "sys.modules['app.cli.main'] = fake\n"
         f"sys.argv = ['loraserve', 'serve', '--port', '9', '--base-model', {str(folder)!r}]\n"
-        "import app.launch; app.launch.main()"
+        "import app.startup.launch; app.startup.launch.main()"
     )
     assert _run("import os\n" + code, {}) == "None False"
     seed = code.replace(f"'--base-model', {str(folder)!r}", "'--host', '127.0.0.1'")

@@ -9,11 +9,11 @@ import sys
 
 import pytest
 
-from app.basekind import KNOWN_GGUF, PACKAGED_BASES, base_model_problem
 from app.model.config import InvalidModelConfig
 from app.model.gguf import known_gguf
 from app.model.hf import KNOWN_MODELS
 from app.settings import EMBEDDED_MODEL
+from app.startup.basekind import KNOWN_GGUF, PACKAGED_BASES, base_model_problem
 
 SMOLLM2 = "SmolLM2-135M-Instruct"
 

@@ -1,4 +1,4 @@
-"""`python -m app.cli`: the `loraserve` command without its launcher (app.launch)."""
+"""`python -m app.cli`: the `loraserve` command without its launcher (app.startup.launch)."""
 
 from app.cli.main import main
 

@@ -14,10 +14,10 @@ import torch
 from pydantic import ValidationError
 from safetensors.torch import save_file
 
-from app.basekind import base_model_problem
 from app.cli.base import EXIT_SERVICE, fail, first_error
 from app.cli.files import InputError, read_inputs, read_safetensors, read_text_dataset, write
 from app.client import Client
+from app.startup.basekind import base_model_problem
 
 
 def serve(args: argparse.Namespace) -> None:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from app.basekind import PACKAGED_BASES
 from app.cli import commands
 from app.cli.base import EXIT_SERVICE, EXIT_USAGE, CliSettings, cli_settings, failures_reported
 from app.cli.generate import add_generation_commands, chat, complete
 from app.client import Client
+from app.startup.basekind import PACKAGED_BASES
 
 __all__ = ["EXIT_SERVICE", "EXIT_USAGE", "main", "parser"]
 

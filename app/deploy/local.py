@@ -59,7 +59,7 @@ def run(settings: Settings, address: str | None, args: dict[str, Any]) -> None:
         here = local_args(settings, int(args.get("predictors", 2)), cpus)
         args = {**here, **args, "settings": {**here["settings"], **args.get("settings", {})}}
         # The workers inherit this environment and choose their OpenMP spin from it when they
-        # import the package, before the base reaches them in the args (app.openmp).
+        # import the package, before the base reaches them in the args (app.startup.openmp).
         os.environ["LORASERVE_BASE_MODEL"] = str(args["settings"]["base_model"])
         start_local_ray(cpus)
     import ray  # after start_local_ray: importing ray reads its environment

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from app.basekind import KNOWN_GGUF, PACKAGED_BASES, package_folder
 from app.model.config import InvalidModelConfig
+from app.startup.basekind import KNOWN_GGUF, PACKAGED_BASES, package_folder
 
 log = logging.getLogger(__name__)
 

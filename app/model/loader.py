@@ -17,7 +17,6 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from app.basekind import is_causal_lm
 from app.lora.layers import wrap_layers
 from app.model.causal import CausalInfo, frozen_module
 from app.model.config import InvalidModelConfig, ModelConfig
@@ -25,6 +24,7 @@ from app.model.dtype import DtypeSetting, resolve_dtype
 from app.model.hf import Conv1DLinear
 from app.model.mlp import MLP
 from app.model.text import TextEncoder, TokenBatch
+from app.startup.basekind import is_causal_lm
 
 # Architectures are a small registry: name -> constructor from the config.
 ARCHITECTURES: dict[str, Callable[[ModelConfig], nn.Module]] = {"mlp": MLP}

@@ -22,13 +22,19 @@ import os
 import sys
 from pathlib import Path
 
-from app.basekind import names_decoder
+from app.startup.basekind import names_decoder
 
 SPIN_VAR = "GOMP_SPINCOUNT"
 MARK_VAR = "LORASERVE_CHOSE_GOMP_SPINCOUNT"  # holds the value choose_spin wrote
 NO_SPIN = "0"
 
 log = logging.getLogger(__name__)
+
+
+def base_model_named(given: str | Path | None = None) -> str | Path | None:
+    """The base model a process will serve, as far as it is known before torch loads: the one
+    given (a --base-model), else LORASERVE_BASE_MODEL's."""
+    return given or os.environ.get("LORASERVE_BASE_MODEL")
 
 
 def choose_spin(base_model: str | Path | None) -> None:

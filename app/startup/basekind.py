@@ -1,6 +1,6 @@
 """What a base model setting names, read from its files alone: no torch, no transformers.
 
-Some choices must be made before torch loads (app.openmp), so they cannot wait for the loader.
+Some choices must be made before torch loads (app.startup.openmp), so they cannot wait for the loader.
 The loader (app.model.loader) decides the same way from the same files.
 """
 

@@ -8,7 +8,6 @@ setting when torch loads, so `loraserve serve --base-model X` must be looked at 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 EXIT_USAGE = 2  # app.cli's status for a wrong option (importing it would load torch)
@@ -28,7 +27,8 @@ def serve_problem(argv: list[str]) -> str | None:
     """Why the base model of a `serve` command line (--base-model, else LORASERVE_BASE_MODEL)
     names nothing servable; None when it may (the loader judges the files) or for other
     commands."""
-    from app.basekind import base_model_problem
+    from app.startup.basekind import base_model_problem
+    from app.startup.openmp import base_model_named
 
     peek = argparse.ArgumentParser(add_help=False)
     peek.add_argument("--url")
@@ -39,19 +39,19 @@ def serve_problem(argv: list[str]) -> str | None:
         return None
     if any(a == "--ray-address" or a.startswith("--ray-address=") for a in rest):
         return None  # a remote cluster's nodes hold the base model, not this machine
-    base_model = base_model_arg(argv) or os.environ.get("LORASERVE_BASE_MODEL")
+    base_model = base_model_named(base_model_arg(argv))
     return base_model_problem(base_model) if base_model else None
 
 
 def main() -> None:
-    from app.openmp import choose_spin
+    from app.startup.openmp import base_model_named, choose_spin
 
     argv = sys.argv[1:]
     problem = serve_problem(argv)
     if problem is not None:
         print(f"error: {problem}", file=sys.stderr)
         raise SystemExit(EXIT_USAGE)
-    choose_spin(base_model_arg(argv) or os.environ.get("LORASERVE_BASE_MODEL"))
+    choose_spin(base_model_named(base_model_arg(argv)))
     from app.cli.main import main as cli_main
 
     cli_main(argv)

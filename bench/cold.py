@@ -25,7 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app.model import load_base_model  # noqa: E402
+from app.families import load_base_model  # noqa: E402
 from app.settings import EMBEDDED_MODEL  # noqa: E402
 from bench.kernels import make_adapters  # noqa: E402
 

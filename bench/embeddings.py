@@ -31,7 +31,8 @@ sys.path.insert(0, str(ROOT))
 from app.adapters import AdapterRegistry, BaseInfo  # noqa: E402
 from app.adapters.peft_format import tensor_key  # noqa: E402
 from app.engine import Predictor  # noqa: E402
-from app.model import load_base_model, resolve_device  # noqa: E402
+from app.families import load_family  # noqa: E402
+from app.model import resolve_device  # noqa: E402
 from bench.kernels import interleaved  # noqa: E402
 
 WORDS = [
@@ -107,8 +108,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     device = resolve_device(args.device)
-    base = load_base_model(Path("all-MiniLM-L6-v2"), device)
-    assert base.text is not None
+    family = load_family(Path("all-MiniLM-L6-v2"), device)
+    base, encoder = family.base, family.text  # type: ignore[attr-defined]
     linears = {n: (i.in_features, i.out_features) for n, i in base.linears().items()}
     info = BaseInfo(linears, base.name, base.fingerprint, base.device, base.dtype)
     store = Path(tempfile.mkdtemp())
@@ -121,7 +122,7 @@ def main() -> None:
     predictor = Predictor(base, registry, 1 << 30)
     rows = []
     for batch, distinct in ((64, 16), (64, 4), (32, 16), (8, 8)):
-        tokens = base.text.tokenize(texts(batch, seed=batch))
+        tokens = encoder.tokenize(texts(batch, seed=batch))
         mixed = [f"a{i % distinct}" for i in range(batch)]
         loaded = predictor.resolve(mixed, "adapters")
         one = predictor.resolve(["a0"], "adapters")

@@ -32,8 +32,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app.client import Client  # noqa: E402
-from app.model import load_base_model  # noqa: E402
-from app.model.hf import known_model_folder  # noqa: E402
+from app.families import load_base_model  # noqa: E402
+from app.families.encoder.model import known_model_folder  # noqa: E402
 from bench.embeddings import texts, write_adapters  # noqa: E402
 from bench.harness import bin_path, server, wrk, wrk_script  # noqa: E402
 

@@ -57,7 +57,7 @@ ROOT = HERE.parent
 sys.path[:] = [str(ROOT), *(p for p in sys.path if Path(p or ".").resolve() != HERE)]
 
 from app.client import Client  # noqa: E402
-from app.model.gguf import converted_folder, known_gguf  # noqa: E402
+from app.families.decoder.gguf import converted_folder, known_gguf  # noqa: E402
 from bench import generate_peer as peer  # noqa: E402
 from bench.generate_cases import system_prompt  # noqa: E402
 from bench.generate_hf import hf_generate, prefill_ms, write_adapters  # noqa: E402

@@ -29,6 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from app.families import load_base_model  # noqa: E402
 from app.lora import (  # noqa: E402
     AdapterStack,
     LinearFn,
@@ -41,7 +42,7 @@ from app.lora import (  # noqa: E402
     merged_linear,
     plan_scope,
 )
-from app.model import load_base_model, resolve_device  # noqa: E402
+from app.model import resolve_device  # noqa: E402
 from app.settings import EMBEDDED_MODEL  # noqa: E402
 
 

@@ -20,7 +20,7 @@ from peft import PeftModel
 from pydantic import BaseModel
 from transformers import AutoModel, AutoTokenizer
 
-from app.model.hf import known_model_folder
+from app.families.encoder.model import known_model_folder
 from bench.peft_adapters import load_all
 
 

@@ -17,8 +17,8 @@ from peft import PeftModel
 from pydantic import BaseModel
 from safetensors.torch import load_file
 
-from app.model.config import ModelConfig
-from app.model.loader import build_module
+from app.families.mlp.config import ModelConfig
+from app.families.mlp.module import build_module
 from bench.peft_adapters import load_all
 
 

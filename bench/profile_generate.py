@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import inspect
 import random
 import sys
 import time
@@ -29,11 +28,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 
 from app.engine.predictor import Predictor  # noqa: E402
-from app.generate.engine import GenerationEngine  # noqa: E402
-from app.generate.sampling import SamplingParams  # noqa: E402
+from app.families import load_family  # noqa: E402
+from app.families.decoder.generate.engine import GenerationEngine  # noqa: E402
+from app.families.decoder.generate.sampling import SamplingParams  # noqa: E402
+from app.families.decoder.gguf import converted_folder, known_gguf  # noqa: E402
 from app.lora import LoraAdapter, LoraConfig, LoraModule  # noqa: E402
-from app.model.gguf import converted_folder, known_gguf  # noqa: E402
-from app.model.loader import load_base_model  # noqa: E402
 
 SEQS, PROMPT = 16, 64
 
@@ -67,21 +66,14 @@ def _engine(dtype: torch.dtype, cache: Path, adapters: int, pack: bool = True) -
     gguf = known_gguf("SmolLM2-135M-Instruct")
     assert gguf is not None
     folder = converted_folder(gguf, cache)
-    kwargs: dict[str, Any] = {}
-    if "dtype" in inspect.signature(load_base_model).parameters:
-        kwargs["dtype"] = str(dtype).removeprefix("torch.")  # the setting's spelling
-    base = load_base_model(folder, torch.device("cpu"), **kwargs)
-    if base.dtype != dtype:  # an engine from before the dtype setting
-        base.module.to(dtype)
-        base.dtype = dtype
+    family = load_family(folder, torch.device("cpu"), dtype=str(dtype).removeprefix("torch."))  # type: ignore[arg-type]
+    base = family.base
     registry = _Registry()
     for i in range(adapters):
         registry.add(f"a{i}", base, i)
     predictor = Predictor(base, registry, 1 << 30)  # type: ignore[arg-type]
-    engine_kwargs: dict[str, Any] = {}
-    if "pack_weights" in inspect.signature(GenerationEngine).parameters:
-        engine_kwargs["pack_weights"] = pack  # the setting's default is on
-    return GenerationEngine(predictor, 1 << 30, 32, 4096, 64, 30.0, **engine_kwargs)
+    causal = family.causal  # type: ignore[attr-defined]
+    return GenerationEngine(predictor, causal, 1 << 30, 32, 4096, 64, 30.0, pack_weights=pack)
 
 
 async def _profile(args: argparse.Namespace) -> str:

@@ -38,8 +38,8 @@ sys.path.insert(0, str(ROOT))
 
 from app.adapters import AdapterRegistry, BaseInfo  # noqa: E402
 from app.adapters import peft_format as fmt  # noqa: E402
+from app.families import load_base_model  # noqa: E402
 from app.lora import LoraAdapter, LoraConfig, LoraModule  # noqa: E402
-from app.model import load_base_model  # noqa: E402
 from app.settings import EMBEDDED_MODEL  # noqa: E402
 from app.state import Database, ObjectStore  # noqa: E402
 from bench import harness  # noqa: E402

@@ -31,8 +31,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from app.families import load_base_model  # noqa: E402
 from app.lora import AdapterStack, StackedBatch, plan_scope  # noqa: E402
-from app.model import load_base_model  # noqa: E402
 from app.settings import EMBEDDED_MODEL  # noqa: E402
 from bench.kernels import interleaved, make_adapters  # noqa: E402
 

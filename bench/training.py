@@ -26,8 +26,9 @@ from torch import nn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app.model import load_base_model, resolve_device  # noqa: E402
-from app.model.seed import make_regression, make_theta  # noqa: E402
+from app.families import load_base_model  # noqa: E402
+from app.families.mlp.seed import make_regression, make_theta  # noqa: E402
+from app.model import resolve_device  # noqa: E402
 from app.settings import EMBEDDED_MODEL  # noqa: E402
 from app.training.trainer import TrainConfig, train_lora  # noqa: E402
 

@@ -38,9 +38,9 @@ sys.path.insert(0, str(ROOT))
 
 from app.cli.examples.chat import chat_rows, run_chat_demo  # noqa: E402
 from app.client import Client  # noqa: E402
+from app.families import load_family  # noqa: E402
+from app.families.decoder.gguf import converted_folder, known_gguf  # noqa: E402
 from app.model.dtype import cpu_has_native_bf16  # noqa: E402
-from app.model.gguf import converted_folder, known_gguf  # noqa: E402
-from app.model.loader import load_base_model  # noqa: E402
 
 BASE = "SmolLM2-135M-Instruct"
 DTYPES = ("float32", "bfloat16")
@@ -54,12 +54,12 @@ def questions() -> list[list[dict[str, str]]]:
 def prefill_logits(folder: Path, chats: list[list[dict[str, str]]]) -> dict[str, Any]:
     """Largest |logit difference| between fp32 and bf16 over every prompt position."""
     cpu = torch.device("cpu")
-    fp32, bf16 = (load_base_model(folder, cpu, BASE, dtype=d) for d in DTYPES)  # type: ignore[arg-type]
-    assert fp32.causal is not None
+    fp32_family, bf16_family = (load_family(folder, cpu, BASE, dtype=d) for d in DTYPES)  # type: ignore[arg-type]
+    fp32, bf16, causal = fp32_family.base, bf16_family.base, fp32_family.causal  # type: ignore[attr-defined]
     worst, per_prompt, scale, top1_same, positions, last_same = 0.0, [], 0.0, 0, 0, 0
     with torch.inference_mode():
         for chat in chats:
-            ids = torch.tensor([fp32.causal.apply_chat_template(chat)])
+            ids = torch.tensor([causal.apply_chat_template(chat)])
             a = fp32.module(input_ids=ids).logits[0].float()  # (T, vocab)
             b = bf16.module(input_ids=ids).logits[0].float()
             diff = float((a - b).abs().max())
@@ -147,12 +147,11 @@ def transformers_answers(folder: Path, chats: list[Any], dtype: str, new: int) -
     """transformers' own greedy `generate` in `dtype`, its tokens written as the service's are."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from app.api.logprobs import TokenTexts
+    from app.families.decoder.logprobs import TokenTexts
 
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype)).eval()
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    causal = load_base_model(folder, torch.device("cpu")).causal
-    assert causal is not None
+    causal = load_family(folder, torch.device("cpu")).causal  # type: ignore[attr-defined]
     texts, eos = TokenTexts(tokenizer), causal.eos_token_ids
     answers = []
     for chat in chats:

@@ -135,7 +135,7 @@ def write_tiny_text_model(folder: Path, seed: int = 0) -> Path:
 
     from transformers import BertConfig, BertModel
 
-    from app.model.hf import known_model_folder
+    from app.families.encoder.model import known_model_folder
 
     minilm = known_model_folder("all-MiniLM-L6-v2")
     assert minilm is not None

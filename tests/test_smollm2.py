@@ -21,7 +21,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from app.cli.examples.chat import run_chat_demo
 from app.client import Client
-from app.model.gguf import known_gguf
+from app.families.decoder.gguf import known_gguf
 from support.server import Server, running_server
 
 NAME = "SmolLM2-135M-Instruct"

@@ -20,7 +20,7 @@ from torch import Tensor
 from app.errors import InvalidAdapter, InvalidName, shorten
 from app.lora import LoraAdapter, LoraConfig, LoraModule
 from app.lora.config import PatternError, compile_pattern, suffix_pattern
-from app.model.causal import FROZEN_MODULES
+from app.model.frozen import FROZEN_MODULES
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"

@@ -15,6 +15,7 @@ from app.adapters import peft_format as fmt
 from app.adapters.catalog import VersionRow
 from app.errors import AdapterBroken, ServiceError, shorten
 from app.lora import LoraConfig
+from app.model import BaseModel
 
 Source = Literal["upload", "training"]
 Status = Literal["ready", "broken"]
@@ -34,6 +35,14 @@ class BaseInfo:
     dtype: torch.dtype
     conv1d: frozenset[str] = frozenset()  # linears that were GPT-2 Conv1Ds (fan_in_fan_out)
     frozen: frozenset[str] = frozenset()  # a causal base's embeddings and head: never targets
+
+
+def base_info(base: BaseModel) -> BaseInfo:
+    """What the registry needs to know of `base`."""
+    linears = {n: (i.in_features, i.out_features) for n, i in base.linears().items()}
+    return BaseInfo(
+        linears, base.name, base.fingerprint, base.device, base.dtype, base.conv1d, base.frozen
+    )
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,8 @@ from fastapi import Depends, Request
 from app.adapters import AdapterRegistry
 from app.engine import ComputeThread, Engine, Predictor
 from app.errors import InvalidInput, NotReady
-from app.generate.engine import GenerationEngine
+from app.families.decoder.generate.engine import GenerationEngine
+from app.families.family import Family
 from app.model import BaseModel
 from app.projects import Projects
 from app.settings import Settings
@@ -29,7 +30,7 @@ class Services:
     """Everything the lifespan builds once."""
 
     settings: Settings
-    base: BaseModel
+    family: Family  # the base model and what its family does differently
     registry: AdapterRegistry
     predictor: Predictor
     compute: ComputeThread  # runs all model work (app/engine/compute.py)
@@ -39,6 +40,10 @@ class Services:
     body_limit: Callable[[str, str, str], int]  # (method, path, content type) -> most bytes
     projects: Projects
     generation: GenerationEngine | None = None  # decoder bases only
+
+    @property
+    def base(self) -> BaseModel:
+        return self.family.base
 
 
 async def get_services(request: Request) -> Services:
@@ -57,6 +62,10 @@ async def get_base(services: Annotated[Services, Depends(get_services)]) -> Base
     return services.base
 
 
+async def get_family(services: Annotated[Services, Depends(get_services)]) -> Family:
+    return services.family
+
+
 async def get_registry(services: Annotated[Services, Depends(get_services)]) -> AdapterRegistry:
     return services.registry
 
@@ -72,10 +81,10 @@ async def get_engine(services: Annotated[Services, Depends(get_services)]) -> En
 async def get_generation(services: Annotated[Services, Depends(get_services)]) -> GenerationEngine:
     """The generation engine; a 422 naming the right endpoint on a base that does not generate."""
     if services.generation is None:
-        endpoint = "POST /v1/embeddings" if services.base.text is not None else "POST /v1/predict"
+        family = services.family
         raise InvalidInput(
-            f"the base model {services.base.name!r} ({services.base.family}) does not generate "
-            f"text; use {endpoint}",
+            f"the base model {family.base.name!r} ({family.name}) does not generate "
+            f"text; use {family.endpoint}",
             "model",
         )
     return services.generation
@@ -101,6 +110,7 @@ async def get_project(request: Request) -> str:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 Base = Annotated[BaseModel, Depends(get_base)]
+FamilyDep = Annotated[Family, Depends(get_family)]
 Registry = Annotated[AdapterRegistry, Depends(get_registry)]
 PredictorDep = Annotated[Predictor, Depends(get_predictor)]
 Datasets = Annotated[DatasetStore, Depends(get_datasets)]

@@ -16,10 +16,11 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.errors import internal_error
+from app.engine.interface import Result
 from app.logs import request_id
 
 if TYPE_CHECKING:
-    from app.generate.engine import GenerationEngine
+    from app.families.decoder.generate.engine import GenerationEngine
 
 _GOOD_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 access_log = logging.getLogger("app.access")
@@ -202,3 +203,13 @@ class RequestContext:
                        "duration_ms": round(elapsed * 1000, 3)},
             )  # fmt: skip
             request_id.reset(token)
+
+
+def server_timing(result: Result, start: float) -> dict[str, str]:
+    """The Server-Timing header of an engine's answer: queue, model and total milliseconds."""
+    total_ms = (time.perf_counter() - start) * 1000
+    timing = (
+        f"queue;dur={result.queue_ms:.3f}, model;dur={result.model_ms:.3f}, "
+        f"total;dur={total_ms:.3f}"
+    )
+    return {"Server-Timing": timing}

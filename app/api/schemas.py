@@ -1,4 +1,4 @@
-"""Wire types of the HTTP API (docs/design.md)."""
+"""Wire types of the shared HTTP API (docs/design.md); each family keeps its own beside it."""
 
 from __future__ import annotations
 
@@ -141,71 +141,6 @@ class AdapterVersionPublic(BaseModel):
 class AdapterVersionList(BaseModel):
     object: Literal["list"] = "list"
     data: list[AdapterVersionPublic] = Field(description="newest first")
-
-
-class PredictRequest(BaseModel):
-    # Unknown fields are refused so that a typo ("adaptor") is an error, not the base model;
-    # strict, so that no field's value is coerced into something the client did not write.
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    inputs: list[list[float]] = Field(description="(N, input_dim) rows")
-    adapter: str | None = Field(default=None, description="one adapter for every row")
-    adapters: list[str | None] | None = Field(
-        default=None, description="one adapter (or null) per row; not with `adapter`"
-    )
-    mode: Literal["auto", "unmerged", "merged"] = "auto"
-
-
-class PredictResponse(BaseModel):
-    outputs: list[list[float]]
-    mode: Literal["unmerged", "merged"]
-
-
-class EmbeddingsRequest(BaseModel):
-    """OpenAI's embeddings request, plus `adapters`: one adapter (or null) per input."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    model: str | None = Field(
-        default=None,
-        description="an adapter's name, or the base model's name (or null, our extension) for none",
-    )
-    input: str | list[str] = Field(description="one text or a list of texts")
-    encoding_format: Literal["float", "base64"] = Field(
-        default="float", description="base64: each embedding's float32 bytes, little-endian"
-    )
-    dimensions: int | None = Field(
-        default=None, description="accepted only when it is the model's embedding size"
-    )
-    user: str | None = Field(default=None, description="accepted for compatibility, unused")
-    adapters: list[str | None] | None = Field(
-        default=None,
-        description="our extension: one adapter (or null) per input; `model` is then the base",
-    )
-    mode: Literal["auto", "unmerged", "merged"] = Field(
-        default="auto",
-        description="our extension, as in /v1/predict: the service chooses (auto), or the "
-        "adapter is applied beside the base (unmerged) or merged into a copy (merged)",
-    )
-
-
-class EmbeddingData(BaseModel):
-    object: Literal["embedding"] = "embedding"
-    index: int
-    embedding: list[float] | str
-
-
-class EmbeddingUsage(BaseModel):
-    prompt_tokens: int = Field(description="tokens after truncation, padding excluded")
-    total_tokens: int
-
-
-class EmbeddingsResponse(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[EmbeddingData]
-    model: str
-    usage: EmbeddingUsage
-    mode: Literal["unmerged", "merged"] = Field(description="our extension: the mode used")
 
 
 class DatasetCreate(BaseModel):

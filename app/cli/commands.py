@@ -60,14 +60,14 @@ def _settings() -> Any:
 
 def worker(args: argparse.Namespace) -> None:
     """A training worker on the shared state of the settings (DATABASE_URL, STORE_URL)."""
-    from app.training.process import run_worker
+    from app.worker import run_worker
 
     run_worker(_settings())
 
 
 def migrate(args: argparse.Namespace) -> None:
     """Migrate the database and import an older layout; prints what was imported."""
-    from app.training.process import print_migration
+    from app.worker import print_migration
 
     print_migration(_settings())
 

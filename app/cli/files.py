@@ -83,7 +83,7 @@ def read_text_dataset(path: Path) -> bytes:
     the service: their rules (roles, the chat template, the context) depend on its base model.
     """
     from app.errors import ServiceError as Refused
-    from app.training.pairs import parse_pairs
+    from app.families.encoder.datasets import parse_pairs
 
     try:
         data = path.read_bytes()

@@ -136,17 +136,10 @@ class Trainer:
     """A training worker, as `loraserve worker` runs one, kept alive by Serve."""
 
     def __init__(self, overrides: dict[str, Any]) -> None:
-        from app.state.open import load_base, open_state
-        from app.training.worker import TrainingWorker
+        from app.services import build_worker
 
         keep_grpc_on_node_address()
-        settings = Settings(**overrides)
-        base, info = load_base(settings)
-        self._state = open_state(settings, base, info)
-        state = self._state
-        self._worker = TrainingWorker(
-            base, state.registry, state.datasets, state.jobs, settings.job_lease_ms
-        )
+        self._worker, self._state = build_worker(Settings(**overrides))
         self._thread = threading.Thread(target=self._worker.run, name="trainer", daemon=True)
         self._thread.start()
 

@@ -11,10 +11,11 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from app.engine import Batcher, ComputeThread, DirectRunner, Engine, Mode, Predictor, Result
-from app.model import Rows, load_base_model, resolve_device
+from app.adapters import base_info
+from app.engine import ComputeThread, Mode, Predictor, Result
+from app.model import Rows
+from app.services import load_family_for, open_registry, prediction_engine
 from app.settings import Settings
-from app.state.open import base_info, open_registry
 
 
 @dataclass(frozen=True)
@@ -42,32 +43,14 @@ class PredictorReplica:
         self.replica, self.node, self.max_adapters = replica, node, max_adapters
         self.compute = ComputeThread()
         try:
-            device = resolve_device(settings.device)
-            base = self.compute.call(
-                load_base_model,
-                settings.base_model,
-                device,
-                None,
-                settings.data_dir / "models",
-                settings.dtype,
-            )
+            base = self.compute.call(load_family_for, settings).base
             self.registry = open_registry(settings, base_info(base))
         except BaseException:
             self.compute.close()
             raise
         self.registry.max_resident = max_adapters
         self.predictor = Predictor(base, self.registry, settings.merged_cache_bytes)
-        self.engine: Engine
-        if settings.batching:
-            self.engine = Batcher(
-                self.predictor, self.compute, self._count_batch,
-                settings.max_batch_rows, settings.batch_wait_ms, settings.max_queue_rows,
-            )  # fmt: skip
-        else:
-            self.engine = DirectRunner(
-                self.predictor, self.compute, self._count_batch,
-                settings.max_batch_rows, settings.max_queue_rows,
-            )  # fmt: skip
+        self.engine = prediction_engine(settings, self.predictor, self.compute, self._count_batch)
         self._waiting: Counter[str] = Counter()
         self._batches: Counter[str] = Counter()
         self._rows = 0

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from app.adapters.registry import AdapterRecord, AdapterRegistry
 from app.engine.merged import MergedCache
+from app.engine.policy import Mode, runs_merged
 from app.errors import ServiceError
 from app.lora import (
     AdapterStack,
@@ -27,7 +28,6 @@ from app.lora import (
 )
 from app.model import BaseModel, Rows, TokenBatch
 
-Mode = Literal["auto", "unmerged", "merged"]
 UsedMode = Literal["unmerged", "merged"]
 # Rows name adapters by version id (the API resolved names first), so two projects' adapters of
 # one name, or two versions of one name, are never confused in a batch.
@@ -67,20 +67,25 @@ class Predictor:
         return self.forward(x, row_adapters, loaded, used), used
 
     def choose(self, mode: Mode, loaded: Loaded, row_adapters: Sequence[str | None]) -> UsedMode:
-        """`auto`: merged when every row uses one adapter whose merged copy exists."""
+        """An explicit mode as asked; `auto` by the policy (app.engine.policy), with a copy made
+        beforehand (`merges_due`) rather than during the request."""
         if mode != "auto":
             return mode
-        if len(loaded) == 1 and None not in row_adapters and self.is_merged(next(iter(loaded))):
-            return "merged"
-        return "unmerged"
+        merged = len(loaded) == 1 and self.is_merged(next(iter(loaded)))
+        base_rows = None in row_adapters
+        return (
+            "merged" if runs_merged({mode}, len(loaded), base_rows, merged, False) else "unmerged"
+        )
 
     def merges_due(self, backlog: Mapping[str, int], batch_rows: int) -> list[str]:
-        """dLoRA's rule for `auto`: an adapter with a full batch of rows waiting (`backlog`:
-        rows per version, queued or about to run) is worth a merged copy, made once."""
+        """The versions whose merged copy the policy says to make now: those with a full batch
+        of rows waiting (`backlog`: rows per version, queued or about to run), made once."""
         return [
             version
             for version, rows in backlog.items()
-            if rows >= batch_rows and not self.is_merged(version) and version not in self._too_big
+            if not self.is_merged(version)
+            and version not in self._too_big
+            and runs_merged({"auto"}, 1, False, False, pays=rows >= batch_rows)
         ]
 
     def merge_each(self, versions: Iterable[str]) -> None:

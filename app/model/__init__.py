@@ -1,27 +1,15 @@
-"""The frozen base model: architectures, config, loading."""
+"""The frozen base model as the shared code sees it, whatever its family."""
 
-from app.model.config import InvalidModelConfig, ModelConfig
-from app.model.loader import (
-    BaseModel,
-    LinearInfo,
-    Rows,
-    build_module,
-    load_base_model,
-    resolve_device,
-)
-from app.model.mlp import MLP
-from app.model.text import TextEncoder, TokenBatch
+from app.model.base import BaseModel, LinearInfo, Rows, file_sha256, resolve_device
+from app.model.config import InvalidModelConfig
+from app.model.tokens import TokenBatch
 
 __all__ = [
-    "MLP",
     "BaseModel",
     "InvalidModelConfig",
     "LinearInfo",
-    "ModelConfig",
     "Rows",
-    "TextEncoder",
     "TokenBatch",
-    "build_module",
-    "load_base_model",
+    "file_sha256",
     "resolve_device",
 ]

@@ -19,7 +19,6 @@ import torch
 from app.model.config import DTYPES, InvalidModelConfig
 
 DtypeSetting = Literal["auto", "float32", "bfloat16", "float16"]
-Family = Literal["mlp", "hf", "causal_lm"]
 
 log = logging.getLogger("app.model")
 
@@ -60,15 +59,13 @@ def device_has_native_bf16(device: torch.device) -> bool:
 
 
 def resolve_dtype(
-    setting: DtypeSetting,
-    family: Family,
-    device: torch.device,
-    own: torch.dtype = torch.float32,
+    setting: DtypeSetting, device: torch.device, own: torch.dtype | None = None
 ) -> torch.dtype:
-    """The dtype a base of `family` is served in on `device` (`own`: an mlp config's dtype)."""
+    """The dtype a base is served in on `device`; `own`: the dtype its config fixes (the mlp
+    family's config.json names one, and DTYPE does not change it)."""
     if setting != "auto" and setting not in DTYPES:
         raise InvalidModelConfig(f"DTYPE must be auto or one of {sorted(DTYPES)}, not {setting!r}")
-    if family == "mlp":
+    if own is not None:
         if setting != "auto" and DTYPES[setting] != own:
             log.warning(
                 "DTYPE=%s is not applied to the mlp family: it is served in the dtype its "

@@ -1,7 +1,7 @@
 """What a base model setting names, read from its files alone: no torch, no transformers.
 
 Some choices must be made before torch loads (app.startup.openmp), so they cannot wait for the loader.
-The loader (app.model.loader) decides the same way from the same files.
+The families (app.families) decide the same way from the same files.
 """
 
 from __future__ import annotations
@@ -65,6 +65,15 @@ def base_model_problem(base_model: str | Path) -> str | None:
         f"base model {name!r} is neither a model folder nor a .gguf file that exists, nor a "
         f"packaged model ({', '.join(PACKAGED_BASES)})"
     )
+
+
+def is_hf_folder(folder: Path) -> bool:
+    """A Hugging Face folder: config.json with `model_type` and no `architecture` (ours)."""
+    try:
+        raw = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError, RecursionError):
+        return False  # the mlp family's loader says what is wrong with it
+    return isinstance(raw, dict) and "model_type" in raw and "architecture" not in raw
 
 
 def is_causal_lm(folder: Path) -> bool:

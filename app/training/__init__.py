@@ -1,9 +1,10 @@
-"""Training: datasets, the job store, the worker thread and the LoRA training loop."""
+"""Training, whatever the family: dataset storage, the job store, the worker and the LoRA loop.
+
+A family brings its own dataset format and objective (app.training.family.Trainable)."""
 
 from app.training.datasets import DatasetRecord, DatasetStore
 from app.training.jobs import Event, Job, JobStore
 from app.training.jsonl import JsonlDatasetStore
-from app.training.pairs import PairDatasetStore
 from app.training.service import TrainingService
 from app.training.trainer import TrainConfig, train_lora
 
@@ -14,7 +15,6 @@ __all__ = [
     "Job",
     "JobStore",
     "JsonlDatasetStore",
-    "PairDatasetStore",
     "TrainConfig",
     "TrainingService",
     "train_lora",

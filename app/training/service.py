@@ -16,9 +16,9 @@ from app.errors import (
     TooManyRequests,
     shorten,
 )
-from app.model import BaseModel
 from app.state.tables import DEFAULT_PROJECT
 from app.training.datasets import DatasetStore
+from app.training.family import Trainable
 from app.training.jobs import ACTIVE, Job, JobStore
 from app.training.trainer import total_steps
 from app.training.worker import TrainingWorker
@@ -34,32 +34,16 @@ class DatasetInUse(Conflict):
     code = "dataset_in_use"
 
 
-# PEFT's default targets per model_type, for a text base when a job names none (as PEFT picks
-# them when LoraConfig has no target_modules); other types default to every linear layer.
-DEFAULT_TARGETS = {
-    "bert": ("query", "value"),
-    "roberta": ("query", "value"),
-    "xlm-roberta": ("query", "value"),
-    "mpnet": ("q", "v"),
-    "distilbert": ("q_lin", "v_lin"),
-    "llama": ("q_proj", "v_proj"),
-    "mistral": ("q_proj", "v_proj"),
-    "qwen2": ("q_proj", "v_proj"),
-    "qwen3": ("q_proj", "v_proj"),
-    "gpt2": ("c_attn",),
-}
-
-
 def _matches(layer: str, name: str) -> bool:
     """PEFT's rule: a target is a whole module name, or its last dotted parts."""
     return layer == name or layer.endswith("." + name)
 
 
-def resolve_targets(base: BaseModel, requested: list[str] | None) -> list[str]:
+def resolve_targets(family: Trainable, requested: list[str] | None) -> list[str]:
     """Full module names, in model order, for the names a job gave (or the defaults)."""
-    linears = list(base.linears())
+    linears = list(family.base.linears())
     if not requested:
-        defaults = DEFAULT_TARGETS.get(base.architecture) if base.family != "mlp" else None
+        defaults = family.default_targets()
         requested = list(defaults) if defaults else linears
     unknown = [t for t in requested if not any(_matches(layer, t) for layer in linears)]
     if unknown:
@@ -71,14 +55,9 @@ def resolve_targets(base: BaseModel, requested: list[str] | None) -> list[str]:
     return [layer for layer in linears if any(_matches(layer, t) for t in requested)]
 
 
-def check_loss(base: BaseModel, loss: str | None) -> str:
+def check_loss(family: Trainable, loss: str | None) -> str:
     """The default loss of the base's inputs, or the one asked for if it fits them."""
-    allowed: tuple[str, ...] = ("mse", "cross_entropy")
-    kind = "vectors"
-    if base.text is not None:
-        allowed, kind = ("contrastive",), "text pairs"
-    elif base.causal is not None:
-        allowed, kind = ("sft",), "chats"
+    allowed, kind = family.losses, family.trains_on
     if loss is None:
         return allowed[0]
     if loss not in allowed:
@@ -94,7 +73,7 @@ class TrainingService:
 
     def __init__(
         self,
-        base: BaseModel,
+        family: Trainable,
         registry: AdapterRegistry,
         datasets: DatasetStore,
         jobs: JobStore,
@@ -102,10 +81,10 @@ class TrainingService:
         max_queued_jobs: int = 100,
         lease_ms: int = 15_000,
     ) -> None:
-        self.base, self.registry, self.datasets, self.jobs = base, registry, datasets, jobs
+        self.family, self.registry, self.datasets, self.jobs = family, registry, datasets, jobs
         self.max_rank = max_rank
         self.max_queued_jobs = max_queued_jobs
-        self.worker = TrainingWorker(base, registry, datasets, jobs, lease_ms)
+        self.worker = TrainingWorker(family, registry, datasets, jobs, lease_ms)
         # Within this process, as the project's row lock does across processes: create_job's
         # checks and insert are one step, and delete_dataset's check and delete another;
         # otherwise a job can be queued on a dataset deleted in between (both answering
@@ -136,8 +115,8 @@ class TrainingService:
                 f"rank {shorten(str(hp['rank']))} is over the limit of {self.max_rank}",
                 "hyperparameters.rank",
             )
-        hp["loss"] = check_loss(self.base, hp.get("loss"))
-        hp["target_modules"] = resolve_targets(self.base, hp.get("target_modules"))
+        hp["loss"] = check_loss(self.family, hp.get("loss"))
+        hp["target_modules"] = resolve_targets(self.family, hp.get("target_modules"))
         hp["alpha"] = float(hp["alpha"] if hp.get("alpha") is not None else hp["rank"])
         # One transaction holding the project's lock, from the first check to the insert: no
         # other process can delete the dataset, or queue a job for the name, in between.

@@ -14,7 +14,6 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import asdict
 from functools import partial
 from typing import Any
@@ -23,15 +22,10 @@ from sqlalchemy import Connection
 
 from app.adapters import AdapterRegistry
 from app.errors import AdapterExists, Conflict, ServiceError, TooManyAdapters
-from app.lora import LoraAdapter
-from app.model import BaseModel
-from app.training.chats import ChatDatasetStore
-from app.training.contrastive import train_text_lora
 from app.training.datasets import DatasetStore
+from app.training.family import Trainable
 from app.training.jobs import HELD, INTERRUPTED, Job, JobStore
-from app.training.pairs import PairDatasetStore
-from app.training.sft import train_sft_lora
-from app.training.trainer import Cancelled, Diverged, StepReport, TrainConfig, train_lora
+from app.training.trainer import Cancelled, Diverged, StepReport, TrainConfig
 
 log = logging.getLogger(__name__)
 _PROGRESS_EVERY_S = 0.5  # how often step progress is written to the database
@@ -52,14 +46,14 @@ class TrainingWorker:
 
     def __init__(
         self,
-        base: BaseModel,
+        family: Trainable,
         registry: AdapterRegistry,
         datasets: DatasetStore,
         jobs: JobStore,
         lease_ms: int = 15_000,
         poll_s: float = 1.0,
     ) -> None:
-        self.base, self.registry, self.datasets, self.jobs = base, registry, datasets, jobs
+        self.family, self.registry, self.datasets, self.jobs = family, registry, datasets, jobs
         self.worker_id = new_worker_id()
         self.lease_ms, self.poll_s = lease_ms, poll_s
         self._wake = threading.Event()
@@ -155,7 +149,7 @@ class TrainingWorker:
             seed=hp["seed"],
         )
         try:
-            train = self._trainer(job, config)
+            train = self.family.trainer(self.datasets, job, config)
         except ServiceError as exc:
             self._finish(job, "failed", {"code": exc.code, "message": exc.message})
             return
@@ -220,30 +214,6 @@ class TrainingWorker:
             raise LeaseLost(f"job {job.id} is no longer running on this worker")
         self.jobs.record_event(conn, job.id, "message", f"adapter {job.adapter_name!r} registered")
         self.jobs.record_event(conn, job.id, "message", "job succeeded")
-
-    def _trainer(self, job: Job, config: TrainConfig) -> Callable[..., LoraAdapter]:
-        """The job's data, loaded, bound to the training loop of the base's family."""
-        model, device = self.base.module, self.base.device
-        if isinstance(self.datasets, ChatDatasetStore):
-            assert self.base.causal is not None
-            rows = self.datasets.load_rows(job.training_dataset)
-            held = None
-            if job.validation_dataset is not None:
-                held = self.datasets.load_rows(job.validation_dataset)
-            return partial(train_sft_lora, model, self.base.causal, config, rows, held)
-        if isinstance(self.datasets, PairDatasetStore):
-            assert self.base.text is not None
-            pairs = self.datasets.load_pairs(job.training_dataset)
-            held_out = None
-            if job.validation_dataset is not None:
-                held_out = self.datasets.load_pairs(job.validation_dataset)
-            return partial(train_text_lora, model, self.base.text, config, pairs, held_out)
-        x, y = (t.to(device) for t in self.datasets.load(job.training_dataset))
-        validation = None
-        if job.validation_dataset is not None:
-            xv, yv = self.datasets.load(job.validation_dataset)
-            validation = (xv.to(device), yv.to(device))
-        return partial(train_lora, model, config, x, y, validation)
 
     def _finish(self, job: Job, status: Any, error: dict[str, str] | None) -> None:
         """End a job this worker holds (a job it no longer holds is left as it is)."""

@@ -13,11 +13,10 @@ from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from app.adapters import BaseInfo
+from app.adapters import BaseInfo, base_info
 from app.adapters import peft_format as fmt
 from app.errors import InvalidAdapter
-from app.model import load_base_model
-from app.state.open import base_info
+from app.families import load_base_model
 from support.gen_helpers import write_tiny_causal_lm
 
 LLAMA_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

@@ -15,8 +15,8 @@ from fastapi.testclient import TestClient
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModel
 
+from app.families.encoder.model import known_model_folder
 from app.main import create_app
-from app.model.hf import known_model_folder
 from app.settings import Settings
 
 BASE = "all-MiniLM-L6-v2"

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from app.api.logprobs import TokenTexts
-from app.generate.sampling import Choice
+from app.families.decoder.generate.sampling import Choice
+from app.families.decoder.logprobs import TokenTexts
 from support.gen_helpers import tiny_tokenizer
 
 

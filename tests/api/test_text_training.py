@@ -145,7 +145,7 @@ def test_job_trains_reports_recall_and_serves_the_adapter(
     peft = PeftModel.from_pretrained(
         AutoModel.from_pretrained(tiny_text, local_files_only=True), tmp_path / "tuned"
     ).eval()
-    batch = text_client.app.state.services.base.text.tokenize(texts)  # type: ignore[attr-defined]
+    batch = text_client.app.state.services.family.text.tokenize(texts)  # type: ignore[attr-defined]
     with torch.no_grad():
         states = peft(input_ids=batch.ids, attention_mask=batch.mask).last_hidden_state
     mask = batch.mask.unsqueeze(-1).float()

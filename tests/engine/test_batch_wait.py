@@ -19,7 +19,7 @@ import torch
 
 from app.adapters import BaseInfo
 from app.engine import Batcher, ComputeThread, Predictor
-from app.model import load_base_model
+from app.families import load_base_model
 from support.helpers import RegistryByName, write_base_model
 
 WAIT_MS = 600_000

@@ -14,7 +14,7 @@ import torch
 from app.adapters import BaseInfo
 from app.engine import Batcher, ComputeThread, DirectRunner, Predictor
 from app.errors import AdapterNotFound, QueueFull
-from app.model import load_base_model
+from app.families import load_base_model
 from support.helpers import (
     RegistryByName,
     adapter_files,

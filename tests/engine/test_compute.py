@@ -12,7 +12,7 @@ import torch
 from fastapi.testclient import TestClient
 from safetensors.torch import save
 
-import app.main as main_module
+import app.services as services_module
 from app.engine import ComputeThread, on_passing_thread
 from app.main import create_app
 from app.settings import Settings
@@ -63,13 +63,13 @@ def test_the_service_loads_on_a_passing_thread_and_runs_and_merges_on_the_comput
 ) -> None:
     threads: set[str] = set()
     loaders: list[threading.Thread] = []
-    load = main_module.load_base_model
+    load = services_module.load_family
 
     def recorded_load(*args, **kwargs):
         loaders.append(threading.current_thread())
         return load(*args, **kwargs)
 
-    monkeypatch.setattr(main_module, "load_base_model", recorded_load)
+    monkeypatch.setattr(services_module, "load_family", recorded_load)
     settings = settings.model_copy(update={"batching": batching, "max_batch_rows": 4})
     with TestClient(create_app(settings)) as client:
         predictor = client.app.state.services.predictor  # type: ignore[attr-defined]
@@ -96,7 +96,7 @@ def test_the_service_loads_on_a_passing_thread_and_runs_and_merges_on_the_comput
 
 
 def test_f16_and_bf16_rows_widen_exactly(tmp_path: Path) -> None:
-    from app.api.predict_io import parse_safetensors
+    from app.families.mlp.io import parse_safetensors
 
     x = torch.randn(64, 33) * 1000
     x[0, :4] = torch.tensor([0.0, -0.0, 65504.0, -1e-7])
@@ -112,7 +112,7 @@ def test_a_decoder_service_computes_only_on_its_generate_thread(
 ) -> None:
     """The load and the engine's start-up writes (fused weights, KV cache) run on threads that
     have ended; every step runs on the engine's thread."""
-    from app.generate import engine as engine_module
+    from app.families.decoder.generate import engine as engine_module
     from support.gen_helpers import write_tiny_causal_lm
 
     made: list[threading.Thread] = []

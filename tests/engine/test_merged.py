@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 
 from app.engine import MergedCache
+from app.families.mlp.config import ModelConfig
+from app.families.mlp.module import MLP
 from app.lora import LoraAdapter, LoraConfig, LoraModule, base_layer
-from app.model import MLP, ModelConfig
 
 SIZES = [16, 8, 4]
 BOTH = 8 * 16 * 4 + 4 * 8 * 4  # bytes of merged layer1 + layer2, float32: 640

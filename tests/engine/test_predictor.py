@@ -11,7 +11,7 @@ import app.engine.predictor as predictor_module
 from app.adapters import AdapterRegistry, BaseInfo
 from app.engine import Predictor
 from app.errors import AdapterNotFound
-from app.model import load_base_model
+from app.families import load_base_model
 from support.helpers import (
     RegistryByName,
     adapter_files,
@@ -210,3 +210,20 @@ def test_a_few_of_a_big_stacks_adapters_take_the_sorted_path_and_match(setup, mo
     out, _ = predictor.predict(x, few, "unmerged")
     assert len(predictor._stack.keys) == 10  # the big stack is kept for later batches
     assert_rows_match_reference(folder, x, out, few, specs)
+
+
+def test_auto_asks_the_one_policy(setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both of the predictor's `auto` decisions go through app.engine.policy: with a policy
+    that never merges, a merged copy is not used and none is made."""
+    _, predictor, _ = setup
+    predictor.merge("a0")
+    asked: list[tuple] = []
+
+    def never(*args, **kwargs) -> bool:
+        asked.append(args)
+        return False
+
+    monkeypatch.setattr(predictor_module, "runs_merged", never)
+    assert predictor.predict(torch.randn(3, SIZES[0]), ["a0"] * 3, "auto")[1] == "unmerged"
+    assert predictor.merges_due({"a1": 100}, 4) == []
+    assert len(asked) == 2

@@ -12,16 +12,22 @@ import app.engine.predictor as predictor_module
 from app.adapters import BaseInfo
 from app.adapters.peft_format import tensor_key
 from app.engine import Predictor
-from app.model import load_base_model
+from app.families import Family, load_family
 from support.helpers import RegistryByName, adapter_files, peft_config, write_tiny_text_model
 
 TARGETS = ("query", "value", "output.dense")
 
 
 @pytest.fixture(scope="module")
-def predictor(tmp_path_factory: pytest.TempPathFactory) -> Predictor:
+def family(tmp_path_factory: pytest.TempPathFactory) -> Family:
     tmp = tmp_path_factory.mktemp("chunks")
-    base = load_base_model(write_tiny_text_model(tmp / "base"), torch.device("cpu"))
+    return load_family(write_tiny_text_model(tmp / "base"), torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def predictor(family: Family, tmp_path_factory: pytest.TempPathFactory) -> Predictor:
+    tmp = tmp_path_factory.mktemp("chunks")
+    base = family.base
     linears = {n: (i.in_features, i.out_features) for n, i in base.linears().items()}
     info = BaseInfo(linears, base.name, base.fingerprint, base.device, base.dtype)
     registry = RegistryByName.local(tmp / "adapters", info, 64, 1 << 30)
@@ -43,12 +49,14 @@ def texts(n: int) -> list[str]:
 
 
 @pytest.mark.parametrize("used", ["unmerged", "merged"])
-def test_chunked_texts_match_each_text_alone(predictor: Predictor, monkeypatch, used) -> None:
+def test_chunked_texts_match_each_text_alone(
+    predictor: Predictor, family: Family, monkeypatch, used
+) -> None:
     monkeypatch.setattr(predictor_module, "CPU_CHUNK_TOKENS", 64)  # many ragged chunks
     batch = texts(40)
     rng = random.Random(1)
     names = [rng.choice([None, "a0", "a1", "a2"]) for _ in batch]
-    encoder = predictor.base.text
+    encoder = family.text  # type: ignore[attr-defined]
     assert encoder is not None
     tokens = encoder.tokenize(batch)
     assert len(batch) * tokens.width > 64
@@ -60,10 +68,12 @@ def test_chunked_texts_match_each_text_alone(predictor: Predictor, monkeypatch, 
         torch.testing.assert_close(together[i : i + 1], alone, rtol=1e-5, atol=1e-5)
 
 
-def test_a_text_longer_than_a_chunk_goes_alone(predictor: Predictor, monkeypatch) -> None:
+def test_a_text_longer_than_a_chunk_goes_alone(
+    predictor: Predictor, family: Family, monkeypatch
+) -> None:
     monkeypatch.setattr(predictor_module, "CPU_CHUNK_TOKENS", 4)
     batch = texts(5)
-    encoder = predictor.base.text
+    encoder = family.text  # type: ignore[attr-defined]
     assert encoder is not None
     out = predictor.forward(
         encoder.tokenize(batch), ["a1"] * 5, predictor.resolve(["a1"], "a"), "unmerged"
@@ -75,11 +85,13 @@ def test_a_text_longer_than_a_chunk_goes_alone(predictor: Predictor, monkeypatch
         torch.testing.assert_close(out[i : i + 1], alone, rtol=1e-5, atol=1e-5)
 
 
-def test_a_chunk_only_loads_its_own_adapters(predictor: Predictor, monkeypatch) -> None:
+def test_a_chunk_only_loads_its_own_adapters(
+    predictor: Predictor, family: Family, monkeypatch
+) -> None:
     """Two texts on two adapters, too long to share a chunk: each chunk holds one adapter, so
     it takes the one-adapter path, never the mixed one."""
     monkeypatch.setattr(predictor_module, "CPU_CHUNK_TOKENS", 8)
-    encoder = predictor.base.text
+    encoder = family.text  # type: ignore[attr-defined]
     assert encoder is not None
     tokens = encoder.tokenize(["short", "a somewhat longer text than that"])
     assert tokens.width == 8

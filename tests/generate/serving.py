@@ -12,12 +12,13 @@ from typing import Any
 import pytest
 import torch
 
-from app.adapters import AdapterRegistry
+from app.adapters import AdapterRegistry, base_info
 from app.engine import Predictor
-from app.generate.engine import GenerationEngine
-from app.generate.sampling import SamplingParams
-from app.model import load_base_model
-from app.state.open import base_info
+from app.families import load_family
+from app.families.decoder.family import DecoderFamily
+from app.families.decoder.generate.engine import GenerationEngine
+from app.families.decoder.generate.sampling import SamplingParams
+from app.families.decoder.model import CausalInfo
 
 CPU = torch.device("cpu")
 NEW = 32
@@ -94,6 +95,7 @@ class Served:
     registry: AdapterRegistry
     versions: dict[str, str]
     peft: dict[str, Any]
+    causal: CausalInfo  # the family's tokenizer, template and limits
 
     def engine(self, **overrides: Any) -> GenerationEngine:
         args: dict[str, Any] = {
@@ -101,10 +103,10 @@ class Served:
             "max_waiting_seqs": 16, "queue_timeout_s": 30.0,
         }  # fmt: skip
         args.update(overrides)
-        return GenerationEngine(Predictor(self.base, self.registry, 1 << 30), **args)
+        return GenerationEngine(Predictor(self.base, self.registry, 1 << 30), self.causal, **args)
 
     def encode(self, text: str) -> list[int]:
-        return list(self.base.causal.encode(text))
+        return list(self.causal.encode(text))
 
 
 @pytest.fixture(scope="module")
@@ -113,9 +115,10 @@ def served(causal_folders, tmp_path_factory) -> dict[str, Served]:
     root = tmp_path_factory.mktemp("served")
     out = {}
     for layout, folder in causal_folders.items():
-        base = load_base_model(folder, CPU)
-        registry = AdapterRegistry.local(root / layout, base_info(base), 64, 1 << 30)
-        out[layout] = Served(folder, base, registry, {}, {})
+        family = load_family(folder, CPU)
+        assert isinstance(family, DecoderFamily)
+        registry = AdapterRegistry.local(root / layout, base_info(family.base), 64, 1 << 30)
+        out[layout] = Served(folder, family.base, registry, {}, {}, family.causal)
     for i, (name, (layout, lora)) in enumerate(ADAPTERS.items()):
         s = out[layout]
         saved = root / "peft" / name

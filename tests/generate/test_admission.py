@@ -11,14 +11,13 @@ from typing import Any
 import pytest
 import torch
 
-import app.generate.sequence as sequence_module
-from app.adapters import AdapterRegistry
+import app.families.decoder.generate.sequence as sequence_module
+from app.adapters import AdapterRegistry, base_info
 from app.engine import Predictor
 from app.errors import InvalidInput, QueueFull, ServiceUnavailable
-from app.generate.engine import GenerationEngine
-from app.generate.sampling import SamplingParams
-from app.model import load_base_model
-from app.state.open import base_info
+from app.families import load_family
+from app.families.decoder.generate.engine import GenerationEngine
+from app.families.decoder.generate.sampling import SamplingParams
 
 PER_TOKEN = 2 * 2 * 2 * 8 * 4  # K and V, 2 layers, 2 KV heads of 8, float32 (tiny llama)
 
@@ -28,12 +27,17 @@ def greedy(n: int, seed: int | None = None) -> SamplingParams:
 
 
 @pytest.fixture(scope="module")
-def base(causal_folders: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Any:
-    return load_base_model(causal_folders["llama"], torch.device("cpu"))
+def family(causal_folders: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Any:
+    return load_family(causal_folders["llama"], torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def base(family: Any) -> Any:
+    return family.base
 
 
 @pytest.fixture
-def make_engine(base: Any, tmp_path: Path) -> Iterator[Any]:
+def make_engine(family: Any, base: Any, tmp_path: Path) -> Iterator[Any]:
     registry = AdapterRegistry.local(tmp_path, base_info(base), 64, 1 << 30)
     started: list[GenerationEngine] = []
 
@@ -43,7 +47,7 @@ def make_engine(base: Any, tmp_path: Path) -> Iterator[Any]:
             "max_waiting_seqs": 16, "queue_timeout_s": 30.0,
         }  # fmt: skip
         args.update(overrides)
-        engine = GenerationEngine(Predictor(base, registry, 1 << 30), **args)
+        engine = GenerationEngine(Predictor(base, registry, 1 << 30), family.causal, **args)
         engine.start()
         started.append(engine)
         return engine
@@ -53,8 +57,8 @@ def make_engine(base: Any, tmp_path: Path) -> Iterator[Any]:
         engine.stop()
 
 
-def prompt(base: Any, text: str = "The capital of France is") -> list[int]:
-    return list(base.causal.encode(text))
+def prompt(family: Any, text: str = "The capital of France is") -> list[int]:
+    return list(family.causal.encode(text))
 
 
 def run(coro: Any) -> Any:
@@ -78,9 +82,9 @@ async def wait_until(condition: Any, timeout: float = 10.0) -> None:
         await asyncio.sleep(0.005)
 
 
-def test_more_sequences_than_a_request_may_hold_is_invalid_at_once(make_engine, base) -> None:
+def test_more_sequences_than_a_request_may_hold_is_invalid_at_once(make_engine, family) -> None:
     engine = make_engine(max_waiting_seqs=8, max_seqs_per_request=64)
-    ids = prompt(base)
+    ids = prompt(family)
 
     async def ask() -> None:
         engine.submit([(ids, greedy(4))] * 9, None)
@@ -91,8 +95,8 @@ def test_more_sequences_than_a_request_may_hold_is_invalid_at_once(make_engine, 
     assert engine.waiting == 0 and engine.running == 0
 
 
-def test_sequences_over_the_whole_kv_budget_are_invalid_at_once(make_engine, base) -> None:
-    ids = prompt(base)
+def test_sequences_over_the_whole_kv_budget_are_invalid_at_once(make_engine, family) -> None:
+    ids = prompt(family)
     # Room for three sequences of this size, never four: four is refused before any runs.
     engine = make_engine(kv_cache_bytes=3 * (len(ids) + 40) * PER_TOKEN)
 
@@ -108,11 +112,11 @@ def test_sequences_over_the_whole_kv_budget_are_invalid_at_once(make_engine, bas
     assert len(answers) == 3 and all(a == answers[0] for a in answers)
 
 
-def test_a_small_request_is_not_held_behind_a_big_one(make_engine, base) -> None:
+def test_a_small_request_is_not_held_behind_a_big_one(make_engine, family) -> None:
     # Two run at a time. A request of six sequences comes first, then one of another project:
     # the newcomer joins at the first free place, not after the six.
     engine = make_engine(max_running_seqs=2)
-    ids = prompt(base)
+    ids = prompt(family)
     order: list[str] = []
 
     async def scenario() -> None:
@@ -130,9 +134,9 @@ def test_a_small_request_is_not_held_behind_a_big_one(make_engine, base) -> None
     assert first.index("small") < first.index("big3"), first
 
 
-def test_one_project_cannot_fill_the_queue_while_another_waits(make_engine, base) -> None:
+def test_one_project_cannot_fill_the_queue_while_another_waits(make_engine, family) -> None:
     engine = make_engine(max_running_seqs=1, max_waiting_seqs=8)
-    ids = prompt(base)
+    ids = prompt(family)
 
     async def scenario() -> None:
         (running,) = engine.submit([(ids, greedy(100))], None, project="b")
@@ -149,9 +153,9 @@ def test_one_project_cannot_fill_the_queue_while_another_waits(make_engine, base
     run(scenario())
 
 
-def test_clients_that_leave_while_waiting_free_the_queue_at_once(make_engine, base) -> None:
+def test_clients_that_leave_while_waiting_free_the_queue_at_once(make_engine, family) -> None:
     engine = make_engine(max_running_seqs=1, max_waiting_seqs=4)
-    ids = prompt(base)
+    ids = prompt(family)
     before = engine.tokens_prefilled
 
     async def scenario() -> None:
@@ -172,9 +176,9 @@ def test_clients_that_leave_while_waiting_free_the_queue_at_once(make_engine, ba
     assert engine.tokens_prefilled - before == 5 * len(ids)
 
 
-def test_a_sampling_failure_fails_its_own_sequence_only(make_engine, base, monkeypatch) -> None:
+def test_a_sampling_failure_fails_its_own_sequence_only(make_engine, family, monkeypatch) -> None:
     engine = make_engine()
-    ids = prompt(base)
+    ids = prompt(family)
     real = sequence_module.choose
 
     def choose(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from app.generate.blocks import BlockPool, block_keys
-from app.generate.cache import BlockTable, KVCache
+from app.families.decoder.generate.blocks import BlockPool, block_keys
+from app.families.decoder.generate.cache import BlockTable, KVCache
 
 LAYERS, KV_HEADS, HEAD_DIM, BLOCK = 2, 2, 8, 4
 BYTES_PER_TOKEN = 2 * LAYERS * KV_HEADS * HEAD_DIM * 4  # K and V of every layer, float32

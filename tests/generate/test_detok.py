@@ -8,8 +8,8 @@ import time
 import pytest
 from pydantic import ValidationError
 
-from app.api.openai_protocol import MAX_STOP_CHARS, CompletionRequest
-from app.generate.detok import TextStream
+from app.families.decoder.generate.detok import TextStream
+from app.families.decoder.protocol import MAX_STOP_CHARS, CompletionRequest
 from support.gen_helpers import tiny_tokenizer
 
 # Proves "not frozen", never a speed: the bounded work takes milliseconds.

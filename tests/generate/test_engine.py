@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from app.errors import InvalidInput, QueueFull
-from app.generate import plan as step_plan
-from app.generate.sampling import SamplingParams
+from app.families.decoder.generate import plan as step_plan
+from app.families.decoder.generate.sampling import SamplingParams
 from tests.generate.serving import (
     ADAPTERS,
     NEW,
@@ -79,10 +79,36 @@ def test_a_batch_on_one_adapter_equals_peft_in_every_mode(
         assert set(taken) == {f"{mode}_linear"}
 
 
+def test_the_step_plan_asks_the_one_policy(served, engines, monkeypatch) -> None:
+    """`auto` merges through app.engine.policy: a policy that never merges keeps every step
+    unmerged, where the same load above takes the merged path."""
+    s = served["llama"]
+    engine = start(engines, s.engine())
+    asked: list[Any] = []
+
+    def never(*args: Any, **kwargs: Any) -> bool:
+        asked.append(args)
+        return False
+
+    merged: list[Any] = []
+    monkeypatch.setattr(step_plan, "runs_merged", never)
+    monkeypatch.setattr(step_plan, "merged_linear", lambda *a: merged.append(a))
+    prompts = [s.encode(t) for t in PROMPTS]
+
+    async def both() -> list[list[int]]:
+        return await asyncio.gather(
+            *(run_tokens(engine, p, s.versions["r8-all"], mode="auto") for p in prompts)
+        )
+
+    for prompt, ours in zip(prompts, run(both()), strict=True):
+        assert ours == hf_generate(s.peft["r8-all"], prompt)
+    assert asked and merged == []
+
+
 def test_a_mixed_batch_equals_each_sequence_alone(served, engines) -> None:
     s = served["llama"]
     engine = start(engines, s.engine(prefill_chunk_tokens=8))
-    chat = s.base.causal.apply_chat_template([{"role": "user", "content": PROMPTS[1]}])
+    chat = s.causal.apply_chat_template([{"role": "user", "content": PROMPTS[1]}])
     jobs = [
         (s.encode(PROMPTS[0]), "r4", 0.0),
         (chat, None, 0.0),
@@ -191,7 +217,7 @@ def test_a_request_over_the_context_is_invalid(served, engines) -> None:
     s = served["llama"]
     engine = start(engines, s.engine())
     prompt = s.encode(PROMPTS[1])
-    context = s.base.causal.context_length
+    context = s.causal.context_length
     with pytest.raises(InvalidInput):
         run(anext(engine.generate(prompt, None, SamplingParams(context - len(prompt) + 1))))
     assert (

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from app.generate.cache import BlockTable, KVCache
-from app.generate.forward import DecoderForward, Step
-from app.model import load_base_model
+from app.families import load_family
+from app.families.decoder.generate.cache import BlockTable, KVCache
+from app.families.decoder.generate.forward import DecoderForward, Step
 from support.gen_helpers import LAYOUTS
 
 CPU = torch.device("cpu")
@@ -19,10 +19,10 @@ BLOCK = 4  # small blocks: every sequence here spans several, and some end mid-b
 
 
 def _forward(folder: Path):
-    base = load_base_model(folder, CPU)
-    assert base.causal is not None
-    fwd = DecoderForward(base.module, base.causal)
-    cache = fwd.new_cache(base.dtype, CPU, 1 << 24, BLOCK, base.causal.context_length)
+    family = load_family(folder, CPU)
+    base = family.base
+    fwd = DecoderForward(base.module, family.causal)
+    cache = fwd.new_cache(base.dtype, CPU, 1 << 24, BLOCK, family.causal.context_length)
     return base, fwd, cache
 
 
@@ -112,16 +112,16 @@ def test_packed_bf16_weights_give_the_plain_products_bit_for_bit(causal_folders,
     ids, more = _prompt(13, seed=6), [7, 8]
     outs = []
     for pack in (False, True):
-        base = load_base_model(causal_folders[layout], CPU, dtype="bfloat16")
-        assert base.causal is not None
-        fwd = DecoderForward(base.module, base.causal, pack_weights=pack)
+        family = load_family(causal_folders[layout], CPU, dtype="bfloat16")
+        base = family.base
+        fwd = DecoderForward(base.module, family.causal, pack_weights=pack)
         packed = [f for b in fwd.fused for f in (b.qkv, b.gate_up, b.o, b.down) if f is not None]
         packed = [f for f in [*packed, fwd.head] if f is not None and f.packed is not None]
         # Packing is on where asked: every fused product of a Llama-style block, and lm_head.
         assert bool(packed) == pack
         if pack and layout != "gpt2":
             assert len(packed) == 4 * len(fwd.blocks) + 1
-        cache = fwd.new_cache(base.dtype, CPU, 1 << 24, BLOCK, base.causal.context_length)
+        cache = fwd.new_cache(base.dtype, CPU, 1 << 24, BLOCK, family.causal.context_length)
         blocks = _table(cache, 32)
         with torch.inference_mode():
             first = fwd.logits(fwd.hidden(_prefill(fwd, ids, blocks, 0), cache))
@@ -136,11 +136,11 @@ def test_packed_fp32_weights_agree_with_the_plain_products(causal_folders) -> No
     ids = _prompt(11, seed=7)
     outs = []
     for pack in (False, True):
-        base = load_base_model(causal_folders["llama"], CPU, dtype="float32")
-        assert base.causal is not None
-        fwd = DecoderForward(base.module, base.causal, pack_weights=pack)
+        family = load_family(causal_folders["llama"], CPU, dtype="float32")
+        base = family.base
+        fwd = DecoderForward(base.module, family.causal, pack_weights=pack)
         assert (fwd.head is not None and fwd.head.packed is not None) == pack
-        cache = fwd.new_cache(base.dtype, CPU, 1 << 24, BLOCK, base.causal.context_length)
+        cache = fwd.new_cache(base.dtype, CPU, 1 << 24, BLOCK, family.causal.context_length)
         with torch.inference_mode():
             outs.append(fwd.logits(fwd.hidden(_prefill(fwd, ids, _table(cache, 16), 0), cache)))
     torch.testing.assert_close(outs[1], outs[0], rtol=1e-4, atol=1e-4)
@@ -152,7 +152,7 @@ def test_rms_norm_in_four_ops_is_transformers_own_bit_for_bit(dtype) -> None:
     from transformers.models.llama.modeling_llama import LlamaRMSNorm
     from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm
 
-    from app.generate.layers import rms_norm
+    from app.families.decoder.generate.layers import rms_norm
 
     for cls in (LlamaRMSNorm, Qwen2RMSNorm):
         norm = cls(48, eps=1e-6).to(dtype)

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from app.api.observability import generation_metrics
-from app.generate.sampling import SamplingParams
+from app.families.decoder.generate.sampling import SamplingParams
 from tests.generate.serving import PROMPTS, run, run_tokens, start
 
 BLOCK = 4

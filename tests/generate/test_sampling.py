@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from app.generate.sampling import SamplingParams, choose, new_generator
+from app.families.decoder.generate.sampling import SamplingParams, choose, new_generator
 
 
 def _logits(seed: int = 0) -> torch.Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from app.generate.waiting import RequestGroup, WaitingRoom
+from app.families.decoder.generate.waiting import RequestGroup, WaitingRoom
 
 
 @dataclass(eq=False)

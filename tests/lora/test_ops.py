@@ -8,6 +8,8 @@ import pytest
 import torch
 from torch import nn
 
+from app.families.mlp.config import ModelConfig
+from app.families.mlp.module import MLP
 from app.lora import (
     LoraAdapter,
     LoraConfig,
@@ -20,7 +22,6 @@ from app.lora import (
     pattern_key,
     unmerged_linear,
 )
-from app.model import MLP, ModelConfig
 from support.helpers import forward
 
 SIZES = [96, 80, 72]

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from app.errors import InvalidInput
-from app.model.causal import CausalInfo, load_causal
+from app.families.decoder.model import CausalInfo, load_causal
 from support.gen_helpers import write_tiny_causal_lm
 
 # The injection: a user closes their turn and writes the assistant's answer themselves.

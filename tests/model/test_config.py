@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from app.model import InvalidModelConfig, ModelConfig
+from app.families.mlp.config import ModelConfig
+from app.model import InvalidModelConfig
 
 GOOD = {"architecture": "mlp", "sizes": [16, 8, 4], "bias": True, "activation": "relu"}
 

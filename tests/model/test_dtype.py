@@ -11,11 +11,11 @@ import torch
 from pydantic import ValidationError
 
 import app.model.dtype as dtype_module
-from app.adapters import BaseInfo
-from app.model import InvalidModelConfig, load_base_model
+from app.adapters import BaseInfo, base_info
+from app.families import load_base_model
+from app.model import InvalidModelConfig
 from app.model.dtype import resolve_dtype
 from app.settings import Settings
-from app.state.open import base_info
 from support.gen_helpers import write_tiny_causal_lm
 from support.helpers import (
     RegistryByName,
@@ -76,37 +76,35 @@ def test_serve_with_a_bad_dtype_is_one_error_line(
     assert "bfloat16" in err
 
 
-@pytest.mark.parametrize("family", ["causal_lm", "hf"])
-def test_auto_is_bf16_on_a_cpu_with_native_bf16(bf16_cpu: None, family) -> None:
-    assert resolve_dtype("auto", family, CPU) == torch.bfloat16
+def test_auto_is_bf16_on_a_cpu_with_native_bf16(bf16_cpu: None) -> None:
+    assert resolve_dtype("auto", CPU) == torch.bfloat16
 
 
-@pytest.mark.parametrize("family", ["causal_lm", "hf"])
-def test_auto_is_fp32_on_a_cpu_without(fp32_cpu: None, family) -> None:
-    assert resolve_dtype("auto", family, CPU) == torch.float32
+def test_auto_is_fp32_on_a_cpu_without(fp32_cpu: None) -> None:
+    assert resolve_dtype("auto", CPU) == torch.float32
 
 
 def test_auto_on_cuda_is_bf16_only_where_the_gpu_has_it(monkeypatch: pytest.MonkeyPatch) -> None:
     cuda = torch.device("cuda")
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
-    assert resolve_dtype("auto", "causal_lm", cuda) == torch.bfloat16
+    assert resolve_dtype("auto", cuda) == torch.bfloat16
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
-    assert resolve_dtype("auto", "causal_lm", cuda) == torch.float32
-    assert resolve_dtype("float16", "causal_lm", cuda) == torch.float16
+    assert resolve_dtype("auto", cuda) == torch.float32
+    assert resolve_dtype("float16", cuda) == torch.float16
     with pytest.raises(InvalidModelConfig, match="no native bf16"):
-        resolve_dtype("bfloat16", "causal_lm", cuda)
+        resolve_dtype("bfloat16", cuda)
 
 
 @pytest.mark.parametrize("value", ["float32", "bfloat16", "float16"])
 def test_an_explicit_dtype_is_taken_as_asked(fp32_cpu: None, value: str) -> None:
-    assert resolve_dtype(value, "hf", CPU) == getattr(torch, value)  # type: ignore[arg-type]
+    assert resolve_dtype(value, CPU) == getattr(torch, value)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("value", ["auto", "float32", "bfloat16", "float16"])
 def test_the_mlp_family_keeps_its_own_dtype(bf16_cpu: None, value: str, caplog) -> None:
     with caplog.at_level(logging.WARNING, logger="app.model"):
-        assert resolve_dtype(value, "mlp", CPU) == torch.float32  # type: ignore[arg-type]
-        assert resolve_dtype(value, "mlp", CPU, torch.bfloat16) == torch.bfloat16  # type: ignore[arg-type]
+        assert resolve_dtype(value, CPU, torch.float32) == torch.float32  # type: ignore[arg-type]
+        assert resolve_dtype(value, CPU, torch.bfloat16) == torch.bfloat16  # type: ignore[arg-type]
     ignored = [r.getMessage() for r in caplog.records]
     if value in ("auto", "float32"):
         assert len(ignored) == (0 if value == "auto" else 1)  # float32 differs from bf16's config

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from app.model import InvalidModelConfig, load_base_model, resolve_device
-from app.model.seed import make_regression, make_theta
+from app.families import load_base_model, load_family
+from app.families.mlp.seed import make_regression, make_theta
+from app.model import InvalidModelConfig, resolve_device
 from app.settings import EMBEDDED_MODEL
 from support.helpers import reference_forward, write_base_model
 
@@ -63,8 +64,9 @@ def test_auto_device_is_cuda_only_when_present() -> None:
 
 
 def test_embedded_seed_model_fits_y_equals_x_theta() -> None:
-    base = load_base_model(EMBEDDED_MODEL, torch.device("cpu"))
-    assert base.config.sizes == [1001, 1000, 1000] and not base.config.bias
+    family = load_family(EMBEDDED_MODEL, torch.device("cpu"))
+    base = family.base
+    assert family.config.sizes == [1001, 1000, 1000] and not family.config.bias  # type: ignore[attr-defined]
     assert list(base.linears()) == ["layer1", "layer2"]
     x, y = make_regression(256, make_theta(), seed=12345)  # rows it never saw
     with torch.inference_mode():

@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from app.model.config import ModelConfig
-from app.model.seed import (
+from app.families.mlp.config import ModelConfig
+from app.families.mlp.seed import (
     SEED_CONFIG,
     TARGET_MSE,
     main,
@@ -53,7 +53,7 @@ def test_check_fails_on_different_weights_and_writes_nothing(tmp_path: Path, cap
 
 
 def test_the_committed_model_meets_the_commands_target() -> None:
-    # Bit-for-bit: `python -m app.model.seed --check` (minutes, so not run here).
+    # Bit-for-bit: `python -m app.families.mlp.seed --check` (minutes, so not run here).
     folder = Path(__file__).resolve().parents[2] / "models" / "seed-linear"
     assert (folder / "config.json").read_text() == SEED_CONFIG.to_json()
     weights = load_file(folder / "model.safetensors")

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from app.errors import InvalidInput
-from app.model.causal import CausalInfo
-from app.model.loader import load_base_model
+from app.families import load_family
+from app.families.decoder.datasets import ChatDatasetStore, encode
+from app.families.decoder.model import CausalInfo
 from app.state import Database, ObjectStore
-from app.training.chats import ChatDatasetStore, encode
 from app.training.datasets import DatasetTooLarge
 from support.gen_helpers import write_tiny_causal_lm
 
@@ -30,7 +30,7 @@ CHAT = {"messages": [
 @pytest.fixture(scope="module")
 def info(tmp_path_factory: pytest.TempPathFactory) -> CausalInfo:
     folder = write_tiny_causal_lm(tmp_path_factory.mktemp("m") / "tiny", "llama", seed=1)
-    causal = load_base_model(folder, torch.device("cpu")).causal
+    causal = load_family(folder, torch.device("cpu")).causal
     assert causal is not None
     return causal
 
@@ -39,7 +39,7 @@ def info(tmp_path_factory: pytest.TempPathFactory) -> CausalInfo:
 def plain(tmp_path_factory: pytest.TempPathFactory) -> CausalInfo:
     folder = tmp_path_factory.mktemp("m") / "plain"
     write_tiny_causal_lm(folder, "llama", seed=1, chat_template=False)
-    causal = load_base_model(folder, torch.device("cpu")).causal
+    causal = load_family(folder, torch.device("cpu")).causal
     assert causal is not None
     return causal
 

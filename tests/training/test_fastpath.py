@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from app.families.mlp.config import ModelConfig
+from app.families.mlp.module import MLP
 from app.lora import LoraModule
-from app.model import MLP, ModelConfig
 from app.training.fastpath import LowRank, TrainingPlan, dense, plan_training
 from support.helpers import forward
 

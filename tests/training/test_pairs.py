@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from app.errors import InvalidInput, MalformedBody
+from app.families.encoder.datasets import MAX_TEXT_CHARS, PairDatasetStore, parse_pairs
 from app.state import Database, ObjectStore
 from app.training.datasets import DatasetNotFound, DatasetTooLarge
-from app.training.pairs import MAX_TEXT_CHARS, PairDatasetStore, parse_pairs
 
 PAIRS = [("zovob zigit", "a red chair"), ("tufid zigit", "a white chair"), ("x", "y")]
 

@@ -7,10 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from app.families import load_family
+from app.families.decoder.datasets import encode
+from app.families.decoder.family import DecoderFamily
+from app.families.decoder.training import Sft, train_sft_lora
 from app.lora import LoraModule
-from app.model.loader import BaseModel, load_base_model
-from app.training.chats import encode
-from app.training.sft import Sft, train_sft_lora
 from app.training.trainer import StepReport, TrainConfig
 from support.gen_helpers import write_tiny_causal_lm
 
@@ -22,21 +23,21 @@ ROWS = [
 
 
 @pytest.fixture(scope="module", params=["llama", "gpt2"])
-def base(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> BaseModel:
+def fam(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> DecoderFamily:
     folder = tmp_path_factory.mktemp(request.param) / "tiny"
-    return load_base_model(write_tiny_causal_lm(folder, request.param, seed=1), torch.device("cpu"))
+    return load_family(write_tiny_causal_lm(folder, request.param, seed=1), torch.device("cpu"))
 
 
-def objective(base: BaseModel) -> Sft:
-    assert base.causal is not None
-    rows = [encode(base.causal, r) for r in ROWS]
-    return Sft(base.module, base.causal, rows, rows, torch.device("cpu"))
+def objective(fam: DecoderFamily) -> Sft:
+    assert fam.causal is not None
+    rows = [encode(fam.causal, r) for r in ROWS]
+    return Sft(fam.base.module, fam.causal, rows, rows, torch.device("cpu"))
 
 
-def test_the_loss_is_the_answer_tokens_cross_entropy(base: BaseModel) -> None:
-    sft = objective(base)
-    name = next(iter(base.targets))
-    layer = base.targets[name]
+def test_the_loss_is_the_answer_tokens_cross_entropy(fam: DecoderFamily) -> None:
+    sft = objective(fam)
+    name = next(iter(fam.base.targets))
+    layer = fam.base.targets[name]
     gen = torch.Generator().manual_seed(0)
     module = LoraModule(
         torch.randn(2, layer.in_features, generator=gen) * 0.1,
@@ -52,7 +53,7 @@ def test_the_loss_is_the_answer_tokens_cross_entropy(base: BaseModel) -> None:
             losses, count = 0.0, 0
             for i in (0, 3):
                 row = sft.train[i]
-                logits = base.module(input_ids=torch.tensor([row.ids])).logits[0, :-1]
+                logits = fam.base.module(input_ids=torch.tensor([row.ids])).logits[0, :-1]
                 mask = torch.tensor(row.trained[1:])
                 target = torch.tensor(row.ids[1:])[mask]
                 losses += F.cross_entropy(logits[mask], target, reduction="sum").item()
@@ -62,20 +63,20 @@ def test_the_loss_is_the_answer_tokens_cross_entropy(base: BaseModel) -> None:
     assert got.item() == pytest.approx(losses / count, rel=1e-5)
 
 
-def test_training_learns_the_answers_exactly(base: BaseModel) -> None:
-    assert base.causal is not None
-    targets = tuple(base.linears())
+def test_training_learns_the_answers_exactly(fam: DecoderFamily) -> None:
+    assert fam.causal is not None
+    targets = tuple(fam.base.linears())
     config = TrainConfig(rank=8, alpha=16, target_modules=targets, epochs=30, batch_size=4,
                          learning_rate=2e-2, loss="sft", seed=1)  # fmt: skip
     reports: list[StepReport] = []
-    adapter = train_sft_lora(base.module, base.causal, config, ROWS, ROWS, reports.append)
+    adapter = train_sft_lora(fam.base.module, fam.causal, config, ROWS, ROWS, reports.append)
     epochs = [r for r in reports if r.epoch_end]
     assert epochs[0].validation_exact_match == 0.0
     assert epochs[-1].validation_exact_match == 1.0
     assert epochs[-1].validation_loss is not None and epochs[0].validation_loss is not None
     assert epochs[-1].validation_loss < epochs[0].validation_loss / 10
     # Batched, left-padded greedy answers are the answers of each row alone.
-    sft = objective(base)
+    sft = objective(fam)
     together = sft.answers(adapter.modules, sft.validation or [])
     alone = [sft.answers(adapter.modules, [row])[0] for row in sft.validation or []]
     assert together == alone == ["Paris", "lazy dog", "today", " low rank"]

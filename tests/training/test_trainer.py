@@ -6,8 +6,9 @@ import pytest
 import torch
 from torch import nn
 
+from app.families.mlp.config import ModelConfig
+from app.families.mlp.module import MLP
 from app.lora import base_layer, unmerged_linear, wrap_layers
-from app.model import MLP, ModelConfig
 from app.training.trainer import Cancelled, Diverged, StepReport, TrainConfig, evaluate, train_lora
 from support.helpers import forward
 

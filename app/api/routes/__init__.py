@@ -1,33 +1,13 @@
-"""The HTTP routes, one router per feature."""
+"""The shared HTTP routes, one router per feature; each family adds its own (app.families.routes)."""
 
 from fastapi import APIRouter
 
-from app.api.routes import (
-    adapters,
-    completions,
-    datasets,
-    embeddings,
-    health,
-    identity,
-    jobs,
-    model,
-    predict,
-    projects,
+from app.api.routes import adapters, datasets, health, identity, jobs, model, projects
+
+# In the order the OpenAPI document lists them; the families' routes go after `adapters`.
+BEFORE_FAMILIES: tuple[APIRouter, ...] = tuple(
+    m.router for m in (health, identity, model, adapters)
 )
+AFTER_FAMILIES: tuple[APIRouter, ...] = tuple(m.router for m in (datasets, jobs, projects))
 
-api_router = APIRouter()
-for module in (
-    health,
-    identity,
-    model,
-    adapters,
-    predict,
-    embeddings,
-    completions,
-    datasets,
-    jobs,
-    projects,
-):
-    api_router.include_router(module.router)
-
-__all__ = ["api_router"]
+__all__ = ["AFTER_FAMILIES", "BEFORE_FAMILIES"]

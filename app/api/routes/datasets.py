@@ -14,11 +14,11 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from app.api.auth import ADMIN
-from app.api.deps import Datasets, ProjectDep, Training
-from app.api.predict_io import loads_strict
+from app.api.deps import Datasets, FamilyDep, ProjectDep, Training
 from app.api.schemas import DatasetCreate, DatasetList, DatasetPublic, ErrorBody
 from app.errors import InvalidInput, UnsupportedMediaType, shorten
-from app.training import DatasetRecord, DatasetStore, JsonlDatasetStore
+from app.families.mlp.io import loads_strict
+from app.training import DatasetRecord, DatasetStore
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], dependencies=ADMIN)
 _ERRORS: dict[int | str, dict[str, object]] = {
@@ -112,7 +112,7 @@ async def _uploaded_file(request: Request) -> UploadFile:
     openapi_extra=_UPLOAD_BODY,
 )
 async def create_dataset(
-    request: Request, datasets: Datasets, project: ProjectDep
+    request: Request, datasets: Datasets, family: FamilyDep, project: ProjectDep
 ) -> DatasetPublic:
     """A multipart `file`, or the rows in the body.
 
@@ -121,7 +121,7 @@ async def create_dataset(
     Decoder bases: SFT rows `{"messages": [...]}` or `{"prompt", "completion"}`, likewise.
     """
     content_type = request.headers.get("content-type", "")
-    text = isinstance(datasets, JsonlDatasetStore)
+    text = family.inputs == "texts"  # JSONL rows; vector bases take tensors
     if content_type.startswith("multipart/form-data"):
         file = await _uploaded_file(request)
         data = await file.read()

@@ -2,34 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from fastapi import APIRouter
 
 from app.api.auth import READ
-from app.api.deps import Base
+from app.api.deps import FamilyDep
 from app.api.schemas import LinearPublic, ModelPublic
 
 router = APIRouter(tags=["model"])
 
 
 @router.get("/v1/model", dependencies=READ)
-def read_model(base: Base) -> ModelPublic:
-    causal = base.causal
-    task: Literal["regression", "embedding", "generation"] = "regression"
-    if causal is not None:
-        task = "generation"
-    elif base.text is not None:
-        task = "embedding"
+def read_model(family: FamilyDep) -> ModelPublic:
+    base, facts = family.base, family.facts
     return ModelPublic(
         name=base.name,
         architecture=base.architecture,
-        family=base.family,
-        task=task,
-        inputs="vectors" if base.input_dim is not None else "texts",
+        family=family.name,
+        task=family.task,
+        inputs=family.inputs,
         input_dim=base.input_dim,
         output_dim=base.output_dim,
-        max_seq_length=base.text.max_seq_length if base.text is not None else None,
+        max_seq_length=facts.max_seq_length,
         device=str(base.device),
         dtype=str(base.dtype).removeprefix("torch."),
         parameters=base.parameters,
@@ -37,7 +30,7 @@ def read_model(base: Base) -> ModelPublic:
             LinearPublic(name=i.name, in_features=i.in_features, out_features=i.out_features)
             for i in base.linears().values()
         ],
-        context_length=causal.context_length if causal else None,
-        vocab_size=causal.vocab_size if causal else None,
-        chat_template=causal.has_chat_template if causal else None,
+        context_length=facts.context_length,
+        vocab_size=facts.vocab_size,
+        chat_template=facts.chat_template,
     )

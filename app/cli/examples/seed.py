@@ -20,7 +20,7 @@ import torch
 
 from app.cli.base import demo_main
 from app.client import Client
-from app.model.seed import SEED_CONFIG, make_regression, make_theta
+from app.families.mlp.seed import SEED_CONFIG, make_regression, make_theta
 
 Print = Callable[[str], None]
 

@@ -115,3 +115,18 @@ def write_tuned_adapter(
 
 # The decoder layouts every generation test runs on.
 LAYOUTS = ("llama", "qwen2", "gpt2")
+
+
+def reference(base_dir: Path, ids: list[int], adapter_dir: Path | None, new: int) -> list[int]:
+    """Greedy tokens of transformers (+ PEFT) for `ids`: the reference our engine must equal."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    if adapter_dir is not None:
+        model = PeftModel.from_pretrained(model, adapter_dir)
+    out = model.generate(
+        torch.tensor([ids]), max_new_tokens=new, min_new_tokens=new, do_sample=False
+    )
+    return out[0, len(ids) :].tolist()

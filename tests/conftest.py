@@ -80,3 +80,9 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str 
         return f"file://{tmp_path / 'store'}", None
     endpoint = request.getfixturevalue("s3_endpoint")
     return f"s3://{BUCKET}/{tmp_path.name}", endpoint
+
+
+@pytest.fixture
+def store(settings: Settings) -> Path:
+    """The adapter store of the service under test."""
+    return settings.adapters_dir

@@ -72,7 +72,7 @@ def test_deeply_nested_json_is_400_not_500(client: TestClient, depth: int) -> No
 
 
 def test_a_big_json_body_is_parsed_off_the_event_loop(settings, monkeypatch) -> None:
-    from app.api.routes import predict as route
+    from app.families.mlp import serving as route
 
     threads: list[str] = []
     original = route.parse_json

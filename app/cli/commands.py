@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -165,26 +164,19 @@ def _follow(client: Client, job: dict[str, Any]) -> dict[str, Any]:
     from tqdm import tqdm
 
     with tqdm(total=job["progress"]["total_steps"], unit="step", desc=job["adapter_name"]) as bar:
-        after = None
-        while True:
-            job = client.get_job(job["id"])
+        for now, events in client.watch(job["id"]):
+            job = now
             bar.update(job["progress"]["step"] - bar.n)
             loss = job["progress"]["train_loss"]
             if loss is not None:
                 bar.set_postfix(loss=f"{loss:.4g}")
-            page = client.job_events(job["id"], after=after)
-            for event in page["data"]:
-                after = event["id"]
-                if event["type"] == "metrics":
-                    d = event["data"]
-                    val, recall = d.get("validation_loss"), d.get("validation_recall_at_1")
-                    extra = f", validation_loss {val:.6g}" if val is not None else ""
-                    extra += f", validation recall@1 {recall:.4g}" if recall is not None else ""
-                    bar.write(f"epoch {d['epoch']}: train_loss {d['train_loss']:.6g}{extra}")
-            if job["status"] in ("succeeded", "failed", "cancelled") and not page["has_more"]:
-                bar.write(f"job {job['status']}")
-                return job
-            time.sleep(0.5)
+            for d in (e["data"] for e in events if e["type"] == "metrics"):
+                val, recall = d.get("validation_loss"), d.get("validation_recall_at_1")
+                extra = f", validation_loss {val:.6g}" if val is not None else ""
+                extra += f", validation recall@1 {recall:.4g}" if recall is not None else ""
+                bar.write(f"epoch {d['epoch']}: train_loss {d['train_loss']:.6g}{extra}")
+        bar.write(f"job {job['status']}")
+        return job
 
 
 def _plot(client: Client, job_id: str, path: Path) -> None:

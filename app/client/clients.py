@@ -53,20 +53,27 @@ class Client(Operations):
                     yield text
         raise unfinished(response.status_code)
 
-    def follow(self, job_id: str, poll_s: float = 0.5) -> Iterator[dict[str, Any]]:
-        """Each event of a job as it comes, until the job has ended."""
+    def watch(
+        self, job_id: str, poll_s: float = 0.5
+    ) -> Iterator[tuple[dict[str, Any], list[dict[str, Any]]]]:
+        """The job and the events it added since the last look, every `poll_s` seconds, until
+        it has ended and every event has been read. The job is read before its events: a job
+        seen ended has recorded all of them."""
         after = None
         while True:
+            job = self.get_job(job_id)
             page = self.job_events(job_id, after=after)
-            for event in page["data"]:
-                after = event["id"]
-                yield event
+            after = page["data"][-1]["id"] if page["data"] else after
+            yield job, page["data"]
             if not page["has_more"]:
-                if self.get_job(job_id)["status"] in DONE:
-                    if not self.job_events(job_id, after=after)["data"]:
-                        return
-                    continue
+                if job["status"] in DONE:
+                    return
                 time.sleep(poll_s)
+
+    def follow(self, job_id: str, poll_s: float = 0.5) -> Iterator[dict[str, Any]]:
+        """Each event of a job as it comes, until the job has ended."""
+        for _, events in self.watch(job_id, poll_s):
+            yield from events
 
     def close(self) -> None:
         self.http.close()
@@ -104,19 +111,26 @@ class AsyncClient(Operations):
                     yield text
         raise unfinished(response.status_code)
 
-    async def follow(self, job_id: str, poll_s: float = 0.5) -> AsyncIterator[dict[str, Any]]:
+    async def watch(
+        self, job_id: str, poll_s: float = 0.5
+    ) -> AsyncIterator[tuple[dict[str, Any], list[dict[str, Any]]]]:
+        """As Client.watch."""
         after = None
         while True:
+            job = await self.get_job(job_id)
             page = await self.job_events(job_id, after=after)
-            for event in page["data"]:
-                after = event["id"]
-                yield event
+            after = page["data"][-1]["id"] if page["data"] else after
+            yield job, page["data"]
             if not page["has_more"]:
-                if (await self.get_job(job_id))["status"] in DONE:
-                    if not (await self.job_events(job_id, after=after))["data"]:
-                        return
-                    continue
+                if job["status"] in DONE:
+                    return
                 await asyncio.sleep(poll_s)
+
+    async def follow(self, job_id: str, poll_s: float = 0.5) -> AsyncIterator[dict[str, Any]]:
+        """Each event of a job as it comes, until the job has ended."""
+        async for _, events in self.watch(job_id, poll_s):
+            for event in events:
+                yield event
 
     async def aclose(self) -> None:
         await self.http.aclose()

@@ -12,17 +12,11 @@ import torch
 from playwright.sync_api import Page, expect
 from safetensors.torch import load
 
-from support.console import open_tab, screenshot
-from support.helpers import TINY_SIZES, adapter_files, lora_tensors, peft_config, reference_forward
+from support.console import make_adapter, open_tab, screenshot
+from support.helpers import TINY_SIZES, peft_config, reference_forward
 from support.server import Server
 
 TARGETS = ("layer1", "layer2")
-
-
-def make_adapter(seed: int, rank: int = 4) -> tuple[dict, dict, bytes, bytes]:
-    config = peft_config(rank, 2 * rank, TARGETS)
-    tensors = lora_tensors(TINY_SIZES, TARGETS, rank, seed)
-    return config, tensors, *adapter_files(config, tensors)
 
 
 def pick_and_upload(page: Page, tmp_path: Path, name: str, config: bytes, weights: bytes) -> None:

@@ -10,9 +10,8 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from support.console import screenshot
+from support.console import make_adapter, screenshot
 from support.server import Server, running_server
-from tests.console.test_adapters import make_adapter
 
 ADMIN, READER = "admin-key-for-console-tests", "read-only-key-for-console-tests"
 

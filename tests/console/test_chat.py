@@ -13,11 +13,17 @@ import httpx
 import pytest
 from playwright.sync_api import Locator, Page, Route, expect
 
-from support.console import open_tab, screenshot
+from support.console import (
+    HOSTILE,
+    assert_inert,
+    fake_json,
+    open_tab,
+    screenshot,
+    start_job,
+    upload_dataset,
+)
 from support.gen_helpers import write_tiny_causal_lm, write_tuned_adapter
 from support.server import Server, running_server
-from tests.console.test_hostile import HOSTILE, assert_inert, fake_json
-from tests.console.test_training import start_job, upload_dataset
 
 KEY = "chat-admin-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}

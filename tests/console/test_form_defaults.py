@@ -9,7 +9,7 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 
 from app.api.schemas import Hyperparameters
-from tests.api.test_jobs import create, dataset
+from support.training import create, dataset
 
 PAGE = Path(__file__).resolve().parents[2] / "app" / "console" / "index.html"
 

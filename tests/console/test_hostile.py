@@ -3,33 +3,17 @@ name or job message cannot run script in the console."""
 
 from __future__ import annotations
 
-import json
-import re
-
 import torch
-from playwright.sync_api import Browser, Page, Route, expect
+from playwright.sync_api import Browser, Page, expect
 from safetensors.torch import save
 
-from support.console import open_tab, screenshot
+from support.console import HOSTILE, assert_inert, fake_json, open_tab, screenshot
 from support.helpers import TINY_SIZES
 from support.server import Server
 
 # Each would set window.pwned if it ever reached the page as markup.
-HOSTILE = '<img src=x onerror="window.pwned=1"><script>window.pwned=1</script>'
 # Without quotes: browsers escape `"` in a multipart file name (as %22).
 HOSTILE_FILE = "<img src=x onerror=window.pwned=1>.safetensors"
-
-
-def assert_inert(page: Page, where: str) -> None:
-    assert page.evaluate("window.pwned") is None
-    assert page.locator(f"{where} img, {where} script").count() == 0
-
-
-def fake_json(page: Page, pattern: str, answer: dict) -> None:
-    def fulfil(route: Route) -> None:
-        route.fulfill(status=200, content_type="application/json", body=json.dumps(answer))
-
-    page.route(re.compile(pattern), fulfil)
 
 
 def adapter(name: str, broken: bool) -> dict:

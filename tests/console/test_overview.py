@@ -9,10 +9,9 @@ import time
 import httpx
 from playwright.sync_api import Page, expect
 
-from support.console import open_tab, screenshot
+from support.console import make_adapter, open_tab, screenshot
 from support.helpers import TINY_SIZES
 from support.server import Server
-from tests.console.test_adapters import make_adapter
 
 
 def fact(page: Page, term: str):

@@ -12,11 +12,10 @@ import numpy as np
 import pytest
 from playwright.sync_api import Page, expect
 
-from support.console import open_tab, screenshot
+from support.console import open_tab, screenshot, start_job, upload_dataset
 from support.helpers import write_tiny_text_model
 from support.server import Server, running_server
-from tests.api.test_text_training import PAIRS
-from tests.console.test_training import start_job, upload_dataset
+from support.training import PAIRS
 
 TEXTS = ["code apple", "the word apple", "code tiger"]
 

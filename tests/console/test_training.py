@@ -11,7 +11,7 @@ import torch
 from playwright.sync_api import Page, expect
 from safetensors.torch import save_file
 
-from support.console import open_tab, screenshot
+from support.console import open_tab, screenshot, start_job, upload_dataset
 from support.helpers import TINY_SIZES, lora_tensors, peft_config, reference_forward
 from support.server import Server
 
@@ -25,27 +25,6 @@ def write_dataset(path: Path, base: Path, rows: int, seed: int) -> Path:
     tensors = {k: 4 * v for k, v in lora_tensors(TINY_SIZES, config["target_modules"], 2).items()}
     save_file({"inputs": x, "targets": reference_forward(base, x, config, tensors).float()}, path)
     return path
-
-
-def upload_dataset(page: Page, path: Path) -> str:
-    page.set_input_files("#dataset-file", str(path))
-    page.click("#dataset-form button[type=submit]")
-    expect(page.locator("#notice")).to_contain_text("uploaded")
-    listed = page.locator("#datasets-table tbody tr", has_text=path.name)
-    expect(listed).to_have_count(1)
-    return listed.locator("td").first.get_attribute("title") or ""
-
-
-def start_job(page: Page, name: str, train: str, valid: str | None, epochs: int, batch: int):
-    page.fill("#job-name", name)
-    page.select_option("#job-train", train)
-    page.select_option("#job-valid", valid or "")
-    page.fill("#job-rank", "2")
-    page.fill("#job-epochs", str(epochs))
-    page.fill("#job-batch", str(batch))
-    page.fill("#job-lr", "0.01")
-    page.click("#job-form button[type=submit]")
-    expect(page.locator("#notice")).to_contain_text(f"will write the adapter {name}")
 
 
 def test_train_and_watch_the_curve_grow_to_completion(

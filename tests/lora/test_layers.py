@@ -15,7 +15,7 @@ from app.lora import (
     unmerged_linear,
     wrap_layers,
 )
-from tests.lora.test_ops import SIZES, longhand, make_adapter, make_model
+from support.lora import SIZES, longhand, make_adapter, make_model
 
 
 class Nested(nn.Module):

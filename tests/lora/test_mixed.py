@@ -8,7 +8,7 @@ import torch
 
 from app.lora import MixedBatch, unmerged_linear
 from support.helpers import forward
-from tests.lora.test_ops import SIZES, longhand, make_adapter, make_model
+from support.lora import SIZES, longhand, make_adapter, make_model
 
 
 def test_mixed_batch_of_256_rows_over_32_adapters_equals_each_row_alone() -> None:

@@ -9,7 +9,7 @@ import torch
 
 from app.lora import AdapterStack, MixedBatch, StackedBatch, rank_bucket, unmerged_linear
 from support.helpers import forward
-from tests.lora.test_ops import SIZES, make_adapter, make_model
+from support.lora import SIZES, make_adapter, make_model
 
 
 def both(model, keys, adapters, x):

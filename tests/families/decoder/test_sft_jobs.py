@@ -3,7 +3,6 @@ the adapter answering exactly what it was taught, at once; bad datasets refused,
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,9 +11,9 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.settings import Settings
+from support.chats import ROWS, answer, upload
 from support.gen_helpers import write_tiny_causal_lm
-from tests.api.test_jobs import create, wait_for
-from tests.training.test_sft import ROWS
+from support.training import create, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -30,28 +29,6 @@ def client(tiny_llama: Path, tmp_path: Path) -> Iterator[TestClient]:
     )  # fmt: skip
     with TestClient(create_app(settings)) as c:
         yield c
-
-
-def upload(client: TestClient, rows: list[object]) -> str:
-    data = "\n".join(json.dumps(r) for r in rows).encode()
-    response = client.post("/v1/datasets", files={"file": ("chats.jsonl", data)})
-    assert response.status_code == 201, response.text
-    assert response.json()["format"] == "chat"
-    return str(response.json()["id"])
-
-
-def answer(client: TestClient, model: str, row: dict) -> str:
-    if "messages" in row:
-        body = {
-            "model": model,
-            "messages": row["messages"][:-1],
-            "temperature": 0,
-            "max_tokens": 12,
-        }
-        got = client.post("/v1/chat/completions", json=body).json()
-        return str(got["choices"][0]["message"]["content"])
-    body = {"model": model, "prompt": row["prompt"], "temperature": 0, "max_tokens": 12}
-    return str(client.post("/v1/completions", json=body).json()["choices"][0]["text"])
 
 
 def test_an_sft_job_teaches_the_answers_and_serves_them_at_once(

@@ -16,10 +16,8 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from app.settings import Settings
 from support.helpers import write_tiny_text_model
-from tests.api.test_jobs import create, wait_for
+from support.training import PAIRS, create, wait_for
 
-WORDS = ["apple", "river", "stone", "cloud", "piano", "tiger", "lemon", "glass"]
-PAIRS = [{"anchor": f"code {w}", "positive": f"the word {w}"} for w in WORDS]
 QV = [f"encoder.layer.{i}.attention.self.{m}" for i in range(2) for m in ("query", "value")]
 
 

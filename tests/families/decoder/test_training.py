@@ -13,13 +13,8 @@ from app.families.decoder.family import DecoderFamily
 from app.families.decoder.training import Sft, train_sft_lora
 from app.lora import LoraModule
 from app.training.trainer import StepReport, TrainConfig
+from support.chats import ROWS
 from support.gen_helpers import write_tiny_causal_lm
-
-ROWS = [
-    {"messages": [{"role": "user", "content": f"capital {w}"},
-                  {"role": "assistant", "content": a}]}
-    for w, a in [("France", "Paris"), ("fox", "lazy dog"), ("world", "today")]
-] + [{"prompt": "LoRA adapters are", "completion": " low rank"}]  # fmt: skip
 
 
 @pytest.fixture(scope="module", params=["llama", "gpt2"])

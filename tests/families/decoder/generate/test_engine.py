@@ -11,7 +11,7 @@ import pytest
 from app.errors import InvalidInput, QueueFull
 from app.families.decoder.generate import plan as step_plan
 from app.families.decoder.generate.sampling import SamplingParams
-from tests.generate.serving import (
+from support.generate import (
     ADAPTERS,
     NEW,
     PROMPTS,

@@ -9,7 +9,7 @@ import pytest
 
 from app.api.observability import generation_metrics
 from app.families.decoder.generate.sampling import SamplingParams
-from tests.generate.serving import PROMPTS, run, run_tokens, start
+from support.generate import PROMPTS, run, run_tokens, start
 
 BLOCK = 4
 

@@ -14,11 +14,10 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.settings import Settings
+from support.chats import ROWS, answer, upload
 from support.gen_helpers import write_tiny_causal_lm, write_tuned_adapter
 from support.helpers import write_tiny_text_model
-from tests.api.test_jobs import create, wait_for
-from tests.api.test_sft_jobs import answer, upload
-from tests.training.test_sft import ROWS
+from support.training import create, wait_for
 
 PROMPTS = ["The capital of France is", "LoRA adapters are", "0 1 2 3", "Hello world, how"]
 NEW = 12

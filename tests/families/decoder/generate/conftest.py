@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from support.gen_helpers import LAYOUTS, write_tiny_causal_lm
-from tests.generate.serving import engines, served  # noqa: F401 (fixtures for every module)
+from support.generate import engines, served  # noqa: F401 (fixtures for every module)
 
 
 @pytest.fixture(scope="session")

@@ -13,8 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app.main import create_app
 from app.settings import Settings
-from support.gen_helpers import tiny_tokenizer, write_tiny_causal_lm, write_tuned_adapter
-from tests.api.test_completions import reference
+from support.gen_helpers import reference, tiny_tokenizer, write_tiny_causal_lm, write_tuned_adapter
 
 PROMPT = "LoRA adapters are low rank updates of a frozen model, served side by side"
 NEW = 12

@@ -54,7 +54,7 @@ def test_check_fails_on_different_weights_and_writes_nothing(tmp_path: Path, cap
 
 def test_the_committed_model_meets_the_commands_target() -> None:
     # Bit-for-bit: `python -m app.families.mlp.seed --check` (minutes, so not run here).
-    folder = Path(__file__).resolve().parents[2] / "models" / "seed-linear"
+    folder = Path(__file__).resolve().parents[3] / "models" / "seed-linear"
     assert (folder / "config.json").read_text() == SEED_CONFIG.to_json()
     weights = load_file(folder / "model.safetensors")
     x, y = make_regression(10_000, make_theta(), seed=1)  # the training data of `pretrain`

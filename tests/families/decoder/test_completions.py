@@ -9,14 +9,11 @@ from pathlib import Path
 
 import openai
 import pytest
-import torch
 from fastapi.testclient import TestClient
-from peft import PeftModel
-from transformers import AutoModelForCausalLM
 
 from app.main import create_app
 from app.settings import Settings
-from support.gen_helpers import tiny_tokenizer, write_tiny_causal_lm, write_tuned_adapter
+from support.gen_helpers import reference, tiny_tokenizer, write_tiny_causal_lm, write_tuned_adapter
 
 KEY = "gen-admin-key"
 HELLO = [{"role": "user", "content": "What is the capital of France?"}]
@@ -57,16 +54,6 @@ def chat(client: TestClient, **body) -> dict:
     answer = client.post("/v1/chat/completions", json={"messages": HELLO, **body})
     assert answer.status_code == 200, answer.text
     return answer.json()
-
-
-def reference(base_dir: Path, ids: list[int], adapter_dir: Path | None, new: int) -> list[int]:
-    model = AutoModelForCausalLM.from_pretrained(base_dir)
-    if adapter_dir is not None:
-        model = PeftModel.from_pretrained(model, adapter_dir)
-    out = model.generate(
-        torch.tensor([ids]), max_new_tokens=new, min_new_tokens=new, do_sample=False
-    )
-    return out[0, len(ids) :].tolist()
 
 
 def test_the_model_says_it_generates(client: TestClient) -> None:

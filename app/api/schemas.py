@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.training.hyperparameters import Hyperparameters, Loss, TrainConfig
+
 Residency = Literal["disk", "host", "device"]
 
 
@@ -170,42 +172,11 @@ class DatasetList(BaseModel):
     data: list[DatasetPublic]
 
 
-class Hyperparameters(BaseModel):
-    """What the caller may set; everything has a default."""
-
-    # Strict: wrong types are a 422, never coerced ("false" is not a bool); an int is a float.
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    rank: int = Field(default=8, ge=1)
-    alpha: float | None = Field(
-        default=None, gt=0, allow_inf_nan=False, description="default: rank"
-    )
-    target_modules: list[str] | None = Field(
-        default=None,
-        description="default: PEFT's for the model type (q_proj and v_proj for Llama, Qwen2 and "
-        "Mistral; c_attn for GPT-2; query and value for BERT), else every linear layer",
-    )
-    epochs: int = Field(default=3, ge=1, le=100_000)
-    batch_size: int = Field(default=128, ge=1, le=1_000_000)
-    learning_rate: float = Field(default=1e-3, gt=0, allow_inf_nan=False)
-    use_rslora: bool = False
-    loss: Literal["mse", "cross_entropy", "contrastive", "sft"] | None = Field(
-        default=None,
-        description="default: mse on a vector base; contrastive (in-batch negatives) on a text "
-        "base; sft (cross-entropy on the answer tokens) on a decoder base",
-    )
-    seed: int = Field(default=0, ge=0, le=2**63 - 1)
-
-
-class ResolvedHyperparameters(BaseModel):
-    rank: int
-    alpha: float
-    target_modules: list[str]
-    epochs: int
-    batch_size: int
-    learning_rate: float
+# As a job reports them: every field filled in (no docstring: it would change the API's schema).
+class ResolvedHyperparameters(TrainConfig):
+    target_modules: list[str]  # type: ignore[assignment]  # a JSON list, as it was sent
     use_rslora: bool
-    loss: Literal["mse", "cross_entropy", "contrastive", "sft"]
+    loss: Loss
     seed: int
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
 
 from app.adapters import AdapterRegistry
 from app.adapters.catalog import lock_project
@@ -12,13 +11,12 @@ from app.adapters.peft_format import check_name
 from app.errors import (
     AdapterExists,
     Conflict,
-    InvalidInput,
     TooManyRequests,
-    shorten,
 )
 from app.state.tables import DEFAULT_PROJECT
 from app.training.datasets import DatasetStore
 from app.training.family import Trainable
+from app.training.hyperparameters import Hyperparameters
 from app.training.jobs import ACTIVE, Job, JobStore
 from app.training.trainer import total_steps
 from app.training.worker import TrainingWorker
@@ -32,40 +30,6 @@ class JobNotCancellable(Conflict):
 
 class DatasetInUse(Conflict):
     code = "dataset_in_use"
-
-
-def _matches(layer: str, name: str) -> bool:
-    """PEFT's rule: a target is a whole module name, or its last dotted parts."""
-    return layer == name or layer.endswith("." + name)
-
-
-def resolve_targets(family: Trainable, requested: list[str] | None) -> list[str]:
-    """Full module names, in model order, for the names a job gave (or the defaults)."""
-    linears = list(family.base.linears())
-    if not requested:
-        defaults = family.default_targets()
-        requested = list(defaults) if defaults else linears
-    unknown = [t for t in requested if not any(_matches(layer, t) for layer in linears)]
-    if unknown:
-        raise InvalidInput(
-            f"target_modules {shorten(unknown)} match no linear layer; the base has "
-            f"{shorten(linears, 400)}",
-            "hyperparameters.target_modules",
-        )
-    return [layer for layer in linears if any(_matches(layer, t) for t in requested)]
-
-
-def check_loss(family: Trainable, loss: str | None) -> str:
-    """The default loss of the base's inputs, or the one asked for if it fits them."""
-    allowed, kind = family.losses, family.trains_on
-    if loss is None:
-        return allowed[0]
-    if loss not in allowed:
-        raise InvalidInput(
-            f"loss {loss!r} does not fit a base that trains on {kind}; use one of {list(allowed)}",
-            "hyperparameters.loss",
-        )
-    return loss
 
 
 class TrainingService:
@@ -104,20 +68,12 @@ class TrainingService:
         adapter_name: str,
         training_dataset: str,
         validation_dataset: str | None,
-        hyperparameters: dict[str, Any],
+        hyperparameters: Hyperparameters,
         project: str = DEFAULT_PROJECT,
     ) -> Job:
         """Check everything that can be checked now, resolve defaults, queue the job."""
         check_name(adapter_name, "adapter_name")
-        hp = dict(hyperparameters)
-        if hp["rank"] > self.max_rank:
-            raise InvalidInput(
-                f"rank {shorten(str(hp['rank']))} is over the limit of {self.max_rank}",
-                "hyperparameters.rank",
-            )
-        hp["loss"] = check_loss(self.family, hp.get("loss"))
-        hp["target_modules"] = resolve_targets(self.family, hp.get("target_modules"))
-        hp["alpha"] = float(hp["alpha"] if hp.get("alpha") is not None else hp["rank"])
+        config = hyperparameters.resolve(self.family, self.max_rank)
         # One transaction holding the project's lock, from the first check to the insert: no
         # other process can delete the dataset, or queue a job for the name, in between.
         with self._lock, self.jobs.db.write() as conn:
@@ -141,16 +97,22 @@ class TrainingService:
                 )
             progress = {
                 "epoch": 0,
-                "epochs": hp["epochs"],
+                "epochs": config.epochs,
                 "step": 0,
-                "total_steps": total_steps(train.rows, hp["batch_size"], hp["epochs"]),
+                "total_steps": total_steps(train.rows, config.batch_size, config.epochs),
                 "train_loss": None,
                 "validation_loss": None,
                 "validation_recall_at_1": None,
                 "validation_exact_match": None,
             }
             job = self.jobs.create(
-                adapter_name, training_dataset, validation_dataset, hp, progress, project, conn
+                adapter_name,
+                training_dataset,
+                validation_dataset,
+                config.model_dump(mode="json"),
+                progress,
+                project,
+                conn,
             )
         self.worker.notify()
         return job

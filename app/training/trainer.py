@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -25,21 +25,7 @@ from app.lora import (
     wrap_layers,
 )
 from app.training.fastpath import TrainingPlan, dense, plan_training
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Resolved hyperparameters of one training run."""
-
-    rank: int
-    alpha: float
-    target_modules: tuple[str, ...]
-    epochs: int
-    batch_size: int
-    learning_rate: float
-    use_rslora: bool = False
-    loss: Literal["mse", "cross_entropy", "contrastive", "sft"] = "mse"
-    seed: int = 0
+from app.training.hyperparameters import TrainConfig
 
 
 @dataclass(frozen=True)

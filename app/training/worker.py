@@ -136,18 +136,7 @@ class TrainingWorker:
                 stop.set()
 
     def _train(self, job: Job, stop: threading.Event) -> None:
-        hp = job.hyperparameters
-        config = TrainConfig(
-            rank=hp["rank"],
-            alpha=hp["alpha"],
-            target_modules=tuple(hp["target_modules"]),
-            epochs=hp["epochs"],
-            batch_size=hp["batch_size"],
-            learning_rate=hp["learning_rate"],
-            use_rslora=hp["use_rslora"],
-            loss=hp["loss"],
-            seed=hp["seed"],
-        )
+        config = TrainConfig.model_validate(job.hyperparameters)
         try:
             train = self.family.trainer(self.datasets, job, config)
         except ServiceError as exc:

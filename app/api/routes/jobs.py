@@ -58,7 +58,7 @@ async def create_job(body: JobCreate, training: Training, project: ProjectDep) -
         body.adapter_name,
         body.training_dataset,
         body.validation_dataset,
-        body.hyperparameters.model_dump(),
+        body.hyperparameters,
         project,
     )
     return _public(job)

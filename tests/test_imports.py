@@ -179,8 +179,8 @@ def test_only_the_composition_root_builds_a_processs_objects() -> None:
     )
     # Each owner's own helpers: the registry opens its store (`local`), the worker its jobs.
     assert built == [
-        "app.adapters.registry builds Database",
-        "app.adapters.registry builds ObjectStore",
+        "app.adapters.reads builds Database",
+        "app.adapters.reads builds ObjectStore",
         "app.training.service builds TrainingWorker",
     ]
 

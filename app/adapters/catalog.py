@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import Connection
@@ -178,3 +179,8 @@ def set_problem(conn: Connection, project: str, version_id: str, problem: str) -
         .where(versions.c.project_id == project, versions.c.id == version_id)
         .values(problem=problem)
     )
+
+
+def quota_of(conn: Connection, project: str, column: str) -> Any:
+    """A project's own limit (a column of `projects`), or None for the service's."""
+    return conn.execute(sa.select(projects.c[column]).where(projects.c.id == project)).scalar()

@@ -1,351 +1,242 @@
-"""The adapters of every project: names -> immutable versions in the database, files in the
-object store, and a cache of loaded weights keyed by version id.
+"""The adapter registry: reads (reads.py) and creating, replacing and deleting adapters, with
+checks first, then one transaction per change.
 
-Replicas share the database and the store. A name is resolved when a request arrives, from a
-cache that may be at most `ttl_ms` old (a local write clears it at once), so after another
-replica replaces or deletes a name, this one stops serving the old version within `ttl_ms`.
-Versions never change, so weights cached by version id are never stale.
+A change holds its project's row lock (SQLite: the database's one writer lock) from the first
+check to the commit, so two writers of one name, on any replicas, take turns: each finds the
+name as the other left it, and a name always points at a whole, stored version. Files are
+written create-only under the version id before the commit that makes them reachable.
 """
 
 from __future__ import annotations
 
-import builtins
+import hashlib
 import json
-import logging
-import threading
 import time
-import weakref
-from collections import OrderedDict
-from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import cast
+from collections.abc import Callable, Mapping
 
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
+from safetensors.torch import save
 from sqlalchemy import Connection
 
 from app.adapters import catalog
 from app.adapters import peft_format as fmt
-from app.adapters.records import AdapterRecord, BaseInfo, problem_of, record_of
-from app.adapters.versions import VersionFiles, split_ref
-from app.adapters.writes import RegistryWrites, quota_of
-from app.errors import AdapterNotFound, InvalidAdapter
+from app.adapters.catalog import VersionRow
+from app.adapters.reads import RegistryReads
+from app.adapters.records import UPLOADED_SHA256, AdapterRecord, BaseInfo, Source
+from app.adapters.versions import (
+    VersionFiles,
+    canonical_safetensors,
+    safetensors_header,
+    version_id,
+)
+from app.errors import AdapterExists, AdapterNotFound, InvalidAdapter, TooManyAdapters
 from app.lora import LoraAdapter
-from app.state import Database, ObjectStore
 from app.state.tables import DEFAULT_PROJECT
 
 __all__ = ["AdapterRecord", "AdapterRegistry", "BaseInfo"]
-
-log = logging.getLogger(__name__)
-_MAX_CACHED_NAMES = 100_000  # resolved names kept; past it the cache starts over
-_MISS = object()  # not in the name cache, or too old
+_PICKLE_MAGIC = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
 
 
-class AdapterRegistry(RegistryWrites):
-    """Resolves, lists, loads (and, through RegistryWrites, writes) adapters; thread-safe."""
+class StoredBytesQuota(TooManyAdapters):
+    code = "storage_quota_exceeded"
 
-    def __init__(
+
+class AdapterRegistry(RegistryReads):
+    """Resolves, lists, loads and writes adapters; thread-safe."""
+
+    def upload(
         self,
-        db: Database,
-        objects: ObjectStore,
-        base: BaseInfo,
-        max_rank: int,
-        cache_bytes: int,
-        max_adapters: int = 100_000,
-        ttl_ms: float = 1000.0,
-    ) -> None:
-        self.db = db
-        self.objects = objects
-        self.base = base
-        self.max_rank = max_rank
-        self.cache_bytes = cache_bytes
-        self.max_adapters = max_adapters
-        self.ttl_s = ttl_ms / 1000
-        self._lock = threading.Lock()  # guards the dicts below; never held during I/O
-        self._names: dict[tuple[str, str], tuple[float, AdapterRecord | None]] = {}
-        self._by_version: dict[str, AdapterRecord] = {}
-        self._parsed: dict[tuple[str, str, str, str | None], AdapterRecord] = {}
-        self._cache: OrderedDict[str, LoraAdapter] = OrderedDict()
-        self._cached_bytes = 0
-        self._load_locks: weakref.WeakValueDictionary[str, threading.Lock] = (
-            weakref.WeakValueDictionary()
-        )
-        # At most this many versions in memory (None: only cache_bytes bounds them); a Ray
-        # replica sets it to its multiplexer's capacity.
-        self.max_resident: int | None = None
-        self.cache_hits = 0  # load() answered from memory
-        self.cache_misses = 0  # load() read the weights from the store
-        self._listeners: list[Callable[[str], None]] = []
-
-    @classmethod
-    def local(
-        cls, root: Path, base: BaseInfo, max_rank: int = 64, cache_bytes: int = 1 << 30
-    ) -> AdapterRegistry:
-        """A registry of its own: SQLite and a store folder under `root` (benchmarks, tests)."""
-        db = Database(f"sqlite:///{root / 'loraserve.db'}")
-        db.migrate()
-        return cls(db, ObjectStore(f"file://{root / 'store'}"), base, max_rank, cache_bytes)
-
-    # --- reads ----------------------------------------------------------------------------
-    def resolve(
-        self, ref: str, param: str = "adapter", project: str = DEFAULT_PROJECT
+        name: str,
+        config_data: bytes,
+        weights_data: bytes,
+        *,
+        overwrite: bool = False,
+        project: str = DEFAULT_PROJECT,
     ) -> AdapterRecord:
-        """The version `ref` (`name` or `name@version`) means now: 404 if there is none."""
-        record = self._cached_name(project, ref)
-        if record is _MISS:  # parsed only here: a cached ref was checked when it was cached
-            name, pin = split_ref(ref, param)
-            record = self._lookup(project, name, pin)
-            with self._lock:
-                if len(self._names) >= _MAX_CACHED_NAMES:
-                    self._names.clear()
-                self._names[(project, ref)] = (time.monotonic() + self.ttl_s, record)
-                if record is not None:
-                    self._by_version[record.version] = record
-        if record is None:
-            name, pin = split_ref(ref, param)
-            what = f"adapter {name!r}" if pin is None else f"version {pin!r} of adapter {name!r}"
-            raise AdapterNotFound(f"{what} not found", param)
-        return cast(AdapterRecord, record)
-
-    def versions_for(
-        self, refs: Sequence[str | None], param: str, project: str = DEFAULT_PROJECT
-    ) -> builtins.list[str | None]:
-        """Each row's version id (None for none): 404 for an unknown one, 409 for a broken one."""
-        records = {r: self.resolve(r, param, project) for r in dict.fromkeys(refs) if r is not None}
-        for record in records.values():
-            record.ready_config(param)
-        return [None if r is None else records[r].version for r in refs]
-
-    def needs_lookup(self, refs: Sequence[str | None], project: str = DEFAULT_PROJECT) -> bool:
-        """Whether resolving `refs` would read the database (some are not cached, or stale):
-        the HTTP layer then resolves them off the event loop."""
-        return any(r is not None and self._cached_name(project, r) is _MISS for r in refs)
-
-    def _cached_name(self, project: str, ref: str) -> AdapterRecord | object | None:
-        """The cached answer for a ref (a record, or None for a known miss), or _MISS."""
-        now = time.monotonic()
-        with self._lock:
-            hit = self._names.get((project, ref))
-        return hit[1] if hit is not None and hit[0] > now else _MISS
-
-    def get(self, name: str, param: str = "name", project: str = DEFAULT_PROJECT) -> AdapterRecord:
-        """The name's current version, read from the database now (not from the cache)."""
-        fmt.check_name(name, param)
-        with self._lock:
-            self._names.pop((project, name), None)
-        return self.resolve(name, param, project)
-
-    def list(self, project: str = DEFAULT_PROJECT) -> builtins.list[AdapterRecord]:
-        with self.db.read() as conn:
-            rows = catalog.all_current(conn, project)
-        return [self._record(r) for r in rows]
-
-    def history(
-        self, name: str, project: str = DEFAULT_PROJECT
-    ) -> builtins.list[tuple[AdapterRecord, int]]:
-        """Every version the name has served, newest first, with when it started serving it."""
+        """Validate PEFT files strictly, then store and register them; nothing changes on error."""
         fmt.check_name(name)
-        with self.db.read() as conn:
-            rows = catalog.history(conn, project, name)
-        if not rows:
-            raise AdapterNotFound(f"adapter {name!r} not found", "name")
-        return [(self._record(r), at) for r, at in rows]
+        self.check_room(name, project, overwrite)
+        adapter = self._checked(config_data, weights_data)
+        # We store a rewritten file (fp32, our header), so keep the digest of what was sent.
+        uploaded = {UPLOADED_SHA256: hashlib.sha256(weights_data).hexdigest()}
+        return self.add(
+            name, adapter, source="upload", overwrite=overwrite, metadata=uploaded, project=project
+        )
 
-    def count(self, project: str | None = None) -> int:
-        """Names in the project (in all projects for None)."""
-        with self.db.read() as conn:
-            return catalog.count(conn, project)
+    def add(
+        self,
+        name: str,
+        adapter: LoraAdapter,
+        *,
+        source: Source,
+        overwrite: bool = False,
+        metadata: Mapping[str, str] | None = None,
+        project: str = DEFAULT_PROJECT,
+        within: Callable[[Connection], None] | None = None,
+    ) -> AdapterRecord:
+        """Store a checked adapter (fp32, our metadata in the header) as a version of `name`.
 
-    def quota(self, project: str, column: str, within: Connection | None = None) -> int | None:
-        """A project's own limit (`max_adapters`, `max_queued_jobs`, `max_stored_bytes`)."""
-        with self.db.read(within) as conn:
-            return quota_of(conn, project, column)  # type: ignore[no-any-return]
-
-    def files(self, ref: str, project: str = DEFAULT_PROJECT) -> dict[str, bytes]:
-        """The two PEFT files of a version, exactly as stored."""
-        record = self.resolve(ref, "name", project)
-        record.ready_config("name")
-        try:
-            return VersionFiles.read(self.objects, record.project, record.version)
-        except FileNotFoundError as exc:
-            with self.db.read() as conn:
-                still = catalog.has_version(conn, record.project, record.version)
-            if not still:  # deleted since this request resolved it
-                raise AdapterNotFound(f"adapter {record.name!r} not found", "name") from exc
-            raise self._mark_broken(record, exc).broken_error("name") from exc
-
-    def load(self, version: str, param: str = "adapter") -> tuple[AdapterRecord, LoraAdapter]:
-        """A version's record and weights on the serving device, from the cache or the store.
-
-        409 `adapter_broken` when its files cannot be read or no longer pass the checks.
+        The header holds nothing that changes between two writes of the same weights, so the
+        same adapter always makes the same version. `within(conn)` runs in the registering
+        transaction, before its commit: if it raises, nothing is registered.
         """
-        record = self._record_of_version(version, param)
-        config = record.ready_config(param)
-        cached = self._cached(version)
-        if cached is not None:
-            self.cache_hits += 1
-            return record, cached
-        self.cache_misses += 1
-        with self._load_lock(version):
-            cached = self._cached(version)
-            if cached is not None:
-                return record, cached
-            try:
-                data = self._read_weights(record, param)
-                tensors = load_safetensors(data)
-                fmt.check_header(fmt.header_of(tensors), config, self.base.linears)
-                adapter = fmt.build_adapter(tensors, config, self.base.dtype)
-            except FileNotFoundError as exc:  # deleted since the request resolved it
-                raise AdapterNotFound(f"adapter {record.name!r} not found", param) from exc
-            except (InvalidAdapter, SafetensorError) as exc:
-                raise self._mark_broken(record, exc).broken_error(param) from exc
-            adapter = adapter.to(self.base.device, self.base.dtype)
-            self._remember(version, adapter)
-        return record, adapter
+        fmt.check_name(name)
+        header = {
+            "format": "pt",
+            "source": source,
+            "base_model": self.base.name,
+            "base_fingerprint": self.base.fingerprint,
+            **(metadata or {}),
+        }
+        tensors = {}
+        for module, m in adapter.modules.items():
+            tensors[fmt.tensor_key(module, "lora_A")] = m.lora_A.detach().float().cpu().contiguous()
+            tensors[fmt.tensor_key(module, "lora_B")] = m.lora_B.detach().float().cpu().contiguous()
+        files = {
+            fmt.CONFIG_FILE: fmt.config_json(adapter.config, self.base.name),
+            fmt.WEIGHTS_FILE: canonical_safetensors(save(tensors, metadata=header)),
+        }
+        return self._publish(project, name, files, header, source, overwrite, within)
 
-    @property
-    def resident_count(self) -> int:
-        return len(self._cache)
+    def import_files(
+        self,
+        name: str,
+        config_data: bytes,
+        weights_data: bytes,
+        project: str = DEFAULT_PROJECT,
+    ) -> AdapterRecord:
+        """Register files of an older store, checked as an upload is, kept byte for byte."""
+        fmt.check_name(name)
+        self._checked(config_data, weights_data)
+        header = _safetensors_metadata(weights_data)
+        source = "training" if header.get("source") == "training" else "upload"
+        files = {fmt.CONFIG_FILE: config_data, fmt.WEIGHTS_FILE: weights_data}
+        created = header.get("created_at", "")
+        when = (
+            int(created) if created.isascii() and created.isdigit() and len(created) < 12 else None
+        )
+        return self._publish(project, name, files, header, source, False, created_at=when)
 
-    @property
-    def cached_bytes(self) -> int:
-        return self._cached_bytes
+    def delete(self, name: str, project: str = DEFAULT_PROJECT) -> None:
+        """Remove a name, its history, and the versions nothing else in the project uses."""
+        fmt.check_name(name)
+        with self.db.write() as conn:
+            catalog.lock_project(conn, project)
+            if catalog.current(conn, project, name) is None:
+                raise AdapterNotFound(f"adapter {name!r} not found", "name")
+            orphans = catalog.remove(conn, project, name)
+            # Under the lock, before the commit: a writer of the same content waits, then
+            # finds neither row nor files, and stores both again.
+            for version in orphans:
+                VersionFiles.delete(self.objects, project, version)
+        self._forget_name(project, name)
+        for version in orphans:
+            self._forget_version(version)
 
-    def is_resident(self, record: AdapterRecord) -> bool:
-        with self._lock:
-            return record.version in self._cache
-
-    def evict(self, version: str) -> None:
-        """Drop a version's weights from memory (a Ray replica's multiplexer let it go); the
-        next request for it reads them again."""
-        with self._lock:
-            adapter = self._cache.pop(version, None)
-            if adapter is not None:
-                self._cached_bytes -= adapter.nbytes
-
-    def resident_versions(self) -> builtins.list[str]:
-        """Versions with weights in memory, least recently used first."""
-        with self._lock:
-            return builtins.list(self._cache)
-
-    def on_change(self, listener: Callable[[str], None]) -> None:
-        """Call `listener(version)` when no name uses a version any more (to drop copies)."""
-        self._listeners.append(listener)
+    def check_room(
+        self,
+        name: str,
+        project: str = DEFAULT_PROJECT,
+        overwrite: bool = True,
+        within: Connection | None = None,
+    ) -> None:
+        """409 if the name is taken (unless overwriting); 413 past the project's adapter quota."""
+        with self.db.read(within) as conn:
+            self._check_room(conn, project, name, overwrite)
 
     # --- internals ------------------------------------------------------------------------
-    def _lookup(self, project: str, name: str, pin: str | None) -> AdapterRecord | None:
-        with self.db.read() as conn:
-            if pin is None:
-                row = catalog.current(conn, project, name)
-            else:
-                matches = [
-                    r for r, _ in catalog.history(conn, project, name) if r.id.startswith(pin)
-                ]
-                row = matches[0] if len({r.id for r in matches}) == 1 else None
-        return None if row is None else self._record(row)
-
-    def _record(self, row: catalog.VersionRow) -> AdapterRecord:
-        """The record of a row; parsed once per (project, name, version, problem), since a
-        refresh of a name usually finds the version it found before."""
-        key = (row.project, row.name, row.id, row.problem)
-        with self._lock:
-            record = self._parsed.get(key)
-        if record is None:
-            record = record_of(row, self.base, self.max_rank)
-            with self._lock:
-                if len(self._parsed) >= _MAX_CACHED_NAMES:
-                    self._parsed.clear()
-                self._parsed[key] = record
-        return record
-
-    def _record_of_version(self, version: str, param: str) -> AdapterRecord:
-        with self._lock:
-            record = self._by_version.get(version)
-        if record is None:
-            with self.db.read() as conn:
-                row = catalog.by_id(conn, version)
-            if row is None:
-                raise AdapterNotFound(f"adapter version {version!r} not found", param)
-            record = self._record(row)
-            with self._lock:
-                self._by_version[version] = record
-        return record
-
-    def _read_weights(self, record: AdapterRecord, param: str) -> bytes:
-        """The weights of a version, from the project the record came from, or, if that
-        project deleted it since, from any project that still has the same version: the
-        bytes are the same. FileNotFoundError when none has it; a version whose row is still
-        there but whose file is gone is marked broken first."""
-        key = VersionFiles.key(record.project, record.version, fmt.WEIGHTS_FILE)
+    def _checked(self, config_data: bytes, weights_data: bytes) -> LoraAdapter:
+        base = self.base
+        config = fmt.parse_config(
+            config_data, base.linears, self.max_rank, base.conv1d, base.frozen
+        )
+        if weights_data.startswith(_PICKLE_MAGIC):
+            raise InvalidAdapter(
+                "weights look like a pickled .bin file; only safetensors is accepted", "weights"
+            )
         try:
-            return self.objects.read(key)
-        except FileNotFoundError as exc:
-            # A delete removes the files before it commits, under the project's lock: wait for
-            # that lock so its outcome is settled, then read once more, since the same content
-            # may have been stored again meanwhile. Only a row whose file is still gone is broken.
+            tensors = load_safetensors(weights_data)
+        except (SafetensorError, ValueError, RuntimeError) as exc:
+            raise InvalidAdapter(
+                f"weights are not a valid safetensors file: {exc}", "weights"
+            ) from exc
+        fmt.check_header(fmt.header_of(tensors), config, self.base.linears)
+        return fmt.build_adapter(tensors, config, self.base.dtype)
+
+    def _check_room(
+        self, conn: Connection, project: str, name: str, overwrite: bool
+    ) -> catalog.VersionRow | None:
+        current = catalog.current(conn, project, name)
+        if current is not None:
+            if not overwrite:
+                raise AdapterExists(f"adapter {name!r} already exists; pass overwrite=true", "name")
+            return current
+        limit = catalog.quota_of(conn, project, "max_adapters") or self.max_adapters
+        if catalog.count(conn, project) >= limit:
+            raise TooManyAdapters(
+                f"the project holds the maximum of {limit} adapters; delete some first", "name"
+            )
+        return None
+
+    def _publish(
+        self,
+        project: str,
+        name: str,
+        files: dict[str, bytes],
+        metadata: Mapping[str, str],
+        source: str,
+        overwrite: bool,
+        within: Callable[[Connection], None] | None = None,
+        created_at: int | None = None,
+    ) -> AdapterRecord:
+        config, weights = files[fmt.CONFIG_FILE], files[fmt.WEIGHTS_FILE]
+        version = version_id(config, weights)
+        now = int(time.time())
+        row = VersionRow(
+            project=project,
+            name=name,
+            id=version,
+            size_bytes=len(weights),
+            stored_bytes=len(config) + len(weights),
+            weights_sha256=hashlib.sha256(weights).hexdigest(),
+            config=config.decode(),
+            metadata=json.dumps(dict(metadata)),
+            source=source,
+            created_at=created_at or now,
+            problem=None,
+        )
+        created = False
+        try:
             with self.db.write() as conn:
-                catalog.lock_project(conn, record.project)
-                mine = catalog.has_version(conn, record.project, record.version)
-                other = catalog.by_id(conn, record.version)
-                if mine:
-                    try:
-                        return self.objects.read(key)
-                    except FileNotFoundError:
-                        pass
-            if mine:
-                raise self._mark_broken(record, exc).broken_error(param) from exc
-            self._forget_version(record.version)
-            if other is None:
-                raise
-            key = VersionFiles.key(other.project, record.version, fmt.WEIGHTS_FILE)
-            return self.objects.read(key)
+                catalog.lock_project(conn, project)
+                current = self._check_room(conn, project, name, overwrite)
+                if current is None or current.id != version:  # the same files again: no change
+                    if not catalog.has_version(conn, project, version):
+                        self._check_bytes(conn, project, row.stored_bytes)
+                        created = VersionFiles.write(self.objects, project, version, files)
+                        catalog.add_version(conn, row)
+                    catalog.point(conn, project, name, version, now)
+                if within is not None:
+                    within(conn)
+        except BaseException:
+            if created:  # ours alone: the project's lock kept any other writer of it waiting
+                VersionFiles.delete(self.objects, project, version)
+            raise
+        self._forget_name(project, name)
+        return self.resolve(name, "name", project)
 
-    def _mark_broken(self, record: AdapterRecord, exc: BaseException) -> AdapterRecord:
-        problem = problem_of(exc)
-        log.warning("adapter %r version %s is broken: %s", record.name, record.version, problem)
-        with self.db.write() as conn:
-            catalog.set_problem(conn, record.project, record.version, json.dumps(problem.__dict__))
-        self._forget_version(record.version)
-        return AdapterRecord(**{**record.__dict__, "error": problem})
+    def _check_bytes(self, conn: Connection, project: str, adding: int) -> None:
+        limit = catalog.quota_of(conn, project, "max_stored_bytes")
+        if limit is not None and catalog.stored_bytes(conn, project) + adding > limit:
+            raise StoredBytesQuota(
+                f"the project may store {limit} bytes of adapters; this one needs {adding} more "
+                "than is free. Delete some first",
+                "weights",
+            )
 
-    def _forget_name(self, project: str, name: str) -> None:
-        with self._lock:
-            for key in [k for k in self._names if k[0] == project and k[1].split("@")[0] == name]:
-                del self._names[key]
 
-    def _forget_version(self, version: str) -> None:
-        with self._lock:
-            self._by_version.pop(version, None)
-            adapter = self._cache.pop(version, None)
-            if adapter is not None:
-                self._cached_bytes -= adapter.nbytes
-            for key in [k for k, (_, r) in self._names.items() if r and r.version == version]:
-                del self._names[key]
-        for listener in self._listeners:
-            listener(version)
-
-    def _load_lock(self, version: str) -> threading.Lock:
-        with self._lock:
-            lock = self._load_locks.get(version)
-            if lock is None:
-                lock = threading.Lock()
-                self._load_locks[version] = lock
-            return lock
-
-    def _cached(self, version: str) -> LoraAdapter | None:
-        with self._lock:
-            adapter = self._cache.get(version)
-            if adapter is not None:
-                self._cache.move_to_end(version)
-            return adapter
-
-    def _remember(self, version: str, adapter: LoraAdapter) -> None:
-        with self._lock:
-            if adapter.nbytes > self.cache_bytes or version in self._cache:
-                return
-            self._cache[version] = adapter
-            self._cached_bytes += adapter.nbytes
-            most = self.max_resident if self.max_resident is not None else len(self._cache)
-            while self._cached_bytes > self.cache_bytes or len(self._cache) > most:
-                _, evicted = self._cache.popitem(last=False)
-                self._cached_bytes -= evicted.nbytes
+def _safetensors_metadata(data: bytes) -> dict[str, str]:
+    """The `__metadata__` of a safetensors file's JSON header (already checked as valid)."""
+    metadata = safetensors_header(data)[1].get("__metadata__") or {}
+    return {str(k): str(v) for k, v in metadata.items()}

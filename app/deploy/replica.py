@@ -48,7 +48,7 @@ class PredictorReplica:
         except BaseException:
             self.compute.close()
             raise
-        self.registry.max_resident = max_adapters
+        self.registry.weights.max_versions = max_adapters
         self.predictor = Predictor(base, self.registry, settings.merged_cache_bytes)
         self.engine = prediction_engine(settings, self.predictor, self.compute, self._count_batch)
         self._waiting: Counter[str] = Counter()

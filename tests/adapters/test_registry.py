@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import load as load_safetensors
 
 from app.adapters import AdapterRegistry, BaseInfo
+from app.adapters.registry import StoredBytesQuota
 from app.adapters.versions import VersionFiles, version_id
-from app.adapters.writes import StoredBytesQuota
 from app.errors import (
     AdapterBroken,
     AdapterExists,

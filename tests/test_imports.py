@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from support import tree
+
 APP = Path(__file__).resolve().parent.parent / "app"
 LOWER = ("lora", "model", "state", "adapters", "engine", "training")
 UPPER = (
@@ -203,3 +205,8 @@ def _reads_environment(path: Path) -> bool:
 def test_only_the_settings_and_start_up_read_the_environment() -> None:
     readers = sorted(m for m, path in MODULES.items() if _reads_environment(path))
     assert readers and all(m == "app.settings" or m.startswith("app.startup") for m in readers)
+
+
+def test_the_design_notes_hold_the_current_layer_table() -> None:
+    notes = (APP.parent / "docs" / "design.md").read_text()
+    assert tree.in_design_notes(notes) == tree.table(), "run: python -m support.tree"

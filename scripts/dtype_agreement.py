@@ -20,17 +20,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,6 +38,7 @@ from app.client import Client  # noqa: E402
 from app.families import load_family  # noqa: E402
 from app.families.decoder.gguf import converted_folder, known_gguf  # noqa: E402
 from app.model.dtype import cpu_has_native_bf16  # noqa: E402
+from support.server import free_port, launched  # noqa: E402
 
 BASE = "SmolLM2-135M-Instruct"
 DTYPES = ("float32", "bfloat16")
@@ -78,37 +76,22 @@ def prefill_logits(folder: Path, chats: list[list[dict[str, str]]]) -> dict[str,
     }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def serve(dtype: str, work: Path) -> tuple[subprocess.Popen[bytes], str]:
+@contextmanager
+def serve(dtype: str, work: Path) -> Iterator[str]:
     """`loraserve serve` on the packaged base in `dtype`, its state under work/dtype."""
     data = work / dtype
     data.mkdir(parents=True, exist_ok=True)
     if not (data / "models").exists():  # one conversion of the .gguf for both
         (data / "models").symlink_to(work / "models", target_is_directory=True)
-    port = _free_port()
-    env = {**os.environ, "LORASERVE_DTYPE": dtype, "LORASERVE_DEVICE": "cpu",
+    port = free_port()
+    env = {"LORASERVE_DTYPE": dtype, "LORASERVE_DEVICE": "cpu",
            "LORASERVE_DATA_DIR": str(data), "LORASERVE_ADAPTERS_DIR": str(data / "adapters"),
            "LORASERVE_HOST": "127.0.0.1", "LORASERVE_PORT": str(port)}  # fmt: skip
-    log = (data / "serve.log").open("wb")
     # `python -m` from this checkout, so its code (not another editable install) is measured.
     command = [sys.executable, "-m", "app.cli", "serve", "--base-model", BASE]
-    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    proc.kill()
-    raise SystemExit(f"the {dtype} server did not start; see {data / 'serve.log'}")
+    with launched(command, url, env, 600, data / "serve.log"):
+        yield url
 
 
 def greedy_answers(client: Client, chats: list[list[dict[str, str]]], new: int) -> list[list[str]]:
@@ -166,27 +149,19 @@ def transformers_answers(folder: Path, chats: list[Any], dtype: str, new: int) -
 
 
 def run_dtype(dtype: str, work: Path, chats: list[Any], new: int, sft: bool) -> dict[str, Any]:
-    proc, url = serve(dtype, work)
-    try:
-        with Client(url, timeout=600) as client:
-            model = client.model()
-            assert model["dtype"] == dtype, model["dtype"]
+    with serve(dtype, work) as url, Client(url, timeout=600) as client:
+        model = client.model()
+        assert model["dtype"] == dtype, model["dtype"]
+        start = time.perf_counter()
+        answers = greedy_answers(client, chats, new)
+        seconds = time.perf_counter() - start
+        out: dict[str, Any] = {"answers": answers, "greedy_seconds": seconds}
+        print(f"[{dtype}] {len(chats)} greedy answers in {seconds:.1f} s", flush=True)
+        if sft:
             start = time.perf_counter()
-            answers = greedy_answers(client, chats, new)
-            seconds = time.perf_counter() - start
-            out: dict[str, Any] = {"answers": answers, "greedy_seconds": seconds}
-            print(f"[{dtype}] {len(chats)} greedy answers in {seconds:.1f} s", flush=True)
-            if sft:
-                start = time.perf_counter()
-                demo = run_chat_demo(client, out=lambda line: print(f"[{dtype}] {line}"))
-                out |= demo | {"chat_demo_seconds": time.perf_counter() - start}
-            return out
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+            demo = run_chat_demo(client, out=lambda line: print(f"[{dtype}] {line}"))
+            out |= demo | {"chat_demo_seconds": time.perf_counter() - start}
+        return out
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -54,14 +54,22 @@ def wait_ready(
 
 @contextmanager
 def launched(
-    argv: Sequence[str], url: str, env: Mapping[str, str], ready_s: float, log: Path | None = None
+    argv: Sequence[str],
+    url: str,
+    env: Mapping[str, str],
+    ready_s: float,
+    log: Path | None = None,
+    cwd: Path = ROOT,
+    inherit: bool = True,
+    stop_s: float = 30,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """`argv` run from the repository with `env` over this process's environment, once `url`
-    answers /readyz (its output to `log` when given); SIGTERM at the end, SIGKILL if it has not
-    stopped 30 s later (uvicorn waits for requests that may never end). Every server a test or
-    a benchmark starts starts here."""
+    """`argv` run in `cwd` (the repository) with `env` (over this process's environment unless
+    `inherit` is false), once `url` answers /readyz (its output to `log` when given); SIGTERM at
+    the end, SIGKILL if it has not stopped `stop_s` later (uvicorn waits for requests that may
+    never end). Every server a test, a benchmark or a script starts starts here."""
     out = log.open("wb") if log is not None else None
-    proc = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, **env}, stdout=out, stderr=out)
+    full = {**os.environ, **env} if inherit else dict(env)
+    proc = subprocess.Popen(argv, cwd=cwd, env=full, stdout=out, stderr=out)
     try:
         wait_ready(proc, url, ready_s, log)
         yield proc
@@ -69,7 +77,7 @@ def launched(
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             try:
-                proc.wait(timeout=30)
+                proc.wait(timeout=stop_s)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=30)

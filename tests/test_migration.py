@@ -8,9 +8,7 @@ same bytes, predictions the same numbers, and the jobs, events and datasets the 
 from __future__ import annotations
 
 import io
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import tarfile
@@ -26,7 +24,7 @@ import torch
 from safetensors.torch import save
 
 from support.helpers import adapter_files, lora_tensors, peft_config, write_base_model
-from support.server import ROOT, free_port, running_server
+from support.server import ROOT, free_port, launched, running_server
 
 OLDER = "f8c415b"  # the last commit whose store is a folder per name and whose jobs are in jobs.db
 
@@ -53,24 +51,9 @@ def older_server(code: Path, env: dict[str, str]) -> Iterator[str]:
     port = free_port()
     command = [sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port),
                "--host", "127.0.0.1", "--log-level", "warning"]  # fmt: skip
-    full = {**os.environ, **env, "PYTHONPATH": str(code)}
-    process = subprocess.Popen(command, cwd=code, env=full)
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, "the older server exited"
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+    with launched(command, url, {**env, "PYTHONPATH": str(code)}, 60, cwd=code):
         yield url
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=30)
 
 
 def snapshot(url: str, x: torch.Tensor) -> dict:

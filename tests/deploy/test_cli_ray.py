@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -14,7 +12,7 @@ import psutil
 import torch
 
 from support.helpers import TINY_SIZES, adapter_files, lora_tensors, peft_config, reference_forward
-from support.server import ROOT, free_port, wait_ready
+from support.server import free_port, launched
 
 
 def test_serve_ray_starts_a_local_cluster_and_stops_it(tmp_path: Path, base_folder: Path) -> None:
@@ -29,11 +27,10 @@ def test_serve_ray_starts_a_local_cluster_and_stops_it(tmp_path: Path, base_fold
         str(Path(sys.executable).parent / "loraserve"), "serve", "--ray", "--host", "127.0.0.1",
         "--port", str(port), "--base-model", str(base_folder), "--replicas", "1", "--trainers", "0",
     ]  # fmt: skip
-    log = (tmp_path / "serve.log").open("wb")
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(process, url, 180, tmp_path / "serve.log")
+    # Without this process's RAY_ settings: the command starts a cluster of its own.
+    log = tmp_path / "serve.log"
+    with launched(command, url, env, 180, log, inherit=False, stop_s=60) as process:
         ours = [process.pid, *(c.pid for c in psutil.Process(process.pid).children(recursive=True))]
         config = peft_config(2, 4.0, ["layer1", "layer2"])
         tensors = lora_tensors(TINY_SIZES, ["layer1", "layer2"], 2, seed=7)
@@ -57,9 +54,6 @@ def test_serve_ray_starts_a_local_cluster_and_stops_it(tmp_path: Path, base_fold
             if c.pid in ours and c.status == psutil.CONN_LISTEN
         ]
         assert listening and all(a.ip in ("127.0.0.1", "::ffff:127.0.0.1") for a in listening)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=60)
     assert process.returncode == 0, (tmp_path / "serve.log").read_text()[-3000:]
     deadline = time.monotonic() + 30
     while [p for p in ours if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]:

@@ -19,10 +19,10 @@ from app.engine import Batcher, ComputeThread, DirectRunner, Engine, OnBatch, Pr
 from app.engine.compute import on_passing_thread
 from app.families import Family, load_family
 from app.model import resolve_device
-from app.projects import Projects
 from app.settings import Settings
 from app.state.db import Database
 from app.state.objects import ObjectStore
+from app.state.projects import Projects
 from app.training import DatasetStore, TrainingService
 from app.training.jobs import JobStore
 from app.training.legacy_jobs import import_jobs_db

@@ -61,7 +61,7 @@ def table(lines: bool = False) -> str:
     listed = _listed(roots, lines)
     what = (
         "the composition root (`services`), the HTTP app (`main`), the training worker process "
-        "(`worker`), settings, domain errors, logs, projects and keys, the server"
+        "(`worker`), settings, domain errors, logs, the server"
     )
     rows.append(f"| process | `app/` | {what} | {listed} |")
     return "\n".join([START, *rows, END])

@@ -19,8 +19,8 @@ from app.errors import InvalidInput, NotReady
 from app.families.decoder.generate.engine import GenerationEngine
 from app.families.family import Family
 from app.model import BaseModel
-from app.projects import Projects
 from app.settings import Settings
+from app.state.projects import Projects
 from app.state.tables import DEFAULT_PROJECT
 from app.training import DatasetStore, TrainingService
 

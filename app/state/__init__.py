@@ -1,4 +1,5 @@
-"""Shared state: the database (SQLAlchemy, Alembic migrations) and the object store (obstore)."""
+"""Shared state: the database (SQLAlchemy, Alembic migrations), the object store (obstore),
+projects and their keys."""
 
 from app.state.db import Database
 from app.state.objects import ObjectExists, ObjectStore

@@ -12,8 +12,8 @@ from fastapi.testclient import TestClient
 from safetensors.torch import save
 
 from app.main import create_app
-from app.projects import key_hash
 from app.state import Database
+from app.state.projects import key_hash
 from app.state.tables import api_keys
 from support.http import make_files
 

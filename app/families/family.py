@@ -18,7 +18,7 @@ import torch
 
 from app.errors import InvalidInput
 from app.lora import LoraAdapter
-from app.model import BaseModel
+from app.model import BaseModel, InvalidModelConfig
 from app.model.dtype import DtypeSetting
 from app.state import Database, ObjectStore
 from app.training.datasets import DatasetStore
@@ -110,3 +110,11 @@ class Family(ABC):
         """A 422 naming the right endpoint when a request asks this base for another task."""
         if task != self.task:
             raise InvalidInput(f"the base model {self.base.name!r} {self.offers}", field)
+
+
+def safetensors_weights(folder: Path) -> Path:
+    """A Hugging Face folder's weights file: only safetensors are read (never pickles)."""
+    path = folder / "model.safetensors"
+    if not path.is_file():
+        raise InvalidModelConfig(f"{path} is missing (only safetensors weights are read)")
+    return path

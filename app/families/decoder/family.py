@@ -14,10 +14,10 @@ from app.families.decoder.datasets import ChatDatasetStore
 from app.families.decoder.generate.engine import GenerationEngine
 from app.families.decoder.model import CausalInfo, load_causal
 from app.families.decoder.training import train_sft_lora
-from app.families.family import PEFT_TARGETS, Facts, Family
+from app.families.family import PEFT_TARGETS, Facts, Family, safetensors_weights
 from app.lora import LoraAdapter
 from app.lora.layers import wrap_layers
-from app.model import BaseModel, InvalidModelConfig, file_sha256
+from app.model import BaseModel, file_sha256
 from app.model.dtype import DtypeSetting, resolve_dtype
 from app.model.frozen import frozen_module
 from app.startup.basekind import is_causal_lm, is_hf_folder
@@ -53,11 +53,7 @@ class DecoderFamily(Family):
     def load(
         cls, folder: Path, device: torch.device, name: str, dtype: DtypeSetting
     ) -> DecoderFamily:
-        weights_path = folder / "model.safetensors"
-        if not weights_path.is_file():
-            raise InvalidModelConfig(
-                f"{weights_path} is missing (only safetensors weights are read)"
-            )
+        weights_path = safetensors_weights(folder)
         served = resolve_dtype(dtype, device)
         module, info = load_causal(folder, served)
         module.to(device=device)

@@ -14,10 +14,10 @@ from app.families.encoder.datasets import PairDatasetStore
 from app.families.encoder.model import load_hf
 from app.families.encoder.text import TextEncoder
 from app.families.encoder.training import train_text_lora
-from app.families.family import PEFT_TARGETS, Facts, Family
+from app.families.family import PEFT_TARGETS, Facts, Family, safetensors_weights
 from app.lora import LoraAdapter
 from app.lora.layers import wrap_layers
-from app.model import BaseModel, InvalidModelConfig, file_sha256
+from app.model import BaseModel, file_sha256
 from app.model.dtype import DtypeSetting, resolve_dtype
 from app.startup.basekind import is_causal_lm, is_hf_folder
 from app.state import Database, ObjectStore
@@ -47,11 +47,7 @@ class EncoderFamily(Family):
     def load(
         cls, folder: Path, device: torch.device, name: str, dtype: DtypeSetting
     ) -> EncoderFamily:
-        weights_path = folder / "model.safetensors"
-        if not weights_path.is_file():
-            raise InvalidModelConfig(
-                f"{weights_path} is missing (only safetensors weights are read)"
-            )
+        weights_path = safetensors_weights(folder)
         served = resolve_dtype(dtype, device)
         module, text, dim = load_hf(folder, served)
         module.to(device=device)

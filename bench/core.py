@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app.engine import ComputeThread  # noqa: E402
-from app.main import build_services  # noqa: E402
+from app.services import build_services  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from bench.harness import bin_path, server  # noqa: E402
 from support.helpers import adapter_files, lora_tensors, peft_config  # noqa: E402

@@ -1,6 +1,6 @@
 """The package's layers as a table, read from the tree: each package's docstring and its modules
 (with their line counts: --lines). docs/design.md holds it (tests/test_imports.py checks that it
-is current); `python -m support.tree` prints it after a change."""
+is current); `python -m support.tree --write` puts it there after a change."""
 
 from __future__ import annotations
 
@@ -73,7 +73,19 @@ def in_design_notes(text: str) -> str:
     return text[start : end + len(END)] if start >= 0 and end > start else ""
 
 
+def write_design_notes() -> None:
+    """Put the current table into docs/design.md, between its markers."""
+    path = APP.parent / "docs" / "design.md"
+    text = path.read_text()
+    old = in_design_notes(text)
+    assert old, f"{path} has no {START} ... {END} block"
+    path.write_text(text.replace(old, table()))
+
+
 if __name__ == "__main__":
     import sys
 
-    print(table(lines="--lines" in sys.argv))
+    if "--write" in sys.argv:
+        write_design_notes()
+    else:
+        print(table(lines="--lines" in sys.argv))

@@ -209,4 +209,4 @@ def test_only_the_settings_and_start_up_read_the_environment() -> None:
 
 def test_the_design_notes_hold_the_current_layer_table() -> None:
     notes = (APP.parent / "docs" / "design.md").read_text()
-    assert tree.in_design_notes(notes) == tree.table(), "run: python -m support.tree"
+    assert tree.in_design_notes(notes) == tree.table(), "run: python -m support.tree --write"

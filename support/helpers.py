@@ -121,6 +121,41 @@ def reference_forward(
     return h
 
 
+def reference_composition(
+    base_folder: Path,
+    x: Tensor,
+    parts: Sequence[tuple[Mapping[str, Any], Mapping[str, Tensor], float]],
+) -> Tensor:
+    """A composition written out longhand in float64: per layer
+    x @ W.T + b + Σ_i w_i * s_i * (x @ A_i.T) @ B_i.T over the parts (config, tensors, w)."""
+    from safetensors.torch import load_file
+
+    spec = json.loads((base_folder / "config.json").read_text())
+    state = {k: v.double() for k, v in load_file(base_folder / "model.safetensors").items()}
+    act = {"relu": torch.relu, "tanh": torch.tanh, "gelu": torch.nn.functional.gelu, None: None}[
+        spec.get("activation")
+    ]
+    n_layers = len(spec["sizes"]) - 1
+    h = x.double()
+    for i in range(1, n_layers + 1):
+        name = f"layer{i}"
+        y = h @ state[f"{name}.weight"].T
+        if f"{name}.bias" in state:
+            y = y + state[f"{name}.bias"]
+        for config, tensors, weight in parts:
+            key_a = f"base_model.model.{name}.lora_A.weight"
+            if key_a not in tensors:
+                continue
+            a = tensors[key_a].double()
+            b = tensors[f"base_model.model.{name}.lora_B.weight"].double()
+            r = a.shape[0]
+            alpha = config.get("alpha_pattern", {}).get(name, config["lora_alpha"])
+            s = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
+            y = y + weight * s * (h @ a.T) @ b.T
+        h = act(y) if act is not None and i < n_layers else y
+    return h
+
+
 def forward(model: nn.Module, plan: LinearFn | None, x: Tensor) -> Tensor:
     """`model(x)` with `plan` at its linear layers (wrapped first, as the loader does)."""
     wrap_layers(model)

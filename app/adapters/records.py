@@ -17,7 +17,7 @@ from app.errors import AdapterBroken, ServiceError, shorten
 from app.lora import LoraConfig
 from app.model import BaseModel
 
-Source = Literal["upload", "training"]
+Source = Literal["upload", "training", "composition"]
 Status = Literal["ready", "broken"]
 # The safetensors header entry that keeps the digest of the weights file as it was uploaded.
 UPLOADED_SHA256 = "uploaded_sha256"
@@ -118,7 +118,7 @@ def record_of(row: VersionRow, base: BaseInfo, max_rank: int) -> AdapterRecord:
         stored_bytes=row.stored_bytes,
         sha256=row.weights_sha256,
         created_at=row.created_at,
-        source=source if source in ("upload", "training") else "upload",
+        source=source if source in ("upload", "training", "composition") else "upload",
         metadata=metadata,
         error=error,
     )

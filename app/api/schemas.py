@@ -120,7 +120,7 @@ class AdapterPublic(BaseModel):
         "trained adapters and imported folders"
     )
     created_at: int = Field(description="Unix time, seconds")
-    source: Literal["upload", "training"]
+    source: Literal["upload", "training", "composition"]
     residency: Residency
     merged: bool
 
@@ -137,7 +137,7 @@ class AdapterVersionPublic(BaseModel):
     created_at: int = Field(description="Unix time the version was first stored")
     size_bytes: int = Field(description="bytes of adapter_model.safetensors")
     sha256: str = Field(description="hex SHA-256 of adapter_model.safetensors")
-    source: Literal["upload", "training"]
+    source: Literal["upload", "training", "composition"]
 
 
 class AdapterVersionList(BaseModel):

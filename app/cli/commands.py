@@ -102,9 +102,26 @@ def adapters(args: argparse.Namespace, client: Client) -> None:
         print(f"uploaded {adapter['name']} (rank {adapter['rank']}, sha256 {adapter['sha256']})")
     elif args.action == "download":
         print(f"wrote {client.download_adapter(args.name, args.path)}")
+    elif args.action == "compose":
+        made = client.compose_adapter(
+            args.name, [_source(s) for s in args.sources], args.method, args.rank, args.density,
+            args.seed, args.overwrite,
+        )  # fmt: skip
+        print(f"composed {made['name']} (rank {made['rank']}, version {made['version']})")
     elif args.action == "delete":
         client.delete_adapter(args.name)
         print(f"deleted {args.name}")
+
+
+def _source(text: str) -> tuple[str, float]:
+    """`name`, `name@version`, either with `:scale` (a version id holds no colon)."""
+    name, colon, scale = text.rpartition(":")
+    if not colon:
+        return text, 1.0
+    try:
+        return name, float(scale)
+    except ValueError:
+        raise InputError(f"{text!r}: the scale after ':' must be a number") from None
 
 
 def predict(args: argparse.Namespace, client: Client) -> None:

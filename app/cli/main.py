@@ -49,7 +49,7 @@ def parser(settings: CliSettings | None = None) -> argparse.ArgumentParser:
     sub.add_parser("worker", help="run a training worker on the shared state (DATABASE_URL)")
     sub.add_parser("migrate", help="migrate the database, import an older ADAPTERS_DIR and jobs.db")
 
-    adapters = sub.add_parser("adapters", help="list, upload, download, delete adapters")
+    adapters = sub.add_parser("adapters", help="list, upload, download, compose, delete adapters")
     actions = adapters.add_subparsers(dest="action", required=True)
     actions.add_parser("list")
     for action, path_help in (
@@ -62,6 +62,18 @@ def parser(settings: CliSettings | None = None) -> argparse.ArgumentParser:
         if action == "upload":
             one.add_argument("--overwrite", action="store_true")
     actions.add_parser("delete").add_argument("name")
+    compose = actions.add_parser("compose", help="save a composition of adapters as a new one")
+    compose.add_argument("name")
+    compose.add_argument(
+        "sources", nargs="+", metavar="SOURCE[:SCALE]", help="an adapter (or name@version), scale 1"
+    )
+    compose.add_argument(
+        "--method", default="cat", choices=["cat", "linear", "svd", "ties_svd", "dare_ties_svd"]
+    )
+    compose.add_argument("--rank", type=int, help="svd methods: the rank kept")
+    compose.add_argument("--density", type=float, help="ties_svd, dare_ties_svd")
+    compose.add_argument("--seed", type=int, help="dare_ties_svd's masks")
+    compose.add_argument("--overwrite", action="store_true")
 
     predict = sub.add_parser("predict", help="predict rows from a .json or .safetensors file")
     predict.add_argument("--inputs", type=Path, required=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,28 @@ class Operations:
     def download_adapter(self, name: str, dest: str | Path) -> Any:
         """Write the adapter's two PEFT files into `dest`; returns the folder."""
         return self._request("GET", f"/v1/adapters/{name}/download", unzip_to(dest))
+
+    def compose_adapter(
+        self,
+        name: str,
+        sources: Mapping[str, float] | Sequence[tuple[str, float]],
+        method: str = "cat",
+        rank: int | None = None,
+        density: float | None = None,
+        seed: int | None = None,
+        overwrite: bool = False,
+    ) -> Any:
+        """Save a composition of adapters ({name or name@version: scale}) as a new adapter."""
+        pairs = sources.items() if isinstance(sources, Mapping) else sources
+        options = {"rank": rank, "density": density, "seed": seed}
+        body = {
+            "name": name,
+            "sources": [{"name": n, "scale": s} for n, s in pairs],
+            "method": method,
+            **{k: v for k, v in options.items() if v is not None},
+        }
+        params = {"overwrite": "true"} if overwrite else None
+        return self._request("POST", "/v1/adapters/compose", answer_json, json=body, params=params)
 
     def delete_adapter(self, name: str) -> Any:
         return self._request("DELETE", f"/v1/adapters/{name}", lambda r: None)

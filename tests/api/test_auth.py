@@ -15,6 +15,7 @@ OPEN = {"/healthz", "/readyz"}
 # Which role each route needs; a route missing here fails the test, so none goes unguarded.
 ADMIN_ONLY = {
     ("POST", "/v1/adapters"),
+    ("POST", "/v1/adapters/compose"),
     ("DELETE", "/v1/adapters/{name}"),
     ("POST", "/v1/datasets"),
     ("GET", "/v1/datasets"),

@@ -75,6 +75,11 @@ def test_sync_client_end_to_end(server, tmp_path: Path) -> None:
         assert [e["data"]["epoch"] for e in events if e["type"] == "metrics"] == [1, 2]
         assert admin.get_job(job["id"])["status"] == "succeeded"
         assert admin.get_adapter("c-trained")["source"] == "training"
+        made = admin.compose_adapter("c-both", {"c-one": 0.5, "c-trained": -1.0}, "cat")
+        assert made["source"] == "composition" and made["rank"] == 4 + 2
+        with pytest.raises(ServiceError) as bad:
+            reader.compose_adapter("c-no", {"c-one": 1.0})
+        assert bad.value.status == 403
         admin.delete_adapter("c-one")
         with pytest.raises(ServiceError) as missing:
             admin.get_adapter("c-one")
@@ -109,6 +114,11 @@ def test_cli(server, tmp_path: Path, capsys, monkeypatch) -> None:
     main(["adapters", "upload", "cli-one", str(folder)])
     main(["adapters", "list"])
     assert "cli-one" in capsys.readouterr().out
+    main(["adapters", "compose", "cli-two", "cli-one:0.5", "cli-one:-1.5", "--method", "svd"])
+    assert capsys.readouterr().out.startswith("composed cli-two (rank 3, version ")
+    with pytest.raises(SystemExit) as bad_scale:
+        main(["adapters", "compose", "cli-three", "cli-one:half"])
+    assert bad_scale.value.code == 2 and "must be a number" in capsys.readouterr().err
 
     x = torch.randn(2, 16)
     (tmp_path / "in.json").write_text(json.dumps({"inputs": x.tolist()}))

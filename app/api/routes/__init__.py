@@ -2,11 +2,11 @@
 
 from fastapi import APIRouter
 
-from app.api.routes import adapters, datasets, health, identity, jobs, model, projects
+from app.api.routes import adapters, compose, datasets, health, identity, jobs, model, projects
 
 # In the order the OpenAPI document lists them; the families' routes go after `adapters`.
 BEFORE_FAMILIES: tuple[APIRouter, ...] = tuple(
-    m.router for m in (health, identity, model, adapters)
+    m.router for m in (health, identity, model, adapters, compose)
 )
 AFTER_FAMILIES: tuple[APIRouter, ...] = tuple(m.router for m in (datasets, jobs, projects))
 

@@ -107,7 +107,7 @@ def _config_fields(config: LoraConfig | None) -> dict[str, Any]:
     }
 
 
-def _public(
+def adapter_public(
     record: AdapterRecord, registry: AdapterRegistry, predictor: Predictor
 ) -> AdapterPublic:
     error = record.error
@@ -206,7 +206,7 @@ async def create_adapter(
     record = await run_in_threadpool(
         registry.upload, name, config_data, weights_data, overwrite=overwrite, project=project
     )
-    return await run_in_threadpool(_public, record, registry, predictor)
+    return await run_in_threadpool(adapter_public, record, registry, predictor)
 
 
 @router.get("", dependencies=READ)
@@ -214,7 +214,7 @@ async def list_adapters(
     registry: Registry, predictor: PredictorDep, project: ProjectDep
 ) -> AdapterList:
     records = await run_in_threadpool(registry.list, project)
-    return AdapterList(data=[_public(r, registry, predictor) for r in records])
+    return AdapterList(data=[adapter_public(r, registry, predictor) for r in records])
 
 
 @router.get("/{name}", responses=_ERRORS, dependencies=READ)
@@ -222,7 +222,7 @@ async def read_adapter(
     name: str, registry: Registry, predictor: PredictorDep, project: ProjectDep
 ) -> AdapterPublic:
     record = await run_in_threadpool(registry.get, name, "name", project)
-    return _public(record, registry, predictor)
+    return adapter_public(record, registry, predictor)
 
 
 @router.get("/{name}/versions", responses=_ERRORS, dependencies=READ)

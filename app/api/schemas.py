@@ -11,6 +11,21 @@ from app.training.hyperparameters import Hyperparameters, Loss, TrainConfig
 Residency = Literal["disk", "host", "device"]
 
 
+MAX_SCALE = 16.0
+
+
+class LoraEntry(BaseModel):
+    """One adapter of a composition, with its scale: y = W x + Σ scale · s · B A x."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str = Field(description="an adapter's name, or name@version")
+    scale: float = Field(
+        default=1.0, ge=-MAX_SCALE, le=MAX_SCALE, allow_inf_nan=False,
+        description="its weight; 0 leaves it out, negative subtracts it",
+    )  # fmt: skip
+
+
 class ErrorDetail(BaseModel):
     type: str
     code: str

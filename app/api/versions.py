@@ -7,6 +7,9 @@ from collections.abc import Sequence
 from fastapi.concurrency import run_in_threadpool
 
 from app.adapters import AdapterRegistry
+from app.engine.compositions import composition_key
+from app.engine.inputs import RowSpec
+from app.errors import InvalidInput
 
 
 async def versions_of(
@@ -18,3 +21,36 @@ async def versions_of(
     if registry.needs_lookup(names, project):
         return await run_in_threadpool(registry.versions_for, names, param, project)
     return registry.versions_for(names, param, project)
+
+
+async def row_versions(
+    registry: AdapterRegistry,
+    specs: Sequence[RowSpec],
+    param: str,
+    project: str,
+    max_entries: int,
+) -> list[str | None]:
+    """Each row's version, composition key (app.engine.compositions) or None, every name
+    resolved now; a composition holds at most `max_entries` entries."""
+    unique: dict[str, None] = {}  # the names, in order, once each
+    for spec in specs:
+        if isinstance(spec, list):
+            if len(spec) > max_entries:
+                raise InvalidInput(
+                    f"a composition of {len(spec)} adapters; at most {max_entries} "
+                    "(MAX_ADAPTERS_PER_REQUEST)",
+                    param,
+                )
+            unique.update((n, None) for n, _ in spec)
+        elif spec is not None:
+            unique[spec] = None
+    names = list(unique)
+    resolved = await versions_of(registry, names, param, project)
+    found = {n: v for n, v in zip(names, resolved, strict=True) if v is not None}  # every one
+    out: list[str | None] = []
+    for spec in specs:
+        if spec is None or isinstance(spec, str):
+            out.append(None if spec is None else found[spec])
+        else:
+            out.append(composition_key((found[n], scale) for n, scale in spec))
+    return out

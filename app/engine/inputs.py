@@ -39,21 +39,29 @@ def first_non_finite_rows(outputs: Tensor) -> list[int]:
     return [] if finite.all() else np.flatnonzero(~finite).tolist()
 
 
+# What a request names for a row: an adapter (`name` or `name@version`), a composition of
+# (name, scale) pairs, or None for the base.
+RowSpec = str | list[tuple[str, float]] | None
+
+
 def row_adapters(
-    adapter: str | None, adapters: Sequence[str | None] | None, n_rows: int
-) -> tuple[list[str | None], str]:
-    """One adapter (`name` or `name@version`, or None) per row, and the field they came from."""
+    adapter: RowSpec, adapters: Sequence[RowSpec] | None, n_rows: int
+) -> tuple[list[RowSpec], str]:
+    """What each row names, and the field it came from."""
     if adapter is not None and adapters is not None:
         raise InvalidInput("give either `adapter` or `adapters`, not both", "adapters")
     if adapters is None:
-        if adapter is not None:
-            split_ref(adapter, "adapter")
+        _check(adapter, "adapter")
         return [adapter] * n_rows, "adapter"
     if len(adapters) != n_rows:
         raise InvalidInput(
             f"adapters has {len(adapters)} entries; it needs one per row ({n_rows})", "adapters"
         )
-    for name in adapters:
-        if name is not None:
-            split_ref(name, "adapters")
+    for spec in adapters:
+        _check(spec, "adapters")
     return list(adapters), "adapters"
+
+
+def _check(spec: RowSpec, param: str) -> None:
+    for name in [spec] if isinstance(spec, str) else [n for n, _ in spec or []]:
+        split_ref(name, param)

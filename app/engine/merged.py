@@ -54,6 +54,10 @@ class MergedCache:
                     self._bytes -= evicted
         return weights
 
+    def held(self) -> list[str]:
+        with self._lock:
+            return list(self._entries)
+
     def forget(self, version: str) -> None:
         """Drop the copy of a version no name uses any more."""
         with self._lock:

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from app.adapters.registry import AdapterRecord, AdapterRegistry
+from app.engine.compositions import Compositions, contains
 from app.engine.merged import MergedCache
 from app.engine.policy import Mode, runs_merged
 from app.errors import ServiceError
@@ -46,7 +47,8 @@ class Predictor:
         self.base = base
         self.registry = registry
         self.merged = MergedCache(base.module, merged_cache_bytes)
-        registry.on_change(self.merged.forget)
+        self.compositions = Compositions(registry.load, list(base.linears()))
+        registry.on_change(self._forget)
         self._stack_lock = threading.Lock()
         self._stack: AdapterStack | None = None
         self._too_big: set[str] = set()  # versions whose merged copy the budget cannot hold
@@ -55,8 +57,16 @@ class Predictor:
         return version in self.merged
 
     def resolve(self, versions: Iterable[str | None], param: str) -> Loaded:
-        """The record and weights of every version named (404 for an unknown one)."""
-        return {v: self.registry.load(v, param) for v in dict.fromkeys(versions) if v is not None}
+        """The record and weights of every version or composition named (404 for an unknown
+        version)."""
+        load = self.compositions.load
+        return {v: load(v, param) for v in dict.fromkeys(versions) if v is not None}
+
+    def _forget(self, version: str) -> None:
+        """A version no name uses any more: its merged copy, and its compositions', go."""
+        self.compositions.forget(version)
+        for key in [version, *(k for k in self.merged.held() if contains(k, version))]:
+            self.merged.forget(key)
 
     def predict(
         self, x: Rows, row_adapters: Sequence[str | None], mode: Mode, param: str = "adapters"
@@ -97,7 +107,7 @@ class Predictor:
 
     def merge(self, version: str, param: str = "adapter") -> bool:
         """Make the merged copy of one version; False if the cache cannot keep it."""
-        _, adapter = self.registry.load(version, param)
+        _, adapter = self.compositions.load(version, param)
         with torch.inference_mode():
             self.merged.get_or_merge(version, adapter)
         kept = self.is_merged(version)

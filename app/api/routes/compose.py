@@ -13,28 +13,17 @@ from app.adapters.composition import Composition, save_composition
 from app.api.auth import ADMIN
 from app.api.deps import PredictorDep, ProjectDep, Registry, SettingsDep
 from app.api.routes.adapters import StrictQueryBool, adapter_public
-from app.api.schemas import AdapterPublic, ErrorBody
+from app.api.schemas import AdapterPublic, ErrorBody, LoraEntry
 from app.errors import InvalidInput
 
 router = APIRouter(prefix="/v1/adapters", tags=["adapters"])
-MAX_SCALE = 16.0
-
-
-class ComposeSource(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    name: str = Field(description="an adapter's name, or name@version")
-    scale: float = Field(
-        default=1.0, ge=-MAX_SCALE, le=MAX_SCALE, allow_inf_nan=False,
-        description="its weight in the composition; negative subtracts it",
-    )  # fmt: skip
 
 
 class ComposeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     name: str = Field(description="the new adapter's name")
-    sources: list[ComposeSource] = Field(min_length=1)
+    sources: list[LoraEntry] = Field(min_length=1)
     method: Literal["cat", "linear", "svd", "ties_svd", "dare_ties_svd"] = Field(
         description="cat: exact (the ranks add up); linear: weighted sums of A and B (one rank); "
         "the svd methods: the weighted update cut back to `rank` (ties: pruned to `density` and "

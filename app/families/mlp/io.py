@@ -10,20 +10,22 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from itertools import chain
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import orjson
 import torch
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from pydantic import ValidationError
+from pydantic import Field, TypeAdapter, ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save
 from torch import Tensor
 
+from app.api.schemas import LoraEntry
 from app.engine import Mode
+from app.engine.inputs import RowSpec
 from app.errors import InvalidInput, ServiceError, shorten
 from app.families.mlp.schemas import PredictRequest
 
@@ -40,8 +42,8 @@ class PredictCall:
     """A parsed prediction request, whatever its wire format."""
 
     x: Tensor  # (N, cols) float32, shape not yet checked against the model
-    adapter: str | None
-    adapters: list[str | None] | None
+    adapter: RowSpec
+    adapters: list[RowSpec] | None
     mode: Mode
 
 
@@ -110,9 +112,17 @@ def parse_json(raw: bytes, input_dim: int, max_rows: int) -> PredictCall:
         fields = PredictRequest.model_validate({**body, "inputs": []})
     except ValidationError as exc:
         raise RequestValidationError(exc.errors()) from exc
+    adapters = None if fields.adapters is None else [_spec(a) for a in fields.adapters]
     return PredictCall(
-        _rows(inputs, input_dim, max_rows), fields.adapter, fields.adapters, fields.mode
+        _rows(inputs, input_dim, max_rows), _spec(fields.adapter), adapters, fields.mode
     )
+
+
+def _spec(value: str | list[LoraEntry] | None) -> RowSpec:
+    """A name, None, or a composition as (name, scale) pairs."""
+    if value is None or isinstance(value, str):
+        return value
+    return [(e.name, e.scale) for e in value]
 
 
 def parse_safetensors(raw: bytes, adapter: str | None, mode: Mode) -> PredictCall:
@@ -143,22 +153,26 @@ def _as_float32(x: Tensor) -> Tensor:
     return torch.from_numpy(bits.view(np.float32))
 
 
-def _metadata_adapters(raw: bytes) -> list[str | None] | None:
-    """The `adapters` entry of the safetensors header metadata: a JSON list of names or nulls."""
+def _metadata_adapters(raw: bytes) -> list[RowSpec] | None:
+    """The `adapters` entry of the safetensors header metadata: a JSON list with, per row, a
+    name, null, or a composition (a list of {"name", "scale"})."""
     header_len = int.from_bytes(raw[:8], "little")
     header = orjson.loads(raw[8 : 8 + header_len])
     value = (header.get("__metadata__") or {}).get("adapters")
     if value is None:
         return None
     try:
-        names = orjson.loads(value)
-    except orjson.JSONDecodeError as exc:
+        rows = _ROW_SPECS.validate_json(value)
+    except ValidationError as exc:
         raise InvalidInput(
-            "metadata `adapters` must be a JSON list of names or nulls", "adapters"
+            "metadata `adapters` must be a JSON list of names, nulls or compositions "
+            '(lists of {"name", "scale"})',
+            "adapters",
         ) from exc
-    if not isinstance(names, list) or not all(n is None or isinstance(n, str) for n in names):
-        raise InvalidInput("metadata `adapters` must be a JSON list of names or nulls", "adapters")
-    return names
+    return [_spec(r) for r in rows]
+
+
+_ROW_SPECS = TypeAdapter(list[str | Annotated[list[LoraEntry], Field(min_length=1)] | None])
 
 
 def encode(outputs: Tensor, mode: str, binary: bool, headers: dict[str, str]) -> Response:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from app.api.schemas import LoraEntry
 
 
 class PredictRequest(BaseModel):
@@ -13,9 +15,11 @@ class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     inputs: list[list[float]] = Field(description="(N, input_dim) rows")
-    adapter: str | None = Field(default=None, description="one adapter for every row")
-    adapters: list[str | None] | None = Field(
-        default=None, description="one adapter (or null) per row; not with `adapter`"
+    adapter: str | Annotated[list[LoraEntry], Field(min_length=1)] | None = Field(
+        default=None, description="one adapter, or a composition, for every row"
+    )
+    adapters: list[str | Annotated[list[LoraEntry], Field(min_length=1)] | None] | None = Field(
+        default=None, description="one adapter, composition or null per row; not with `adapter`"
     )
     mode: Literal["auto", "unmerged", "merged"] = "auto"
 

@@ -15,7 +15,7 @@ from fastapi.concurrency import run_in_threadpool
 from app.adapters import AdapterRegistry
 from app.api.deps import Services, get_services
 from app.api.params import UnknownParameter
-from app.api.versions import versions_of
+from app.api.versions import row_versions
 from app.engine import Engine, Mode, Result
 from app.engine.inputs import check_rows, first_non_finite_rows, row_adapters
 from app.errors import InvalidInput, UnsupportedMediaType, shorten
@@ -66,7 +66,9 @@ class Predictions:
         input_dim = self.family.base.input_dim or 0
         x = check_rows(call.x, input_dim, self.settings.max_request_rows)
         names, param = row_adapters(call.adapter, call.adapters, len(x))
-        versions = await versions_of(self.registry, names, param, project)
+        versions = await row_versions(
+            self.registry, names, param, project, self.settings.max_adapters_per_request
+        )
         result = await self.engine.submit(x, versions, call.mode, param)
         _check_finite(result.outputs)
         return result

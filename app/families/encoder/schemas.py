@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.api.schemas import LoraEntry
+
 
 class EmbeddingsRequest(BaseModel):
-    """OpenAI's embeddings request, plus `adapters`: one adapter (or null) per input."""
+    """OpenAI's embeddings request, plus `adapters` (per input) and `lora` (a composition)."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -24,9 +26,14 @@ class EmbeddingsRequest(BaseModel):
         default=None, description="accepted only when it is the model's embedding size"
     )
     user: str | None = Field(default=None, description="accepted for compatibility, unused")
-    adapters: list[str | None] | None = Field(
+    adapters: list[str | Annotated[list[LoraEntry], Field(min_length=1)] | None] | None = Field(
         default=None,
-        description="our extension: one adapter (or null) per input; `model` is then the base",
+        description="our extension: one adapter, composition or null per input; `model` is "
+        "then the base",
+    )
+    lora: Annotated[list[LoraEntry], Field(min_length=1)] | None = Field(
+        default=None,
+        description="our extension: a composition for every input; `model` is then the base",
     )
     mode: Literal["auto", "unmerged", "merged"] = Field(
         default="auto",

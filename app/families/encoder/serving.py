@@ -13,8 +13,9 @@ from fastapi.concurrency import run_in_threadpool
 from app.adapters import AdapterRegistry
 from app.adapters.versions import split_ref
 from app.api.deps import Services, get_services
-from app.api.versions import versions_of
+from app.api.versions import row_versions
 from app.engine import Engine, Result
+from app.engine.inputs import RowSpec, row_adapters
 from app.errors import InvalidInput
 from app.families.encoder.family import EncoderFamily
 from app.families.encoder.schemas import EmbeddingsRequest
@@ -56,7 +57,9 @@ class Embeddings:
             tokens = encoder.tokenize(texts)
         else:
             tokens = await run_in_threadpool(encoder.tokenize, texts)
-        versions = await versions_of(self.registry, names, param, project)
+        versions = await row_versions(
+            self.registry, names, param, project, self.settings.max_adapters_per_request
+        )
         result = await self.engine.submit(tokens, versions, body.mode, param)
         outputs = result.outputs.numpy()
         if body.encoding_format == "base64":
@@ -79,10 +82,24 @@ class Embeddings:
         return content, result
 
 
-def _row_adapters(body: EmbeddingsRequest, base_name: str, n: int) -> tuple[list[str | None], str]:
-    """`model` names one adapter (or the base); our `adapters` extension names one per input."""
+def _row_adapters(body: EmbeddingsRequest, base_name: str, n: int) -> tuple[list[RowSpec], str]:
+    """`model` names one adapter (or the base); our extensions: `lora`, a composition for every
+    input, and `adapters`, an adapter, composition or null per input."""
+    by_base = body.model in (None, base_name)
+    if body.lora is not None:
+        if body.adapters is not None:
+            raise InvalidInput("give either `lora` or `adapters`, not both", "lora")
+        if not by_base:
+            raise InvalidInput(
+                f"`lora` gives the composition; with it, `model` must be the base model's name "
+                f"({base_name!r})",
+                "lora",
+            )
+        for entry in body.lora:
+            split_ref(entry.name, "lora")
+        return [[(e.name, e.scale) for e in body.lora]] * n, "lora"
     if body.adapters is not None:
-        if body.model not in (None, base_name):
+        if not by_base:
             raise InvalidInput(
                 f"`adapters` gives an adapter per input; with it, `model` must be the base "
                 f"model's name ({base_name!r})",
@@ -92,12 +109,14 @@ def _row_adapters(body: EmbeddingsRequest, base_name: str, n: int) -> tuple[list
             raise InvalidInput(
                 f"`adapters` has {len(body.adapters)} entries for {n} inputs", "adapters"
             )
-        for name in body.adapters:
-            if name is not None:
-                split_ref(name, "adapters")
-        return list(body.adapters), "adapters"
-    if body.model is None or body.model == base_name:
+        specs: list[RowSpec] = [
+            a if a is None or isinstance(a, str) else [(e.name, e.scale) for e in a]
+            for a in body.adapters
+        ]
+        return row_adapters(None, specs, n)
+    if by_base:
         return [None] * n, "model"
+    assert body.model is not None
     split_ref(body.model, "model")
     return [body.model] * n, "model"
 

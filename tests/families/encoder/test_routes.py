@@ -214,3 +214,52 @@ def test_texts_are_refused_on_a_vector_base(tmp_path: Path) -> None:
     assert response.status_code == 422
     error = response.json()["error"]
     assert error["code"] == "invalid_input" and "/v1/predict" in error["message"]
+
+
+def test_a_composition_equals_peft_add_weighted_adapter_cat(
+    client: TestClient, adapter_files, tmp_path: Path
+) -> None:
+    """`lora`: the composition of every input, against PEFT's own model with the sources
+    combined by add_weighted_adapter(combination_type="cat"), pooled as the service pools."""
+    from peft import PeftModel
+
+    from app.families import load_family
+
+    folder = known_model_folder(BASE)
+    for name, (config, weights) in adapter_files.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "adapter_config.json").write_bytes(config)
+        (tmp_path / name / "adapter_model.safetensors").write_bytes(weights)
+    model = PeftModel.from_pretrained(
+        AutoModel.from_pretrained(folder, local_files_only=True), tmp_path / "qv", adapter_name="qv"
+    )
+    model.load_adapter(tmp_path / "ffn", adapter_name="ffn")
+    model.add_weighted_adapter(["qv", "ffn"], [0.5, -1.5], "mix", combination_type="cat")
+    model.set_adapter("mix")
+    encoder = load_family(Path(BASE), torch.device("cpu")).text  # type: ignore[attr-defined]
+    texts = [*PAIR, "Cats purr."]
+    with torch.no_grad():
+        expected = encoder.embed(model.eval(), encoder.tokenize(texts)).numpy()
+    lora = [{"name": "qv", "scale": 0.5}, {"name": "ffn", "scale": -1.5}]
+    got = embed(client, model=BASE, input=texts, lora=lora)
+    assert np.abs(got - expected).max() <= 1e-5
+    per_input = embed(client, input=texts, adapters=[lora, None, "qv"])
+    assert np.abs(per_input[0] - got[0]).max() <= 1e-5
+    assert np.abs(per_input[1] - embed(client, input=[texts[1]])[0]).max() <= 1e-5
+    assert np.abs(per_input[2] - embed(client, model="qv", input=[texts[2]])[0]).max() <= 1e-5
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"model": "qv", "lora": [{"name": "ffn"}]}, "lora"),
+        ({"lora": [{"name": "ffn"}], "adapters": ["qv", "qv"]}, "lora"),
+        ({"lora": [{"name": "ffn", "scale": 1.0}] * 9}, "lora"),
+        ({"lora": [{"name": "nope"}]}, "lora"),
+        ({"adapters": [[{"name": "qv"}], [{"name": "nope"}]]}, "adapters"),
+    ],
+)
+def test_a_bad_composition_is_refused(client: TestClient, body, param) -> None:
+    r = client.post("/v1/embeddings", json={"input": PAIR, **body})
+    assert r.status_code in (404, 422), r.text
+    assert r.json()["error"]["param"] == param

@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from app.api.schemas import LoraEntry
 from app.engine.predictor import Mode
 
 MAX_N = 16  # choices per prompt
@@ -49,6 +50,9 @@ class _GenerationFields(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str | None = Field(default=None, description="an adapter's name, or the base's")
+    lora: Annotated[list[LoraEntry], Field(min_length=1)] | None = Field(
+        default=None, description="ours: a composition of adapters; `model` is then the base"
+    )
     max_tokens: Annotated[int, Field(ge=1)] | None = None
     temperature: Annotated[float, Field(ge=0, le=2)] = 1.0
     top_p: Annotated[float, Field(gt=0, le=1)] = 1.0

@@ -12,15 +12,17 @@ from fastapi.responses import StreamingResponse
 
 from app.adapters.versions import split_ref
 from app.api.auth import READ
-from app.api.deps import Base, ProjectDep, Registry
+from app.api.deps import Base, ProjectDep, Registry, SettingsDep
 from app.api.deps import Generation as GenerationDep
 from app.api.disconnect import unless_disconnected
 from app.api.schemas import ErrorBody
-from app.api.versions import versions_of
+from app.api.versions import row_versions, versions_of
+from app.errors import InvalidInput
 from app.families.decoder.prompts import prepare
 from app.families.decoder.protocol import ChatCompletionRequest, CompletionRequest
 from app.families.decoder.serving import Generation
 from app.logs import request_id
+from app.settings import Settings
 
 router = APIRouter(tags=["generation"])
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -29,9 +31,26 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 async def _version(
-    model: str | None, base_name: str, registry: Registry, project: str
+    body: ChatCompletionRequest | CompletionRequest,
+    base_name: str,
+    registry: Registry,
+    project: str,
+    max_entries: int,
 ) -> str | None:
-    """`model` names an adapter (its current version, or name@version) or the base."""
+    """`model` names an adapter (its current version, or name@version) or the base; our `lora`,
+    a composition (its key: app.engine.compositions), with `model` the base."""
+    model = body.model
+    if body.lora is not None:
+        if model not in (None, base_name):
+            raise InvalidInput(
+                f"`lora` gives the composition; with it, `model` must be the base model's name "
+                f"({base_name!r})",
+                "lora",
+            )
+        for entry in body.lora:
+            split_ref(entry.name, "lora")
+        spec = [(e.name, e.scale) for e in body.lora]
+        return (await row_versions(registry, [spec], "lora", project, max_entries))[0]
     if model is None or model == base_name:
         return None
     split_ref(model, "model")
@@ -45,10 +64,12 @@ async def _generate(
     engine: GenerationDep,
     registry: Registry,
     project: str,
+    settings: Settings,
 ) -> Any:
     # Watched from the start: a client gone before its answer begins (even before its prompt
     # is tokenized) costs no prompt and no token; once a stream runs, Starlette watches.
-    return await unless_disconnected(request, _answer(body, base, engine, registry, project))
+    answer = _answer(body, base, engine, registry, project, settings.max_adapters_per_request)
+    return await unless_disconnected(request, answer)
 
 
 async def _answer(
@@ -57,8 +78,9 @@ async def _answer(
     engine: GenerationDep,
     registry: Registry,
     project: str,
+    max_entries: int,
 ) -> Response:
-    version = await _version(body.model, base.name, registry, project)
+    version = await _version(body, base.name, registry, project, max_entries)
     # Templates and tokenizers take seconds on megabytes: never on the event loop.
     prepared = await run_in_threadpool(prepare, body, base, engine, version)
     generation = Generation(prepared, engine, project, request_id.get())
@@ -81,9 +103,10 @@ async def create_chat_completion(
     engine: GenerationDep,
     registry: Registry,
     project: ProjectDep,
+    settings: SettingsDep,
 ) -> Any:
     """A chat answer from the base or an adapter; `stream: true` sends server-sent events."""
-    return await _generate(request, body, base, engine, registry, project)
+    return await _generate(request, body, base, engine, registry, project, settings)
 
 
 @router.post("/v1/completions", dependencies=READ, responses=_ERRORS)
@@ -94,9 +117,10 @@ async def create_completion(
     engine: GenerationDep,
     registry: Registry,
     project: ProjectDep,
+    settings: SettingsDep,
 ) -> Any:
     """Text after each prompt from the base or an adapter; `stream: true` sends events."""
-    return await _generate(request, body, base, engine, registry, project)
+    return await _generate(request, body, base, engine, registry, project, settings)
 
 
 @router.get("/v1/models", dependencies=READ)

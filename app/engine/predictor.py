@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Literal
 
@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from app.adapters.registry import AdapterRecord, AdapterRegistry
-from app.engine.compositions import Compositions, contains
+from app.engine.compositions import Compositions, contains, parts_of
 from app.engine.merged import MergedCache
 from app.engine.policy import Mode, runs_merged
 from app.errors import ServiceError
@@ -27,6 +27,8 @@ from app.lora import (
     plan_scope,
     unmerged_linear,
 )
+from app.lora.composed import Entries
+from app.lora.layers import DeltaPlan
 from app.model import BaseModel, Rows, TokenBatch
 
 UsedMode = Literal["unmerged", "merged"]
@@ -163,6 +165,9 @@ class Predictor:
     def _stacked(self, x: Rows, row_adapters: Sequence[str | None], loaded: Loaded) -> Tensor:
         if isinstance(x, TokenBatch):
             return self._segmented(x, row_adapters, loaded)
+        parts = {key: parts_of(key) for key in loaded}
+        if any(p is not None for p in parts.values()):
+            return self._composed(x, row_adapters, parts)
         stack = self.stack_for({v: a for v, (_, a) in loaded.items()})
         if 2 * len(loaded) < len(stack.keys):
             # Few of the stack's adapters: its padded blocks would be mostly empty slots, so sort
@@ -172,6 +177,31 @@ class Predictor:
             batch = MixedBatch.build(row_adapters, {n: a for n, (_, a) in loaded.items()}, x.device)
             return batch.unsort(self._run(batch.sort(x), batch.linear()))
         return self._run(x, StackedBatch.build(row_adapters, stack, x.device).linear())
+
+    def _composed(
+        self,
+        x: Tensor,
+        row_adapters: Sequence[str | None],
+        parts: Mapping[str, list[tuple[str, float]] | None],
+    ) -> Tensor:
+        """Rows on compositions beside rows on adapters: each (row, adapter, scale) entry's term
+        computed with its adapter's other entries, scaled, added into its row."""
+        row_parts = [[] if key is None else (parts[key] or [(key, 1.0)]) for key in row_adapters]
+        entries = Entries.of(row_parts, x.device)
+        singles = {v: self.compositions.load(v, "adapters")[1] for v in set(entries.keys)}
+        return self._run(x, entries.linear(self._single_terms(entries.keys, singles, x.device)))
+
+    def _single_terms(
+        self, keys: Sequence[str], adapters: dict[str, LoraAdapter], device: torch.device
+    ) -> DeltaPlan:
+        """A plan for rows on single adapters: stacked, or sorted by adapter when few of the
+        stack's adapters are in use (see _stacked)."""
+        stack = self.stack_for(adapters)
+        if 2 * len(adapters) < len(stack.keys):
+            batch = MixedBatch.build(keys, adapters, device)
+            add = batch.linear().add
+            return DeltaPlan(lambda name, x, y: _sorted_add(batch, add, name, x, y))
+        return StackedBatch.build(keys, stack, device).linear()
 
     def _segmented(
         self, x: TokenBatch, row_adapters: Sequence[str | None], loaded: Loaded
@@ -225,3 +255,12 @@ class Predictor:
         """One forward of the base with `plan` at its wrapped layers (None: the base alone)."""
         with plan_scope(plan):
             return self.base.run(x)
+
+
+def _sorted_add(
+    batch: MixedBatch, add: Callable[..., None], name: str, x: Tensor, y: Tensor
+) -> None:
+    """A MixedBatch's terms for rows in the caller's order: sorted in, sorted back."""
+    out = batch.sort(y.new_zeros(y.shape))
+    add(name, batch.sort(x), out)
+    y.add_(batch.unsort(out))

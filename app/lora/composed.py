@@ -1,0 +1,49 @@
+"""One forward for a batch whose rows use compositions: each row a weighted list of adapters.
+
+Each (row, adapter, scale) entry becomes a row of its own for the LoRA terms: the entries' rows
+are gathered, their terms computed by any plan for single adapters (stacked or sorted by
+adapter), scaled per entry and added back into their rows. The terms' cost grows with the
+entries, the sum of each row's composition, and not with the number of distinct compositions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from app.lora.layers import DeltaPlan
+
+
+@dataclass(frozen=True)
+class Entries:
+    """A batch's (row, adapter key, scale) entries, in row order."""
+
+    rows: Tensor  # (E,) each entry's row
+    keys: tuple[str, ...]  # (E,) each entry's adapter
+    scales: Tensor  # (E, 1) each entry's scale
+
+    @classmethod
+    def of(cls, row_parts: Sequence[Sequence[tuple[str, float]]], device: torch.device) -> Entries:
+        """`row_parts[i]`: row i's (adapter key, scale) entries (none: the base alone)."""
+        rows = [i for i, parts in enumerate(row_parts) for _ in parts]
+        return cls(
+            torch.tensor(rows, dtype=torch.long, device=device),
+            tuple(key for parts in row_parts for key, _ in parts),
+            torch.tensor([s for parts in row_parts for _, s in parts], device=device)[:, None],
+        )
+
+    def linear(self, terms: DeltaPlan) -> DeltaPlan:
+        """The plan that adds each entry's term, `terms` computing them for the entries' rows
+        (a plan built over `keys`), scaled, into its row."""
+
+        def add(name: str, x: Tensor, y: Tensor) -> None:
+            if not len(self.rows):
+                return
+            out = y.new_zeros(len(self.rows), y.shape[1])
+            terms.add(name, x[self.rows], out)
+            y.index_add_(0, self.rows, out * self.scales.to(out.dtype))
+
+        return DeltaPlan(add)

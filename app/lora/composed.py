@@ -24,15 +24,20 @@ class Entries:
     rows: Tensor  # (E,) each entry's row
     keys: tuple[str, ...]  # (E,) each entry's adapter
     scales: Tensor  # (E, 1) each entry's scale
+    # m when every row has m entries (rows = 0,0,1,1,...): its terms are then summed by a
+    # reshape instead of scattered back (the common case: one composition for a whole request)
+    each: int = 0
 
     @classmethod
     def of(cls, row_parts: Sequence[Sequence[tuple[str, float]]], device: torch.device) -> Entries:
         """`row_parts[i]`: row i's (adapter key, scale) entries (none: the base alone)."""
         rows = [i for i, parts in enumerate(row_parts) for _ in parts]
+        sizes = {len(parts) for parts in row_parts}
         return cls(
             torch.tensor(rows, dtype=torch.long, device=device),
             tuple(key for parts in row_parts for key, _ in parts),
             torch.tensor([s for parts in row_parts for _, s in parts], device=device)[:, None],
+            sizes.pop() if len(sizes) == 1 else 0,
         )
 
     def linear(self, terms: DeltaPlan) -> DeltaPlan:
@@ -43,6 +48,11 @@ class Entries:
             if not len(self.rows):
                 return
             out = y.new_zeros(len(self.rows), y.shape[1])
+            if self.each:
+                terms.add(name, x.repeat_interleave(self.each, dim=0), out)
+                out.mul_(self.scales.to(out.dtype))
+                y.add_(out.view(y.shape[0], self.each, y.shape[1]).sum(dim=1))
+                return
             terms.add(name, x[self.rows], out)
             y.index_add_(0, self.rows, out * self.scales.to(out.dtype))
 

@@ -145,3 +145,18 @@ def test_a_bad_composition_is_refused(client, sources, adapter, status, param) -
     assert r.status_code == status, r.text
     if param is not None:
         assert r.json()["error"]["param"] == param
+
+
+def test_rows_all_on_compositions_of_one_size(client, sources, base_folder) -> None:
+    """Every row two entries (the entries' terms summed by a reshape, not scattered back)."""
+    rows = [
+        [{"name": "p", "scale": 0.5}, {"name": "q", "scale": 2.0}],
+        [{"name": "r", "scale": -1.0}, {"name": "p", "scale": 1.5}],
+        [{"name": "q", "scale": 0.25}, {"name": "r", "scale": 0.75}],
+        [{"name": "p", "scale": 0.5}, {"name": "q", "scale": 2.0}],
+    ]
+    x = torch.randn(len(rows), TINY_SIZES[0])
+    together, _ = _predict(client, x, adapters=rows)
+    for i, spec in enumerate(rows):
+        expected = _longhand(base_folder, sources, x[i : i + 1], spec)
+        torch.testing.assert_close(together[i : i + 1], expected, atol=1e-5, rtol=1e-5)

@@ -102,3 +102,25 @@ def test_the_base_never_reuses_an_adapters_blocks(
     before = hits(client)
     assert complete(client, "tiny-llama") == expected(base_dir, None)
     assert hits(client) == before
+
+
+def test_a_composition_reuses_its_own_blocks_and_no_others(client: TestClient, adapters) -> None:
+    """Blocks are keyed by the composition's versions and scales: the same composition hits,
+    another scale or the adapter alone does not."""
+    upload(client, "x", adapters["a"])
+    upload(client, "y", adapters["b"])
+
+    def composed(scale: float) -> str:
+        lora = [{"name": "x", "scale": scale}, {"name": "y", "scale": 0.5}]
+        body = {"prompt": PROMPT, "max_tokens": NEW, "temperature": 0, "ignore_eos": True}
+        answer = client.post("/v1/completions", json={**body, "lora": lora})
+        assert answer.status_code == 200, answer.text
+        return str(answer.json()["choices"][0]["text"])
+
+    first = composed(0.8)
+    before = hits(client)
+    assert composed(0.8) == first and hits(client) > before
+    for other in (lambda: composed(0.3), lambda: complete(client, "x")):
+        before = hits(client)
+        other()
+        assert hits(client) == before

@@ -49,12 +49,14 @@ def contains(key: str, version: str) -> bool:
 
 
 class Compositions:
-    """Loads versions and compositions alike; composed adapters kept, least recently used out."""
+    """Loads versions and compositions alike; composed adapters kept within `max_bytes` (as
+    loaded adapters are within ADAPTER_CACHE_BYTES), least recently used out."""
 
-    def __init__(self, load: Load, order: Sequence[str], max_entries: int = 256) -> None:
-        self._load, self._order, self.max_entries = load, list(order), max_entries
+    def __init__(self, load: Load, order: Sequence[str], max_bytes: int) -> None:
+        self._load, self._order, self.max_bytes = load, list(order), max_bytes
         self._lock = threading.Lock()
         self._held: OrderedDict[str, tuple[AdapterRecord, LoraAdapter]] = OrderedDict()
+        self.nbytes = 0
 
     def load(self, key: str, param: str) -> tuple[AdapterRecord, LoraAdapter]:
         parts = parts_of(key)
@@ -70,9 +72,12 @@ class Compositions:
         adapter = compose([(a.terms, s) for (_, a), s in loaded], "cat", self._order)
         held = (loaded[0][0][0], adapter)
         with self._lock:
-            self._held[key] = held
-            while len(self._held) > self.max_entries:
-                self._held.popitem(last=False)
+            if key not in self._held and adapter.nbytes <= self.max_bytes:
+                self._held[key] = held
+                self.nbytes += adapter.nbytes
+                while self.nbytes > self.max_bytes:
+                    _, (_, evicted) = self._held.popitem(last=False)
+                    self.nbytes -= evicted.nbytes
         return held
 
     def forget(self, version: str) -> list[str]:
@@ -80,5 +85,5 @@ class Compositions:
         with self._lock:
             gone = [k for k in self._held if contains(k, version)]
             for key in gone:
-                del self._held[key]
+                self.nbytes -= self._held.pop(key)[1].nbytes
         return gone

@@ -49,7 +49,9 @@ class Predictor:
         self.base = base
         self.registry = registry
         self.merged = MergedCache(base.module, merged_cache_bytes)
-        self.compositions = Compositions(registry.load, list(base.linears()))
+        self.compositions = Compositions(
+            registry.load, list(base.linears()), registry.weights.max_bytes
+        )
         registry.on_change(self._forget)
         self._stack_lock = threading.Lock()
         self._stack: AdapterStack | None = None

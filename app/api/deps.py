@@ -14,6 +14,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from app.adapters import AdapterRegistry
+from app.api.observability import AdapterTraffic
 from app.engine import ComputeThread, Engine, Predictor
 from app.errors import InvalidInput, NotReady
 from app.families.decoder.generate.engine import GenerationEngine
@@ -102,6 +103,12 @@ async def get_projects(services: Annotated[Services, Depends(get_services)]) -> 
     return services.projects
 
 
+async def get_traffic(request: Request) -> AdapterTraffic:
+    """Requests and tokens per adapter, for /metrics."""
+    traffic: AdapterTraffic = request.app.state.metrics.adapters
+    return traffic
+
+
 async def get_project(request: Request) -> str:
     """The project of the request's key (Authenticate puts it in the scope); else the default."""
     project: str = request.scope.get("state", {}).get("project", DEFAULT_PROJECT)
@@ -118,4 +125,5 @@ Training = Annotated[TrainingService, Depends(get_training)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
 Generation = Annotated[GenerationEngine, Depends(get_generation)]
 ProjectDep = Annotated[str, Depends(get_project)]
+TrafficDep = Annotated[AdapterTraffic, Depends(get_traffic)]
 ProjectsDep = Annotated[Projects, Depends(get_projects)]

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -27,11 +28,66 @@ access_log = logging.getLogger("app.access")
 log = logging.getLogger(__name__)
 
 
+ADAPTER_LABELS = 32  # adapters with a label of their own on /metrics; the rest are `other`
+
+
+class AdapterTraffic:
+    """Requests and tokens per adapter name, as routers need them (vLLM PR #45820).
+
+    Labels stay bounded: the first ADAPTER_LABELS names to be among the busiest at a scrape get
+    a label of their own and keep it (so their counters only grow); every other name counts
+    under `other` (which drops by a name's count once, when that name gets its label)."""
+
+    def __init__(self, labels: int = ADAPTER_LABELS) -> None:
+        self.labels = labels
+        self._lock = threading.Lock()
+        self._counts: dict[tuple[str, str], list[int]] = {}  # (project, name) -> [requests, tokens]
+        self._labeled: list[tuple[str, str]] = []
+
+    def record(self, project: str, names: Iterable[str], tokens: int = 0) -> None:
+        """One request on each of `names` (name or name@version), with `tokens` for each."""
+        with self._lock:
+            for name in dict.fromkeys(n.partition("@")[0] for n in names):
+                counts = self._counts.setdefault((project, name), [0, 0])
+                counts[0] += 1
+                counts[1] += tokens
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "loraserve_adapter_requests", "requests per adapter", labels=["project", "adapter"]
+        )
+        tokens = CounterMetricFamily(
+            "loraserve_adapter_tokens",
+            "prompt and generated tokens per adapter (texts; vector rows count none)",
+            labels=["project", "adapter"],
+        )
+        with self._lock:
+            spare = self.labels - len(self._labeled)
+            if spare > 0:
+                unlabeled = [k for k in self._counts if k not in self._labeled]
+                unlabeled.sort(key=lambda k: -self._counts[k][0])
+                self._labeled += unlabeled[:spare]
+            labeled = set(self._labeled)
+            other = [0, 0]
+            for key, (n, t) in self._counts.items():
+                if key in labeled:
+                    requests.add_metric(list(key), n)
+                    tokens.add_metric(list(key), t)
+                else:
+                    other[0] += n
+                    other[1] += t
+        requests.add_metric(["", "other"], other[0])
+        tokens.add_metric(["", "other"], other[1])
+        yield requests
+        yield tokens
+
+
 class Metrics:
     """The service's metrics, in a registry of its own (one per app, so tests do not collide)."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self.adapters = AdapterTraffic()
         self.requests = Counter(
             "loraserve_requests", "HTTP requests", ["route", "method", "status"],
             registry=self.registry,
@@ -47,6 +103,8 @@ class Metrics:
         self.batches = Counter(
             "loraserve_batches", "model batches by mode", ["mode"], registry=self.registry
         )
+
+        self.watch(self.adapters.collect)
 
     def record_batch(self, rows: int, mode: str) -> None:
         self.batch_rows.observe(rows)
@@ -84,6 +142,17 @@ def live_metrics(services_of: Callable[[], Any]) -> Callable[[], Iterator[Metric
             "bytes of adapter weights in memory",
             registry.cached_bytes,
         )
+        tiers = GaugeMetricFamily(
+            "loraserve_adapters_by_tier",
+            "adapters by where their weights are: the store only, host memory, device memory",
+            labels=["tier"],
+        )
+        resident = registry.resident_count
+        on_device = registry.base.device.type != "cpu"
+        tiers.add_metric(["disk"], max(registry.count() - resident, 0))
+        tiers.add_metric(["host"], 0 if on_device else resident)
+        tiers.add_metric(["device"], resident if on_device else 0)
+        yield tiers
         lookups = CounterMetricFamily(
             "loraserve_adapter_cache_lookups", "adapter weight lookups", labels=["result"]
         )

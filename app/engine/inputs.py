@@ -65,3 +65,10 @@ def row_adapters(
 def _check(spec: RowSpec, param: str) -> None:
     for name in [spec] if isinstance(spec, str) else [n for n, _ in spec or []]:
         split_ref(name, param)
+
+
+def names_in(spec: RowSpec) -> list[str]:
+    """The adapter names a row's spec holds (none for the base)."""
+    if spec is None:
+        return []
+    return [spec] if isinstance(spec, str) else [n for n, _ in spec]

@@ -15,6 +15,7 @@ from app.api.auth import READ
 from app.api.deps import Base, ProjectDep, Registry, SettingsDep
 from app.api.deps import Generation as GenerationDep
 from app.api.disconnect import unless_disconnected
+from app.api.observability import AdapterTraffic
 from app.api.schemas import ErrorBody
 from app.api.versions import row_versions, versions_of
 from app.errors import InvalidInput
@@ -68,7 +69,10 @@ async def _generate(
 ) -> Any:
     # Watched from the start: a client gone before its answer begins (even before its prompt
     # is tokenized) costs no prompt and no token; once a stream runs, Starlette watches.
-    answer = _answer(body, base, engine, registry, project, settings.max_adapters_per_request)
+    traffic = request.app.state.metrics.adapters
+    answer = _answer(
+        body, base, engine, registry, project, settings.max_adapters_per_request, traffic
+    )
     return await unless_disconnected(request, answer)
 
 
@@ -79,11 +83,16 @@ async def _answer(
     registry: Registry,
     project: str,
     max_entries: int,
+    traffic: AdapterTraffic,
 ) -> Response:
     version = await _version(body, base.name, registry, project, max_entries)
     # Templates and tokenizers take seconds on megabytes: never on the event loop.
     prepared = await run_in_threadpool(prepare, body, base, engine, version)
-    generation = Generation(prepared, engine, project, request_id.get())
+    names = [e.name for e in body.lora] if body.lora else [body.model or ""] if version else []
+    generation = Generation(
+        prepared, engine, project, request_id.get(),
+        lambda usage: traffic.record(project, names, usage["total_tokens"]),
+    )  # fmt: skip
     if not body.stream:
         answer = await generation.answer()
         return Response(orjson.dumps(answer), media_type="application/json")

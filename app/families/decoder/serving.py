@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,8 +47,10 @@ class Generation:
         engine: GenerationEngine,
         project: str = "",
         request_id: str | None = None,
+        on_done: Callable[[dict[str, int]], None] = lambda usage: None,
     ) -> None:
         self.p = prepared
+        self.on_done = on_done  # told the usage once every sequence has finished
         self.engine = engine
         self.project = project
         self.request_id = request_id
@@ -128,6 +130,7 @@ class Generation:
         finally:
             self.cancel()
         out = [self._choice_body(c, c.text, c.tokens, c.finish_reason) for c in self.choices]
+        self.on_done(self.usage())
         return {
             "id": self.id,
             "object": "chat.completion" if self.p.kind == "chat" else "text_completion",
@@ -157,6 +160,7 @@ class Generation:
                     yield self._sse(self._error_body(item))
                     break
                 pending = [(index, item)]
+            self.on_done(self.usage())
             options = self.p.request.stream_options
             if options is not None and options.include_usage:
                 yield self._sse(self._chunk([], usage=self.usage()))

@@ -12,10 +12,11 @@ from fastapi.concurrency import run_in_threadpool
 
 from app.adapters import AdapterRegistry
 from app.adapters.versions import split_ref
-from app.api.deps import Services, get_services
+from app.api.deps import Services, TrafficDep, get_services
+from app.api.observability import AdapterTraffic
 from app.api.versions import row_versions
 from app.engine import Engine, Result
-from app.engine.inputs import RowSpec, row_adapters
+from app.engine.inputs import RowSpec, names_in, row_adapters
 from app.errors import InvalidInput
 from app.families.encoder.family import EncoderFamily
 from app.families.encoder.schemas import EmbeddingsRequest
@@ -32,6 +33,7 @@ class Embeddings:
     engine: Engine
     registry: AdapterRegistry
     settings: Settings
+    traffic: AdapterTraffic
 
     async def embed(self, body: EmbeddingsRequest, project: str) -> tuple[dict[str, Any], Result]:
         """The answer's content, and the engine's result (for its timings)."""
@@ -61,6 +63,13 @@ class Embeddings:
             self.registry, names, param, project, self.settings.max_adapters_per_request
         )
         result = await self.engine.submit(tokens, versions, body.mode, param)
+        per_text = tokens.mask.sum(dim=1).tolist()
+        by_name: dict[str, int] = {}
+        for spec, count in zip(names, per_text, strict=True):
+            for name in names_in(spec):
+                by_name[name] = by_name.get(name, 0) + int(count)
+        for name, count in by_name.items():
+            self.traffic.record(project, [name], count)
         outputs = result.outputs.numpy()
         if body.encoding_format == "base64":
             # As OpenAI sends it: each embedding's float32 bytes, little-endian, base64-encoded.
@@ -121,8 +130,12 @@ def _row_adapters(body: EmbeddingsRequest, base_name: str, n: int) -> tuple[list
     return [body.model] * n, "model"
 
 
-async def get_embeddings(services: Annotated[Services, Depends(get_services)]) -> Embeddings:
-    return Embeddings(services.family, services.engine, services.registry, services.settings)
+async def get_embeddings(
+    services: Annotated[Services, Depends(get_services)], traffic: TrafficDep
+) -> Embeddings:
+    return Embeddings(
+        services.family, services.engine, services.registry, services.settings, traffic
+    )
 
 
 EmbeddingsDep = Annotated[Embeddings, Depends(get_embeddings)]

@@ -13,11 +13,12 @@ from fastapi import Depends
 from fastapi.concurrency import run_in_threadpool
 
 from app.adapters import AdapterRegistry
-from app.api.deps import Services, get_services
+from app.api.deps import Services, TrafficDep, get_services
+from app.api.observability import AdapterTraffic
 from app.api.params import UnknownParameter
 from app.api.versions import row_versions
 from app.engine import Engine, Mode, Result
-from app.engine.inputs import check_rows, first_non_finite_rows, row_adapters
+from app.engine.inputs import check_rows, first_non_finite_rows, names_in, row_adapters
 from app.errors import InvalidInput, UnsupportedMediaType, shorten
 from app.families.family import Family
 from app.families.mlp.io import OCTET, PredictCall, parse_json, parse_safetensors
@@ -33,6 +34,7 @@ class Predictions:
     engine: Engine
     registry: AdapterRegistry
     settings: Settings
+    traffic: AdapterTraffic
 
     def parser(
         self, content_type: str, query: Mapping[str, str], adapter: str | None, mode: Mode
@@ -71,6 +73,7 @@ class Predictions:
         )
         result = await self.engine.submit(x, versions, call.mode, param)
         _check_finite(result.outputs)
+        self.traffic.record(project, (n for spec in names for n in names_in(spec)))
         return result
 
 
@@ -85,8 +88,12 @@ def _check_finite(outputs: torch.Tensor) -> None:
         )
 
 
-async def get_predictions(services: Annotated[Services, Depends(get_services)]) -> Predictions:
-    return Predictions(services.family, services.engine, services.registry, services.settings)
+async def get_predictions(
+    services: Annotated[Services, Depends(get_services)], traffic: TrafficDep
+) -> Predictions:
+    return Predictions(
+        services.family, services.engine, services.registry, services.settings, traffic
+    )
 
 
 PredictionsDep = Annotated[Predictions, Depends(get_predictions)]

@@ -101,6 +101,29 @@ def test_compositions_beside_adapters_and_the_base_each_get_their_own(client, fo
     assert got[1] == _peft_text(folders, None, "qv")
 
 
+def test_metrics_count_each_composed_adapters_requests_and_tokens(client: TestClient) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def counted() -> dict[tuple[str, str], float]:
+        text = client.get("/metrics").text
+        return {
+            (s.name, s.labels.get("adapter", "")): s.value
+            for f in text_string_to_metric_families(text)
+            for s in f.samples
+            if s.name.startswith("loraserve_adapter_")
+        }
+
+    before = counted()
+    _text(client, lora=LORA)
+    after = counted()
+    for name in ("qv", "down"):
+        key = ("loraserve_adapter_requests_total", name)
+        assert after[key] - before.get(key, 0) == 1
+        tokens = ("loraserve_adapter_tokens_total", name)
+        prompt = len(tiny_tokenizer()(PROMPT)["input_ids"])
+        assert after[tokens] - before.get(tokens, 0) == prompt + NEW
+
+
 def test_scale_one_is_the_adapter(client: TestClient) -> None:
     assert _text(client, lora=[{"name": "qv", "scale": 1.0}]) == _text(client, model="qv")
 

@@ -172,3 +172,42 @@ def test_try_it_shows_each_adapters_outputs_merged_and_unmerged(
         assert torch.allclose(torch.tensor(displayed_rows(page, card)).double(), want, rtol=2e-3)
     assert not torch.allclose(base, tuned, rtol=1e-2)
     screenshot(page, "try-it")
+
+
+def test_try_it_runs_a_composition_built_on_the_page(
+    page: Page, server: Server, base_dir: Path
+) -> None:
+    """Two adapters picked with their scales; the numbers shown are the composition's, written
+    out longhand, beside one of the adapters alone."""
+    from support.helpers import reference_composition
+
+    made = {}
+    for name, seed in (("left", 6), ("right", 7)):
+        config, tensors, config_bytes, weights = make_adapter(seed=seed)
+        files = {"config": ("adapter_config.json", config_bytes), "weights": ("w", weights)}
+        r = httpx.post(f"{server.url}/v1/adapters", data={"name": name}, files=files)
+        assert r.status_code == 201, r.text
+        made[name] = (config, tensors)
+    rows = torch.randn(2, TINY_SIZES[0], generator=torch.Generator().manual_seed(8))
+    open_tab(page, server.url, "try")
+    page.uncheck("input[name=target][value='']")
+    page.check("input[name=target][value=left]")
+    page.uncheck("#try-modes input[value=merged]")
+    for name, scale in (("left", "0.5"), ("right", "-1.25")):
+        page.click("#try-compose-add")
+        row = page.locator("#try-compose-rows .compose-row").last
+        row.locator("select").select_option(name)
+        row.locator(".compose-scale").fill(scale)
+    page.fill("#try-input", json.dumps(rows.tolist()))
+    page.click("#try-form button[type=submit]")
+    results = page.locator("#try-results .result")
+    expect(results).to_have_count(2)
+    assert results.locator("h3").all_inner_texts() == [
+        "left, unmerged (answered unmerged)",
+        "composition left\u00d70.5 + right\u00d7-1.25, unmerged (answered unmerged)",
+    ]
+    want = reference_composition(base_dir, rows, [(*made["left"], 0.5), (*made["right"], -1.25)])
+    assert torch.allclose(torch.tensor(displayed_rows(page, 1)).double(), want, rtol=2e-3)
+    alone = reference_forward(base_dir, rows, *made["left"])
+    assert not torch.allclose(want, alone, rtol=1e-2)
+    screenshot(page, "try-it-composition")

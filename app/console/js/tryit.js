@@ -6,7 +6,9 @@ import { $, $$, el, explain, formatNumber, notify } from "./dom.js";
 import { session } from "./state.js";
 
 const SHOWN = 8; // values shown per output row
+const MAX_SCALE = 2; // the sliders' range; the API takes up to 16 (type it in the number box)
 let initialized = false;
+let readyNames = [];
 
 async function loadTargets() {
   const box = $("#try-targets");
@@ -20,9 +22,41 @@ async function loadTargets() {
   }
   const option = (value, label) => el("label", { class: "inline" },
     el("input", { type: "checkbox", name: "target", value, checked: chosen.has(value) }), ` ${label}`);
-  box.replaceChildren(option("", "base model (no adapter)"),
-    ...list.data.filter((a) => a.status === "ready").map((a) => option(a.name, a.name)));
+  readyNames = list.data.filter((a) => a.status === "ready").map((a) => a.name);
+  box.replaceChildren(option("", "base model (no adapter)"), ...readyNames.map((n) => option(n, n)));
   box.dataset.loaded = "1";
+  for (const select of $$("#try-compose-rows select")) fillNames(select, select.value);
+}
+
+function fillNames(select, chosen) {
+  select.replaceChildren(...readyNames.map((n) => el("option", { value: n, text: n, selected: n === chosen })));
+}
+
+// One row of the composition builder: an adapter, a slider and a number box kept in step.
+function addComposeRow() {
+  const select = el("select", { class: "compose-name" });
+  fillNames(select, readyNames[0]);
+  const number = el("input", { type: "number", class: "compose-scale", step: "0.05", min: "-16", max: "16", value: "1" });
+  const slider = el("input", { type: "range", min: String(-MAX_SCALE), max: String(MAX_SCALE), step: "0.05", value: "1" });
+  slider.addEventListener("input", () => { number.value = slider.value; });
+  number.addEventListener("input", () => { slider.value = number.value; });
+  const remove = el("button", { type: "button", text: "Remove" });
+  const row = el("div", { class: "bar compose-row" }, select, slider, number, remove);
+  remove.addEventListener("click", () => row.remove());
+  $("#try-compose-rows").append(row);
+}
+
+// The composition built, as the API takes it ([{name, scale}]); null when it is empty.
+function composition() {
+  const rows = $$("#try-compose-rows .compose-row").map((row) => ({
+    name: $("select", row).value, scale: Number($(".compose-scale", row).value),
+  })).filter((e) => e.name);
+  return rows.length ? rows : null;
+}
+
+function targetName(target) {
+  if (Array.isArray(target)) return `composition ${target.map((e) => `${e.name}×${e.scale}`).join(" + ")}`;
+  return target || "base model";
 }
 
 function parseRows(text) {
@@ -57,7 +91,7 @@ async function runVectors(targets, modes, inputs, results) {
   for (const adapter of targets) {
     const outputs = {};
     for (const mode of modes) {
-      const name = adapter || "base model";
+      const name = targetName(adapter);
       try {
         const response = await api("/v1/predict", {
           method: "POST", json: { inputs, adapter: adapter || null, mode }, raw: true,
@@ -73,7 +107,7 @@ async function runVectors(targets, modes, inputs, results) {
     if (outputs.merged && outputs.unmerged) {
       const diff = Math.max(...outputs.merged.flatMap((row, i) =>
         row.map((v, j) => Math.abs(v - outputs.unmerged[i][j]))));
-      results.append(el("p", { class: "hint", text: `${adapter || "base model"}: largest difference between merged and unmerged ${formatNumber(diff)}` }));
+      results.append(el("p", { class: "hint", text: `${targetName(adapter)}: largest difference between merged and unmerged ${formatNumber(diff)}` }));
     }
   }
 }
@@ -89,11 +123,13 @@ function cosineTable(vectors) {
 
 async function runTexts(targets, modes, texts, results) {
   for (const adapter of targets) {
-    const name = adapter || "base model";
+    const name = targetName(adapter);
     for (const mode of modes) {
       try {
+        const target = Array.isArray(adapter) ? { model: session.model.name, lora: adapter }
+          : { model: adapter || session.model.name };
         const response = await api("/v1/embeddings", {
-          method: "POST", json: { model: adapter || session.model.name, input: texts, mode }, raw: true,
+          method: "POST", json: { ...target, input: texts, mode }, raw: true,
         });
         const answer = await response.json();
         const vectors = answer.data.map((d) => d.embedding);
@@ -110,8 +146,10 @@ async function run(event) {
   event.preventDefault();
   const results = $("#try-results");
   const targets = $$("input[name=target]:checked").map((i) => i.value);
+  const composed = composition();
+  if (composed) targets.push(composed);
   if (!targets.length) {
-    notify("Pick the base model or at least one adapter.", "error");
+    notify("Pick the base model, an adapter or a composition.", "error");
     return;
   }
   results.replaceChildren(el("p", { class: "hint", text: "Running..." }));
@@ -150,6 +188,7 @@ export function init() {
   initialized = true;
   $("#try-form").addEventListener("submit", run);
   $("#try-random").addEventListener("click", fillRandom);
+  $("#try-compose-add").addEventListener("click", addComposeRow);
 }
 
 export function show() {

@@ -95,30 +95,8 @@ def reference_forward(
     tensors: Mapping[str, Tensor] | None = None,
 ) -> Tensor:
     """The model written out longhand in float64: x @ W.T + b + s * (x @ A.T) @ B.T per layer."""
-    from safetensors.torch import load_file
-
-    spec = json.loads((base_folder / "config.json").read_text())
-    state = {k: v.double() for k, v in load_file(base_folder / "model.safetensors").items()}
-    act = {"relu": torch.relu, "tanh": torch.tanh, "gelu": torch.nn.functional.gelu, None: None}[
-        spec.get("activation")
-    ]
-    n_layers = len(spec["sizes"]) - 1
-    h = x.double()
-    for i in range(1, n_layers + 1):
-        name = f"layer{i}"
-        y = h @ state[f"{name}.weight"].T
-        if f"{name}.bias" in state:
-            y = y + state[f"{name}.bias"]
-        key_a = f"base_model.model.{name}.lora_A.weight"
-        if config is not None and tensors is not None and key_a in tensors:
-            a = tensors[key_a].double()
-            b = tensors[f"base_model.model.{name}.lora_B.weight"].double()
-            r = a.shape[0]
-            alpha = config.get("alpha_pattern", {}).get(name, config["lora_alpha"])
-            s = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
-            y = y + s * (h @ a.T) @ b.T
-        h = act(y) if act is not None and i < n_layers else y
-    return h
+    parts = [] if config is None or tensors is None else [(config, tensors, 1.0)]
+    return reference_composition(base_folder, x, parts)
 
 
 def reference_composition(

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from fastapi.concurrency import run_in_threadpool
 
 from app.adapters import AdapterRegistry
+from app.adapters.versions import split_ref
+from app.api.schemas import LoraEntry
 from app.engine.compositions import composition_key
 from app.engine.inputs import RowSpec
 from app.errors import InvalidInput
@@ -54,3 +56,19 @@ async def row_versions(
         else:
             out.append(composition_key((found[n], scale) for n, scale in spec))
     return out
+
+
+def lora_spec(
+    lora: Sequence[LoraEntry], model: str | None, base_name: str
+) -> list[tuple[str, float]]:
+    """Our `lora` extension on the OpenAI routes: a composition, with `model` naming the base
+    (or left out); a 422 naming `lora` otherwise or for a malformed name."""
+    if model not in (None, base_name):
+        raise InvalidInput(
+            f"`lora` gives the composition; with it, `model` must be the base model's name "
+            f"({base_name!r})",
+            "lora",
+        )
+    for entry in lora:
+        split_ref(entry.name, "lora")
+    return [(e.name, e.scale) for e in lora]

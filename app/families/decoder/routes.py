@@ -17,8 +17,7 @@ from app.api.deps import Generation as GenerationDep
 from app.api.disconnect import unless_disconnected
 from app.api.observability import AdapterTraffic
 from app.api.schemas import ErrorBody
-from app.api.versions import row_versions, versions_of
-from app.errors import InvalidInput
+from app.api.versions import lora_spec, row_versions, versions_of
 from app.families.decoder.prompts import prepare
 from app.families.decoder.protocol import ChatCompletionRequest, CompletionRequest
 from app.families.decoder.serving import Generation
@@ -42,15 +41,7 @@ async def _version(
     a composition (its key: app.engine.compositions), with `model` the base."""
     model = body.model
     if body.lora is not None:
-        if model not in (None, base_name):
-            raise InvalidInput(
-                f"`lora` gives the composition; with it, `model` must be the base model's name "
-                f"({base_name!r})",
-                "lora",
-            )
-        for entry in body.lora:
-            split_ref(entry.name, "lora")
-        spec = [(e.name, e.scale) for e in body.lora]
+        spec = lora_spec(body.lora, model, base_name)
         return (await row_versions(registry, [spec], "lora", project, max_entries))[0]
     if model is None or model == base_name:
         return None

@@ -14,7 +14,7 @@ from app.adapters import AdapterRegistry
 from app.adapters.versions import split_ref
 from app.api.deps import Services, TrafficDep, get_services
 from app.api.observability import AdapterTraffic
-from app.api.versions import row_versions
+from app.api.versions import lora_spec, row_versions
 from app.engine import Engine, Result
 from app.engine.inputs import RowSpec, names_in, row_adapters
 from app.errors import InvalidInput
@@ -98,15 +98,7 @@ def _row_adapters(body: EmbeddingsRequest, base_name: str, n: int) -> tuple[list
     if body.lora is not None:
         if body.adapters is not None:
             raise InvalidInput("give either `lora` or `adapters`, not both", "lora")
-        if not by_base:
-            raise InvalidInput(
-                f"`lora` gives the composition; with it, `model` must be the base model's name "
-                f"({base_name!r})",
-                "lora",
-            )
-        for entry in body.lora:
-            split_ref(entry.name, "lora")
-        return [[(e.name, e.scale) for e in body.lora]] * n, "lora"
+        return [lora_spec(body.lora, body.model, base_name)] * n, "lora"
     if body.adapters is not None:
         if not by_base:
             raise InvalidInput(

@@ -66,7 +66,7 @@ class Operations:
     def compose_adapter(
         self,
         name: str,
-        sources: Mapping[str, float] | Sequence[tuple[str, float]],
+        sources: Composition,
         method: str = "cat",
         rank: int | None = None,
         density: float | None = None,
@@ -74,11 +74,10 @@ class Operations:
         overwrite: bool = False,
     ) -> Any:
         """Save a composition of adapters ({name or name@version: scale}) as a new adapter."""
-        pairs = sources.items() if isinstance(sources, Mapping) else sources
         options = {"rank": rank, "density": density, "seed": seed}
         body = {
             "name": name,
-            "sources": [{"name": n, "scale": s} for n, s in pairs],
+            "sources": _wire_spec(sources),
             "method": method,
             **{k: v for k, v in options.items() if v is not None},
         }
@@ -91,13 +90,19 @@ class Operations:
     def predict(
         self,
         inputs: Tensor | Sequence[Sequence[float]],
-        adapter: str | None = None,
-        adapters: Sequence[str | None] | None = None,
+        adapter: str | Composition | None = None,
+        adapters: Sequence[str | Composition | None] | None = None,
         mode: str = "auto",
     ) -> Any:
-        """Outputs as a float32 tensor (N, output_dim); sent as safetensors, both ways."""
+        """Outputs as a float32 tensor (N, output_dim); sent as safetensors, both ways.
+
+        An adapter is a name, or a composition: {name: scale} (or (name, scale) pairs)."""
         x = inputs if isinstance(inputs, Tensor) else torch.tensor(inputs, dtype=torch.float32)
-        metadata = {"adapters": json.dumps(list(adapters))} if adapters is not None else None
+        if adapter is not None and not isinstance(adapter, str):  # the query takes names only
+            adapters, adapter = [adapter] * len(x), None
+        metadata = None
+        if adapters is not None:
+            metadata = {"adapters": json.dumps([_wire_spec(a) for a in adapters])}
         params = {"mode": mode, **({"adapter": adapter} if adapter else {})}
         return self._request(
             "POST", "/v1/predict", answer_outputs,
@@ -109,15 +114,19 @@ class Operations:
         self,
         texts: str | Sequence[str],
         model: str | None = None,
-        adapters: Sequence[str | None] | None = None,
+        adapters: Sequence[str | Composition | None] | None = None,
+        lora: Composition | None = None,
     ) -> Any:
         """Embeddings of a text base as a float32 tensor (N, dim), one row per text, in order.
 
-        `model` names an adapter (None: the base); `adapters` gives one per text instead.
+        `model` names an adapter (None: the base); `adapters` gives one (or a composition) per
+        text instead; `lora` a composition ({name: scale}) for every text.
         """
         body: dict[str, Any] = {"input": texts, "model": model}
         if adapters is not None:
-            body["adapters"] = list(adapters)
+            body["adapters"] = [_wire_spec(a) for a in adapters]
+        if lora is not None:
+            body["lora"] = _wire_spec(lora)
         return self._request("POST", "/v1/embeddings", answer_embeddings, json=body)
 
     def upload_pairs(
@@ -205,3 +214,15 @@ class Operations:
         return self._request(
             "GET", f"/v1/fine-tuning/jobs/{job_id}/events", answer_json, params=params
         )
+
+
+# A composition as callers write it: {name: scale}, or (name, scale) pairs.
+Composition = Mapping[str, float] | Sequence[tuple[str, float]]
+
+
+def _wire_spec(spec: str | Composition | None) -> Any:
+    """A name or None as it is; a composition as the API's list of {"name", "scale"}."""
+    if spec is None or isinstance(spec, str):
+        return spec
+    pairs = spec.items() if isinstance(spec, Mapping) else spec
+    return [{"name": name, "scale": scale} for name, scale in pairs]

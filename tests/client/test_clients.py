@@ -17,6 +17,7 @@ from support.helpers import (
     adapter_files,
     lora_tensors,
     peft_config,
+    reference_composition,
     reference_forward,
     write_base_model,
 )
@@ -58,6 +59,13 @@ def test_sync_client_end_to_end(server, tmp_path: Path) -> None:
         torch.testing.assert_close(
             y.double(), reference_forward(base, x, config, tensors), rtol=1e-4, atol=1e-5
         )
+        half = reader.predict(x, adapter={"c-one": 0.5})
+        torch.testing.assert_close(
+            half.double(), reference_composition(base, x, [(config, tensors, 0.5)]),
+            rtol=1e-4, atol=1e-5,
+        )  # fmt: skip
+        per_row = reader.predict(x, adapters=[[("c-one", 0.5)], None, "c-one"])
+        torch.testing.assert_close(per_row[0], half[0])
         mixed = reader.predict(x, adapters=["c-one", None, "c-one"])
         torch.testing.assert_close(
             mixed[1:2].double(), reference_forward(base, x[1:2]), rtol=1e-4, atol=1e-5

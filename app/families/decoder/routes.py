@@ -12,7 +12,7 @@ from fastapi.responses import StreamingResponse
 
 from app.adapters.versions import split_ref
 from app.api.auth import READ
-from app.api.deps import Base, ProjectDep, Registry, SettingsDep
+from app.api.deps import Base, ProjectDep, Registry, SettingsDep, get_traffic
 from app.api.deps import Generation as GenerationDep
 from app.api.disconnect import unless_disconnected
 from app.api.observability import AdapterTraffic
@@ -60,7 +60,7 @@ async def _generate(
 ) -> Any:
     # Watched from the start: a client gone before its answer begins (even before its prompt
     # is tokenized) costs no prompt and no token; once a stream runs, Starlette watches.
-    traffic = request.app.state.metrics.adapters
+    traffic = await get_traffic(request)  # the one accessor the other routes use too
     answer = _answer(
         body, base, engine, registry, project, settings.max_adapters_per_request, traffic
     )

@@ -11,6 +11,7 @@ composed adapter kept by its key is never stale.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
@@ -36,11 +37,15 @@ def composition_key(parts: Iterable[tuple[str, float]]) -> str | None:
     return _PLUS.join(f"{v}{_TIMES}{s!r}" for v, s in kept)
 
 
-def parts_of(key: str) -> list[tuple[str, float]] | None:
+Parts = tuple[tuple[str, float], ...]
+
+
+@functools.lru_cache(maxsize=16384)  # a batch asks for each of its rows' keys more than once
+def parts_of(key: str) -> Parts | None:
     """The (version, scale) parts of a composition key; None for a plain version."""
     if _TIMES not in key:
         return None
-    return [(v, float(s)) for v, _, s in (p.partition(_TIMES) for p in key.split(_PLUS))]
+    return tuple((v, float(s)) for v, _, s in (p.partition(_TIMES) for p in key.split(_PLUS)))
 
 
 def contains(key: str, version: str) -> bool:
@@ -58,7 +63,33 @@ class Compositions:
         self._held: OrderedDict[str, tuple[AdapterRecord, LoraAdapter]] = OrderedDict()
         self.nbytes = 0
 
+    def resolve(
+        self, keys: Iterable[str], param: str
+    ) -> dict[str, tuple[AdapterRecord, LoraAdapter | None]]:
+        """Each version's record and weights; each composition's first source's record and
+        its concatenated adapter if it is held, else None (rows on vectors take each source's
+        terms and never need it: making one per new composition costs more than the forward),
+        its sources loaded either way, each version once (an unknown version fails here)."""
+        out: dict[str, tuple[AdapterRecord, LoraAdapter | None]] = {}
+        loaded: dict[str, tuple[AdapterRecord, LoraAdapter]] = {}
+        for key in keys:
+            parts = parts_of(key)
+            if parts is None:
+                out[key] = loaded[key] = loaded.get(key) or self._load(key, param)
+                continue
+            with self._lock:
+                held = self._held.get(key)
+            if held is not None:
+                out[key] = held
+                continue
+            for version, _ in parts:
+                if version not in loaded:
+                    loaded[version] = self._load(version, param)
+            out[key] = (loaded[parts[0][0]][0], None)
+        return out
+
     def load(self, key: str, param: str) -> tuple[AdapterRecord, LoraAdapter]:
+        """A version's, or a composition's concatenated adapter (made once, kept)."""
         parts = parts_of(key)
         if parts is None:
             return self._load(key, param)

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from app.adapters.registry import AdapterRecord, AdapterRegistry
-from app.engine.compositions import Compositions, contains, parts_of
+from app.engine.compositions import Compositions, Parts, contains, parts_of
 from app.engine.merged import MergedCache
 from app.engine.policy import Mode, runs_merged
 from app.errors import ServiceError
@@ -34,7 +34,8 @@ from app.model import BaseModel, Rows, TokenBatch
 UsedMode = Literal["unmerged", "merged"]
 # Rows name adapters by version id (the API resolved names first), so two projects' adapters of
 # one name, or two versions of one name, are never confused in a batch.
-Loaded = dict[str, tuple[AdapterRecord, LoraAdapter]]
+# A composition's adapter is None until a path needs it (Predictor.adapters).
+Loaded = dict[str, tuple[AdapterRecord, LoraAdapter | None]]
 _MAX_STACK = 128  # adapters kept stacked for the mixed path
 # Padded tokens per text forward on the CPU. Past a few thousand, a forward gets slower per
 # token (its activations no longer fit the caches), and a big batch padded to its longest text
@@ -63,8 +64,12 @@ class Predictor:
     def resolve(self, versions: Iterable[str | None], param: str) -> Loaded:
         """The record and weights of every version or composition named (404 for an unknown
         version)."""
+        return self.compositions.resolve(dict.fromkeys(v for v in versions if v is not None), param)
+
+    def adapters(self, loaded: Loaded, param: str = "adapters") -> dict[str, LoraAdapter]:
+        """Each key's adapter, a composition's concatenated one made now if need be (kept)."""
         load = self.compositions.load
-        return {v: load(v, param) for v in dict.fromkeys(versions) if v is not None}
+        return {k: a if a is not None else load(k, param)[1] for k, (_, a) in loaded.items()}
 
     def _forget(self, version: str) -> None:
         """A version no name uses any more: its merged copy, and its compositions', go."""
@@ -138,7 +143,7 @@ class Predictor:
                 y = self._run(x, None)
             elif len(loaded) == 1 and None not in row_adapters:
                 # Every row on one adapter: the plain LoRA term, no stacking or indexing.
-                y = self._run(x, unmerged_linear(next(iter(loaded.values()))[1]))
+                y = self._run(x, unmerged_linear(next(iter(self.adapters(loaded).values()))))
             else:
                 y = self._stacked(x, row_adapters, loaded)
             return y.float().cpu()
@@ -170,13 +175,14 @@ class Predictor:
         parts = {key: parts_of(key) for key in loaded}
         if any(p is not None for p in parts.values()):
             return self._composed(x, row_adapters, parts)
-        stack = self.stack_for({v: a for v, (_, a) in loaded.items()})
+        adapters = self.adapters(loaded)  # plain versions only: loaded already
+        stack = self.stack_for(adapters)
         if 2 * len(loaded) < len(stack.keys):
             # Few of the stack's adapters: its padded blocks would be mostly empty slots, so sort
             # the rows by adapter once and give each its plain products on a contiguous view
             # (8 of 64 adapters: 1.25x the base, against 1.33-1.41x stacked; 16 of 64: 1.41-1.49x
             # against 1.8x).
-            batch = MixedBatch.build(row_adapters, {n: a for n, (_, a) in loaded.items()}, x.device)
+            batch = MixedBatch.build(row_adapters, adapters, x.device)
             return batch.unsort(self._run(batch.sort(x), batch.linear()))
         return self._run(x, StackedBatch.build(row_adapters, stack, x.device).linear())
 
@@ -184,26 +190,24 @@ class Predictor:
         self,
         x: Tensor,
         row_adapters: Sequence[str | None],
-        parts: Mapping[str, list[tuple[str, float]] | None],
+        parts: Mapping[str, Parts | None],
     ) -> Tensor:
         """Rows on compositions beside rows on adapters: each (row, adapter, scale) entry's term
         computed with its adapter's other entries, scaled, added into its row."""
-        row_parts = [[] if key is None else (parts[key] or [(key, 1.0)]) for key in row_adapters]
-        entries = Entries.of(row_parts, x.device)
+        row_parts = [() if key is None else (parts[key] or ((key, 1.0),)) for key in row_adapters]
+        entries = Entries.of(row_parts)
         singles = {v: self.compositions.load(v, "adapters")[1] for v in set(entries.keys)}
-        return self._run(x, entries.linear(self._single_terms(entries.keys, singles, x.device)))
-
-    def _single_terms(
-        self, keys: Sequence[str], adapters: dict[str, LoraAdapter], device: torch.device
-    ) -> DeltaPlan:
-        """A plan for rows on single adapters: stacked, or sorted by adapter when few of the
-        stack's adapters are in use (see _stacked)."""
-        stack = self.stack_for(adapters)
-        if 2 * len(adapters) < len(stack.keys):
-            batch = MixedBatch.build(keys, adapters, device)
+        stack = self.stack_for(singles)
+        if 2 * len(singles) < len(stack.keys):
+            # Few of the stack's adapters (see _stacked): the entries' rows sorted by adapter,
+            # each adapter's plain products, scaled and added back into their rows.
+            batch = MixedBatch.build(entries.keys, singles, x.device)
             add = batch.linear().add
-            return DeltaPlan(lambda name, x, y: _sorted_add(batch, add, name, x, y))
-        return StackedBatch.build(keys, stack, device).linear()
+            terms = DeltaPlan(lambda name, x, y: _sorted_add(batch, add, name, x, y))
+            return self._run(x, entries.linear(terms, x.device))
+        # Stacked: each entry's row gathered straight into its adapter's slot, its scale
+        # applied at rank width, its term added into its row.
+        return self._run(x, StackedBatch.of_entries(entries, stack, x.device).linear())
 
     def _segmented(
         self, x: TokenBatch, row_adapters: Sequence[str | None], loaded: Loaded
@@ -211,7 +215,7 @@ class Predictor:
         """Texts sorted by adapter before the forward, so each adapter's tokens are one
         contiguous block in every layer: its LoRA term is two small products on a view, with
         no gather or scatter of activations (sorting token ids is all it costs)."""
-        batch = MixedBatch.build(row_adapters, {n: a for n, (_, a) in loaded.items()}, x.device)
+        batch = MixedBatch.build(row_adapters, self.adapters(loaded), x.device)
         xs = batch.sort(x)
         width = xs.width
         # Most layers see each token as a row (its text's adapter); a few see one row per text.
@@ -241,7 +245,7 @@ class Predictor:
 
     def _merged(self, x: Rows, row_adapters: Sequence[str | None], loaded: Loaded) -> Tensor:
         """Each adapter's rows through that adapter's merged weights."""
-        batch = MixedBatch.build(row_adapters, {n: a for n, (_, a) in loaded.items()}, x.device)
+        batch = MixedBatch.build(row_adapters, self.adapters(loaded), x.device)
         xs = batch.sort(x)  # (N, in), rows grouped by adapter
         parts = []
         for seg in batch.segments:

@@ -4,6 +4,9 @@ Each (row, adapter, scale) entry becomes a row of its own for the LoRA terms: th
 are gathered, their terms computed by any plan for single adapters (stacked or sorted by
 adapter), scaled per entry and added back into their rows. The terms' cost grows with the
 entries, the sum of each row's composition, and not with the number of distinct compositions.
+A stacked batch takes the entries as they are (StackedBatch.of_entries: each entry's row
+gathered straight into its adapter's slot, its scale applied at rank width); `linear` serves
+any other plan.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
 
 from app.lora.layers import DeltaPlan
 
@@ -21,39 +23,42 @@ from app.lora.layers import DeltaPlan
 class Entries:
     """A batch's (row, adapter key, scale) entries, in row order."""
 
-    rows: Tensor  # (E,) each entry's row
+    rows: list[int]  # (E,) each entry's row
     keys: tuple[str, ...]  # (E,) each entry's adapter
-    scales: Tensor  # (E, 1) each entry's scale
+    scales: list[float]  # (E,) each entry's scale
+    n_rows: int  # the batch's rows (rows with no entry: the base alone)
     # m when every row has m entries (rows = 0,0,1,1,...): its terms are then summed by a
     # reshape instead of scattered back (the common case: one composition for a whole request)
     each: int = 0
 
     @classmethod
-    def of(cls, row_parts: Sequence[Sequence[tuple[str, float]]], device: torch.device) -> Entries:
+    def of(cls, row_parts: Sequence[Sequence[tuple[str, float]]]) -> Entries:
         """`row_parts[i]`: row i's (adapter key, scale) entries (none: the base alone)."""
-        rows = [i for i, parts in enumerate(row_parts) for _ in parts]
         sizes = {len(parts) for parts in row_parts}
         return cls(
-            torch.tensor(rows, dtype=torch.long, device=device),
+            [i for i, parts in enumerate(row_parts) for _ in parts],
             tuple(key for parts in row_parts for key, _ in parts),
-            torch.tensor([s for parts in row_parts for _, s in parts], device=device)[:, None],
+            [s for parts in row_parts for _, s in parts],
+            len(row_parts),
             sizes.pop() if len(sizes) == 1 else 0,
         )
 
-    def linear(self, terms: DeltaPlan) -> DeltaPlan:
+    def linear(self, terms: DeltaPlan, device: torch.device) -> DeltaPlan:
         """The plan that adds each entry's term, `terms` computing them for the entries' rows
         (a plan built over `keys`), scaled, into its row."""
+        rows = torch.tensor(self.rows, dtype=torch.long, device=device)
+        scales = torch.tensor(self.scales, device=device)[:, None]
 
-        def add(name: str, x: Tensor, y: Tensor) -> None:
-            if not len(self.rows):
+        def add(name: str, x: torch.Tensor, y: torch.Tensor) -> None:
+            if not self.rows:
                 return
             out = y.new_zeros(len(self.rows), y.shape[1])
             if self.each:
                 terms.add(name, x.repeat_interleave(self.each, dim=0), out)
-                out.mul_(self.scales.to(out.dtype))
+                out.mul_(scales.to(out.dtype))
                 y.add_(out.view(y.shape[0], self.each, y.shape[1]).sum(dim=1))
                 return
-            terms.add(name, x[self.rows], out)
-            y.index_add_(0, self.rows, out * self.scales.to(out.dtype))
+            terms.add(name, x[rows], out)
+            y.index_add_(0, rows, out * scales.to(out.dtype))
 
         return DeltaPlan(add)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import TypeVar
@@ -29,12 +29,13 @@ from typing import TypeVar
 import torch
 from torch import Tensor
 
+from app.lora.composed import Entries
 from app.lora.gather import take_rows
+from app.lora.indices import Indices, Slots
 from app.lora.layers import DeltaPlan
 from app.lora.ops import LoraAdapter, LoraModule, term_dtype
 
 K = TypeVar("K", bound=Hashable)
-Slots = tuple[Hashable, ...]
 
 
 def rank_bucket(rank: int) -> int:
@@ -58,10 +59,13 @@ class _Bucket:
     def __post_init__(self) -> None:
         object.__setattr__(self, "whole", _contiguous(self.cols, self.width))
 
-    def delta(self, x: Tensor) -> Tensor:
+    def delta(self, x: Tensor, scale: Tensor | None = None) -> Tensor:
         """Every layer's term for rows `x` ((L, in) through slot s's weights when a_t and b_ts
-        are one slot's, or (P, L, in) for all slots), side by side as the output lays them."""
+        are one slot's, or (P, L, in) for all slots), side by side as the output lays them;
+        each row's term times its `scale` ((L, 1) or (P, L, 1)) when given."""
         t = x @ self.a_t
+        if scale is not None:
+            t.mul_(scale.to(t.dtype))  # at rank width: r columns, not the output's
         if len(self.b_ts) == 1 and self.whole:
             return t @ self.b_ts[0]
         parts, start = [], 0
@@ -154,50 +158,6 @@ class AdapterStack:
 
 
 @dataclass(frozen=True)
-class Indices:
-    """Where a batch's rows go in one bucket's slots: tall segments alone, the rest in blocks."""
-
-    tall: tuple[tuple[int, Tensor | None], ...]  # (slot, its rows; None: every row in order)
-    gather: Tensor | None  # (P * L,) the batch row behind each padded slot (padding: row 0)
-    slots: Tensor | None  # (M,) padded slot of each real row; None: every padded slot, in order
-    rows: Tensor | None  # (M,) those rows' positions in the batch
-    height: int  # L, rows per slot
-
-    @classmethod
-    def build(
-        cls,
-        slots: Slots,
-        groups: Mapping[Hashable, list[int]],
-        cap: int,
-        n_rows: int,
-        as_index: Callable[[list[int]], Tensor],
-    ) -> Indices:
-        present = [(s, groups[k]) for s, k in enumerate(slots) if k in groups]
-        # Few of the bucket's adapters in use (or one alone): plain products per adapter read
-        # only those adapters' weights, where blocks would read every slot's.
-        alone = len(present) == 1 or 4 * len(present) < len(slots)
-        tall = tuple(
-            (s, None if len(rows) == n_rows else as_index(rows))  # all rows: 0..N-1 in order
-            for s, rows in present
-            if alone or len(rows) > cap
-        )
-        short = [(s, rows) for s, rows in present if not alone and len(rows) <= cap]
-        if not short:
-            return cls(tall, None, None, None, 0)
-        height = max(len(rows) for _, rows in short)
-        gather = [0] * (len(slots) * height)
-        taken: list[int] = []
-        rows_out: list[int] = []
-        for s, rows in short:
-            gather[s * height : s * height + len(rows)] = rows
-            taken += range(s * height, s * height + len(rows))
-            rows_out += rows
-        # Every padded slot holds a row (each adapter's rows, none missing): no gather needed.
-        padded = None if len(taken) == len(gather) else as_index(taken)
-        return cls(tall, as_index(gather), padded, as_index(rows_out), height)
-
-
-@dataclass(frozen=True)
 class StackedBatch:
     """One batch's rows in an AdapterStack's slots, the same for every layer."""
 
@@ -216,25 +176,47 @@ class StackedBatch:
         device: torch.device | None = None,
     ) -> StackedBatch:
         """Rows name adapter keys (or None); every key must be in `stack`."""
+        return cls._build(row_keys, range(len(row_keys)), None, len(row_keys), stack, device)
+
+    @classmethod
+    def of_entries(
+        cls, entries: Entries, stack: AdapterStack, device: torch.device | None = None
+    ) -> StackedBatch:
+        """Rows on compositions: each entry adds its key's term for its row, times its scale."""
+        e = entries
+        return cls._build(e.keys, e.rows, e.scales, e.n_rows, stack, device)
+
+    @classmethod
+    def _build(
+        cls,
+        keys: Sequence[Hashable | None],
+        rows: Sequence[int],
+        scales: Sequence[float] | None,
+        n_rows: int,
+        stack: AdapterStack,
+        device: torch.device | None,
+    ) -> StackedBatch:
         device = device or torch.device("cpu")
         groups: dict[Hashable, list[int]] = {}
-        for row, key in enumerate(row_keys):
+        scaled: dict[Hashable, list[float]] | None = None if scales is None else {}
+        for i, (row, key) in enumerate(zip(rows, keys, strict=True)):
             if key is not None:
                 groups.setdefault(key, []).append(row)
+                if scaled is not None and scales is not None:
+                    scaled.setdefault(key, []).append(scales[i])
         if not groups:
-            return cls(stack, {}, tuple(row_keys))
+            return cls(stack, {}, tuple(keys))
         # Segments over twice the mean size would make every block that tall: they go alone.
         cap = max(4, math.ceil(2 * sum(map(len, groups.values())) / len(groups)))
-        as_index = lambda v: torch.tensor(v, dtype=torch.long, device=device)  # noqa: E731
         # Every bucket holding the same adapters in the same slots gets the same indices: made
         # once per batch, not once per layer (a hundred layers, a few slot layouts).
         layouts = {tuple(k for k, _ in m) for by in stack.members.values() for m in by.values()}
         indices = {
-            slots: Indices.build(slots, groups, cap, len(row_keys), as_index)
+            slots: Indices.build(slots, groups, cap, n_rows, device, scaled)
             for slots in layouts
             if any(k in groups for k in slots)
         }
-        return cls(stack, indices, tuple(row_keys))
+        return cls(stack, indices, tuple(keys))
 
     def serves(self, row_keys: Sequence[Hashable | None], stack: AdapterStack) -> bool:
         """Whether this batch can be used again for these rows on this stack (a decode step
@@ -273,15 +255,15 @@ class StackedBatch:
 
 def _add(bucket: _Bucket, ix: Indices, x: Tensor, y: Tensor) -> None:
     dtype = bucket.a_t.dtype
-    for s, rows in ix.tall:
+    for s, rows, scales in ix.tall:
         one = bucket.slot(s)
         if rows is None:
-            y += one.delta(x.to(dtype)).to(y.dtype)
+            y += one.delta(x.to(dtype), scales).to(y.dtype)
         else:
-            y.index_add_(0, rows, one.delta(take_rows(x, rows).to(dtype)).to(y.dtype))
+            y.index_add_(0, rows, one.delta(take_rows(x, rows).to(dtype), scales).to(y.dtype))
     if ix.gather is None or ix.rows is None:
         return
     n_slots = len(bucket.slots)
     xp = take_rows(x, ix.gather).view(n_slots, ix.height, -1).to(dtype)  # (P, L, in)
-    d = bucket.delta(xp).view(n_slots * ix.height, -1).to(y.dtype)  # (P * L, width)
+    d = bucket.delta(xp, ix.scales).view(n_slots * ix.height, -1).to(y.dtype)  # (P * L, width)
     y.index_add_(0, ix.rows, d if ix.slots is None else take_rows(d, ix.slots))

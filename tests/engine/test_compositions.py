@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from app.engine.compositions import Compositions, composition_key, contains, parts_of
@@ -16,7 +17,7 @@ def test_a_key_is_canonical() -> None:
     assert composition_key([(V1, 0.5), (V2, 0.0)]) == f"{V1}*0.5"  # zero scales dropped
     assert composition_key([(V1, 0.0)]) is None and composition_key([]) is None  # the base
     key = composition_key([(V1, 0.1), (V2, -3.0)])
-    assert key is not None and parts_of(key) == [(V1, 0.1), (V2, -3.0)]
+    assert key is not None and parts_of(key) == ((V1, 0.1), (V2, -3.0))
     assert parts_of(V1) is None and contains(key, V2) and not contains(V1, V1)
 
 
@@ -51,3 +52,31 @@ def test_composed_adapters_are_kept_within_their_budget_and_forgotten() -> None:
     cache.load(other, "adapter")
     assert cache.nbytes <= one and cache.load(key, "adapter")[1] is not composed  # evicted
     assert cache.forget(V2) and cache.nbytes == 0
+
+
+def test_resolving_a_composition_loads_its_sources_and_makes_nothing() -> None:
+    adapters = {V1: _adapter(1), V2: _adapter(2)}
+    loads: list[str] = []
+
+    def load(version: str, param: str):
+        if version not in adapters:
+            raise KeyError(f"{param}: {version}")  # the registry's 404, here a KeyError
+        loads.append(version)
+        return version, adapters[version]
+
+    cache = Compositions(load, ["l"], max_bytes=1 << 20)
+    key = composition_key([(V1, 0.5), (V2, 2.0)])
+    assert key is not None
+    # Rows on vectors take each source's terms: a concatenated adapter per new composition
+    # would cost more than their forward (bench/compose.py).
+    other = composition_key([(V1, 1.0), (V2, -1.0)])
+    assert other is not None
+    resolved = cache.resolve([key, other, V2], "adapter")
+    assert resolved == {key: (V1, None), other: (V1, None), V2: (V2, adapters[V2])}
+    assert loads == [V1, V2] and cache.nbytes == 0  # each source loaded once, nothing made
+    _, made = cache.load(key, "adapter")
+    assert cache.resolve([key], "adapter") == {key: (V1, made)}  # once made, handed out
+    unknown = composition_key([(V1, 0.5), ("c" * 64, 1.0)])
+    assert unknown is not None
+    with pytest.raises(KeyError, match="adapters"):
+        cache.resolve([unknown], "adapters")

@@ -97,7 +97,7 @@ def plan(counts: dict[str, int], n_adapters: int | None = None) -> tuple[list[st
     keys = [key for key, n in counts.items() for _ in range(n)]
     batch = StackedBatch.build(keys, AdapterStack.build(adapters))
     ((bucket, ix),) = batch.plan("layer1", SIZES[1])
-    alone = sorted(bucket.slots[s] for s, _ in ix.tall)
+    alone = sorted(bucket.slots[s] for s, _, _ in ix.tall)
     blocked = []
     if ix.gather is not None:
         taken = range(len(ix.gather)) if ix.slots is None else ix.slots.tolist()
@@ -138,9 +138,9 @@ def test_a_segment_on_every_row_is_not_indexed() -> None:
     adapters = {f"a{i}": make_adapter(model, 2, ("layer1",), seed=i) for i in range(2)}
     stack = AdapterStack.build(adapters)
     ((_, ix),) = StackedBatch.build(["a0"] * 5, stack).plan("layer1", SIZES[1])
-    assert ix.tall == ((0, None),)
+    assert ix.tall == ((0, None, None),)
     ((_, ix),) = StackedBatch.build(["a0", None, "a0"], stack).plan("layer1", SIZES[1])
-    ((_, rows),) = ix.tall
+    ((_, rows, _),) = ix.tall
     assert rows.tolist() == [0, 2]
 
 
@@ -175,7 +175,7 @@ def test_index_tensors_live_on_the_requested_device() -> None:
     for t in (block.gather, block.slots, block.rows):
         assert t.device == meta and t.dtype == torch.long
     ((_, single),) = StackedBatch.build(["a0", None], stack, meta).plan("layer1", SIZES[1])
-    ((_, rows),) = single.tall
+    ((_, rows, _),) = single.tall
     assert rows.device == meta
 
 

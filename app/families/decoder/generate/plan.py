@@ -21,7 +21,7 @@ class StepPlans:
         versions = set(keys)
         if versions == {None}:
             return None
-        loaded = predictor.resolve(versions, "model")
+        adapters = predictor.adapters(predictor.resolve(versions, "model"), "model")
         if len(versions) == 1:
             (version,) = versions
             assert version is not None
@@ -30,9 +30,9 @@ class StepPlans:
             merged = predictor.is_merged(version)
             wanted = runs_merged(modes, 1, False, merged, pays=sequences > 1)
             if wanted and predictor.merge(version, "model"):
-                return merged_linear(predictor.merged.get_or_merge(version, loaded[version][1]))
-            return unmerged_linear(loaded[version][1])
-        stack = predictor.stack_for({v: a for v, (_, a) in loaded.items()})
+                return merged_linear(predictor.merged.get_or_merge(version, adapters[version]))
+            return unmerged_linear(adapters[version])
+        stack = predictor.stack_for(adapters)
         if self.last is None or not self.last.serves(keys, stack):
             self.last = StackedBatch.build(keys, stack, predictor.base.device)
         return self.last.linear()

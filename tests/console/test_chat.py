@@ -78,9 +78,10 @@ def say(page: Page, text: str, max_tokens: int = 24, temperature: str = "0") -> 
     page.get_by_role("button", name="Send").click()
 
 
-def whole(url: str, model: str, messages: list[dict], max_tokens: int = 24) -> str:
+def whole(url: str, model: str, messages: list[dict], max_tokens: int = 24, **extra: object) -> str:
     """The same request, not streamed, as any client would send it."""
     body = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0}
+    body.update(extra)
     r = httpx.post(f"{url}/v1/chat/completions", headers=AUTH, json=body, timeout=30)
     assert r.status_code == 200, r.text
     return str(r.json()["choices"][0]["message"]["content"])
@@ -104,8 +105,10 @@ def test_the_chat_tab_is_only_for_decoder_bases(
     open_chat(page, chat_server.url)
     expect(page.locator("#tabs button[data-tab=try]")).to_be_hidden()  # no embeddings here
     expect(pane(page, "first").get_by_label("Model")).to_have_value(BASE)
-    options = pane(page, "first").locator("option")
-    expect(options).to_have_text([f"{BASE} (base model)", "qvd (adapter)"])
+    options = pane(page, "first").get_by_label("Model").locator("option")
+    expect(options).to_have_text(
+        [f"{BASE} (base model)", "qvd (adapter)", "a composition of adapters"]
+    )
     page.click("#tabs button[data-tab=overview]")
     expect(page.locator("#model-facts")).to_contain_text("vocabulary of 300 tokens")
     screenshot(page, "chat-overview")
@@ -154,6 +157,36 @@ def test_compare_mode_streams_two_models_side_by_side(page: Page, chat_server: S
     assert replies(first) == [base] and replies(second) == [tuned]
     expect(second.locator(".turn.assistant .who")).to_have_text("qvd")
     screenshot(page, "chat-compare")
+
+
+def test_a_pane_asks_a_composition_beside_a_single_adapter(page: Page, chat_server: Server) -> None:
+    open_chat(page, chat_server.url)
+    page.get_by_label("Compare two models side by side").check()
+    first, second = pane(page, "first"), pane(page, "second")
+    expect(first.locator(".chat-compose")).to_be_hidden()
+    first.get_by_label("Model").select_option(label="a composition of adapters")
+    expect(first.locator(".chat-compose")).to_be_visible()
+    row = first.locator(".compose-row")
+    expect(row).to_have_count(1)  # one row to start with
+    expect(row.get_by_label("Adapter")).to_have_value("qvd")
+    row.get_by_label("Scale", exact=True).fill("-1.5")
+    expect(second.get_by_label("Model")).to_have_value("qvd")
+    say(page, "Hello, how are you today?")
+    for where in (first, second):
+        expect(where.locator(".pane-status")).to_contain_text(ENDED)
+    asked = [{"role": "user", "content": "Hello, how are you today?"}]
+    lora = [{"name": "qvd", "scale": -1.5}]
+    composed = whole(chat_server.url, BASE, asked, lora=lora)
+    tuned = whole(chat_server.url, "qvd", asked)
+    assert composed != tuned
+    assert replies(first) == [composed] and replies(second) == [tuned]
+    expect(first.locator(".turn.assistant .who")).to_have_text("composition qvd\u00d7-1.5")
+    screenshot(page, "chat-composition")
+    # A composition with no adapter left is refused on the page, before any request.
+    row.get_by_role("button", name="Remove").click()
+    say(page, "And now?")
+    expect(page.locator("#notice")).to_contain_text("Add an adapter to the composition first.")
+    expect(first.locator(".turn")).to_have_count(2)
 
 
 def test_stop_aborts_the_answer_in_flight(page: Page, chat_server: Server) -> None:

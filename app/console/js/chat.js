@@ -1,13 +1,17 @@
 // Chat with a decoder base: the base or an adapter answers token by token, streamed from
 // POST /v1/chat/completions as server-sent events read through fetch (EventSource cannot send
-// the key). Compare mode sends each message to two models at once, side by side. Each pane
-// keeps its own conversation; Stop aborts the streams, Clear forgets the conversations.
+// the key). Compare mode sends each message to two models at once, side by side. A pane may ask
+// a composition of adapters instead of one model (the base, with the extension field `lora`).
+// Each pane keeps its own conversation; Stop aborts the streams, Clear forgets the conversations.
 import { api, events } from "./api.js";
+import { composer, compositionName } from "./compose.js";
 import { $, $$, el, explain, formatNumber, notify } from "./dom.js";
 import { session } from "./state.js";
 
 let initialized = false;
-let panes = []; // {node, select, transcript, status, history: [{role, content}]}
+let panes = []; // {node, select, compose, builder, transcript, status, history: [{role, content}]}
+let baseId = ""; // the base model's id in /v1/models: what a composition is asked of
+const COMPOSITION = "(composition)"; // the select's value for a composition: no adapter's name
 let running = null; // {controller, done} of the turn in flight
 
 async function loadModels() {
@@ -19,14 +23,26 @@ async function loadModels() {
     return;
   }
   const ids = list.data.map((m) => m.id);
+  const adapters = list.data.filter((m) => m.parent).map((m) => m.id);
+  baseId = (list.data.find((m) => !m.parent) || {}).id || "";
   panes.forEach((pane, i) => {
     const keep = pane.select.value;
     pane.select.replaceChildren(...list.data.map((m) => el("option", {
       value: m.id, text: m.parent ? `${m.id} (adapter)` : `${m.id} (base model)`,
-    })));
+    })), adapters.length ? el("option", { value: COMPOSITION, text: "a composition of adapters" }) : null);
+    pane.builder.setNames(adapters);
     // The first pane starts on the base, the second on the first adapter: a comparison at once.
-    pane.select.value = ids.includes(keep) ? keep : (ids[i] ?? ids[0] ?? "");
+    const kept = ids.includes(keep) || (keep === COMPOSITION && adapters.length);
+    pane.select.value = kept ? keep : (ids[i] ?? ids[0] ?? "");
+    pickModel(pane);
   });
+}
+
+/** The composition builder shows while the pane asks a composition (one row to start with). */
+function pickModel(pane) {
+  const composing = pane.select.value === COMPOSITION;
+  pane.compose.hidden = !composing;
+  if (composing && !pane.builder.value()) pane.builder.add();
 }
 
 function sampling() {
@@ -42,8 +58,10 @@ function sampling() {
 function request(pane, text) {
   const system = $("#chat-system").value.trim();
   const turns = [...pane.history, { role: "user", content: text }];
+  const lora = pane.select.value === COMPOSITION ? pane.builder.value() : null;
   const common = {
-    model: pane.select.value, ...sampling(), stream: true, stream_options: { include_usage: true },
+    model: lora ? baseId : pane.select.value, ...(lora ? { lora } : {}), ...sampling(),
+    stream: true, stream_options: { include_usage: true },
   };
   if (session.model.chat_template === false) {
     // No template to format messages: the conversation so far is a prompt the model continues.
@@ -70,7 +88,7 @@ async function answer(pane, text, signal) {
   const [route, body] = request(pane, text);
   const history = pane.history;
   const asked = turn("user", "you", text);
-  const reply = turn("assistant", body.model, "");
+  const reply = turn("assistant", body.lora ? compositionName(body.lora) : body.model, "");
   reply.node.classList.add("streaming");
   pane.transcript.append(asked.node, reply.node);
   reply.node.scrollIntoView({ block: "nearest" });
@@ -134,6 +152,10 @@ async function send(event) {
     notify("No model to ask: the list of models did not load.", "error");
     return;
   }
+  if (active.some((pane) => pane.select.value === COMPOSITION && !pane.builder.value())) {
+    notify("Add an adapter to the composition first.", "error");
+    return;
+  }
   const controller = new AbortController();
   $("#chat-message").value = "";
   setRunning(true);
@@ -169,9 +191,14 @@ export function init() {
   if (initialized) return;
   initialized = true;
   panes = $$("#chat-panes .pane").map((node) => ({
-    node, select: $("select", node), transcript: $(".transcript", node),
+    node, select: $("select.chat-model", node), compose: $(".chat-compose", node),
+    builder: composer($(".compose-rows", node)), transcript: $(".transcript", node),
     status: $(".pane-status", node), history: [],
   }));
+  for (const pane of panes) {
+    pane.select.addEventListener("change", () => pickModel(pane));
+    $(".compose-add", pane.node).addEventListener("click", () => pane.builder.add());
+  }
   $("#chat-form").addEventListener("submit", send);
   $("#chat-stop").addEventListener("click", stop);
   $("#chat-clear").addEventListener("click", clear);

@@ -2,13 +2,13 @@
 // the outputs with the service's Server-Timing figures. For a text base: embeddings and the
 // cosine similarity between the inputs.
 import { api, serverTiming } from "./api.js";
+import { composer, compositionName } from "./compose.js";
 import { $, $$, el, explain, formatNumber, notify } from "./dom.js";
 import { session } from "./state.js";
 
 const SHOWN = 8; // values shown per output row
-const MAX_SCALE = 2; // the sliders' range; the API takes up to 16 (type it in the number box)
 let initialized = false;
-let readyNames = [];
+let builder = null; // the composition builder (compose.js)
 
 async function loadTargets() {
   const box = $("#try-targets");
@@ -22,40 +22,14 @@ async function loadTargets() {
   }
   const option = (value, label) => el("label", { class: "inline" },
     el("input", { type: "checkbox", name: "target", value, checked: chosen.has(value) }), ` ${label}`);
-  readyNames = list.data.filter((a) => a.status === "ready").map((a) => a.name);
+  const readyNames = list.data.filter((a) => a.status === "ready").map((a) => a.name);
   box.replaceChildren(option("", "base model (no adapter)"), ...readyNames.map((n) => option(n, n)));
   box.dataset.loaded = "1";
-  for (const select of $$("#try-compose-rows select")) fillNames(select, select.value);
-}
-
-function fillNames(select, chosen) {
-  select.replaceChildren(...readyNames.map((n) => el("option", { value: n, text: n, selected: n === chosen })));
-}
-
-// One row of the composition builder: an adapter, a slider and a number box kept in step.
-function addComposeRow() {
-  const select = el("select", { class: "compose-name" });
-  fillNames(select, readyNames[0]);
-  const number = el("input", { type: "number", class: "compose-scale", step: "0.05", min: "-16", max: "16", value: "1" });
-  const slider = el("input", { type: "range", min: String(-MAX_SCALE), max: String(MAX_SCALE), step: "0.05", value: "1" });
-  slider.addEventListener("input", () => { number.value = slider.value; });
-  number.addEventListener("input", () => { slider.value = number.value; });
-  const remove = el("button", { type: "button", text: "Remove" });
-  const row = el("div", { class: "bar compose-row" }, select, slider, number, remove);
-  remove.addEventListener("click", () => row.remove());
-  $("#try-compose-rows").append(row);
-}
-
-// The composition built, as the API takes it ([{name, scale}]); null when it is empty.
-function composition() {
-  const rows = $$("#try-compose-rows .compose-row").map((row) => ({
-    name: $("select", row).value, scale: Number($(".compose-scale", row).value),
-  })).filter((e) => e.name);
-  return rows.length ? rows : null;
+  builder.setNames(readyNames);
 }
 
 function targetName(target) {
-  if (Array.isArray(target)) return `composition ${target.map((e) => `${e.name}×${e.scale}`).join(" + ")}`;
+  if (Array.isArray(target)) return compositionName(target);
   return target || "base model";
 }
 
@@ -146,7 +120,7 @@ async function run(event) {
   event.preventDefault();
   const results = $("#try-results");
   const targets = $$("input[name=target]:checked").map((i) => i.value);
-  const composed = composition();
+  const composed = builder.value();
   if (composed) targets.push(composed);
   if (!targets.length) {
     notify("Pick the base model, an adapter or a composition.", "error");
@@ -188,7 +162,8 @@ export function init() {
   initialized = true;
   $("#try-form").addEventListener("submit", run);
   $("#try-random").addEventListener("click", fillRandom);
-  $("#try-compose-add").addEventListener("click", addComposeRow);
+  builder = composer($("#try-compose-rows"));
+  $("#try-compose-add").addEventListener("click", () => builder.add());
 }
 
 export function show() {

@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=128 * MiB, ge=1024)
     max_request_rows: int = Field(default=1024, ge=1)
     max_adapters_per_request: int = Field(default=8, ge=1)
+    # A saved composition costing more (its SVDs; app.adapters.composition.cost) is a job.
+    compose_inline_max_flops: float = Field(default=1e10, ge=0, allow_inf_nan=False)
     max_dataset_rows: int = Field(default=1_000_000, ge=1)
     max_adapters: int = Field(default=100_000, ge=1)
     max_queued_jobs: int = Field(default=100, ge=1)

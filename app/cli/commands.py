@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,8 @@ def adapters(args: argparse.Namespace, client: Client) -> None:
             args.name, [_source(s) for s in args.sources], args.method, args.rank, args.density,
             args.seed, args.overwrite,
         )  # fmt: skip
+        if made.get("object") == "composition.job":
+            made = _composed_by_job(client, made)
         print(f"composed {made['name']} (rank {made['rank']}, version {made['version']})")
     elif args.action == "delete":
         client.delete_adapter(args.name)
@@ -261,3 +264,15 @@ def chat_demo(args: argparse.Namespace, client: Client) -> None:
     from app.cli.examples.chat import run_from_args
 
     run_from_args(client, args)
+
+
+def _composed_by_job(client: Client, job: dict, poll_s: float = 0.5) -> dict:
+    """A large composition is a job: followed to its end, its adapter then."""
+    print(f"queued as job {job['id']}", flush=True)
+    while job["status"] not in ("succeeded", "failed", "cancelled"):
+        time.sleep(poll_s)
+        job = client.composition_job(job["id"])
+    if job["status"] != "succeeded":
+        why = f": {job['error']['message']}" if job["error"] else ""
+        fail(f"job {job['id']} {job['status']}{why}", EXIT_SERVICE)
+    return dict(client.get_adapter(job["adapter_name"]))

@@ -73,7 +73,9 @@ class Operations:
         seed: int | None = None,
         overwrite: bool = False,
     ) -> Any:
-        """Save a composition of adapters ({name or name@version: scale}) as a new adapter."""
+        """Save a composition of adapters ({name or name@version: scale}) as a new adapter: the
+        adapter, or (a composition larger than the service's COMPOSE_INLINE_MAX_FLOPS) the job
+        that makes it, `object` "composition.job" (follow it with `composition_job`)."""
         options = {"rank": rank, "density": density, "seed": seed}
         body = {
             "name": name,
@@ -83,6 +85,12 @@ class Operations:
         }
         params = {"overwrite": "true"} if overwrite else None
         return self._request("POST", "/v1/adapters/compose", answer_json, json=body, params=params)
+
+    def composition_job(self, job_id: str) -> Any:
+        return self._request("GET", f"/v1/adapters/compose/jobs/{job_id}", answer_json)
+
+    def cancel_composition_job(self, job_id: str) -> Any:
+        return self._request("POST", f"/v1/adapters/compose/jobs/{job_id}/cancel", answer_json)
 
     def delete_adapter(self, name: str) -> Any:
         return self._request("DELETE", f"/v1/adapters/{name}", lambda r: None)

@@ -108,6 +108,8 @@ jobs = Table(
     Column("id", String(64), nullable=False, unique=True),
     Column("project_id", String(64), ForeignKey("projects.id"), nullable=False),
     Column("status", String(16), nullable=False),
+    # fine_tuning, or composition (training_dataset "" and the composition in hyperparameters)
+    Column("kind", String(16), nullable=False, server_default="fine_tuning"),
     Column("adapter_name", String(200), nullable=False),
     Column("training_dataset", String(64), nullable=False),
     Column("validation_dataset", String(64)),

@@ -17,6 +17,7 @@ from app.state import Database
 from app.state.tables import DEFAULT_PROJECT, job_events, jobs
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelling", "cancelled"]
+JobKind = Literal["fine_tuning", "composition"]
 ACTIVE: tuple[JobStatus, ...] = ("queued", "running", "cancelling")
 HELD: tuple[JobStatus, ...] = ("running", "cancelling")  # a worker holds a lease on these
 INTERRUPTED = {"code": "interrupted", "message": "the worker stopped during training"}
@@ -47,6 +48,7 @@ class Job:
     error: dict[str, str] | None = None
     project: str = DEFAULT_PROJECT
     worker_id: str | None = None
+    kind: JobKind = "fine_tuning"
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,7 @@ def job_of(row: sa.Row) -> Job:
         error=json.loads(row.error) if row.error else None,
         project=row.project_id,
         worker_id=row.worker_id,
+        kind=row.kind,
     )
 
 
@@ -126,9 +129,11 @@ class JobRecords:
         progress: dict[str, Any],
         project: str = DEFAULT_PROJECT,
         within: Connection | None = None,
+        kind: JobKind = "fine_tuning",
     ) -> Job:
+        prefix = "ftjob-" if kind == "fine_tuning" else "composejob-"
         job = Job(
-            id="ftjob-" + uuid.uuid4().hex[:24],
+            id=prefix + uuid.uuid4().hex[:24],
             status="queued",
             adapter_name=adapter_name,
             training_dataset=training_dataset,
@@ -137,6 +142,7 @@ class JobRecords:
             created_at=int(time.time()),
             progress=progress,
             project=project,
+            kind=kind,
         )
         with self.db.write(within) as conn:
             conn.execute(
@@ -144,6 +150,7 @@ class JobRecords:
                     id=job.id,
                     project_id=project,
                     status=job.status,
+                    kind=kind,
                     adapter_name=adapter_name,
                     training_dataset=training_dataset,
                     validation_dataset=validation_dataset,
@@ -155,11 +162,16 @@ class JobRecords:
             self.record_event(conn, job.id, "message", f"job created for adapter {adapter_name!r}")
         return job
 
-    def get(self, job_id: str, project: str | None = DEFAULT_PROJECT) -> Job:
-        """The job; 404 for an unknown one or another project's (None: any project's)."""
+    def get(
+        self, job_id: str, project: str | None = DEFAULT_PROJECT, kind: JobKind | None = None
+    ) -> Job:
+        """The job; 404 for an unknown one, another project's (None: any project's) or another
+        kind's (None: any kind)."""
         query = sa.select(jobs).where(jobs.c.id == job_id)
         if project is not None:
             query = query.where(jobs.c.project_id == project)
+        if kind is not None:
+            query = query.where(jobs.c.kind == kind)
         with self.db.read() as conn:
             row = conn.execute(query).first()
         if row is None:
@@ -167,15 +179,18 @@ class JobRecords:
         return job_of(row)
 
     def page(
-        self, after: str | None, limit: int, project: str = DEFAULT_PROJECT
+        self,
+        after: str | None,
+        limit: int,
+        project: str = DEFAULT_PROJECT,
+        kind: JobKind = "fine_tuning",
     ) -> tuple[list[Job], bool]:
         """Newest first; `after` is the last job id of the previous page."""
-        query = sa.select(jobs).where(jobs.c.project_id == project)
+        mine = (jobs.c.project_id == project, jobs.c.kind == kind)
+        query = sa.select(jobs).where(*mine)
         with self.db.read() as conn:
             if after is not None:
-                seq = conn.execute(
-                    sa.select(jobs.c.seq).where(jobs.c.id == after, jobs.c.project_id == project)
-                ).scalar()
+                seq = conn.execute(sa.select(jobs.c.seq).where(jobs.c.id == after, *mine)).scalar()
                 if seq is None:
                     raise InvalidCursor(f"{_shorten(after)} is not a job id", "after")
                 query = query.where(jobs.c.seq < seq)
@@ -255,10 +270,15 @@ class JobRecords:
             self.record_event(conn, job_id, kind, message, data, level)
 
     def events(
-        self, job_id: str, after: str | None, limit: int, project: str = DEFAULT_PROJECT
+        self,
+        job_id: str,
+        after: str | None,
+        limit: int,
+        project: str = DEFAULT_PROJECT,
+        kind: JobKind | None = None,
     ) -> tuple[list[Event], bool]:
         """Oldest first, after the event id `after`: a client follows a job by passing the last id."""
-        self.get(job_id, project)
+        self.get(job_id, project, kind)
         seq = 0
         with self.db.read() as conn:
             if after is not None:

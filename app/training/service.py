@@ -5,8 +5,11 @@ from __future__ import annotations
 import logging
 import threading
 
+from sqlalchemy import Connection
+
 from app.adapters import AdapterRegistry
 from app.adapters.catalog import lock_project
+from app.adapters.composition import Planned
 from app.adapters.peft_format import check_name
 from app.errors import (
     AdapterExists,
@@ -17,7 +20,7 @@ from app.state.tables import DEFAULT_PROJECT
 from app.training.datasets import DatasetStore
 from app.training.family import Trainable
 from app.training.hyperparameters import Hyperparameters
-from app.training.jobs import ACTIVE, Job, JobStore
+from app.training.jobs import ACTIVE, Job, JobKind, JobStore
 from app.training.trainer import total_steps
 from app.training.worker import TrainingWorker
 
@@ -87,14 +90,7 @@ class TrainingService:
                 raise AdapterExists(
                     f"adapter {adapter_name!r} already exists", "adapter_name"
                 ) from exc
-            active = self.jobs.with_status(*ACTIVE, project=project, within=conn)
-            limit = self.registry.quota(project, "max_queued_jobs", conn) or self.max_queued_jobs
-            if sum(j.status == "queued" for j in active) >= limit:
-                raise TooManyRequests(f"{limit} jobs are already queued; retry when some have run")
-            if any(j.adapter_name == adapter_name for j in active):
-                raise AdapterExists(
-                    f"another job is already training adapter {adapter_name!r}", "adapter_name"
-                )
+            self._check_queue(adapter_name, project, conn, "adapter_name")
             progress = {
                 "epoch": 0,
                 "epochs": config.epochs,
@@ -117,10 +113,34 @@ class TrainingService:
         self.worker.notify()
         return job
 
-    def cancel(self, job_id: str, project: str = DEFAULT_PROJECT) -> Job:
+    def create_composition_job(self, planned: Planned) -> Job:
+        """Queue a checked composition (app.adapters.composition.plan) for a worker to make."""
+        project, name = planned.project, planned.name
+        with self._lock, self.jobs.db.write() as conn:
+            lock_project(conn, project)
+            self.registry.check_room(name, project, overwrite=planned.overwrite, within=conn)
+            self._check_queue(name, project, conn, "name")
+            job = self.jobs.create(
+                name, "", None, planned.as_json(), {}, project, conn, kind="composition"
+            )
+        self.worker.notify()
+        return job
+
+    def _check_queue(self, adapter_name: str, project: str, conn: Connection, field: str) -> None:
+        """429 past the project's queued jobs; 409 while another job makes the same adapter."""
+        active = self.jobs.with_status(*ACTIVE, project=project, within=conn)
+        limit = self.registry.quota(project, "max_queued_jobs", conn) or self.max_queued_jobs
+        if sum(j.status == "queued" for j in active) >= limit:
+            raise TooManyRequests(f"{limit} jobs are already queued; retry when some have run")
+        if any(j.adapter_name == adapter_name for j in active):
+            raise AdapterExists(f"another job is already making adapter {adapter_name!r}", field)
+
+    def cancel(
+        self, job_id: str, project: str = DEFAULT_PROJECT, kind: JobKind = "fine_tuning"
+    ) -> Job:
         """Queued jobs are cancelled at once; running ones go through `cancelling`, which their
         worker sees when it next renews its lease (at once, if it runs in this process)."""
-        job = self.jobs.get(job_id, project)
+        job = self.jobs.get(job_id, project, kind)
         if job.status == "queued" and self.jobs.set_status(
             job_id, "cancelled", only_from=("queued",), event="job cancelled before it started"
         ):
@@ -131,7 +151,7 @@ class TrainingService:
             self.worker.request_cancel(job_id)
         elif job.status not in ("cancelling", "queued", "running"):
             raise JobNotCancellable(f"job {job_id!r} is already {job.status}", "job_id")
-        job = self.jobs.get(job_id, project)
+        job = self.jobs.get(job_id, project, kind)
         if job.status not in ("cancelled", "cancelling"):  # it moved on meanwhile
             raise JobNotCancellable(f"job {job_id!r} is already {job.status}", "job_id")
         return job

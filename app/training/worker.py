@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from app.adapters import AdapterRegistry
+from app.adapters.composition import Planned, write
 from app.errors import AdapterExists, Conflict, ServiceError, TooManyAdapters
 from app.training.datasets import DatasetStore
 from app.training.family import Trainable
@@ -117,7 +118,10 @@ class TrainingWorker:
         )
         renewing.start()
         try:
-            self._train(job, stop)
+            if job.kind == "composition":
+                self._compose(job, stop)
+            else:
+                self._train(job, stop)
         finally:
             self._cancel.pop(job.id, None)
             stop.set()  # ends the renewing thread too
@@ -196,8 +200,26 @@ class TrainingWorker:
             return
         log.info("training job %s succeeded", job.id)
 
-    def _succeed(self, job: Job, conn: Connection) -> None:
-        """Inside the registering transaction: the job is still ours and running, or nothing."""
+    def _compose(self, job: Job, stop: threading.Event) -> None:
+        """A composition too large to make during its request (app.adapters.composition)."""
+        planned = Planned.from_json(job.hyperparameters)
+        self.jobs.add_event(job.id, "message", f"composing {len(planned.sources)} adapters "
+                            f"({planned.method})")  # fmt: skip
+        try:
+            write(self.registry, planned, within=partial(self._succeed, job, stop=stop))
+        except LeaseLost:
+            self._finish(job, "cancelled", None)
+            return
+        except ServiceError as exc:  # a source deleted meanwhile, the name taken, the quota
+            self._finish(job, "failed", {"code": exc.code, "message": exc.message})
+            return
+        log.info("composition job %s succeeded", job.id)
+
+    def _succeed(self, job: Job, conn: Connection, stop: threading.Event | None = None) -> None:
+        """Inside the registering transaction: the job is still ours and running (and was not
+        asked to stop), or nothing."""
+        if stop is not None and (stop.is_set() or self._stopping.is_set()):
+            raise LeaseLost(f"job {job.id} was stopped")
         if not self.jobs.move(conn, job.id, "succeeded", only_from=("running",),
                               worker_id=self.worker_id):  # fmt: skip
             raise LeaseLost(f"job {job.id} is no longer running on this worker")

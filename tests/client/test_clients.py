@@ -172,3 +172,27 @@ def test_cli(server, tmp_path: Path, capsys, monkeypatch) -> None:
         main(["adapters", "delete", "cli-one"])
     assert failed.value.code == 1
     assert "adapter_not_found" in capsys.readouterr().err
+
+
+def test_a_large_composition_is_followed_as_a_job(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """With every svd composition a job: the client hands back the job, the CLI follows it to
+    its adapter."""
+    tmp = tmp_path_factory.mktemp("client-jobs")
+    base = write_base_model(tmp / "base")
+    with running_server(
+        tmp, base_model=str(base), admin_keys=ADMIN, compose_inline_max_flops="0"
+    ) as srv:
+        folder, _, _ = peft_folder(tmp_path / "peft", 3, 3)
+        with Client(srv.url, api_key=ADMIN) as admin:
+            admin.upload_adapter("j-one", folder)
+            job = admin.compose_adapter("j-two", {"j-one": 0.5}, "svd", rank=2)
+            assert job["object"] == "composition.job" and job["adapter_name"] == "j-two"
+            assert admin.composition_job(job["id"])["id"] == job["id"]
+        monkeypatch.setenv("LORASERVE_URL", srv.url)
+        monkeypatch.setenv("LORASERVE_API_KEY", ADMIN)
+        main(["adapters", "compose", "j-three", "j-one:2", "--method", "svd"])
+        out = capsys.readouterr().out.splitlines()
+        assert out[0].startswith("queued as job composejob-")
+        assert out[-1].startswith("composed j-three (rank 3, version ")

@@ -70,19 +70,19 @@ def list_jobs(
 ) -> JobList:
     """Newest first; pass the last id as `after` for the next page (422 `invalid_cursor` for an
     `after` that names no job)."""
-    jobs, has_more = training.jobs.page(after, limit, project)
+    jobs, has_more = training.jobs.page(after, limit, project, "fine_tuning")
     return JobList(data=[_public(j) for j in jobs], has_more=has_more)
 
 
 @router.get("/{job_id}", responses=_ERRORS)
 def read_job(job_id: str, training: Training, project: ProjectDep) -> JobPublic:
-    return _public(training.jobs.get(job_id, project))
+    return _public(training.jobs.get(job_id, project, "fine_tuning"))
 
 
 @router.post("/{job_id}/cancel", responses=_ERRORS)
 def cancel_job(job_id: str, training: Training, project: ProjectDep) -> JobPublic:
     """Queued: cancelled at once. Running: `cancelling`, then `cancelled` after the current step."""
-    return _public(training.cancel(job_id, project))
+    return _public(training.cancel(job_id, project, "fine_tuning"))
 
 
 @router.get("/{job_id}/events", responses=_ERRORS)
@@ -95,5 +95,5 @@ def list_job_events(
 ) -> EventList:
     """Oldest first; pass the last event id as `after` to follow a job (422 `invalid_cursor` for
     an `after` that names no event of this job)."""
-    events, has_more = training.jobs.events(job_id, after, limit, project)
+    events, has_more = training.jobs.events(job_id, after, limit, project, "fine_tuning")
     return EventList(data=[EventPublic(**asdict(e)) for e in events], has_more=has_more)

@@ -10,6 +10,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError,
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
 from app.engine import Mode, Result
+from app.engine.compositions import parts_of
 from app.errors import QueueFull, ServiceError, ServiceUnavailable
 from app.model import Rows
 
@@ -19,9 +20,16 @@ _LOST = (ActorDiedError, ActorUnavailableError, RayActorError, DeploymentUnavail
 
 
 def routing_key(versions: list[str | None]) -> str:
-    """The version a request is routed by: its rows' most frequent adapter ("" for the base
-    alone, which any replica serves); the replica it lands on loads the others."""
-    counts = Counter(v for v in versions if v is not None)
+    """The version a request is routed by: its rows' most frequent adapter version, counting
+    each version of a row's composition ("" for the base alone, which any replica serves); the
+    replica it lands on loads the others. Always a version: the multiplexer loads what it is
+    routed by."""
+    counts = Counter(
+        version
+        for key in versions
+        if key is not None
+        for version, _ in (parts_of(key) or ((key, 1.0),))
+    )
     return counts.most_common(1)[0][0] if counts else ""
 
 

@@ -186,6 +186,13 @@ def test_answers_equal_the_single_process_service(
             for i, name in enumerate(per_row):  # each row as if it ran alone
                 alone = predict(http, x[i : i + 1], adapter=name, mode=mode)
                 torch.testing.assert_close(ours[i : i + 1], alone, atol=1e-6, rtol=1e-5)
+            # Compositions, for every row and per row beside single adapters and the base.
+            mix = [{"name": "eq0", "scale": 0.5}, {"name": "eq1", "scale": -1.0}]
+            ours = predict(http, x, adapter=mix, mode=mode)
+            torch.testing.assert_close(ours, predict(local, x, adapter=mix, mode=mode))
+            rows = [mix, None, "eq2", [{"name": "eq2", "scale": 2.0}], mix]
+            ours = predict(http, x, adapters=rows, mode=mode)
+            torch.testing.assert_close(ours, predict(local, x, adapters=rows, mode=mode))
         # Safetensors both ways, per-row adapters in the metadata.
         body = save({"inputs": x}, metadata={"adapters": json.dumps(per_row)})
         answers = []

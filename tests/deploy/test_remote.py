@@ -19,6 +19,10 @@ def test_routing_key_is_the_most_frequent_adapter() -> None:
     assert routing_key(["a", "b", "b", None, None, None]) == "b"
     assert routing_key(["a"]) == "a"
     assert routing_key([None, None]) == ""  # the base alone: any replica
+    # A composition's versions count, and a composition key is never a routing key.
+    v1, v2 = "1" * 64, "2" * 64
+    assert routing_key([f"{v1}*0.5+{v2}*-1.0", v2, None]) == v2
+    assert routing_key([f"{v1}*0.5"]) == v1
 
 
 class FakeHandle:

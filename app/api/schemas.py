@@ -225,10 +225,13 @@ class JobError(BaseModel):
     message: str
 
 
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelling", "cancelled"]
+
+
 class JobPublic(BaseModel):
     id: str
     object: Literal["fine_tuning.job"] = "fine_tuning.job"
-    status: Literal["queued", "running", "succeeded", "failed", "cancelling", "cancelled"]
+    status: JobState
     adapter_name: str
     training_dataset: str
     validation_dataset: str | None

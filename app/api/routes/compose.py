@@ -16,7 +16,7 @@ from app.adapters.composition import Composition, Planned, plan, write
 from app.api.auth import ADMIN
 from app.api.deps import PredictorDep, ProjectDep, Registry, SettingsDep, Training
 from app.api.routes.adapters import StrictQueryBool, adapter_public
-from app.api.schemas import AdapterPublic, ErrorBody, JobError, LoraEntry
+from app.api.schemas import AdapterPublic, ErrorBody, JobError, JobState, LoraEntry
 from app.errors import InvalidInput
 from app.training import Job
 
@@ -50,7 +50,7 @@ class ComposedSource(BaseModel):
 class CompositionJob(BaseModel):
     id: str
     object: Literal["composition.job"] = "composition.job"
-    status: Literal["queued", "running", "succeeded", "failed", "cancelling", "cancelled"]
+    status: JobState
     adapter_name: str
     sources: list[ComposedSource] = Field(description="as resolved when the job was queued")
     method: str

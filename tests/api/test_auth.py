@@ -16,6 +16,8 @@ OPEN = {"/healthz", "/readyz"}
 ADMIN_ONLY = {
     ("POST", "/v1/adapters"),
     ("POST", "/v1/adapters/compose"),
+    ("GET", "/v1/adapters/compose/jobs/{job_id}"),
+    ("POST", "/v1/adapters/compose/jobs/{job_id}/cancel"),
     ("DELETE", "/v1/adapters/{name}"),
     ("POST", "/v1/datasets"),
     ("GET", "/v1/datasets"),

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from app.errors import InvalidInput
+from app.families.decoder.constraints import constraint_of
 from app.families.decoder.generate.engine import GenerationEngine
 from app.families.decoder.generate.sampling import SamplingParams
 from app.families.decoder.protocol import ChatCompletionRequest, CompletionRequest
@@ -63,6 +64,10 @@ def prepare(
         param = "prompt"
         asked = body.max_tokens
         logprobs = body.logprobs
+    constraint = constraint_of(body)
+    # Compiled here, off the engine's thread (a new schema takes milliseconds; a cached one,
+    # nothing): the running sequences never wait for it.
+    grammar = None if constraint is None else engine.grammars.compile(constraint)
     params = []
     sizes: list[tuple[int, int]] = []
     for i, prompt in enumerate(prompts):
@@ -90,6 +95,8 @@ def prepare(
                     stop_token_ids=tuple(body.stop_token_ids or ()),
                     logprobs=logprobs,
                     ignore_eos=body.ignore_eos,
+                    grammar=grammar,
+                    json_grammar=constraint is not None and constraint.kind.startswith("json"),
                 )
             )
     engine.limits.check_request(sizes, "n" if body.n > 1 or len(prompts) == 1 else param)

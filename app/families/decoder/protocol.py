@@ -1,15 +1,16 @@
 """Wire types of the OpenAI completions and chat completions routes (requests only).
 
-Unknown fields are refused (422 naming the field): a client that asks for tools, a response
-format or a logit bias must hear that it will not get them, never a silently different answer.
-Penalties are accepted only at their neutral value, which is what we compute.
+Unknown fields are refused (422 naming the field): a client that asks for tools or a logit
+bias must hear that it will not get them, never a silently different answer. Penalties are
+accepted only at their neutral value, which is what we compute. A response format (OpenAI's
+`response_format`, or vLLM's `structured_outputs`) constrains the answer (constraints.py).
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from app.api.schemas import LoraEntry
 from app.engine.predictor import Mode
@@ -44,6 +45,45 @@ class ChatMessage(BaseModel):
         return "".join(p.text for p in self.content)
 
 
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(max_length=64)
+    description: str | None = None
+    schema_: dict[str, Any] = Field(alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    """OpenAI's: plain text, any JSON object, or JSON valid under a schema."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_with_its_type(self) -> ResponseFormat:
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError("`json_schema` goes with type json_schema, and only with it")
+        return self
+
+
+class StructuredOutputs(BaseModel):
+    """vLLM's extension: exactly one of a JSON schema, a regex, choices or an EBNF grammar."""
+
+    model_config = ConfigDict(extra="forbid")
+    json_: dict[str, Any] | str | None = Field(default=None, alias="json")
+    regex: str | None = None
+    choice: Annotated[list[str], Field(min_length=1)] | None = None
+    grammar: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> StructuredOutputs:
+        given = [v for v in (self.json_, self.regex, self.choice, self.grammar) if v is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of json, regex, choice or grammar")
+        return self
+
+
 class _GenerationFields(BaseModel):
     """What both routes take."""
 
@@ -71,6 +111,10 @@ class _GenerationFields(BaseModel):
     )
     frequency_penalty: Annotated[float, Field(ge=0, le=0)] | None = Field(
         default=None, description="only 0: penalties are not applied"
+    )
+    response_format: ResponseFormat | None = None
+    structured_outputs: StructuredOutputs | None = Field(
+        default=None, description="vLLM's extension; not with `response_format`"
     )
 
     @field_validator("stop")

@@ -198,9 +198,9 @@ LONG = "word " * 300
         ("/v1/chat/completions", {"messages": HELLO, "tools": []}, 422, "tools"),
         (
             "/v1/chat/completions",
-            {"messages": HELLO, "response_format": {"type": "json_object"}},
+            {"messages": HELLO, "response_format": {"type": "xml"}},
             422,
-            "response_format",
+            "response_format.type",
         ),
         ("/v1/chat/completions", {"messages": HELLO, "logit_bias": {"1": 2}}, 422, "logit_bias"),
         (

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -25,6 +27,8 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     logprobs: int | None = None  # None: none; k: the chosen token's and the k most likely
     ignore_eos: bool = False  # vLLM's extension: generate max_tokens whatever the model says
+    grammar: Any = None  # a compiled constraint (generate/grammar.py): each sequence its matcher
+    json_grammar: bool = False  # the constraint is JSON (a schema, or any object)
 
 
 @dataclass(frozen=True)
@@ -71,5 +75,8 @@ def choose(
     top: tuple[tuple[int, float], ...] = ()
     if params.logprobs > 0:
         values, ids = torch.topk(logp, params.logprobs)
-        top = tuple(zip(ids.tolist(), values.tolist(), strict=True))
+        # Tokens a constraint rules out (-inf) are no alternatives: fewer than k are listed.
+        top = tuple(
+            (i, v) for i, v in zip(ids.tolist(), values.tolist(), strict=True) if v > -math.inf
+        )
     return Choice(token, float(logp[token]), top)

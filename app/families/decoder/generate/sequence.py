@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -43,6 +44,7 @@ class Sequence:
     cancelled: bool = False
     finished: bool = False
     pending: list[Choice] = field(default_factory=list)
+    matcher: Any = None  # its constraint's state (generate/grammar.py); None: free text
 
     def __post_init__(self) -> None:
         self.tokens = list(self.prompt)
@@ -63,6 +65,12 @@ class Sequence:
         eos = choice.token in params.stop_token_ids or (
             not params.ignore_eos and choice.token in eos_token_ids
         )
+        if self.matcher is not None:
+            # The logits were masked to what the constraint allows: the token is one of them.
+            # A complete answer ends the sequence (its stop token, which the mask then allows
+            # alone), whatever ignore_eos says.
+            self.matcher.accept_token(choice.token)
+            eos = eos or self.matcher.is_terminated()
         finish: str | None = None
         if eos:
             text = self.stream.finish()

@@ -114,6 +114,33 @@ def test_the_base_knows_the_capital_of_france(server: Server) -> None:
     assert answer.usage is not None and answer.usage.prompt_tokens == 86
 
 
+def test_a_schema_bound_answer_through_the_openai_client(server: Server) -> None:
+    """The real model under a JSON schema (OpenAI's response_format) and a choice (vLLM's
+    structured_outputs), through the openai client: answers that parse, validate and say what
+    the model knows."""
+    import json
+
+    import jsonschema
+
+    oa = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused")
+    schema = {"type": "object", "properties": {"country": {"type": "string"},
+              "capital": {"type": "string"}}, "required": ["country", "capital"],
+              "additionalProperties": False}  # fmt: skip
+    answer = oa.chat.completions.create(
+        model=NAME, messages=chat("What is the capital of France? Answer in JSON."),
+        temperature=0, max_tokens=48,
+        response_format={"type": "json_schema", "json_schema": {"name": "capital", "schema": schema}},
+    )  # fmt: skip
+    record = json.loads(answer.choices[0].message.content or "")
+    jsonschema.validate(record, schema)
+    assert record["capital"] == "Paris" and answer.choices[0].finish_reason == "stop"
+    picked = oa.chat.completions.create(
+        model=NAME, messages=chat("Is Paris in France? Answer yes or no."), temperature=0,
+        max_tokens=4, extra_body={"structured_outputs": {"choice": ["yes", "no"]}},
+    )  # fmt: skip
+    assert picked.choices[0].message.content in ("yes", "no")
+
+
 def test_greedy_answers_equal_transformers_alone_and_mixed(
     server: Server, reference: tuple[Any, Any], adapter: PeftModel
 ) -> None:

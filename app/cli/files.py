@@ -39,16 +39,21 @@ def read_safetensors(path: Path, names: tuple[str, ...]) -> dict[str, torch.Tens
     return tensors
 
 
-def read_inputs(path: Path) -> torch.Tensor:
-    """Rows to predict: a safetensors file with `inputs`, or JSON `{"inputs": [[...]]}` or `[[...]]`."""
-    if path.suffix == ".safetensors":
-        return read_safetensors(path, ("inputs",))["inputs"]
+def read_json(path: Path) -> Any:
+    """A JSON file's value."""
     try:
-        data = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except OSError as exc:
         raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
     except ValueError as exc:  # bad JSON or bad UTF-8
         raise InputError(f"{path} is not JSON: {exc}") from None
+
+
+def read_inputs(path: Path) -> torch.Tensor:
+    """Rows to predict: a safetensors file with `inputs`, or JSON `{"inputs": [[...]]}` or `[[...]]`."""
+    if path.suffix == ".safetensors":
+        return read_safetensors(path, ("inputs",))["inputs"]
+    data = read_json(path)
     rows = data.get("inputs") if isinstance(data, dict) else data
     try:
         x = torch.tensor(rows, dtype=torch.float32)

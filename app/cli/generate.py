@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+from app.cli.files import read_json
 from app.client import Client
 
 
@@ -25,6 +28,10 @@ def add_generation_commands(sub: Any) -> None:
                                ("--top-p", float), ("--seed", int)):  # fmt: skip
             one.add_argument(option, type=number, help="default: the service's")
         one.add_argument("--no-stream", action="store_true", help="print the answer once whole")
+        bound = one.add_mutually_exclusive_group()
+        bound.add_argument("--json-schema", type=Path, metavar="FILE",
+                           help="answer JSON valid under the schema in FILE (response_format)")  # fmt: skip
+        bound.add_argument("--regex", help="answer text that the pattern matches in full")
 
 
 def _say(deltas: Iterator[str]) -> str:
@@ -59,7 +66,16 @@ def _turns(given: str | None) -> Iterator[str]:
 def _sampling(args: argparse.Namespace) -> dict[str, Any]:
     given = {"max_tokens": args.max_tokens, "temperature": args.temperature,
              "top_p": args.top_p, "seed": args.seed}  # fmt: skip
-    return {k: v for k, v in given.items() if v is not None}
+    options = {k: v for k, v in given.items() if v is not None}
+    if args.json_schema is not None:
+        schema = read_json(args.json_schema)
+        name = re.sub(r"[^A-Za-z0-9_-]", "_", args.json_schema.stem)[:64] or "schema"
+        options["response_format"] = {
+            "type": "json_schema", "json_schema": {"name": name, "schema": schema}
+        }  # fmt: skip
+    if args.regex is not None:
+        options["structured_outputs"] = {"regex": args.regex}
+    return options
 
 
 def chat(args: argparse.Namespace, client: Client) -> None:

@@ -10,6 +10,7 @@ import asyncio
 import functools
 import io
 import json
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -205,6 +206,27 @@ def test_cli_chat_adapter_selects_the_adapter(client: Client, cli_env, capsys) -
     out = capsys.readouterr().out
     assert out == chat_text(client, HELLO, "tuned") + "\n"
     assert out != chat_text(client, HELLO) + "\n"
+
+
+def test_cli_and_client_pass_a_response_format(
+    client: Client, cli_env, capsys, tmp_path: Path
+) -> None:
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"],
+              "additionalProperties": False}  # fmt: skip
+    (tmp_path / "answer.json").write_text(json.dumps(schema))
+    fmt = {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}}
+    whole = client.chat(HELLO, temperature=0, max_tokens=16, response_format=fmt)
+    text = whole["choices"][0]["message"]["content"]
+    assert json.loads(text)["ok"] in (True, False)
+    main(["chat", "--json-schema", str(tmp_path / "answer.json"), "--temperature", "0",
+          "--max-tokens", "16", HELLO[0]["content"]])  # fmt: skip
+    assert capsys.readouterr().out == text + "\n"
+    main(["complete", "--regex", "[ab]{3}", "--temperature", "0", "Hello"])
+    assert re.fullmatch("[ab]{3}\n", capsys.readouterr().out)
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(SystemExit) as exited:
+        main(["chat", "--json-schema", str(tmp_path / "bad.json"), "Hello"])
+    assert exited.value.code == 2 and "is not JSON" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("command", ["chat", "complete"])

@@ -189,6 +189,30 @@ def test_a_pane_asks_a_composition_beside_a_single_adapter(page: Page, chat_serv
     expect(first.locator(".turn")).to_have_count(2)
 
 
+def test_a_json_schema_bounds_the_answer_and_it_is_shown_parsed(
+    page: Page, chat_server: Server
+) -> None:
+    schema = {"type": "object", "properties": {"city": {"enum": ["Paris", "Rome"]},
+              "size": {"type": "integer", "minimum": 1, "maximum": 9}},
+              "required": ["city", "size"], "additionalProperties": False}  # fmt: skip
+    open_chat(page, chat_server.url)
+    page.get_by_label("JSON schema").fill(json.dumps(schema))
+    first = pane(page, "first")
+    say(page, "Where?", max_tokens=40)
+    expect(first.locator(".pane-status")).to_contain_text(ENDED)
+    asked = [{"role": "user", "content": "Where?"}]
+    fmt = {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}}
+    answer = whole(chat_server.url, BASE, asked, max_tokens=40, response_format=fmt)
+    assert replies(first) == [answer]
+    record = json.loads(answer)
+    expect(first.locator("pre.parsed")).to_have_text(json.dumps(record, indent=2))
+    screenshot(page, "chat-json-schema")
+    page.get_by_label("JSON schema").fill("{not json")
+    say(page, "Again?")
+    expect(page.locator("#notice")).to_contain_text("The JSON schema is not JSON")
+    expect(first.locator(".turn")).to_have_count(2)
+
+
 def test_stop_aborts_the_answer_in_flight(page: Page, chat_server: Server) -> None:
     held: list[Route] = []
     page.route("**/v1/chat/completions", lambda route: held.append(route))  # never answered

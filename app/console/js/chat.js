@@ -45,6 +45,19 @@ function pickModel(pane) {
   if (composing && !pane.builder.value()) pane.builder.add();
 }
 
+/** The schema typed in, as `response_format`; null for none; throws for one that is not JSON. */
+function responseFormat() {
+  const text = $("#chat-schema").value.trim();
+  if (!text) return null;
+  let schema;
+  try {
+    schema = JSON.parse(text);
+  } catch (error) {
+    throw new Error(`The JSON schema is not JSON: ${error.message}`);
+  }
+  return { type: "json_schema", json_schema: { name: "answer", schema } };
+}
+
 function sampling() {
   const body = {};
   const max = $("#chat-max-tokens").value.trim();
@@ -59,8 +72,10 @@ function request(pane, text) {
   const system = $("#chat-system").value.trim();
   const turns = [...pane.history, { role: "user", content: text }];
   const lora = pane.select.value === COMPOSITION ? pane.builder.value() : null;
+  const format = responseFormat();
   const common = {
     model: lora ? baseId : pane.select.value, ...(lora ? { lora } : {}), ...sampling(),
+    ...(format ? { response_format: format } : {}),
     stream: true, stream_options: { include_usage: true },
   };
   if (session.model.chat_template === false) {
@@ -111,6 +126,7 @@ async function answer(pane, text, signal) {
       if (choice.finish_reason) finish = choice.finish_reason;
     }
     history.push({ role: "user", content: text }, { role: "assistant", content });
+    if (body.response_format) reply.node.append(parsed(content, finish));
     const seconds = (performance.now() - started) / 1000;
     const tokens = usage ? `${usage.completion_tokens} tokens in ` : "";
     setStatus(pane, `${finish === "length" ? "cut at max tokens" : "finished"} (${finish || "done"}), ${tokens}${formatNumber(seconds, 2)} s`);
@@ -138,6 +154,16 @@ async function answer(pane, text, signal) {
   }
 }
 
+/** A schema-bound answer, parsed and shown indented (or why it is not whole JSON). */
+function parsed(content, finish) {
+  try {
+    return el("pre", { class: "parsed", text: JSON.stringify(JSON.parse(content), null, 2) });
+  } catch {
+    const why = finish === "length" ? "cut at max tokens before the JSON was complete" : "not JSON";
+    return el("p", { class: "hint parsed", text: `The answer does not parse: ${why}.` });
+  }
+}
+
 function setRunning(on) {
   $("#chat-send").disabled = on;
   $("#chat-stop").disabled = !on;
@@ -154,6 +180,12 @@ async function send(event) {
   }
   if (active.some((pane) => pane.select.value === COMPOSITION && !pane.builder.value())) {
     notify("Add an adapter to the composition first.", "error");
+    return;
+  }
+  try {
+    responseFormat();
+  } catch (error) {
+    notify(error.message, "error");
     return;
   }
   const controller = new AbortController();

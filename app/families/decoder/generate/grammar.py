@@ -68,7 +68,7 @@ class Grammars:
                 choices = json.loads(constraint.text)
                 return compiler.compile_grammar("root ::= " + " | ".join(map(json.dumps, choices)))
             return compiler.compile_grammar(constraint.text)
-        except (RuntimeError, ValueError) as exc:
+        except Exception as exc:  # xgrammar's refusal of what the client wrote: a 422, not a 500
             message = _LOCATION.sub(
                 "", str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             )

@@ -48,8 +48,10 @@ def test_train_and_watch_the_curve_grow_to_completion(
         time.sleep(0.1)
     expect(page.locator("#watch-status")).to_have_text("succeeded")
     expect(chart).to_have_attribute("data-points", str(EPOCHS))
-    # The curve was drawn epoch by epoch as the events came in, not all at the end.
-    assert len([n for n in seen if 0 < n < EPOCHS]) >= 2, seen
+    # The curve was drawn as the events came in, not all at the end: the page showed it part
+    # drawn at least once (how many times depends on how fast the machine trains against the
+    # page's polling; CI once saw [0, 7, 12]).
+    assert len([n for n in seen if 0 < n < EPOCHS]) >= 1, seen
     assert seen == sorted(seen)
     expect(chart.locator("canvas")).to_have_count(1)
     expect(page.locator("#watch-events")).to_contain_text(f"epoch {EPOCHS} done")

@@ -3,7 +3,8 @@ libraries that compile a JSON schema, a regex or a grammar against a tokenizer a
 bitmask per sequence. SmolLM2-135M-Instruct's tokenizer (49,152 tokens), generated JSON schemas
 of growing size (nested objects, arrays, enums, bounded numbers, optional fields).
 
-    .venv/bin/python bench/grammar_libs.py [--schemas 24] [--tokens 200] [--out FILE]
+    .venv/bin/pip install llguidance  # the one not in the project's extras (xgrammar is, in gen)
+    .venv/bin/python bench/grammar_libs.py [--schemas 24] [--tokens 300] [--out FILE]
 
   tokenizer     building the library's view of the vocabulary (once per base)
   first mask    a new schema to its first bitmask, cold (each library's cache new for every

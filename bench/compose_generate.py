@@ -45,7 +45,7 @@ from bench.generate_load import (  # noqa: E402
     served,
     wrk_load,
 )
-from bench.harness import bin_path, server  # noqa: E402
+from bench.harness import bin_path, gguf_env, server  # noqa: E402
 
 TARGET = 0.85
 
@@ -79,10 +79,7 @@ def main() -> None:
         reference = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
         names = [f.name for f in write_adapters(reference, tmp / "peft", N_ADAPTERS)]
         del reference
-        (tmp / "data" / "models").mkdir(parents=True)
-        (tmp / "data" / "models" / folder.name).symlink_to(folder)  # the conversion, done
-        env = {"LORASERVE_BASE_MODEL": str(gguf), "LORASERVE_DATA_DIR": str(tmp / "data"),
-               "LORASERVE_ADAPTERS_DIR": str(tmp / "store")}  # fmt: skip
+        env = gguf_env(tmp, gguf, folder)
         with server([bin_path("loraserve"), "serve"], env) as url:
             base = httpx.get(f"{url}/v1/model").json()["name"]
             with Client(url) as client:

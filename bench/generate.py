@@ -77,7 +77,7 @@ from bench.generate_load import (  # noqa: E402
     ttft_ms,
     wrk_load,
 )
-from bench.harness import bin_path, server  # noqa: E402
+from bench.harness import bin_path, gguf_env, server  # noqa: E402
 from bench.peer_vllm import check_install  # noqa: E402
 
 
@@ -133,10 +133,7 @@ def compare_hf(args: argparse.Namespace, gguf: Path, folder: Path, texts_: list[
         model.generate(ids, max_new_tokens=2, pad_token_id=model.config.eos_token_id)  # warm-up
     results: dict[str, Any] = {"hf_stream": hf_generate(model, ids[:1])}
 
-    (tmp / "data" / "models").mkdir(parents=True)
-    (tmp / "data" / "models" / folder.name).symlink_to(folder)  # the conversion, already done
-    env = {"LORASERVE_BASE_MODEL": str(gguf), "LORASERVE_DATA_DIR": str(tmp / "data"),
-           "LORASERVE_ADAPTERS_DIR": str(tmp / "store")}  # fmt: skip
+    env = gguf_env(tmp, gguf, folder)
     peft_cmd = [bin_path("uvicorn"), "bench.generate_peft:peft_app", "--factory", "--log-level", "warning"]  # fmt: skip
     peft_env = {"PEFT_BASE": str(folder), "PEFT_ADAPTERS": str(peft_root)}
     with ExitStack() as stack:

@@ -31,7 +31,7 @@ import httpx
 from app.client import Client
 from bench import generate_cases as cases
 from bench.generate_load import COMPLETIONS, STREAMS, completion, wrk_load
-from bench.harness import bin_path, server
+from bench.harness import bin_path, gguf_env, server
 from bench.peer_vllm import errors_in, model_folder, vllm_server
 
 ALL = ("ttft", "stream_base", "stream_adapter", "base", "mixed", "chats")
@@ -95,10 +95,7 @@ def started(key: str, setup: Setup, round_: int) -> Iterator[str]:
         if errors := errors_in(log):
             print(f"warning: {len(errors)} errors in {log}, the first: {errors[0]}", flush=True)
         return
-    (run / "data" / "models").mkdir(parents=True)
-    (run / "data" / "models" / setup.folder.name).symlink_to(setup.folder)  # the conversion
-    env = {"LORASERVE_BASE_MODEL": str(setup.gguf), "LORASERVE_DATA_DIR": str(run / "data"),
-           "LORASERVE_ADAPTERS_DIR": str(run / "store"), **setting}  # fmt: skip
+    env = {**gguf_env(run, setup.gguf, setup.folder), **setting}
     with server([bin_path("loraserve"), "serve"], env, ready_s=600) as url:
         setup.base = httpx.get(f"{url}/v1/model", timeout=30).json()["name"]
         with Client(url) as client:

@@ -42,6 +42,15 @@ def server(argv: Sequence[str], env: dict[str, str], ready_s: float = 180) -> It
         yield url
 
 
+def gguf_env(run: Path, gguf: Path, folder: Path) -> dict[str, str]:
+    """The settings of a server on `gguf` whose data lives under `run`, with the conversion
+    already in `folder` linked in, so that it does not convert the file again."""
+    (run / "data" / "models").mkdir(parents=True)
+    (run / "data" / "models" / folder.name).symlink_to(folder)
+    return {"LORASERVE_BASE_MODEL": str(gguf), "LORASERVE_DATA_DIR": str(run / "data"),
+            "LORASERVE_ADAPTERS_DIR": str(run / "store")}  # fmt: skip
+
+
 def bin_path(name: str) -> str:
     """A console script of this virtual environment."""
     return str(Path(sys.executable).parent / name)

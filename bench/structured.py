@@ -36,7 +36,7 @@ sys.path[:] = [str(ROOT), *(p for p in sys.path if Path(p or ".").resolve() != H
 from app.families.decoder.gguf import converted_folder, known_gguf  # noqa: E402
 from bench.generate_cases import _streams  # noqa: E402
 from bench.generate_load import COMPLETIONS, NEW_TOKENS, STREAMS, prompts  # noqa: E402
-from bench.harness import bin_path, server  # noqa: E402
+from bench.harness import bin_path, gguf_env, server  # noqa: E402
 
 
 def long_schema(tag: str) -> dict:
@@ -98,10 +98,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-structured-"))
     rounds: list[dict[str, Any]] = []
     try:
-        (tmp / "data" / "models").mkdir(parents=True)
-        (tmp / "data" / "models" / folder.name).symlink_to(folder)
-        env = {"LORASERVE_BASE_MODEL": str(gguf), "LORASERVE_DATA_DIR": str(tmp / "data"),
-               "LORASERVE_ADAPTERS_DIR": str(tmp / "store")}  # fmt: skip
+        env = gguf_env(tmp, gguf, folder)
         with server([bin_path("loraserve"), "serve"], env) as url:
             base = httpx.get(f"{url}/v1/model").json()["name"]
             cached = long_schema("items")
